@@ -14,6 +14,7 @@
 pub mod codec;
 pub mod config;
 pub mod context;
+pub mod data;
 pub mod dynamic;
 pub mod model;
 pub mod optim;
