@@ -145,6 +145,8 @@ pub struct RunConfig {
     pub staleness: ComponentSpec,
     /// Weight store slot.
     pub weight_store: ComponentSpec,
+    /// Weight download codec slot (how workers fetch weights).
+    pub weight_codec: ComponentSpec,
     /// Tokenizer slot.
     pub tokenizer: ComponentSpec,
     /// Transport slot.
@@ -157,6 +159,10 @@ pub struct RunConfig {
     pub data: DataSection,
     /// `bitnet run` settings.
     pub run: RunSection,
+    /// Coordinator settings (task sizing, leases, snapshots).
+    pub coordinator: crate::coordinator::CoordinatorSection,
+    /// Worker settings (calibration, retries, caches).
+    pub worker: crate::worker::WorkerSection,
     /// Dynamic plugins.
     pub plugins: PluginsSection,
 }
@@ -173,12 +179,15 @@ impl Default for RunConfig {
             codec: ComponentSpec::named("int8-ef"),
             staleness: ComponentSpec::named("inverse-linear"),
             weight_store: ComponentSpec::named("fs"),
+            weight_codec: ComponentSpec::named("fp32"),
             tokenizer: ComponentSpec::named("word-level"),
             transport: ComponentSpec::named("http"),
             coordinator_store: ComponentSpec::named("sqlite"),
             train: TrainSection::default(),
             data: DataSection::default(),
             run: RunSection::default(),
+            coordinator: Default::default(),
+            worker: Default::default(),
             plugins: PluginsSection::default(),
         }
     }
@@ -196,12 +205,15 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "codec",
     "staleness",
     "weight_store",
+    "weight_codec",
     "tokenizer",
     "transport",
     "coordinator_store",
     "train",
     "data",
     "run",
+    "coordinator",
+    "worker",
     "plugins",
 ];
 

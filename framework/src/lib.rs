@@ -5,15 +5,17 @@
 //! needs only this crate.
 //!
 //! - Slots: [`model::ModelKernel`], [`optim::Optimizer`], [`codec::GradientCodec`],
-//!   [`staleness::StalenessPolicy`], [`store::WeightStore`], [`tokenizer::Tokenizer`], plus the
-//!   transport and coordinator-store slots.
+//!   [`staleness::StalenessPolicy`], [`store::WeightStore`], [`weights::WeightCodec`],
+//!   [`tokenizer::Tokenizer`], plus the transport and coordinator-store slots.
 //! - Plugins: implement [`registry::PluginConfig`] for a serde config type and register it with
 //!   [`register_plugin!`]; configs choose it by name.
 //! - Configs: [`config::load`] layers defaults, preset, file, environment and overrides.
 
+pub mod checkpoint;
 pub mod codec;
 pub mod config;
 pub mod context;
+pub mod coordinator;
 pub mod data;
 pub mod dynamic;
 pub mod model;
@@ -25,6 +27,10 @@ pub mod staleness;
 pub mod store;
 pub mod tensor;
 pub mod tokenizer;
+pub mod trainer;
+pub mod transport;
+pub mod weights;
+pub mod worker;
 
 #[doc(hidden)]
 pub use inventory;

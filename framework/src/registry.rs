@@ -7,7 +7,6 @@
 
 use crate::context::BuildContext;
 use serde::{Serialize, de::DeserializeOwned};
-use std::any::Any;
 use std::collections::BTreeMap;
 use std::fmt;
 
@@ -24,6 +23,8 @@ pub enum Slot {
     StalenessPolicy,
     /// [`crate::store::WeightStore`]
     WeightStore,
+    /// [`crate::weights::WeightCodec`]
+    WeightCodec,
     /// [`crate::tokenizer::Tokenizer`]
     Tokenizer,
     /// How the coordinator and workers talk.
@@ -34,12 +35,13 @@ pub enum Slot {
 
 impl Slot {
     /// Every slot, in display order.
-    pub const ALL: [Slot; 8] = [
+    pub const ALL: [Slot; 9] = [
         Slot::ModelKernel,
         Slot::Optimizer,
         Slot::GradientCodec,
         Slot::StalenessPolicy,
         Slot::WeightStore,
+        Slot::WeightCodec,
         Slot::Tokenizer,
         Slot::Transport,
         Slot::CoordinatorStore,
@@ -53,6 +55,7 @@ impl Slot {
             Slot::GradientCodec => "codec",
             Slot::StalenessPolicy => "staleness",
             Slot::WeightStore => "weight_store",
+            Slot::WeightCodec => "weight_codec",
             Slot::Tokenizer => "tokenizer",
             Slot::Transport => "transport",
             Slot::CoordinatorStore => "coordinator_store",
@@ -66,29 +69,85 @@ impl fmt::Display for Slot {
     }
 }
 
-/// Links a trait-object type to its slot, so the registry can build typed components.
+/// A built component of any slot. Plugins hand components back through this enum rather than
+/// `dyn Any`, so no `TypeId` has to agree across a dynamic-library boundary.
+pub enum Component {
+    /// A model kernel.
+    ModelKernel(Box<dyn crate::model::ModelKernel>),
+    /// An optimizer.
+    Optimizer(Box<dyn crate::optim::Optimizer>),
+    /// A gradient codec.
+    GradientCodec(Box<dyn crate::codec::GradientCodec>),
+    /// A staleness policy.
+    StalenessPolicy(Box<dyn crate::staleness::StalenessPolicy>),
+    /// A weight store.
+    WeightStore(Box<dyn crate::store::WeightStore>),
+    /// A weight download codec.
+    WeightCodec(Box<dyn crate::weights::WeightCodec>),
+    /// A tokenizer.
+    Tokenizer(Box<dyn crate::tokenizer::Tokenizer>),
+    /// A transport.
+    Transport(Box<dyn crate::transport::Transport>),
+    /// A coordinator store.
+    CoordinatorStore(Box<dyn crate::transport::CoordinatorStore>),
+}
+
+impl Component {
+    /// The slot this component fills.
+    pub fn slot(&self) -> Slot {
+        match self {
+            Component::ModelKernel(_) => Slot::ModelKernel,
+            Component::Optimizer(_) => Slot::Optimizer,
+            Component::GradientCodec(_) => Slot::GradientCodec,
+            Component::StalenessPolicy(_) => Slot::StalenessPolicy,
+            Component::WeightStore(_) => Slot::WeightStore,
+            Component::WeightCodec(_) => Slot::WeightCodec,
+            Component::Tokenizer(_) => Slot::Tokenizer,
+            Component::Transport(_) => Slot::Transport,
+            Component::CoordinatorStore(_) => Slot::CoordinatorStore,
+        }
+    }
+}
+
+/// Links a trait-object type to its slot and its [`Component`] variant.
 pub trait SlotObject: 'static {
     /// The slot.
     const SLOT: Slot;
+    /// Wraps a built component.
+    fn wrap(component: Box<Self>) -> Component;
+    /// Unwraps a component of this slot.
+    fn unwrap(component: Component) -> Option<Box<Self>>;
 }
 
-impl SlotObject for dyn crate::model::ModelKernel {
-    const SLOT: Slot = Slot::ModelKernel;
+/// Implements [`SlotObject`] for a slot trait object and its [`Component`] variant.
+macro_rules! slot_object {
+    ($($trait:path => $variant:ident),* $(,)?) => {$(
+        impl SlotObject for dyn $trait {
+            const SLOT: Slot = Slot::$variant;
+            fn wrap(component: Box<Self>) -> Component {
+                Component::$variant(component)
+            }
+            fn unwrap(component: Component) -> Option<Box<Self>> {
+                match component {
+                    Component::$variant(c) => Some(c),
+                    #[allow(unreachable_patterns)]
+                    _ => None,
+                }
+            }
+        }
+    )*};
 }
-impl SlotObject for dyn crate::optim::Optimizer {
-    const SLOT: Slot = Slot::Optimizer;
-}
-impl SlotObject for dyn crate::codec::GradientCodec {
-    const SLOT: Slot = Slot::GradientCodec;
-}
-impl SlotObject for dyn crate::staleness::StalenessPolicy {
-    const SLOT: Slot = Slot::StalenessPolicy;
-}
-impl SlotObject for dyn crate::store::WeightStore {
-    const SLOT: Slot = Slot::WeightStore;
-}
-impl SlotObject for dyn crate::tokenizer::Tokenizer {
-    const SLOT: Slot = Slot::Tokenizer;
+
+slot_object! {
+    crate::model::ModelKernel => ModelKernel,
+    crate::optim::Optimizer => Optimizer,
+    crate::codec::GradientCodec => GradientCodec,
+    crate::staleness::StalenessPolicy => StalenessPolicy,
+    crate::store::WeightStore => WeightStore,
+    crate::weights::WeightCodec => WeightCodec,
+    crate::tokenizer::Tokenizer => Tokenizer,
+    crate::transport::Transport => Transport,
+    crate::transport::CoordinatorStore => CoordinatorStore,
 }
 
 /// A plugin's configuration type: deserialised from the slot's TOML table (unknown keys are
@@ -162,7 +221,7 @@ enum ErasedFailure {
     Build(BuildError),
 }
 
-type ErasedBuild = fn(&toml::Table, &BuildContext) -> Result<Box<dyn Any>, ErasedFailure>;
+type ErasedBuild = fn(&toml::Table, &BuildContext) -> Result<Component, ErasedFailure>;
 type ErasedDefault = fn() -> toml::Table;
 type ErasedCheck = fn(&toml::Table) -> Result<(), String>;
 
@@ -203,12 +262,12 @@ fn erased_default<C: PluginConfig>() -> toml::Table {
 fn erased_build<C: PluginConfig>(
     options: &toml::Table,
     ctx: &BuildContext,
-) -> Result<Box<dyn Any>, ErasedFailure> {
+) -> Result<Component, ErasedFailure> {
     let config: C = toml::Value::Table(options.clone())
         .try_into()
         .map_err(|e: toml::de::Error| ErasedFailure::Options(e.message().to_string()))?;
     let component: Box<C::Component> = config.build(ctx).map_err(ErasedFailure::Build)?;
-    Ok(Box::new(component))
+    Ok(<C::Component as SlotObject>::wrap(component))
 }
 
 fn erased_check<C: PluginConfig>(options: &toml::Table) -> Result<(), String> {
@@ -348,16 +407,17 @@ impl Registry {
         ctx: &BuildContext,
     ) -> Result<Box<T>, BuildError> {
         let decl = self.get(T::SLOT, name)?;
-        let any = (decl.build)(options, ctx).map_err(|failure| match failure {
+        let component = (decl.build)(options, ctx).map_err(|failure| match failure {
             ErasedFailure::Options(message) => {
                 BuildError::InvalidOptions { slot: T::SLOT, name: name.to_string(), message }
             }
             ErasedFailure::Build(e) => e,
         })?;
-        any.downcast::<Box<T>>().map(|b| *b).map_err(|_| BuildError::WrongSlot {
+        let found = component.slot();
+        T::unwrap(component).ok_or(BuildError::WrongSlot {
             name: name.to_string(),
             expected: T::SLOT,
-            found: decl.slot,
+            found,
         })
     }
 }

@@ -16,6 +16,7 @@ pub fn slot_specs(config: &RunConfig) -> Vec<(&'static str, Slot, &ComponentSpec
         ("codec", Slot::GradientCodec, &config.codec),
         ("staleness", Slot::StalenessPolicy, &config.staleness),
         ("weight_store", Slot::WeightStore, &config.weight_store),
+        ("weight_codec", Slot::WeightCodec, &config.weight_codec),
         ("tokenizer", Slot::Tokenizer, &config.tokenizer),
         ("transport", Slot::Transport, &config.transport),
         ("coordinator_store", Slot::CoordinatorStore, &config.coordinator_store),

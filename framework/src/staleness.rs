@@ -20,3 +20,13 @@ pub trait StalenessPolicy: Send + Sync {
     /// `staleness` = current weight version - version the update was computed on.
     fn decide(&self, staleness: u64) -> StalenessDecision;
 }
+
+impl StalenessDecision {
+    /// The learning-rate multiplier, or `None` for a rejected update.
+    pub fn scale(&self) -> Option<f32> {
+        match self {
+            StalenessDecision::Accept { scale } => Some(*scale),
+            StalenessDecision::Reject { .. } => None,
+        }
+    }
+}

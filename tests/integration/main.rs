@@ -1,5 +1,12 @@
 //! The workspace's one integration test binary; each module covers one area.
 
 mod configs;
+mod data;
+mod dist_http;
+mod dist_process;
+mod distributed;
+mod dry_run;
+mod dynamic;
 mod presets;
 mod registry;
+mod trainer;

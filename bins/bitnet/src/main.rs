@@ -25,6 +25,30 @@ enum Command {
     Config(commands::config::ConfigCommand),
     /// Run a config: validate it (`--dry-run`) or train.
     Run(commands::run::Args),
+    /// Serve a coordinator (queue, weights, auth) until Ctrl-C or SIGTERM.
+    Coordinator(commands::coordinator::Args),
+    /// Train for a coordinator until stopped.
+    Worker(commands::worker::Args),
+    /// Manage worker credentials (add, rotate, revoke, list).
+    #[command(subcommand)]
+    Keys(commands::keys::KeysCommand),
+    /// Add tasks covering the corpus (or a token budget) to a coordinator's queue.
+    SeedTasks(commands::seed_tasks::Args),
+    /// Train a model in this process (token shards or a plain token file).
+    Train(commands::train::Args),
+    /// Measure training throughput and peak memory.
+    #[command(subcommand)]
+    Bench(commands::bench::BenchCommand),
+    /// Write inference weights (packed ternary) from a training checkpoint.
+    Export(commands::export::Args),
+    /// Generate the synthetic TruckMate corpus.
+    GenerateCorpus(commands::data::GenerateArgs),
+    /// Train the config's tokenizer and write checksummed token shards.
+    TokenizeCorpus(commands::data::TokenizeArgs),
+    /// Loss, perplexity and intent/slot accuracy of a checkpoint on a held-out split.
+    Eval(commands::eval::Args),
+    /// Print the intent JSON the model decodes for an utterance.
+    Classify(commands::classify::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -40,6 +64,17 @@ fn main() -> std::process::ExitCode {
         Command::Plugins(args) => commands::plugins::run(args),
         Command::Config(cmd) => commands::config::run(cmd),
         Command::Run(args) => commands::run::run(args),
+        Command::Coordinator(args) => commands::coordinator::run(args),
+        Command::Worker(args) => commands::worker::run(args),
+        Command::Keys(cmd) => commands::keys::run(cmd),
+        Command::SeedTasks(args) => commands::seed_tasks::run(args),
+        Command::Train(args) => commands::train::run(args),
+        Command::Bench(cmd) => commands::bench::run(cmd),
+        Command::Export(args) => commands::export::run(args),
+        Command::GenerateCorpus(args) => commands::data::generate(args),
+        Command::TokenizeCorpus(args) => commands::data::tokenize(args),
+        Command::Eval(args) => commands::eval::run(args),
+        Command::Classify(args) => commands::classify::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -1,7 +1,15 @@
 //! Training data as the trainers see it: batches of token windows.
 //!
-//! Token shards, their loader and the TruckMate example packing live here too (see the
-//! submodules); trainers only depend on [`BatchSource`].
+//! Token shards ([`shard`]), the data directory layout ([`dir`]) and the loader that packs
+//! examples into windows ([`loader`]) live here too; trainers only depend on [`BatchSource`].
+
+pub mod dir;
+pub mod loader;
+pub mod shard;
+
+pub use dir::{DataDir, Split};
+pub use loader::{LoaderOptions, PackedLoader, Slice};
+pub use shard::{ShardReader, VocabHash};
 
 use crate::model::TokenBatch;
 

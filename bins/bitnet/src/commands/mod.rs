@@ -1,8 +1,19 @@
 //! One module per subcommand.
 
+pub mod bench;
+pub mod classify;
 pub mod config;
+pub mod coordinator;
+pub mod data;
+pub mod eval;
+pub mod export;
+pub mod keys;
 pub mod plugins;
 pub mod run;
+pub mod run_local;
+pub mod seed_tasks;
+pub mod train;
+pub mod worker;
 
 use anyhow::Context;
 use bitnet_framework::config::{ConfigSources, LoadedConfig, RunConfig};

@@ -14,10 +14,9 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let loaded = args.config.load()?;
-    let config = &loaded.config;
-    let registry = registry_for(config)?;
-    let plan = run::plan(config, &registry)?;
+    let config = args.config.load()?.config;
+    let registry = registry_for(&config)?;
+    let plan = run::plan(&config, &registry)?;
     println!("run `{}`: preset `{}`", config.name, config.preset);
     let m = &config.model;
     println!(
@@ -34,9 +33,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         println!("dry run: configuration is valid");
         return Ok(());
     }
-    anyhow::bail!(
-        "training through `bitnet run` needs the distributed runtime, which this build does not include yet; use --dry-run"
-    )
+    super::run_local::run(&args.config, config, &registry)
 }
 
 /// 6845696 -> "6,845,696".

@@ -1,4 +1,9 @@
 //! The `WeightStore` slot: immutable, versioned, checksummed weight blobs.
+//!
+//! `conformance` (feature `conformance`) is the crash-consistency suite every store plugin runs.
+
+#[cfg(any(test, feature = "conformance"))]
+pub mod conformance;
 
 /// Description of one stored version.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -54,6 +59,23 @@ pub trait WeightStore: Send + Sync {
     /// Newest version, if any.
     fn latest(&self) -> Result<Option<WeightMeta>, StoreError> {
         Ok(self.list_versions()?.into_iter().max_by_key(|m| m.version))
+    }
+    /// The newest version that reads back intact, with its bytes: what a coordinator resumes
+    /// from after a crash. Corrupt or vanished versions are skipped (and logged); other errors
+    /// are returned.
+    fn latest_valid(&self) -> Result<Option<(WeightMeta, Vec<u8>)>, StoreError> {
+        let mut versions = self.list_versions()?;
+        versions.sort_by_key(|m| std::cmp::Reverse(m.version));
+        for meta in versions {
+            match self.get_version(meta.version) {
+                Ok(bytes) => return Ok(Some((meta, bytes))),
+                Err(e @ (StoreError::Corrupt { .. } | StoreError::NotFound(_))) => {
+                    tracing::warn!("skipping weight version {}: {e}", meta.version);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(None)
     }
 }
 

@@ -1,0 +1,405 @@
+//! The BitNet b1.58 kernels: the machine's int8 VNNI peak (a register-only `vpdpbusd` loop), the
+//! packed-ternary GEMM at the model's shapes on each path and thread count, the quantizers, and
+//! the `gemm` crate's f32 product at the same shapes for comparison.
+//!
+//! After the criterion groups, a summary table prints each ternary GEMM shape as a fraction of
+//! the measured peak (best of repeated runs; a measurement, never an assertion). `-- summary`
+//! prints only that table.
+//!
+//!     cargo bench -p bitnet-benches --bench kernel
+//!     cargo bench -p bitnet-benches --bench kernel -- --quick ternary   # a subset
+
+use bitnet_b158::kernels::bf16::{BF16_PATHS, grad_weight_bf16_with};
+use bitnet_b158::kernels::quant::{
+    QUANT_PATHS, quantize_activations_absmax_with, quantize_weights_absmean_with,
+};
+use bitnet_b158::kernels::ternary::{
+    TERNARY_PATHS, ternary_matmul_dequant_with, ternary_matmul_with,
+};
+use bitnet_b158::kernels::{Isa, PackedTernary};
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group};
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+/// Rows of the medium preset at batch 8: 8 sequences of 128 tokens.
+const M: usize = 1024;
+/// (N, K) of the BitLinear products: medium (d = 512, ffn = 2048) and small (d = 256, ffn = 1024).
+const SHAPES: [(usize, usize); 6] =
+    [(512, 512), (2048, 512), (512, 2048), (256, 256), (1024, 256), (256, 1024)];
+
+fn pool(threads: usize) -> rayon::ThreadPool {
+    rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("thread pool")
+}
+
+/// Deterministic pseudo-random bytes (a small LCG; the values do not matter for speed).
+fn bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    (0..len)
+        .map(|_| {
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (s >> 33) as u8
+        })
+        .collect()
+}
+
+fn operands(n: usize, k: usize) -> (Vec<i8>, PackedTernary) {
+    let x: Vec<i8> = bytes(M * k, 1).into_iter().map(|b| b as i8).collect();
+    let w: Vec<i8> = bytes(n * k, 2).into_iter().map(|b| (b % 3) as i8 - 1).collect();
+    (x, PackedTernary::pack(&w, n, k).expect("pack"))
+}
+
+#[cfg(target_arch = "x86_64")]
+mod peak {
+    use std::arch::x86_64::*;
+    use std::hint::black_box;
+
+    /// Independent accumulators: enough to cover vpdpbusd's latency at full throughput.
+    const CHAINS: usize = 12;
+
+    /// `iters` rounds of `CHAINS` register-only `vpdpbusd zmm`; returns a value so the work is
+    /// kept. Each instruction is 64 multiply-adds (128 int8 operations).
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512 F and VNNI.
+    #[target_feature(enable = "avx512f,avx512vnni")]
+    unsafe fn dpbusd_loop(iters: u64) -> i32 {
+        let a = black_box(_mm512_set1_epi8(1));
+        let b = black_box(_mm512_set1_epi8(-1));
+        let mut acc = [_mm512_setzero_si512(); CHAINS];
+        for _ in 0..iters {
+            for v in acc.iter_mut() {
+                *v = _mm512_dpbusd_epi32(*v, a, b);
+            }
+        }
+        let mut s = _mm512_setzero_si512();
+        for v in acc {
+            s = _mm512_add_epi32(s, v);
+        }
+        _mm512_reduce_add_epi32(s)
+    }
+
+    /// Int8 operations per `dpbusd_loop` iteration.
+    pub const OPS_PER_ITER: u64 = (CHAINS * 64 * 2) as u64;
+
+    /// Runs the loop if the CPU has AVX-512 VNNI.
+    pub fn run(iters: u64) -> Option<i32> {
+        if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512vnni") {
+            // SAFETY: the features were just detected.
+            Some(unsafe { dpbusd_loop(iters) })
+        } else {
+            None
+        }
+    }
+}
+
+/// Measured int8 ops/s of `threads` threads running the register-only loop at once: each thread
+/// times its own loop (so waking the pool does not count) and keeps its best of many short runs;
+/// the threads' rates add up.
+#[cfg(target_arch = "x86_64")]
+fn measure_peak(threads: usize) -> Option<f64> {
+    peak::run(1)?;
+    let iters = 100_000u64;
+    let rates = pool(threads).broadcast(|_| {
+        let secs = best_secs(Duration::from_secs(1), || {
+            black_box(peak::run(black_box(iters)));
+        });
+        (iters * peak::OPS_PER_ITER) as f64 / secs
+    });
+    Some(rates.iter().sum())
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn measure_peak(_threads: usize) -> Option<f64> {
+    None
+}
+
+fn bench_peak(c: &mut Criterion) {
+    #[cfg(target_arch = "x86_64")]
+    if peak::run(1).is_some() {
+        let iters = 100_000u64;
+        let mut g = c.benchmark_group("vnni_peak");
+        g.throughput(Throughput::Elements(iters * peak::OPS_PER_ITER));
+        g.bench_function("vpdpbusd_register_loop_1thread", |b| {
+            b.iter(|| peak::run(black_box(iters)))
+        });
+        g.finish();
+    }
+    let _ = c;
+}
+
+fn bench_ternary(c: &mut Criterion) {
+    let mut g = c.benchmark_group("ternary_matmul");
+    g.sample_size(10)
+        .measurement_time(Duration::from_secs(2))
+        .warm_up_time(Duration::from_millis(500));
+    for (n, k) in SHAPES {
+        let (x, w) = operands(n, k);
+        let mut out = vec![0i32; M * n];
+        g.throughput(Throughput::Elements((2 * M * n * k) as u64));
+        for isa in Isa::available_among(&TERNARY_PATHS) {
+            if isa == Isa::Scalar && n * k > 512 * 512 {
+                continue; // minutes per sample; the small shapes show its speed.
+            }
+            for threads in [1, 2] {
+                let p = pool(threads);
+                let id = BenchmarkId::new(format!("{isa:?}/t{threads}"), format!("{M}x{n}x{k}"));
+                g.bench_function(id, |b| {
+                    b.iter(|| p.install(|| ternary_matmul_with(isa, &x, M, k, &w, &mut out)))
+                });
+            }
+        }
+    }
+    g.finish();
+
+    let mut g = c.benchmark_group("ternary_matmul_dequant");
+    g.sample_size(10)
+        .measurement_time(Duration::from_secs(2))
+        .warm_up_time(Duration::from_millis(500));
+    let isa = Isa::best_among(&TERNARY_PATHS);
+    for (n, k) in SHAPES {
+        let (x, w) = operands(n, k);
+        let scales = vec![0.5f32; M];
+        let mut out = vec![0f32; M * n];
+        g.throughput(Throughput::Elements((2 * M * n * k) as u64));
+        for threads in [1, 2] {
+            let p = pool(threads);
+            let id = BenchmarkId::new(format!("{isa:?}/t{threads}"), format!("{M}x{n}x{k}"));
+            g.bench_function(id, |b| {
+                b.iter(|| {
+                    p.install(|| {
+                        ternary_matmul_dequant_with(isa, &x, M, k, &w, &scales, 0.1, &mut out)
+                    })
+                })
+            });
+        }
+    }
+    g.finish();
+}
+
+fn bench_quant(c: &mut Criterion) {
+    let mut g = c.benchmark_group("quantize");
+    g.sample_size(20)
+        .measurement_time(Duration::from_secs(1))
+        .warm_up_time(Duration::from_millis(300));
+    let x: Vec<f32> = bytes(M * 512, 3).into_iter().map(|b| f32::from(b) / 50.0 - 2.5).collect();
+    let w: Vec<f32> =
+        bytes(2048 * 512, 4).into_iter().map(|b| f32::from(b) / 5e3 - 0.025).collect();
+    for isa in Isa::available_among(&QUANT_PATHS) {
+        let mut q = vec![0i8; x.len()];
+        let mut s = vec![0f32; M];
+        g.throughput(Throughput::Elements(x.len() as u64));
+        g.bench_function(
+            BenchmarkId::new(format!("{isa:?}"), format!("activations_{M}x512")),
+            |b| b.iter(|| quantize_activations_absmax_with(isa, &x, 512, &mut q, &mut s)),
+        );
+        let mut qw = vec![0i8; w.len()];
+        g.throughput(Throughput::Elements(w.len() as u64));
+        g.bench_function(BenchmarkId::new(format!("{isa:?}"), "weights_2048x512"), |b| {
+            b.iter(|| quantize_weights_absmean_with(isa, &w, &mut qw))
+        });
+    }
+    g.finish();
+}
+
+/// The weight gradient `dW (N x K) = dY^T . X`: bf16 paths against the `gemm` crate in f32.
+fn bench_grad_weight(c: &mut Criterion) {
+    let mut g = c.benchmark_group("grad_weight");
+    g.sample_size(10)
+        .measurement_time(Duration::from_secs(2))
+        .warm_up_time(Duration::from_millis(500));
+    for (n, k) in SHAPES {
+        let dy: Vec<f32> =
+            bytes(M * n, 7).into_iter().map(|v| f32::from(v) / 1e4 - 0.0128).collect();
+        let x: Vec<i8> = bytes(M * k, 8).into_iter().map(|b| b as i8).collect();
+        let xf: Vec<f32> = x.iter().map(|&v| f32::from(v) / 100.0).collect();
+        let scales = vec![100.0f32; M];
+        let mut dw = vec![0f32; n * k];
+        g.throughput(Throughput::Elements((2 * M * n * k) as u64));
+        for threads in [1, 2] {
+            let p = pool(threads);
+            for isa in Isa::available_among(&BF16_PATHS) {
+                if isa == Isa::Scalar && n * k > 256 * 256 {
+                    continue;
+                }
+                let id =
+                    BenchmarkId::new(format!("bf16_{isa:?}/t{threads}"), format!("{M}x{n}x{k}"));
+                g.bench_function(id, |b| {
+                    b.iter(|| {
+                        p.install(|| {
+                            grad_weight_bf16_with(isa, &dy, M, n, &x, &scales, k, &mut dw, false)
+                        })
+                    })
+                });
+            }
+            let id = BenchmarkId::new(format!("gemm_f32/t{threads}"), format!("{M}x{n}x{k}"));
+            g.bench_function(id, |b| b.iter(|| gemm_f32_atb(&dy, &xf, &mut dw, n, k, threads)));
+        }
+    }
+    g.finish();
+}
+
+/// `dW (n x k) = dY^T . X` with the `gemm` crate: `dY` is M x n, `X` is M x k, both row-major.
+fn gemm_f32_atb(dy: &[f32], x: &[f32], dw: &mut [f32], n: usize, k: usize, threads: usize) {
+    assert!(dy.len() == M * n && x.len() == M * k && dw.len() == n * k);
+    let par = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
+    // SAFETY: `dw` is n x k row-major (cs 1, rs k); the left operand dY^T is n x M read from the
+    // M x n row-major `dy` (cs n, rs 1); the right operand X is M x k row-major (cs 1, rs k);
+    // lengths asserted above, no aliasing.
+    unsafe {
+        gemm::gemm(
+            n,
+            k,
+            M,
+            dw.as_mut_ptr(),
+            1,
+            k as isize,
+            false,
+            dy.as_ptr(),
+            n as isize,
+            1,
+            x.as_ptr(),
+            1,
+            k as isize,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            par,
+        )
+    }
+}
+
+fn bench_pack(c: &mut Criterion) {
+    let mut g = c.benchmark_group("pack_ternary");
+    g.sample_size(20)
+        .measurement_time(Duration::from_secs(1))
+        .warm_up_time(Duration::from_millis(300));
+    let (n, k) = (2048, 512);
+    let w: Vec<i8> = bytes(n * k, 9).into_iter().map(|b| (b % 3) as i8 - 1).collect();
+    let mut p = PackedTernary::pack(&w, n, k).expect("pack");
+    let mut t = PackedTernary::pack_transposed(&w, n, k).expect("pack");
+    g.throughput(Throughput::Elements((n * k) as u64));
+    let one = pool(1);
+    g.bench_function("repack_2048x512_t1", |b| b.iter(|| one.install(|| p.repack(&w))));
+    g.bench_function("repack_transposed_2048x512_t1", |b| {
+        b.iter(|| one.install(|| t.repack_transposed(&w)))
+    });
+    g.finish();
+}
+
+/// The `gemm` crate's f32 product `C (M x N) = A (M x K) . B^T` at the same shapes.
+fn bench_gemm_f32(c: &mut Criterion) {
+    let mut g = c.benchmark_group("gemm_crate_f32");
+    g.sample_size(10)
+        .measurement_time(Duration::from_secs(2))
+        .warm_up_time(Duration::from_millis(500));
+    for (n, k) in SHAPES {
+        let a: Vec<f32> = bytes(M * k, 5).into_iter().map(|v| f32::from(v) / 128.0 - 1.0).collect();
+        let b: Vec<f32> = bytes(n * k, 6).into_iter().map(|v| f32::from(v) / 128.0 - 1.0).collect();
+        let mut out = vec![0f32; M * n];
+        g.throughput(Throughput::Elements((2 * M * n * k) as u64));
+        for threads in [1, 2] {
+            let id = BenchmarkId::new(format!("t{threads}"), format!("{M}x{n}x{k}"));
+            g.bench_function(id, |bch| bch.iter(|| gemm_f32(&a, &b, &mut out, n, k, threads)));
+        }
+    }
+    g.finish();
+}
+
+fn gemm_f32(a: &[f32], b: &[f32], out: &mut [f32], n: usize, k: usize, threads: usize) {
+    assert!(a.len() == M * k && b.len() == n * k && out.len() == M * n);
+    let par = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
+    // SAFETY: `out` is M x n row-major (rs n, cs 1); `a` is M x k row-major; `b` is n x k
+    // row-major read as its transpose k x n (rs 1, cs k); lengths asserted above, no aliasing.
+    unsafe {
+        gemm::gemm(
+            M,
+            n,
+            k,
+            out.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            a.as_ptr(),
+            1,
+            k as isize,
+            b.as_ptr(),
+            k as isize,
+            1,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            par,
+        )
+    }
+}
+
+/// The shortest wall time of `f` over repeated runs for about `budget` (at least 5 runs), after
+/// two warm-up runs. The minimum, not the median: on a shared machine it is the run least
+/// disturbed by other processes (the load average is printed with the table).
+fn best_secs(budget: Duration, mut f: impl FnMut()) -> f64 {
+    f();
+    f();
+    let start = Instant::now();
+    let mut best = f64::INFINITY;
+    let mut runs = 0;
+    while runs < 5 || start.elapsed() < budget {
+        let s = Instant::now();
+        f();
+        best = best.min(s.elapsed().as_secs_f64());
+        runs += 1;
+    }
+    best
+}
+
+/// The table of the issue: each shape's int8 ops/s as a fraction of the measured peak.
+fn summary() {
+    let isa = Isa::best_among(&TERNARY_PATHS);
+    println!("\n== packed-ternary GEMM vs measured int8 VNNI peak (path {isa:?}, M = {M}) ==");
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!("load average: {}", load.trim());
+    for threads in [1, 2] {
+        let Some(peak) = measure_peak(threads) else {
+            println!("no AVX-512 VNNI on this CPU: no peak to compare with");
+            return;
+        };
+        println!("threads {threads}: peak {:.1} Gop/s (register-only vpdpbusd)", peak / 1e9);
+        let p = pool(threads);
+        for (n, k) in SHAPES {
+            let (x, w) = operands(n, k);
+            let mut out = vec![0i32; M * n];
+            let secs = best_secs(Duration::from_millis(1500), || {
+                p.install(|| ternary_matmul_with(isa, &x, M, k, &w, &mut out)).expect("matmul")
+            });
+            let ops = (2 * M * n * k) as f64 / secs;
+            println!(
+                "  {M:>5} x {n:>5} x {k:>5}: {:>7.1} Gop/s  {:>5.1}% of peak  ({:.3} ms)",
+                ops / 1e9,
+                100.0 * ops / peak,
+                secs * 1e3
+            );
+        }
+    }
+}
+
+criterion_group!(
+    benches,
+    bench_peak,
+    bench_ternary,
+    bench_quant,
+    bench_pack,
+    bench_grad_weight,
+    bench_gemm_f32
+);
+
+fn main() {
+    let summary_only = std::env::args().any(|a| a == "summary");
+    if !summary_only {
+        benches();
+        criterion::Criterion::default().configure_from_args().final_summary();
+    }
+    summary();
+}

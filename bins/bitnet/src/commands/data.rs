@@ -1,0 +1,159 @@
+//! `bitnet generate-corpus` and `bitnet tokenize-corpus`: the TruckMate data pipeline.
+//!
+//! Both work in the run config's `data.dir`, laid out as described in
+//! [`bitnet_framework::data::dir`]: `{train,validation,test}.txt`, `tokenizer-<type>.json`,
+//! `shards/<type>/<split>-NNNN.bin` (+ `.sha256`).
+
+use super::{ConfigArgs, registry_for};
+use anyhow::Context;
+use bitnet_framework::config::RunConfig;
+use bitnet_framework::data::dir::{DataDir, Split, write_split_shards};
+use bitnet_framework::data::loader::{LoaderOptions, PackedLoader};
+use bitnet_framework::data::shard::ShardReader;
+use bitnet_framework::registry::Registry;
+use bitnet_framework::run;
+use bitnet_framework::tokenizer::Tokenizer;
+use bitnet_truckmate::corpus;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// Generate the synthetic TruckMate corpus (train/validation/test, 90/5/5).
+#[derive(Debug, clap::Args)]
+pub struct GenerateArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// Examples in all splits together [default: the config's data.corpus_count].
+    #[arg(long)]
+    count: Option<usize>,
+    /// Generator seed; the output is byte-identical per seed [default: data.corpus_seed].
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Output directory [default: the config's data.dir].
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+}
+
+pub fn generate(args: GenerateArgs) -> anyhow::Result<()> {
+    let config = args.config.load()?.config;
+    let count = args.count.unwrap_or(config.data.corpus_count);
+    let seed = args.seed.unwrap_or(config.data.corpus_seed);
+    let dir = DataDir::new(args.out.unwrap_or(config.data.dir));
+    let c = corpus::generate(count, seed);
+    bitnet_truckmate::write_corpus(&dir, &c)?;
+    println!(
+        "wrote {} examples (seed {seed}) to {}: train {}, validation {}, test {}",
+        count,
+        dir.root().display(),
+        c.train.len(),
+        c.validation.len(),
+        c.test.len()
+    );
+    Ok(())
+}
+
+/// Train the config's tokenizer on the training split and write checksummed token shards.
+#[derive(Debug, clap::Args)]
+pub struct TokenizeArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// Vocabulary size [default: the tokenizer's `max_vocab` option].
+    #[arg(long)]
+    max_vocab: Option<usize>,
+    /// Largest shard, in tokens (examples are never split across shards).
+    #[arg(long, default_value_t = 1 << 20)]
+    shard_tokens: usize,
+}
+
+/// Builds the config's tokenizer (untrained).
+pub fn build_tokenizer(
+    config: &RunConfig,
+    registry: &Registry,
+) -> anyhow::Result<Box<dyn Tokenizer>> {
+    registry
+        .build::<dyn Tokenizer>(
+            &config.tokenizer.kind,
+            &config.tokenizer.options,
+            &run::build_context(config),
+        )
+        .context("building the tokenizer")
+}
+
+/// Builds the config's tokenizer and loads it from the data dir.
+pub fn load_tokenizer(
+    config: &RunConfig,
+    registry: &Registry,
+) -> anyhow::Result<Box<dyn Tokenizer>> {
+    let mut tok = build_tokenizer(config, registry)?;
+    let path = DataDir::new(config.data.dir.clone()).tokenizer_file(&config.tokenizer.kind);
+    tok.load(&path).with_context(|| {
+        format!("loading {}: run `bitnet tokenize-corpus` first", path.display())
+    })?;
+    Ok(tok)
+}
+
+pub fn tokenize(args: TokenizeArgs) -> anyhow::Result<()> {
+    let mut config = args.config.load()?.config;
+    if let Some(n) = args.max_vocab {
+        config.tokenizer.options.insert("max_vocab".into(), toml::Value::Integer(n as i64));
+    }
+    let registry = registry_for(&config)?;
+    let dir = DataDir::new(config.data.dir.clone());
+    let kind = config.tokenizer.kind.clone();
+    if !dir.split_text(Split::Train).is_file() {
+        let c = corpus::generate(config.data.corpus_count, config.data.corpus_seed);
+        bitnet_truckmate::write_corpus(&dir, &c)?;
+        eprintln!(
+            "no corpus in {}: generated {} examples with seed {}",
+            dir.root().display(),
+            config.data.corpus_count,
+            config.data.corpus_seed
+        );
+    }
+    let train = dir.read_split(Split::Train)?;
+    let mut tok = build_tokenizer(&config, &registry)?;
+    tok.train(&mut train.iter().cloned()).context("training the tokenizer")?;
+    let tok_path = dir.tokenizer_file(&kind);
+    tok.save(&tok_path)?;
+    println!(
+        "tokenizer `{kind}`: {} ids, hash {} -> {}",
+        tok.vocab_size(),
+        tok.content_hash(),
+        tok_path.display()
+    );
+    let seq_len = config.model.seq_len;
+    for split in Split::ALL {
+        let lines = if split == Split::Train { train.clone() } else { dir.read_split(split)? };
+        let written =
+            write_split_shards(&dir, &kind, split, tok.as_ref(), &lines, args.shard_tokens)?;
+        let tokens: u64 = written.iter().map(|w| w.tokens).sum();
+        let shards: Vec<Arc<ShardReader>> = dir.open_split(
+            &kind,
+            split,
+            &bitnet_framework::data::VocabHash::from_hex(&tok.content_hash())
+                .map_err(anyhow::Error::msg)?,
+        )?;
+        let mut loader = PackedLoader::new(
+            shards,
+            tok.special_tokens(),
+            LoaderOptions { shuffle: false, ..Default::default() },
+        )?;
+        let skipped = loader.skipped_examples(seq_len)?;
+        let windows = loader.windows_per_epoch(seq_len)?;
+        let unk = tok.special_tokens().unk;
+        let mut unk_count = 0usize;
+        for l in &lines {
+            unk_count += tok.encode(l)?.iter().filter(|&&t| t == unk).count();
+        }
+        println!(
+            "{split:<10} {:>6} examples, {:>9} tokens ({:.1}/example), {} shard(s), {} windows of {seq_len}, {} [UNK], {} too long",
+            lines.len(),
+            tokens,
+            tokens as f64 / lines.len().max(1) as f64,
+            written.len(),
+            windows,
+            unk_count,
+            skipped,
+        );
+    }
+    Ok(())
+}

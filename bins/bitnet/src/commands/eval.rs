@@ -1,0 +1,153 @@
+//! `bitnet eval`: loss, perplexity and TruckMate intent/slot accuracy of a checkpoint.
+
+use super::data::load_tokenizer;
+use super::registry_for;
+use anyhow::Context;
+use bitnet_framework::checkpoint::CheckpointFile;
+use bitnet_framework::config::RunConfig;
+use bitnet_framework::data::dir::{DataDir, Split};
+use bitnet_framework::data::loader::LoaderOptions;
+use bitnet_framework::model::ModelKernel;
+use bitnet_framework::run;
+use bitnet_framework::tokenizer::Tokenizer;
+use bitnet_truckmate::eval::{EvalSummary, evaluate_lines, mean_loss};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::path::{Path, PathBuf};
+
+/// Evaluate a checkpoint on a held-out split: loss and perplexity over the split's shards, then
+/// greedy decoding of every example with the packed-ternary inference model, scored for intent
+/// accuracy, slot exact match and invalid JSON. Prints a JSON summary.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Training checkpoint (`step-*.safetensors`); its stored run config chooses the model,
+    /// tokenizer and data dir.
+    #[arg(long, value_name = "CKPT")]
+    checkpoint: PathBuf,
+    /// Split to evaluate.
+    #[arg(long, default_value = "validation")]
+    split: Split,
+    /// Data directory [default: the checkpoint's data.dir].
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Decode only the first N examples (0 = all).
+    #[arg(long, default_value_t = 0)]
+    limit: usize,
+    /// Skip the loss/perplexity pass.
+    #[arg(long)]
+    no_loss: bool,
+    /// Windows per forward pass in the loss pass.
+    #[arg(long, default_value_t = 8)]
+    batch: usize,
+    /// Also write the JSON summary to this file.
+    #[arg(long, value_name = "FILE")]
+    out: Option<PathBuf>,
+}
+
+/// A checkpoint's model, ready to evaluate.
+pub struct LoadedModel {
+    /// The run config stored in the checkpoint.
+    pub config: RunConfig,
+    /// The kernel it was trained with.
+    pub kernel: Box<dyn ModelKernel>,
+    /// fp32 parameters.
+    pub params: Vec<f32>,
+    /// The tokenizer of its data dir.
+    pub tokenizer: Box<dyn Tokenizer>,
+    /// Steps the checkpoint was trained for.
+    pub step: u64,
+    /// Tokens it was trained on.
+    pub tokens: u64,
+}
+
+/// Opens a checkpoint, rebuilds its kernel and loads its tokenizer.
+pub fn load_model(checkpoint: &Path, data_dir: Option<&Path>) -> anyhow::Result<LoadedModel> {
+    let file = CheckpointFile::open(checkpoint)?;
+    let meta = file.meta();
+    let mut config: RunConfig = toml::from_str(&meta.run_config).with_context(|| {
+        format!("the run config stored in {} does not parse", checkpoint.display())
+    })?;
+    if let Some(d) = data_dir {
+        config.data.dir = d.to_path_buf();
+    }
+    let registry = registry_for(&config)?;
+    let kernel = run::build_kernel(&config, &registry).context("building the model kernel")?;
+    let params = file.params(kernel.layout())?;
+    let tokenizer = load_tokenizer(&config, &registry)?;
+    anyhow::ensure!(
+        tokenizer.vocab_size() <= config.model.vocab_size,
+        "the tokenizer has {} ids but the model only {}: was the corpus re-tokenized after training?",
+        tokenizer.vocab_size(),
+        config.model.vocab_size
+    );
+    Ok(LoadedModel { config, kernel, params, tokenizer, step: meta.step, tokens: meta.tokens })
+}
+
+fn bar(len: u64, what: &str) -> ProgressBar {
+    let b = ProgressBar::new(len);
+    b.set_style(
+        ProgressStyle::with_template(&format!(
+            "{what} {{pos}}/{{len}} [{{bar:30}}] {{msg}} eta {{eta}} ({{elapsed}})"
+        ))
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    b
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let LoadedModel { config, mut kernel, params, tokenizer, step, tokens } =
+        load_model(&args.checkpoint, args.data_dir.as_deref())?;
+    let dir = DataDir::new(config.data.dir.clone());
+    let seq_len = config.model.seq_len;
+    let kind = &config.tokenizer.kind;
+
+    let loss = if args.no_loss {
+        None
+    } else {
+        let mut loader = dir.loader(
+            kind,
+            args.split,
+            tokenizer.as_ref(),
+            LoaderOptions { shuffle: false, ..Default::default() },
+        )?;
+        let batches = loader.epoch_batches(args.batch, seq_len)?;
+        let pb = bar(batches.len() as u64, "loss   ");
+        let result =
+            mean_loss(kernel.as_mut(), &params, &batches, &mut |i| pb.set_position(i as u64))?;
+        pb.finish_and_clear();
+        Some(result)
+    };
+
+    let mut lines = dir.read_split(args.split)?;
+    if args.limit > 0 {
+        lines.truncate(args.limit);
+    }
+    // The packed-ternary path: export inference weights and decode with them.
+    let weights = kernel.export_inference(&params)?;
+    let mut model = kernel.load_inference(&weights)?;
+    let pb = bar(lines.len() as u64, "decode ");
+    let tally = evaluate_lines(model.as_mut(), tokenizer.as_ref(), &lines, seq_len, &mut |t| {
+        pb.inc(1);
+        pb.set_message(format!(
+            "intent {:.1}% slots {:.1}%",
+            100.0 * t.intent_accuracy(),
+            100.0 * t.slot_exact_match()
+        ));
+    })?;
+    pb.finish_and_clear();
+
+    let summary = EvalSummary::new(args.split.name(), &tally, loss);
+    let mut value = serde_json::to_value(&summary)?;
+    if let Some(obj) = value.as_object_mut() {
+        obj.insert("checkpoint".into(), args.checkpoint.display().to_string().into());
+        obj.insert("step".into(), step.into());
+        obj.insert("tokens_trained".into(), tokens.into());
+    }
+    let text = serde_json::to_string_pretty(&value)?;
+    println!("{text}");
+    if let Some(out) = &args.out {
+        std::fs::write(out, format!("{text}\n"))
+            .with_context(|| format!("writing {}", out.display()))?;
+    }
+    Ok(())
+}

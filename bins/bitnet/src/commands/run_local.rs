@@ -1,0 +1,229 @@
+//! `bitnet run CONFIG` without `--dry-run`: the whole system on one machine. A coordinator and
+//! `[run] local_workers` workers over loopback (the config's transport) with generated
+//! credentials; the corpus is generated and tokenized first if missing; the queue is seeded to
+//! the token budget; a live progress bar; a final checkpoint, `metrics.jsonl` and an evaluation.
+
+use super::ConfigArgs;
+use super::coordinator::{Service, open_corpus, stop_flag};
+use super::worker::run_worker;
+use anyhow::{Context, bail};
+use bitnet_framework::checkpoint::{self, CheckpointMeta};
+use bitnet_framework::config::RunConfig;
+use bitnet_framework::data::SourcePosition;
+use bitnet_framework::data::dir::{DataDir, Split};
+use bitnet_framework::registry::Registry;
+use bitnet_framework::transport::{CoordinatorApi, Credentials, StatusReport, secrets};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+/// Runs `bitnet tokenize-corpus` with the same config when the tokenizer or the train shards
+/// are missing (it generates the corpus first if that is missing too).
+fn prepare_data(config: &RunConfig, args: &ConfigArgs) -> anyhow::Result<()> {
+    let dir = DataDir::new(config.data.dir.clone());
+    let kind = &config.tokenizer.kind;
+    let have_shards = dir.shard_paths(kind, Split::Train).map(|p| !p.is_empty()).unwrap_or(false);
+    if dir.tokenizer_file(kind).is_file() && have_shards {
+        return Ok(());
+    }
+    eprintln!("preparing data in {} (generate, tokenize, shard)", dir.root().display());
+    let status = Command::new(std::env::current_exe()?)
+        .arg("tokenize-corpus")
+        .args(config_args(args))
+        .status()
+        .context("running `bitnet tokenize-corpus`")?;
+    if !status.success() {
+        bail!("`bitnet tokenize-corpus` failed ({status})");
+    }
+    Ok(())
+}
+
+/// The command-line form of `args`, for subcommands run as child processes.
+fn config_args(args: &ConfigArgs) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Some(c) = &args.config {
+        out.push(c.display().to_string());
+    }
+    for o in &args.overrides {
+        out.push("--set".into());
+        out.push(o.clone());
+    }
+    if args.no_env {
+        out.push("--no-env".into());
+    }
+    out
+}
+
+/// Credentials for local worker `i`: created, or rotated when the store already has them.
+fn local_credentials(service: &Service, i: usize) -> anyhow::Result<Credentials> {
+    let id = format!("local-{i}");
+    let secret = secrets::generate_secret();
+    let hash = secrets::hash_secret(&secret).map_err(anyhow::Error::msg)?;
+    let store = service.coordinator.store();
+    if store.client(&id)?.is_some() {
+        store.rotate_client(&id, &hash)?;
+    } else {
+        store.add_client(&id, &hash)?;
+    }
+    Ok(Credentials { client_id: id, client_secret: secret })
+}
+
+fn progress_bar(total: u64) -> ProgressBar {
+    let bar = ProgressBar::new(total);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} tokens {human_pos}/{human_len} [{bar:30}] {msg} eta {eta} ({elapsed})",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    bar
+}
+
+fn status_line(s: &StatusReport) -> String {
+    format!(
+        "loss {} | {:.0} tok/s | v{} | {} workers | {} rejected",
+        s.recent_loss.map(|l| format!("{l:.4}")).unwrap_or_else(|| "-".into()),
+        s.tokens_per_sec,
+        s.weight_version,
+        s.workers.active,
+        s.updates_rejected
+    )
+}
+
+fn write_checkpoint(
+    config: &RunConfig,
+    service: &Service,
+    status: &StatusReport,
+) -> anyhow::Result<PathBuf> {
+    let (version, params, optimizer) = service.coordinator.state()?;
+    let meta = CheckpointMeta {
+        step: version,
+        tokens: status.tasks.done_tokens,
+        seed: config.train.seed,
+        data_position: SourcePosition::default(),
+        layout: service.coordinator.layout().clone(),
+        kernel: config.kernel.kind.clone(),
+        optimizer: config.optimizer.kind.clone(),
+        run_config: toml::to_string(config).context("serialising the run config")?,
+    };
+    let path =
+        bitnet_framework::trainer::checkpoint_path(&config.run.dir.join("checkpoints"), version);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    checkpoint::write(&path, &meta, &params, &optimizer)?;
+    Ok(path)
+}
+
+fn evaluate(checkpoint: &Path, out: &Path) -> anyhow::Result<()> {
+    let status = Command::new(std::env::current_exe()?)
+        .args(["eval", "--limit", "500", "--checkpoint"])
+        .arg(checkpoint)
+        .arg("--out")
+        .arg(out)
+        .status()
+        .context("running `bitnet eval`")?;
+    if !status.success() {
+        bail!("`bitnet eval` failed ({status})");
+    }
+    Ok(())
+}
+
+/// Trains `config` end to end on this machine.
+pub fn run(args: &ConfigArgs, mut config: RunConfig, registry: &Registry) -> anyhow::Result<()> {
+    prepare_data(&config, args)?;
+    let corpus = open_corpus(&mut config, registry)?;
+    let workers = config.run.local_workers.max(1);
+    if config.train.threads == 0 {
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        config.train.threads = (cores / workers).max(1);
+    }
+    config.worker.exit_when_done = true;
+    std::fs::create_dir_all(&config.run.dir)?;
+    let stop = stop_flag()?;
+    let service = Service::start(&config, registry, corpus, true)?;
+    let endpoint = service.server.endpoint();
+    eprintln!(
+        "coordinator on {endpoint} (weight version {}); starting {workers} local worker(s)",
+        service.coordinator.version()
+    );
+    let mut handles = Vec::new();
+    for i in 0..workers {
+        let creds = local_credentials(&service, i)?;
+        let (config, registry, endpoint, stop) =
+            (config.clone(), registry.clone(), endpoint.clone(), stop.clone());
+        handles.push(
+            std::thread::Builder::new()
+                .name(format!("local-worker-{i}"))
+                .spawn(move || run_worker(&config, &registry, &endpoint, creds, stop))?,
+        );
+    }
+
+    let metrics_path = config.run.dir.join("metrics.jsonl");
+    let mut metrics = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&metrics_path)
+        .with_context(|| format!("opening {}", metrics_path.display()))?;
+    let started = Instant::now();
+    let first = service.coordinator.status()?;
+    let bar = progress_bar(first.tasks.total_tokens);
+    let mut last_line = Instant::now() - Duration::from_secs(10);
+    let status = loop {
+        let s = service.coordinator.status()?;
+        bar.set_position(s.tasks.done_tokens);
+        bar.set_message(status_line(&s));
+        if last_line.elapsed() >= Duration::from_secs(1) {
+            last_line = Instant::now();
+            let mut row = serde_json::to_value(&s)?;
+            if let Some(o) = row.as_object_mut() {
+                o.insert("elapsed_s".into(), started.elapsed().as_secs_f64().into());
+            }
+            writeln!(metrics, "{row}")?;
+        }
+        let workers_done = handles.iter().all(|h| h.is_finished());
+        if s.tasks.finished() || workers_done || stop.load(Ordering::SeqCst) {
+            break s;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    bar.finish();
+    if stop.load(Ordering::SeqCst) {
+        eprintln!("interrupted: handing tasks back and writing a final snapshot");
+    }
+    stop.store(true, Ordering::SeqCst);
+    let mut failures = Vec::new();
+    for (i, h) in handles.into_iter().enumerate() {
+        match h.join() {
+            Ok(Ok(r)) => eprintln!(
+                "worker {i}: {} tasks accepted, {} rejected, {} tokens",
+                r.tasks_accepted, r.tasks_rejected, r.tokens
+            ),
+            Ok(Err(e)) => failures.push(format!("worker {i}: {e:#}")),
+            Err(_) => failures.push(format!("worker {i} panicked")),
+        }
+    }
+    let status = service.coordinator.status().unwrap_or(status);
+    writeln!(metrics, "{}", serde_json::to_value(&status)?)?;
+    let checkpoint = write_checkpoint(&config, &service, &status)?;
+    service.stop();
+    println!(
+        "trained {} tokens in {:.0}s: weight version {}, recent loss {}, checkpoint {}",
+        status.tasks.done_tokens,
+        started.elapsed().as_secs_f64(),
+        status.weight_version,
+        status.recent_loss.map(|l| format!("{l:.4}")).unwrap_or_else(|| "-".into()),
+        checkpoint.display()
+    );
+    if !failures.is_empty() {
+        bail!("{}", failures.join("; "));
+    }
+    if status.tasks.finished() {
+        evaluate(&checkpoint, &config.run.dir.join("eval.json"))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,73 @@
+//! Error feedback: a decorator that makes any lossy codec unbiased over time.
+
+use super::{CodecError, GradientCodec, check_update};
+use crate::tensor::ParamLayout;
+
+/// Wraps a codec with a per-worker error-feedback residual (Seide et al. 2014; Karimireddy et
+/// al. 2019): each call encodes `update + residual` and keeps what the encoding lost,
+/// `residual = (update + residual) - decode(encoded)`, for the next call. What the coordinator
+/// receives then sums to what the worker computed, up to one residual, however coarse the codec.
+///
+/// The residual lives in the instance, so a worker keeps one instance across its tasks. The wire
+/// format is the inner codec's (same id and version): decoding needs no residual, and a
+/// coordinator configured with the decorated codec reads payloads of the plain one.
+///
+/// The residual covers compression error only: an upload the coordinator rejects (too stale,
+/// lost) takes what it carried with it.
+#[derive(Debug, Clone)]
+pub struct ErrorFeedback<C> {
+    inner: C,
+    residual: Vec<f32>,
+}
+
+impl<C> ErrorFeedback<C> {
+    /// Wraps `inner` with a zero residual.
+    pub fn new(inner: C) -> Self {
+        Self { inner, residual: Vec::new() }
+    }
+
+    /// The residual carried into the next encode (empty before the first one).
+    pub fn residual(&self) -> &[f32] {
+        &self.residual
+    }
+
+    /// Drops the residual, e.g. when the worker starts on a different model.
+    pub fn reset(&mut self) {
+        self.residual.clear();
+    }
+
+    /// The wrapped codec.
+    pub fn inner(&self) -> &C {
+        &self.inner
+    }
+}
+
+impl<C: GradientCodec> GradientCodec for ErrorFeedback<C> {
+    fn wire_id(&self) -> &str {
+        self.inner.wire_id()
+    }
+
+    fn wire_version(&self) -> u16 {
+        self.inner.wire_version()
+    }
+
+    fn encode(&mut self, layout: &ParamLayout, update: &[f32]) -> Result<Vec<u8>, CodecError> {
+        check_update(layout, update)?;
+        if self.residual.len() != update.len() {
+            // First call, or another model: nothing carried over applies.
+            self.residual = vec![0.0; update.len()];
+        }
+        let combined: Vec<f32> = update.iter().zip(&self.residual).map(|(u, r)| u + r).collect();
+        // On any failure the residual is left as it was: a refused update carries nothing over.
+        let bytes = self.inner.encode(layout, &combined)?;
+        let sent = self.inner.decode(layout, &bytes)?;
+        for ((r, c), s) in self.residual.iter_mut().zip(&combined).zip(&sent) {
+            *r = c - s;
+        }
+        Ok(bytes)
+    }
+
+    fn decode(&self, layout: &ParamLayout, bytes: &[u8]) -> Result<Vec<f32>, CodecError> {
+        self.inner.decode(layout, bytes)
+    }
+}

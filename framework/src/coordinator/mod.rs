@@ -1,0 +1,896 @@
+//! The coordinator core, independent of any transport: it owns the master weights and the
+//! optimizer, leases tasks sized to each worker's measured throughput, applies uploaded updates
+//! through the staleness policy, snapshots off the request path and recovers from the newest
+//! valid snapshot.
+//!
+//! Durable state is split in two: weights and optimizer state live in snapshots in the
+//! [`WeightStore`]; the queue, workers, keys and telemetry live in the [`CoordinatorStore`].
+//! A task's update counts only once it is in a snapshot: on restart, every task Done with a
+//! version newer than the snapshot goes back to Pending, so nothing is lost or applied twice.
+
+pub mod assemble;
+pub mod blob;
+#[cfg(any(test, feature = "conformance"))]
+pub mod conformance;
+pub mod corpus;
+pub mod memory;
+mod metrics;
+pub mod seed;
+
+pub use corpus::{Corpus, DirCorpus, MemoryCorpus};
+
+use crate::codec::GradientCodec;
+use crate::config::{TrainMode, TrainSection};
+use crate::optim::{Optimizer, StepInfo};
+use crate::staleness::{StalenessDecision, StalenessPolicy};
+use crate::store::{WeightStore, sha256_hex};
+use crate::tensor::ParamLayout;
+use crate::transport::{
+    ApiError, Blob, ClaimRequest, Completion, CoordinatorApi, CoordinatorStore, Heartbeat,
+    HeartbeatReply, LogRecord, Registered, Registration, StatusReport, SweepPolicy, TaskRef,
+    TaskSpec, TaskTelemetry, UpdateUpload, UploadReceipt, WorkerRecord, WorkerState, now_ms,
+};
+use crate::weights::WeightCodec;
+use metrics::Metrics;
+use serde::{Deserialize, Serialize};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// The `[coordinator]` section of a run config.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CoordinatorSection {
+    /// Target wall-clock seconds of one task on the worker that claims it.
+    pub task_seconds: f64,
+    /// Lease = headroom x the task's expected duration (at least `min_lease_secs`).
+    pub lease_headroom: f64,
+    /// Shortest lease, seconds.
+    pub min_lease_secs: f64,
+    /// Workers heartbeat this often while working, seconds.
+    pub heartbeat_secs: f64,
+    /// Snapshot after this many applied updates (0 = only by time).
+    pub snapshot_every_updates: u64,
+    /// Snapshot at least this often while updates arrive, seconds (0 = only by count).
+    pub snapshot_every_secs: f64,
+    /// A worker silent this long is marked Gone, seconds.
+    pub worker_timeout_secs: f64,
+    /// A task whose lease expires this many times is Failed.
+    pub max_attempts: u64,
+    /// Largest accepted update upload, bytes.
+    pub max_upload_bytes: u64,
+    /// The maintenance thread (lease sweeper, timed snapshots) wakes this often, seconds.
+    pub sweep_every_secs: f64,
+    /// Telemetry older than this is pruned, seconds.
+    pub telemetry_retention_secs: f64,
+    /// Seeded tasks are at most this many tokens (claims split them further).
+    pub seed_chunk_tokens: u64,
+}
+
+impl Default for CoordinatorSection {
+    fn default() -> Self {
+        Self {
+            task_seconds: 600.0,
+            lease_headroom: 3.0,
+            min_lease_secs: 30.0,
+            heartbeat_secs: 10.0,
+            snapshot_every_updates: 50,
+            snapshot_every_secs: 300.0,
+            worker_timeout_secs: 120.0,
+            max_attempts: 5,
+            max_upload_bytes: 512 << 20,
+            sweep_every_secs: 2.0,
+            telemetry_retention_secs: 7.0 * 24.0 * 3600.0,
+            seed_chunk_tokens: 1 << 20,
+        }
+    }
+}
+
+impl CoordinatorSection {
+    /// Every inconsistent value, described.
+    pub fn validate(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        for (k, v) in [
+            ("task_seconds", self.task_seconds),
+            ("lease_headroom", self.lease_headroom),
+            ("heartbeat_secs", self.heartbeat_secs),
+            ("sweep_every_secs", self.sweep_every_secs),
+        ] {
+            if !(v.is_finite() && v > 0.0) {
+                p.push(format!("coordinator.{k} must be positive, is {v}"));
+            }
+        }
+        if self.lease_headroom < 1.0 {
+            p.push("coordinator.lease_headroom must be at least 1".into());
+        }
+        if self.max_attempts == 0 {
+            p.push("coordinator.max_attempts must be positive".into());
+        }
+        p
+    }
+
+    fn sweep_policy(&self) -> SweepPolicy {
+        SweepPolicy {
+            worker_timeout_ms: secs_to_ms(self.worker_timeout_secs),
+            telemetry_retention_ms: secs_to_ms(self.telemetry_retention_secs),
+            max_attempts: self.max_attempts,
+        }
+    }
+}
+
+fn secs_to_ms(s: f64) -> u64 {
+    if s.is_finite() && s > 0.0 { (s * 1000.0) as u64 } else { 0 }
+}
+
+/// Errors starting a coordinator.
+#[derive(Debug, thiserror::Error)]
+pub enum CoordinatorError {
+    /// A component failed.
+    #[error("{0}")]
+    Component(String),
+    /// The configuration is inconsistent.
+    #[error("invalid coordinator configuration: {0}")]
+    Config(String),
+}
+
+/// The components a coordinator is assembled from.
+pub struct CoordinatorParts {
+    /// Layout of the model's parameter arena.
+    pub layout: ParamLayout,
+    /// Parameters to start from when no snapshot exists.
+    pub initial_params: Vec<f32>,
+    /// The optimizer (DiLoCo: the outer optimizer).
+    pub optimizer: Box<dyn Optimizer>,
+    /// Staleness policy.
+    pub staleness: Box<dyn StalenessPolicy>,
+    /// Gradient codec (decoding only).
+    pub codec: Box<dyn GradientCodec>,
+    /// How weights are encoded for download.
+    pub weight_codec: Box<dyn WeightCodec>,
+    /// Where snapshots go.
+    pub snapshots: Arc<dyn WeightStore>,
+    /// Queue, workers, keys, telemetry.
+    pub store: Arc<dyn CoordinatorStore>,
+    /// The training corpus served to workers.
+    pub corpus: Arc<dyn Corpus>,
+}
+
+/// Mode parameters the coordinator hands out with every task.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskShape {
+    /// Training mode.
+    pub mode: TrainMode,
+    /// Sequences per step.
+    pub batch_size: usize,
+    /// Tokens per sequence.
+    pub seq_len: usize,
+    /// DiLoCo inner steps per task.
+    pub inner_steps: usize,
+}
+
+impl TaskShape {
+    /// From a run's `[train]` section and model sequence length.
+    pub fn from_train(train: &TrainSection, seq_len: usize) -> Self {
+        Self {
+            mode: train.mode,
+            batch_size: train.batch_size.max(1),
+            seq_len: seq_len.max(1),
+            inner_steps: train.inner_steps.max(1),
+        }
+    }
+
+    /// Tokens of one full batch.
+    pub fn batch_tokens(&self) -> u64 {
+        (self.batch_size * self.seq_len) as u64
+    }
+}
+
+struct ModelState {
+    params: Vec<f32>,
+    optimizer: Box<dyn Optimizer>,
+    version: u64,
+    updates_since_snapshot: u64,
+    last_snapshot: Instant,
+    recent: VecDeque<(f32, u64, u64)>,
+}
+
+struct SnapshotJob {
+    version: u64,
+    params: Vec<f32>,
+    optimizer: crate::optim::OptimizerState,
+}
+
+/// What recovery found at start-up.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Recovery {
+    /// Version resumed from (0 = fresh start).
+    pub version: u64,
+    /// Snapshots refused as corrupt or unreadable, with the reason.
+    pub skipped: Vec<(u64, String)>,
+    /// Tasks returned to Pending.
+    pub tasks_reset: u64,
+}
+
+/// The coordinator. Share it as `Arc<Coordinator>`; it implements [`CoordinatorApi`].
+pub struct Coordinator {
+    settings: CoordinatorSection,
+    shape: TaskShape,
+    layout: ParamLayout,
+    fingerprint: String,
+    store: Arc<dyn CoordinatorStore>,
+    corpus: Arc<dyn Corpus>,
+    codec: Box<dyn GradientCodec>,
+    weight_codec: Box<dyn WeightCodec>,
+    staleness: Box<dyn StalenessPolicy>,
+    model: Mutex<ModelState>,
+    served: Mutex<VecDeque<Blob>>,
+    snapshot_tx: Mutex<Option<mpsc::Sender<SnapshotJob>>>,
+    snapshot_version: Arc<AtomicU64>,
+    snapshot_thread: Mutex<Option<JoinHandle<()>>>,
+    maintenance: Mutex<Option<JoinHandle<()>>>,
+    stopping: Arc<AtomicBool>,
+    metrics: Metrics,
+    recovery: Recovery,
+}
+
+/// Served weight versions kept for workers still downloading an older one.
+const SERVED_VERSIONS: usize = 4;
+/// Applied updates the status's loss and throughput average over.
+const RECENT_UPDATES: usize = 16;
+/// Largest log batch accepted in one call.
+pub const MAX_LOG_BATCH: usize = 10_000;
+
+fn lock<'a, T>(m: &'a Mutex<T>, what: &str) -> Result<MutexGuard<'a, T>, ApiError> {
+    m.lock().map_err(|_| ApiError::Internal(format!("{what} lock poisoned")))
+}
+
+impl Coordinator {
+    /// Recovers from the newest valid snapshot (or starts at version 0 and writes one), returns
+    /// lost work to the queue and starts the snapshot and maintenance threads.
+    pub fn start(
+        parts: CoordinatorParts,
+        settings: CoordinatorSection,
+        shape: TaskShape,
+    ) -> Result<Arc<Self>, CoordinatorError> {
+        let problems = settings.validate();
+        if !problems.is_empty() {
+            return Err(CoordinatorError::Config(problems.join("; ")));
+        }
+        let CoordinatorParts {
+            layout,
+            initial_params,
+            mut optimizer,
+            staleness,
+            codec,
+            weight_codec,
+            snapshots,
+            store,
+            corpus,
+        } = parts;
+        let fingerprint = layout.fingerprint();
+        let n = layout.total_params();
+        if initial_params.len() != n {
+            return Err(CoordinatorError::Config(format!(
+                "initial parameters have {} values, the layout {n}",
+                initial_params.len()
+            )));
+        }
+        let comp = |e: &dyn std::fmt::Display| CoordinatorError::Component(e.to_string());
+        let mut skipped = Vec::new();
+        let mut resumed = None;
+        let mut versions = snapshots.list_versions().map_err(|e| comp(&e))?;
+        versions.sort_by_key(|m| std::cmp::Reverse(m.version));
+        for meta in versions {
+            let attempt = snapshots
+                .get_version(meta.version)
+                .map_err(|e| e.to_string())
+                .and_then(|b| blob::decode_snapshot(&b, &fingerprint, n).map_err(|e| e.to_string()))
+                .and_then(|s| {
+                    if s.version == meta.version {
+                        Ok(s)
+                    } else {
+                        Err(format!("holds version {}", s.version))
+                    }
+                });
+            match attempt {
+                Ok(snap) => match optimizer.load_state(snap.optimizer.clone()) {
+                    Ok(()) => {
+                        resumed = Some(snap);
+                        break;
+                    }
+                    Err(e) => skipped.push((meta.version, e.to_string())),
+                },
+                Err(reason) => {
+                    tracing::warn!(version = meta.version, %reason, "skipping unusable snapshot");
+                    skipped.push((meta.version, reason));
+                }
+            }
+        }
+        let (params, version, write_initial) = match resumed {
+            Some(s) => (s.params, s.version, false),
+            None => (initial_params, 0, true),
+        };
+        let tasks_reset = store.reset_after_recovery(version).map_err(|e| comp(&e))?;
+        if write_initial {
+            let blob = blob::encode_snapshot(0, &fingerprint, &params, &optimizer.save_state());
+            match snapshots.put_version(0, &blob) {
+                Ok(_) | Err(crate::store::StoreError::Exists(_)) => {}
+                Err(e) => return Err(comp(&e)),
+            }
+        }
+        tracing::info!(version, tasks_reset, skipped = skipped.len(), "coordinator recovered");
+        let (tx, rx) = mpsc::channel::<SnapshotJob>();
+        let snapshot_version = Arc::new(AtomicU64::new(version));
+        let snapshot_thread = {
+            let snapshots = Arc::clone(&snapshots);
+            let done = Arc::clone(&snapshot_version);
+            let fp = fingerprint.clone();
+            std::thread::Builder::new()
+                .name("bitnet-snapshot".into())
+                .spawn(move || {
+                    for job in rx {
+                        let blob = blob::encode_snapshot(job.version, &fp, &job.params, &job.optimizer);
+                        match snapshots.put_version(job.version, &blob) {
+                            Ok(_) | Err(crate::store::StoreError::Exists(_)) => {
+                                done.fetch_max(job.version, Ordering::SeqCst);
+                                tracing::debug!(version = job.version, "snapshot written");
+                            }
+                            Err(e) => tracing::error!(version = job.version, error = %e, "snapshot failed"),
+                        }
+                    }
+                })
+                .map_err(|e| comp(&e))?
+        };
+        let coordinator = Arc::new(Self {
+            settings,
+            shape,
+            layout,
+            fingerprint,
+            store,
+            corpus,
+            codec,
+            weight_codec,
+            staleness,
+            model: Mutex::new(ModelState {
+                params,
+                optimizer,
+                version,
+                updates_since_snapshot: 0,
+                last_snapshot: Instant::now(),
+                recent: VecDeque::new(),
+            }),
+            served: Mutex::new(VecDeque::new()),
+            snapshot_tx: Mutex::new(Some(tx)),
+            snapshot_version,
+            snapshot_thread: Mutex::new(Some(snapshot_thread)),
+            maintenance: Mutex::new(None),
+            stopping: Arc::new(AtomicBool::new(false)),
+            metrics: Metrics::default(),
+            recovery: Recovery { version, skipped, tasks_reset },
+        });
+        let weak = Arc::downgrade(&coordinator);
+        let stopping = Arc::clone(&coordinator.stopping);
+        let every = Duration::from_secs_f64(coordinator.settings.sweep_every_secs);
+        let handle = std::thread::Builder::new()
+            .name("bitnet-maintenance".into())
+            .spawn(move || {
+                let tick = Duration::from_millis(50).min(every);
+                let mut last = Instant::now();
+                while !stopping.load(Ordering::SeqCst) {
+                    std::thread::sleep(tick);
+                    if last.elapsed() < every {
+                        continue;
+                    }
+                    last = Instant::now();
+                    let Some(c) = weak.upgrade() else { break };
+                    c.maintain();
+                }
+            })
+            .map_err(|e| comp(&e))?;
+        *coordinator.maintenance.lock().map_err(|_| comp(&"maintenance lock poisoned"))? =
+            Some(handle);
+        Ok(coordinator)
+    }
+
+    /// What recovery did at start-up.
+    pub fn recovery(&self) -> &Recovery {
+        &self.recovery
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn CoordinatorStore> {
+        &self.store
+    }
+
+    /// The corpus.
+    pub fn corpus(&self) -> &Arc<dyn Corpus> {
+        &self.corpus
+    }
+
+    /// Current weight version.
+    pub fn version(&self) -> u64 {
+        self.model.lock().map(|m| m.version).unwrap_or(0)
+    }
+
+    /// A copy of the current parameters and their version.
+    pub fn params(&self) -> Result<(u64, Vec<f32>), ApiError> {
+        let m = lock(&self.model, "model")?;
+        Ok((m.version, m.params.clone()))
+    }
+
+    /// The current version, parameters and optimizer state (for checkpoints).
+    pub fn state(&self) -> Result<(u64, Vec<f32>, crate::optim::OptimizerState), ApiError> {
+        let m = lock(&self.model, "model")?;
+        Ok((m.version, m.params.clone(), m.optimizer.save_state()))
+    }
+
+    /// The parameter layout.
+    pub fn layout(&self) -> &ParamLayout {
+        &self.layout
+    }
+
+    /// One maintenance pass: sweep the store, take a timed snapshot if one is due.
+    pub fn maintain(&self) {
+        match self.store.sweep(now_ms(), &self.settings.sweep_policy()) {
+            Ok(r) if r.leases_expired + r.tasks_failed + r.workers_gone > 0 => {
+                tracing::info!(
+                    leases_expired = r.leases_expired,
+                    tasks_failed = r.tasks_failed,
+                    workers_gone = r.workers_gone,
+                    "sweep"
+                );
+            }
+            Ok(_) => {}
+            Err(e) => tracing::error!(error = %e, "sweep failed"),
+        }
+        let due = self.settings.snapshot_every_secs > 0.0;
+        if let Ok(mut m) = self.model.lock()
+            && due
+            && m.updates_since_snapshot > 0
+            && m.last_snapshot.elapsed().as_secs_f64() >= self.settings.snapshot_every_secs
+        {
+            self.queue_snapshot(&mut m);
+        }
+    }
+
+    /// Queues a snapshot of the current state now (if anything changed since the last one).
+    pub fn snapshot_now(&self) -> Result<u64, ApiError> {
+        let mut m = lock(&self.model, "model")?;
+        if m.updates_since_snapshot > 0 {
+            self.queue_snapshot(&mut m);
+        }
+        Ok(m.version)
+    }
+
+    fn queue_snapshot(&self, m: &mut ModelState) {
+        let job = SnapshotJob {
+            version: m.version,
+            params: m.params.clone(),
+            optimizer: m.optimizer.save_state(),
+        };
+        m.updates_since_snapshot = 0;
+        m.last_snapshot = Instant::now();
+        if let Ok(tx) = self.snapshot_tx.lock()
+            && let Some(tx) = tx.as_ref()
+            && tx.send(job).is_err()
+        {
+            tracing::error!("snapshot thread is gone");
+        }
+    }
+
+    /// Newest snapshot written.
+    pub fn snapshot_version(&self) -> u64 {
+        self.snapshot_version.load(Ordering::SeqCst)
+    }
+
+    /// Takes a final snapshot, waits for every queued snapshot to be written and stops the
+    /// background threads. Further updates are refused.
+    pub fn shutdown(&self) {
+        if let Ok(mut m) = self.model.lock()
+            && m.updates_since_snapshot > 0
+        {
+            self.queue_snapshot(&mut m);
+        }
+        self.stopping.store(true, Ordering::SeqCst);
+        if let Ok(mut tx) = self.snapshot_tx.lock() {
+            tx.take();
+        }
+        if let Ok(mut h) = self.snapshot_thread.lock()
+            && let Some(h) = h.take()
+            && h.join().is_err()
+        {
+            tracing::error!("snapshot thread panicked");
+        }
+        if let Ok(mut h) = self.maintenance.lock()
+            && let Some(h) = h.take()
+            && h.thread().id() != std::thread::current().id()
+            && h.join().is_err()
+        {
+            tracing::error!("maintenance thread panicked");
+        }
+    }
+
+    fn lease_ms(&self, tokens: u64, tokens_per_sec: f64) -> u64 {
+        let expected = tokens as f64 / tokens_per_sec.max(1e-3);
+        let secs = (expected * self.settings.lease_headroom).max(self.settings.min_lease_secs);
+        secs_to_ms(secs.max(3.0 * self.settings.heartbeat_secs))
+    }
+
+    /// Tokens a task for a worker of `tokens_per_sec` should hold, and the granule.
+    fn task_size(&self, tokens_per_sec: f64) -> (u64, u64) {
+        let batch = self.shape.batch_tokens();
+        match self.shape.mode {
+            // One outer step per task: exactly H inner steps of full batches.
+            TrainMode::Diloco => {
+                let g = batch * self.shape.inner_steps as u64;
+                (g, g)
+            }
+            TrainMode::AsyncSgd => {
+                let want = (tokens_per_sec.max(0.0) * self.settings.task_seconds) as u64;
+                (want.max(batch), batch)
+            }
+        }
+    }
+
+    fn current_blob(&self) -> Result<Blob, ApiError> {
+        let (version, params) = {
+            let m = lock(&self.model, "model")?;
+            if let Some(b) = lock(&self.served, "served")?.iter().find(|b| b.version == m.version) {
+                return Ok(b.clone());
+            }
+            (m.version, m.params.clone())
+        };
+        let bytes = self
+            .weight_codec
+            .encode(&self.layout, version, &params)
+            .map_err(|e| ApiError::Internal(format!("encoding weights: {e}")))?;
+        let b = Blob { version, sha256: sha256_hex(&bytes), bytes: Arc::new(bytes) };
+        let mut served = lock(&self.served, "served")?;
+        if !served.iter().any(|s| s.version == version) {
+            served.push_back(b.clone());
+            while served.len() > SERVED_VERSIONS {
+                served.pop_front();
+            }
+        }
+        Ok(b)
+    }
+
+    fn require_worker(&self, worker: &str) -> Result<WorkerRecord, ApiError> {
+        self.store
+            .worker(worker)?
+            .ok_or_else(|| ApiError::Forbidden(format!("worker `{worker}` has not registered")))
+    }
+
+    fn reject(
+        &self,
+        worker: &str,
+        task: TaskRef,
+        upload: &UpdateUpload,
+        staleness: u64,
+        reason: String,
+    ) -> Result<UploadReceipt, ApiError> {
+        self.store.release(task, worker)?;
+        self.metrics.rejected.fetch_add(1, Ordering::Relaxed);
+        self.store.record_telemetry(&TaskTelemetry {
+            task_id: task.task_id,
+            worker: worker.into(),
+            loss: upload.loss,
+            tokens: upload.tokens,
+            tokens_per_sec: tps(upload),
+            staleness,
+            accepted: false,
+            version: 0,
+            ts_ms: now_ms(),
+        })?;
+        tracing::info!(task = task.task_id, worker, staleness, %reason, "update rejected");
+        Ok(UploadReceipt {
+            accepted: false,
+            applied_version: None,
+            staleness,
+            lr_scale: 0.0,
+            reason: Some(reason),
+        })
+    }
+}
+
+fn tps(upload: &UpdateUpload) -> f64 {
+    if upload.seconds > 0.0 && upload.seconds.is_finite() {
+        upload.tokens as f64 / upload.seconds
+    } else {
+        0.0
+    }
+}
+
+impl Drop for Coordinator {
+    fn drop(&mut self) {
+        self.stopping.store(true, Ordering::SeqCst);
+    }
+}
+
+impl CoordinatorApi for Coordinator {
+    fn register(&self, worker: &str, reg: Registration) -> Result<Registered, ApiError> {
+        if reg.layout_fingerprint != self.fingerprint {
+            return Err(ApiError::Invalid(format!(
+                "worker model layout {} does not match the coordinator's {}",
+                reg.layout_fingerprint, self.fingerprint
+            )));
+        }
+        if !(reg.tokens_per_sec.is_finite() && reg.tokens_per_sec > 0.0) {
+            return Err(ApiError::Invalid("calibrated tokens_per_sec must be positive".into()));
+        }
+        self.store.upsert_worker(&WorkerRecord {
+            id: worker.into(),
+            state: WorkerState::Active,
+            threads: reg.threads,
+            calibrated_tps: reg.tokens_per_sec,
+            measured_tps: 0.0,
+            last_seen_ms: now_ms(),
+        })?;
+        tracing::info!(worker, tokens_per_sec = reg.tokens_per_sec, "worker registered");
+        Ok(Registered {
+            worker_id: worker.into(),
+            mode: self.shape.mode,
+            heartbeat_ms: secs_to_ms(self.settings.heartbeat_secs),
+            weight_version: self.version(),
+        })
+    }
+
+    fn claim(&self, worker: &str) -> Result<Option<TaskSpec>, ApiError> {
+        let started = Instant::now();
+        let record = self.require_worker(worker)?;
+        if record.state == WorkerState::Draining {
+            return Ok(None);
+        }
+        self.store.touch_worker(worker, now_ms(), false)?;
+        let tps = record.throughput();
+        let (max_tokens, granularity) = self.task_size(tps);
+        let weights = self.current_blob()?;
+        let req = ClaimRequest {
+            worker: worker.into(),
+            now_ms: now_ms(),
+            max_tokens,
+            granularity,
+            lease_ms: self.lease_ms(max_tokens, tps),
+        };
+        let Some(task) = self.store.claim(&req)? else {
+            self.metrics.claim_latency.record(started.elapsed());
+            return Ok(None);
+        };
+        let shard = self.corpus.info(&task.shard).ok_or_else(|| {
+            ApiError::Internal(format!("task {} names unknown shard `{}`", task.id, task.shard))
+        })?;
+        self.metrics.claims.fetch_add(1, Ordering::Relaxed);
+        self.metrics.claim_latency.record(started.elapsed());
+        Ok(Some(TaskSpec {
+            task_id: task.id,
+            lease: task.attempts,
+            lease_deadline_ms: task.lease_deadline_ms,
+            shard: task.shard,
+            shard_sha256: shard.sha256,
+            offset: task.offset,
+            tokens: task.tokens,
+            mode: self.shape.mode,
+            batch_size: self.shape.batch_size,
+            seq_len: self.shape.seq_len,
+            weights_version: weights.version,
+            weights_sha256: weights.sha256,
+        }))
+    }
+
+    fn heartbeat(&self, worker: &str, hb: Heartbeat) -> Result<HeartbeatReply, ApiError> {
+        let started = Instant::now();
+        let record = self.require_worker(worker)?;
+        let now = now_ms();
+        self.store.touch_worker(worker, now, hb.draining)?;
+        let mut reply =
+            HeartbeatReply { lease_valid: false, lease_deadline_ms: 0, weight_version: 0 };
+        if let Some(task) = hb.task {
+            if hb.hand_back {
+                self.store.release(task, worker)?;
+                tracing::info!(task = task.task_id, worker, "task handed back");
+            } else if let Some(t) = self.store.task(task.task_id)? {
+                let deadline = now + self.lease_ms(t.tokens, record.throughput());
+                reply.lease_valid = self.store.renew_lease(task, worker, deadline)?;
+                reply.lease_deadline_ms = deadline;
+            }
+        }
+        reply.weight_version = self.version();
+        self.metrics.heartbeats.fetch_add(1, Ordering::Relaxed);
+        self.metrics.heartbeat_latency.record(started.elapsed());
+        Ok(reply)
+    }
+
+    fn upload(&self, worker: &str, upload: UpdateUpload) -> Result<UploadReceipt, ApiError> {
+        let task_ref = upload.task;
+        let task = self
+            .store
+            .task(task_ref.task_id)?
+            .ok_or_else(|| ApiError::NotFound(format!("task {}", task_ref.task_id)))?;
+        if task.worker.as_deref() != Some(worker) {
+            return Err(ApiError::Forbidden(format!(
+                "task {} is not leased to `{worker}`",
+                task.id
+            )));
+        }
+        if task.state == crate::transport::TaskState::Done && task.attempts == task_ref.lease {
+            return Ok(UploadReceipt {
+                accepted: true,
+                applied_version: Some(task.applied_version),
+                staleness: 0,
+                lr_scale: 0.0,
+                reason: Some("duplicate upload: already applied".into()),
+            });
+        }
+        if task.state != crate::transport::TaskState::Assigned || task.attempts != task_ref.lease {
+            return Err(ApiError::Conflict(memory::refusal(&task, task_ref, worker)));
+        }
+        if upload.payload.len() as u64 > self.settings.max_upload_bytes {
+            return Err(ApiError::TooLarge(format!(
+                "update of {} bytes exceeds the limit of {}",
+                upload.payload.len(),
+                self.settings.max_upload_bytes
+            )));
+        }
+        if !upload.loss.is_finite() {
+            return Err(ApiError::Invalid("reported loss is not finite".into()));
+        }
+        let started = Instant::now();
+        let update = self.codec.decode(&self.layout, &upload.payload).map_err(|e| {
+            self.metrics.malformed.fetch_add(1, Ordering::Relaxed);
+            ApiError::Invalid(e.to_string())
+        })?;
+        let decoded = started.elapsed();
+        let mut m = lock(&self.model, "model")?;
+        if self.stopping.load(Ordering::SeqCst) {
+            return Err(ApiError::Unavailable("coordinator is shutting down".into()));
+        }
+        if upload.base_version > m.version {
+            return Err(ApiError::Conflict(format!(
+                "update computed on version {} but the coordinator is at {}",
+                upload.base_version, m.version
+            )));
+        }
+        let staleness = m.version - upload.base_version;
+        let scale = match self.staleness.decide(staleness) {
+            StalenessDecision::Accept { scale } => scale,
+            StalenessDecision::Reject { reason } => {
+                drop(m);
+                return self.reject(worker, task_ref, &upload, staleness, reason);
+            }
+        };
+        // Re-check and extend the lease under the model lock, so the sweeper cannot hand the
+        // task to someone else between the step and the completion.
+        let hold = now_ms() + secs_to_ms(self.settings.min_lease_secs.max(60.0));
+        if !self.store.renew_lease(task_ref, worker, hold)? {
+            return Err(ApiError::Conflict(format!(
+                "lease {} of task {} expired before the update could be applied",
+                task_ref.lease, task_ref.task_id
+            )));
+        }
+        let step = m.version;
+        let ModelState { params, optimizer, .. } = &mut *m;
+        let report = optimizer
+            .step(params, &update, StepInfo { step, lr_scale: scale })
+            .map_err(|e| ApiError::Invalid(format!("update refused by the optimizer: {e}")))?;
+        let version = m.version + 1;
+        match self.store.complete(task_ref, worker, version)? {
+            Completion::Completed | Completion::AlreadyDone { .. } => {}
+            Completion::Refused(msg) => {
+                // Unreachable while the lease was just renewed under this lock; the step is
+                // already in the weights, so keep counting it.
+                tracing::error!(%msg, "task completion refused after its update was applied");
+            }
+        }
+        m.version = version;
+        m.updates_since_snapshot += 1;
+        m.recent.push_back((upload.loss, upload.tokens, (upload.seconds * 1000.0) as u64));
+        while m.recent.len() > RECENT_UPDATES {
+            m.recent.pop_front();
+        }
+        if self.settings.snapshot_every_updates > 0
+            && m.updates_since_snapshot >= self.settings.snapshot_every_updates
+        {
+            self.queue_snapshot(&mut m);
+        }
+        drop(m);
+        self.metrics.applied.fetch_add(1, Ordering::Relaxed);
+        self.metrics.tokens.fetch_add(upload.tokens, Ordering::Relaxed);
+        self.metrics.apply_latency.record(started.elapsed());
+        self.metrics.decode_latency.record(decoded);
+        let rate = tps(&upload);
+        self.store.record_throughput(worker, rate)?;
+        self.store.record_telemetry(&TaskTelemetry {
+            task_id: task_ref.task_id,
+            worker: worker.into(),
+            loss: upload.loss,
+            tokens: upload.tokens,
+            tokens_per_sec: rate,
+            staleness,
+            accepted: true,
+            version,
+            ts_ms: now_ms(),
+        })?;
+        tracing::debug!(
+            task = task_ref.task_id,
+            worker,
+            version,
+            staleness,
+            lr = report.lr,
+            "applied"
+        );
+        Ok(UploadReceipt {
+            accepted: true,
+            applied_version: Some(version),
+            staleness,
+            lr_scale: scale,
+            reason: None,
+        })
+    }
+
+    fn logs(&self, worker: &str, records: Vec<LogRecord>) -> Result<(), ApiError> {
+        self.require_worker(worker)?;
+        if records.len() > MAX_LOG_BATCH {
+            return Err(ApiError::TooLarge(format!(
+                "{} log records in one batch; the limit is {MAX_LOG_BATCH}",
+                records.len()
+            )));
+        }
+        self.store.append_logs(worker, &records)?;
+        Ok(())
+    }
+
+    fn weights(&self, version: u64) -> Result<Blob, ApiError> {
+        if version == u64::MAX {
+            return self.current_blob();
+        }
+        if let Some(b) = lock(&self.served, "served")?.iter().find(|b| b.version == version) {
+            return Ok(b.clone());
+        }
+        let current = self.current_blob()?;
+        if current.version == version {
+            Ok(current)
+        } else {
+            Err(ApiError::NotFound(format!(
+                "weight version {version} is no longer served; the newest is {}",
+                current.version
+            )))
+        }
+    }
+
+    fn corpus(&self, shard: &str) -> Result<Blob, ApiError> {
+        self.corpus.shard(shard)
+    }
+
+    fn status(&self) -> Result<StatusReport, ApiError> {
+        let (version, recent_loss, tokens_per_sec) = {
+            let m = lock(&self.model, "model")?;
+            let n = m.recent.len();
+            let loss = (n > 0).then(|| m.recent.iter().map(|r| r.0).sum::<f32>() / n as f32);
+            // Per-update rates summed approximates the fleet's rate when workers run in
+            // parallel; averaged when they do not. Use the mean rate times active workers.
+            let tokens: u64 = m.recent.iter().map(|r| r.1).sum();
+            let ms: u64 = m.recent.iter().map(|r| r.2).sum();
+            let rate = if ms > 0 { tokens as f64 * 1000.0 / ms as f64 } else { 0.0 };
+            (m.version, loss, rate)
+        };
+        let workers = self.store.worker_counts()?;
+        Ok(StatusReport {
+            weight_version: version,
+            snapshot_version: self.snapshot_version(),
+            tasks: self.store.counts()?,
+            workers,
+            updates_applied: self.metrics.applied.load(Ordering::Relaxed),
+            updates_rejected: self.metrics.rejected.load(Ordering::Relaxed),
+            recent_loss,
+            tokens_per_sec: tokens_per_sec * workers.active.max(1) as f64,
+        })
+    }
+
+    fn metrics(&self) -> String {
+        let status = self.status().ok();
+        self.metrics.render(status.as_ref())
+    }
+}

@@ -1,0 +1,344 @@
+//! Weights on disk and on the wire.
+//!
+//! - The weights blob ([`write_blob`], [`read_blob`]): a safetensors file of the parameter arena,
+//!   one `F32` tensor per layout name, with metadata naming the format, the weight version and
+//!   the layout fingerprint. Snapshots and fp32 downloads use it; the reader refuses a blob made
+//!   for another layout.
+//! - The `WeightCodec` slot ([`WeightCodec`]): how a worker downloads weights. "fp32" sends the
+//!   blob; "ternary" sends BitLinear tensors as packed trits plus their absmean scale
+//!   ([`ternary`]).
+//!
+//! Integrity (SHA-256) is checked by the store and the transport over the whole blob; these
+//! readers check structure, names, shapes, dtypes and finiteness, and never panic on bad bytes.
+
+use crate::tensor::ParamLayout;
+use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+use std::borrow::Cow;
+use std::collections::HashMap;
+
+#[cfg(any(test, feature = "conformance"))]
+pub mod conformance;
+pub mod ternary;
+
+/// `format` metadata value of every weights container.
+pub const FORMAT: &str = "bitnet-weights";
+/// Version of the container layout (metadata keys, tensor naming).
+pub const FORMAT_VERSION: u32 = 1;
+/// Codec id of the plain fp32 blob.
+pub const FP32: &str = "fp32";
+
+/// Errors reading or writing weights.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum WeightsError {
+    /// Not a weights container, or structurally broken.
+    #[error("malformed weights: {0}")]
+    Malformed(String),
+    /// Made by another weight codec.
+    #[error("weights are encoded with `{found}`, expected `{expected}`")]
+    WrongCodec {
+        /// Codec asked for.
+        expected: String,
+        /// Codec found in the metadata.
+        found: String,
+    },
+    /// Made for another model.
+    #[error("weights were written for layout {found}, this model's layout is {expected}")]
+    LayoutMismatch {
+        /// This model's fingerprint.
+        expected: String,
+        /// The container's fingerprint.
+        found: String,
+    },
+    /// A tensor is missing, extra, or of the wrong shape or dtype.
+    #[error("weights do not match the model layout: {0}")]
+    Layout(String),
+    /// A tensor holds NaN or infinite values.
+    #[error("weights contain non-finite values in tensor `{0}`")]
+    NonFinite(String),
+    /// The parameters to encode do not fit the layout.
+    #[error("{found} parameters to encode, the layout has {expected}")]
+    Size {
+        /// Layout size.
+        expected: usize,
+        /// Given size.
+        found: usize,
+    },
+}
+
+/// A decoded weights download or snapshot.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Weights {
+    /// The weight version.
+    pub version: u64,
+    /// An arena laid out by the model's layout.
+    pub params: Vec<f32>,
+}
+
+/// What a container says about itself, read without decoding any tensor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerInfo {
+    /// Codec id (`fp32`, `ternary`, ...).
+    pub codec: String,
+    /// Weight version.
+    pub version: u64,
+    /// Fingerprint of the layout it was written for.
+    pub layout_fingerprint: String,
+}
+
+/// Encodes weights for download and decodes them on the worker.
+pub trait WeightCodec: Send + Sync {
+    /// Codec id written into the container's metadata.
+    fn wire_id(&self) -> &str;
+
+    /// Whether [`WeightCodec::decode`] returns the exact parameters. Lossy codecs return
+    /// parameters the model kernel treats the same way (e.g. the same ternary weights).
+    fn is_lossless(&self) -> bool;
+
+    /// Encodes weight version `version`, an arena laid out by `layout`.
+    fn encode(
+        &self,
+        layout: &ParamLayout,
+        version: u64,
+        params: &[f32],
+    ) -> Result<Vec<u8>, WeightsError>;
+
+    /// Decodes a download for `layout`, refusing anything malformed, made by another codec or
+    /// for another layout, or non-finite.
+    fn decode(&self, layout: &ParamLayout, bytes: &[u8]) -> Result<Weights, WeightsError>;
+}
+
+/// A tensor to write into a container.
+#[derive(Debug)]
+pub struct ContainerTensor<'a> {
+    /// Name (a layout name, or a codec's auxiliary name).
+    pub name: String,
+    /// Element type.
+    pub dtype: Dtype,
+    /// Shape.
+    pub shape: Vec<usize>,
+    /// Little-endian bytes.
+    pub data: Cow<'a, [u8]>,
+}
+
+impl safetensors::View for ContainerTensor<'_> {
+    fn dtype(&self) -> Dtype {
+        self.dtype
+    }
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    fn data(&self) -> Cow<'_, [u8]> {
+        Cow::Borrowed(&self.data)
+    }
+    fn data_len(&self) -> usize {
+        self.data.len()
+    }
+}
+
+/// Little-endian bytes of `values`.
+pub fn f32_bytes(values: &[f32]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(values.len() * 4);
+    for v in values {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    out
+}
+
+/// Checks `params` fit `layout` and are finite, naming the first bad tensor.
+pub fn check_params(layout: &ParamLayout, params: &[f32]) -> Result<(), WeightsError> {
+    if params.len() != layout.total_params() {
+        return Err(WeightsError::Size { expected: layout.total_params(), found: params.len() });
+    }
+    for (spec, range) in layout.iter() {
+        if !params[range].iter().all(|v| v.is_finite()) {
+            return Err(WeightsError::NonFinite(spec.name.clone()));
+        }
+    }
+    Ok(())
+}
+
+/// Serialises a container: `tensors` plus the metadata naming `codec`, `version` and `layout`.
+pub fn write_container(
+    codec: &str,
+    layout: &ParamLayout,
+    version: u64,
+    tensors: Vec<ContainerTensor<'_>>,
+) -> Result<Vec<u8>, WeightsError> {
+    let metadata: HashMap<String, String> = [
+        ("format", FORMAT.to_string()),
+        ("format_version", FORMAT_VERSION.to_string()),
+        ("codec", codec.to_string()),
+        ("version", version.to_string()),
+        ("layout_fingerprint", layout.fingerprint()),
+        ("params", layout.total_params().to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    let named = tensors.into_iter().map(|t| (t.name.clone(), t));
+    safetensors::serialize(named, &Some(metadata))
+        .map_err(|e| WeightsError::Malformed(format!("cannot serialise weights: {e}")))
+}
+
+/// Reads a container's metadata without touching its tensors.
+pub fn container_info(bytes: &[u8]) -> Result<ContainerInfo, WeightsError> {
+    let (_, metadata) = SafeTensors::read_metadata(bytes)
+        .map_err(|e| WeightsError::Malformed(format!("not a safetensors file: {e:?}")))?;
+    let meta = metadata
+        .metadata()
+        .as_ref()
+        .ok_or_else(|| WeightsError::Malformed("no metadata: not a bitnet weights file".into()))?;
+    let get = |key: &str| {
+        meta.get(key)
+            .ok_or_else(|| WeightsError::Malformed(format!("metadata key `{key}` missing")))
+    };
+    if get("format")? != FORMAT {
+        return Err(WeightsError::Malformed(format!("format is not `{FORMAT}`")));
+    }
+    let fv = get("format_version")?;
+    if fv.parse::<u32>().ok() != Some(FORMAT_VERSION) {
+        return Err(WeightsError::Malformed(format!(
+            "unsupported weights format version `{fv}`; this build reads {FORMAT_VERSION}"
+        )));
+    }
+    let version_text = get("version")?;
+    let version = version_text.parse::<u64>().map_err(|_| {
+        WeightsError::Malformed(format!("metadata `version` is not a number: `{version_text}`"))
+    })?;
+    Ok(ContainerInfo {
+        codec: get("codec")?.clone(),
+        version,
+        layout_fingerprint: get("layout_fingerprint")?.clone(),
+    })
+}
+
+/// Opens a container written by `codec` for `layout`: checks the metadata, the fingerprint,
+/// and that the tensor names are exactly `expected_names`.
+pub fn open_container<'a>(
+    bytes: &'a [u8],
+    codec: &str,
+    layout: &ParamLayout,
+    expected_names: usize,
+) -> Result<(ContainerInfo, SafeTensors<'a>), WeightsError> {
+    let info = container_info(bytes)?;
+    if info.codec != codec {
+        return Err(WeightsError::WrongCodec { expected: codec.into(), found: info.codec });
+    }
+    let expected = layout.fingerprint();
+    if info.layout_fingerprint != expected {
+        return Err(WeightsError::LayoutMismatch { expected, found: info.layout_fingerprint });
+    }
+    let st = SafeTensors::deserialize(bytes)
+        .map_err(|e| WeightsError::Malformed(format!("not a safetensors file: {e:?}")))?;
+    if st.len() != expected_names {
+        return Err(WeightsError::Layout(format!(
+            "{} tensors in the file, {expected_names} expected",
+            st.len()
+        )));
+    }
+    Ok((info, st))
+}
+
+/// Fetches tensor `name` and checks its dtype and shape.
+pub fn tensor<'a>(
+    st: &SafeTensors<'a>,
+    name: &str,
+    dtype: Dtype,
+    shape: &[usize],
+) -> Result<TensorView<'a>, WeightsError> {
+    let view =
+        st.tensor(name).map_err(|_| WeightsError::Layout(format!("tensor `{name}` missing")))?;
+    if view.dtype() != dtype || view.shape() != shape {
+        return Err(WeightsError::Layout(format!(
+            "tensor `{name}` is {:?} {:?}, expected {dtype:?} {shape:?}",
+            view.dtype(),
+            view.shape()
+        )));
+    }
+    Ok(view)
+}
+
+/// Decodes little-endian f32 bytes into `out`, refusing non-finite values of tensor `name`.
+pub fn read_f32_into(name: &str, bytes: &[u8], out: &mut [f32]) -> Result<(), WeightsError> {
+    if bytes.len() != out.len() * 4 {
+        return Err(WeightsError::Layout(format!("tensor `{name}` has the wrong byte length")));
+    }
+    let mut finite = true;
+    for (o, c) in out.iter_mut().zip(bytes.chunks_exact(4)) {
+        let v = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+        finite &= v.is_finite();
+        *o = v;
+    }
+    if finite { Ok(()) } else { Err(WeightsError::NonFinite(name.to_string())) }
+}
+
+/// Writes the weights blob: version `version` of an arena laid out by `layout`.
+pub fn write_blob(
+    layout: &ParamLayout,
+    version: u64,
+    params: &[f32],
+) -> Result<Vec<u8>, WeightsError> {
+    check_params(layout, params)?;
+    let tensors = layout
+        .iter()
+        .map(|(spec, range)| ContainerTensor {
+            name: spec.name.clone(),
+            dtype: Dtype::F32,
+            shape: spec.shape.clone(),
+            data: Cow::Owned(f32_bytes(&params[range])),
+        })
+        .collect();
+    write_container(FP32, layout, version, tensors)
+}
+
+/// Reads a weights blob written by [`write_blob`] for `layout`; refuses one made for another
+/// layout, with missing, extra or misshapen tensors, or non-finite values.
+pub fn read_blob(layout: &ParamLayout, bytes: &[u8]) -> Result<Weights, WeightsError> {
+    let (info, st) = open_container(bytes, FP32, layout, layout.tensors().len())?;
+    let mut params = vec![0.0f32; layout.total_params()];
+    for (spec, range) in layout.iter() {
+        let view = tensor(&st, &spec.name, Dtype::F32, &spec.shape)?;
+        read_f32_into(&spec.name, view.data(), &mut params[range])?;
+    }
+    Ok(Weights { version: info.version, params })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tensor::{TensorRole, TensorSpec};
+
+    fn layout(rows: usize) -> ParamLayout {
+        ParamLayout::new(vec![
+            TensorSpec { name: "w".into(), shape: vec![rows, 3], role: TensorRole::BitLinear },
+            TensorSpec { name: "g".into(), shape: vec![3], role: TensorRole::Norm },
+        ])
+        .expect("layout")
+    }
+
+    #[test]
+    fn blob_round_trips_with_version() {
+        let l = layout(2);
+        let params: Vec<f32> = (0..9).map(|i| i as f32 * 0.5 - 1.0).collect();
+        let bytes = write_blob(&l, 42, &params).expect("write");
+        assert_eq!(read_blob(&l, &bytes), Ok(Weights { version: 42, params }));
+        let info = container_info(&bytes).expect("info");
+        assert_eq!((info.codec.as_str(), info.version), ("fp32", 42));
+    }
+
+    #[test]
+    fn blob_for_another_layout_is_refused() {
+        let bytes = write_blob(&layout(2), 1, &[0.0; 9]).expect("write");
+        let err = read_blob(&layout(3), &bytes).expect_err("mismatch");
+        assert!(matches!(err, WeightsError::LayoutMismatch { .. }), "{err}");
+    }
+
+    #[test]
+    fn non_finite_params_are_refused_both_ways() {
+        let l = layout(2);
+        let mut params = vec![0.0; 9];
+        params[7] = f32::NAN;
+        assert_eq!(write_blob(&l, 1, &params), Err(WeightsError::NonFinite("g".into())));
+        assert!(matches!(write_blob(&l, 1, &[0.0; 8]), Err(WeightsError::Size { .. })));
+    }
+}

@@ -1,0 +1,201 @@
+//! BitNet b1.58 ternary weights: the absmean quantizer, base-3 packing, and the inverse the
+//! ternary weight codec needs.
+//!
+//! The quantizer is the kernel's: `g = mean|W|` summed in f64, then
+//! `W_q = clamp(round_half_even(W / (g + 1e-5)), -1, 1)`, with `W ~ W_q * g`. Five trits fit in
+//! a byte as `sum (t_i + 1) * 3^i` (1.6 bits per weight; bytes above 242 are invalid).
+
+/// Added to the absmean scale in the quantizer's divisor.
+pub const WEIGHT_EPS: f32 = 1e-5;
+/// Trits per packed byte.
+pub const TRITS_PER_BYTE: usize = 5;
+/// Largest valid packed byte (`3^5 - 1`).
+pub const MAX_PACKED: u8 = 242;
+
+/// The per-tensor absmean `g = mean|W|`, summed in f64 (the correctly rounded mean).
+pub fn absmean(w: &[f32]) -> f32 {
+    if w.is_empty() {
+        return 0.0;
+    }
+    (w.iter().map(|v| f64::from(v.abs())).sum::<f64>() / w.len() as f64) as f32
+}
+
+/// Quantizes `w` to trits in `{-1, 0, 1}` written to `trits`; returns the scale `g`.
+///
+/// # Panics
+/// If `trits` and `w` differ in length (a caller bug, not an input error).
+pub fn quantize(w: &[f32], trits: &mut [i8]) -> f32 {
+    assert_eq!(w.len(), trits.len(), "trit buffer must match the tensor");
+    let g = absmean(w);
+    let div = g + WEIGHT_EPS;
+    for (t, &x) in trits.iter_mut().zip(w) {
+        *t = (x / div).round_ties_even().clamp(-1.0, 1.0) as i8;
+    }
+    g
+}
+
+/// Bytes needed to pack `n` trits.
+pub fn packed_len(n: usize) -> usize {
+    n.div_ceil(TRITS_PER_BYTE)
+}
+
+/// Packs trits (each in `{-1, 0, 1}`) five to a byte.
+pub fn pack(trits: &[i8], out: &mut Vec<u8>) {
+    out.reserve(packed_len(trits.len()));
+    for chunk in trits.chunks(TRITS_PER_BYTE) {
+        let mut byte = 0u8;
+        for &t in chunk.iter().rev() {
+            byte = byte * 3 + (t.clamp(-1, 1) + 1) as u8;
+        }
+        // A short last chunk packs as if padded with -1 (digit 0) in the high places.
+        out.push(byte);
+    }
+}
+
+const fn unpack_table() -> [[i8; TRITS_PER_BYTE]; 243] {
+    let mut table = [[0i8; TRITS_PER_BYTE]; 243];
+    let mut b = 0;
+    while b < 243 {
+        let mut v = b;
+        let mut i = 0;
+        while i < TRITS_PER_BYTE {
+            table[b][i] = (v % 3) as i8 - 1;
+            v /= 3;
+            i += 1;
+        }
+        b += 1;
+    }
+    table
+}
+
+static UNPACK: [[i8; TRITS_PER_BYTE]; 243] = unpack_table();
+
+/// Unpacks `out.len()` trits from `packed`. Refuses a wrong length, a byte above 242, or
+/// padding in the last byte that a packer would not have written.
+pub fn unpack(packed: &[u8], out: &mut [i8]) -> Result<(), String> {
+    if packed.len() != packed_len(out.len()) {
+        return Err(format!(
+            "{} packed bytes for {} trits, expected {}",
+            packed.len(),
+            out.len(),
+            packed_len(out.len())
+        ));
+    }
+    for (chunk, &byte) in out.chunks_mut(TRITS_PER_BYTE).zip(packed) {
+        if byte > MAX_PACKED {
+            return Err(format!("packed byte {byte} is not 5 trits (max {MAX_PACKED})"));
+        }
+        let trits = &UNPACK[byte as usize];
+        chunk.copy_from_slice(&trits[..chunk.len()]);
+        if trits[chunk.len()..].iter().any(|&t| t != -1) {
+            return Err("non-canonical padding in the last packed byte".into());
+        }
+    }
+    Ok(())
+}
+
+/// Latent weights the quantizer maps back to exactly `trits` with scale `g`.
+///
+/// Every non-zero trit becomes `t * v` with `v ~ g * n / nnz`, so `|W| / (g + eps) >= 1/2`
+/// there. What rounding leaves of `sum |W| = g * n` goes into one zero-trit element (small enough
+/// to stay a zero trit), or, when every trit is non-zero, into the last element; either way the
+/// f64 mean `mean|W|` then rounds to `g` exactly, whatever order the kernel sums in (sums of a
+/// few million f32 values are exact in f64). Returns `false` if `g` is not finite and
+/// non-negative or the sizes differ.
+pub fn dequantize_latent(trits: &[i8], g: f32, out: &mut [f32]) -> bool {
+    if !g.is_finite() || g < 0.0 || trits.len() != out.len() {
+        return false;
+    }
+    let n = trits.len();
+    let nnz = trits.iter().filter(|&&t| t != 0).count();
+    if nnz == 0 || g == 0.0 {
+        out.fill(0.0);
+        return true;
+    }
+    let target = f64::from(g) * n as f64;
+    let mut v = (target / nnz as f64) as f32;
+    if nnz as f64 * f64::from(v) > target {
+        v = v.next_down();
+    }
+    if !v.is_finite() {
+        return false;
+    }
+    let mean_with = |rest: f64, adjust: f32| ((rest + f64::from(adjust)) / n as f64) as f32;
+    let closest = |rest: f64| {
+        let ideal = (target - rest) as f32;
+        [ideal, ideal.next_down(), ideal.next_up()]
+            .into_iter()
+            .find(|&a| mean_with(rest, a) == g)
+            .unwrap_or(ideal)
+    };
+    for (o, &t) in out.iter_mut().zip(trits) {
+        *o = f32::from(t) * v;
+    }
+    if nnz < n {
+        // The remainder is at most about n ulps of g, far below the zero-trit threshold g / 2.
+        let remainder = closest(nnz as f64 * f64::from(v)).max(0.0);
+        if remainder < 0.25 * g
+            && let Some(i) = trits.iter().position(|&t| t == 0)
+        {
+            out[i] = remainder;
+        }
+    } else if let Some(i) = trits.len().checked_sub(1) {
+        let last = closest((nnz - 1) as f64 * f64::from(v));
+        if !last.is_finite() {
+            return false;
+        }
+        out[i] = f32::from(trits[i]) * last;
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn quantizer_matches_the_formula() {
+        let w = [0.2f32, -0.4, 0.6, -0.8, 0.0, 0.1];
+        let mut t = [0i8; 6];
+        let g = quantize(&w, &mut t);
+        assert!((g - 0.35).abs() < 1e-6);
+        assert_eq!(t, [1, -1, 1, -1, 0, 0]);
+    }
+
+    proptest! {
+        #[test]
+        fn pack_unpack_round_trips(trits in prop::collection::vec(-1i8..=1, 0..64)) {
+            let mut packed = Vec::new();
+            pack(&trits, &mut packed);
+            prop_assert_eq!(packed.len(), packed_len(trits.len()));
+            let mut back = vec![0i8; trits.len()];
+            prop_assert_eq!(unpack(&packed, &mut back), Ok(()));
+            prop_assert_eq!(back, trits);
+        }
+
+        #[test]
+        fn unpack_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..16), n in 0usize..80) {
+            let mut out = vec![0i8; n];
+            if unpack(&bytes, &mut out).is_ok() {
+                prop_assert!(out.iter().all(|t| (-1..=1).contains(t)));
+            }
+        }
+
+        #[test]
+        fn dequantized_latent_requantizes_to_the_same_weights(
+            w in prop::collection::vec(-2.0f32..2.0, 1..300),
+        ) {
+            let mut t = vec![0i8; w.len()];
+            let g = quantize(&w, &mut t);
+            let mut latent = vec![0.0f32; w.len()];
+            prop_assert!(dequantize_latent(&t, g, &mut latent));
+            let mut t2 = vec![0i8; w.len()];
+            let g2 = quantize(&latent, &mut t2);
+            prop_assert_eq!(&t2, &t);
+            if t.iter().any(|&x| x != 0) {
+                prop_assert_eq!(g2, g);
+            }
+        }
+    }
+}

@@ -1,0 +1,162 @@
+//! SIMD kernels of the BitNet b1.58 layers, each behind a safe function with runtime CPU feature
+//! detection and a portable scalar twin.
+//!
+//! - [`quant`]: the per-tensor absmean ternary weight quantizer and the per-token absmax int8
+//!   activation quantizer (AVX-512 and scalar; bit-identical).
+//! - [`packed`]: [`PackedTernary`], ternary weights at 2 bits each in the panel layout the
+//!   matrix kernels consume; `repack`/`repack_transposed` refresh it in place each step
+//!   (AVX-512 gathers / byte transposes, with a scalar twin).
+//! - [`ternary`]: `int8 x packed ternary -> int32` products (the BitLinear forward, and the
+//!   SwitchBack-style input gradient `dX = dY_q . W_q` with the transposed packing), optionally
+//!   fused with the dequantisation `y = acc * g / s_row` (AVX-512 VNNI, AVX2 and scalar;
+//!   bit-identical).
+//! - [`bf16`]: the weight gradient `dW = dY^T . X` with bf16 products and fp32 accumulation
+//!   (AVX-512 BF16 and a scalar twin within a documented tolerance).
+//!
+//! Every public entry point has a `*_with(isa, ...)` form that runs one given [`Isa`] path (for
+//! tests and benchmarks) and a plain form that runs the best path of this CPU.
+//!
+//! Threads: the matrix kernels split their work with rayon on the pool they are called from, so
+//! a caller that owns a `rayon::ThreadPool` runs them inside `pool.install(|| ...)`.
+
+pub mod bf16;
+pub mod packed;
+pub mod quant;
+pub mod ternary;
+
+#[cfg(target_arch = "x86_64")]
+mod x86_bf16;
+#[cfg(target_arch = "x86_64")]
+mod x86_quant;
+#[cfg(target_arch = "x86_64")]
+mod x86_ternary;
+
+pub use packed::PackedTernary;
+pub use quant::{quantize_activations_absmax, quantize_weights_absmean};
+pub use ternary::{ternary_matmul, ternary_matmul_dequant, ternary_matmul_dequant_add};
+
+/// An instruction-set path of a kernel. Not every kernel has every path; each kernel documents
+/// the paths it implements and refuses the others with [`GemmError::UnsupportedIsa`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Isa {
+    /// Portable Rust, any CPU.
+    Scalar,
+    /// x86-64 AVX2 and FMA.
+    Avx2,
+    /// x86-64 AVX-512 F, BW and VL.
+    Avx512,
+    /// [`Isa::Avx512`] plus AVX512_VNNI (`vpdpbusd`).
+    Avx512Vnni,
+    /// [`Isa::Avx512`] plus AVX512_BF16 (`vdpbf16ps`).
+    Avx512Bf16,
+}
+
+impl Isa {
+    /// Every path, in the order kernels prefer them (fastest last).
+    pub const ALL: [Isa; 5] =
+        [Isa::Scalar, Isa::Avx2, Isa::Avx512, Isa::Avx512Vnni, Isa::Avx512Bf16];
+
+    /// Whether this CPU can run the path (runtime detection).
+    pub fn is_available(self) -> bool {
+        match self {
+            Isa::Scalar => true,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => {
+                is_x86_feature_detected!("avx512f")
+                    && is_x86_feature_detected!("avx512bw")
+                    && is_x86_feature_detected!("avx512vl")
+            }
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512Vnni => Isa::Avx512.is_available() && is_x86_feature_detected!("avx512vnni"),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512Bf16 => Isa::Avx512.is_available() && is_x86_feature_detected!("avx512bf16"),
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => false,
+        }
+    }
+
+    /// The paths of `supported` this CPU can run, in the given order.
+    pub fn available_among(supported: &[Isa]) -> Vec<Isa> {
+        supported.iter().copied().filter(|i| i.is_available()).collect()
+    }
+
+    /// The last path of `supported` this CPU can run ([`Isa::Scalar`] if none).
+    pub fn best_among(supported: &[Isa]) -> Isa {
+        supported.iter().rev().copied().find(|i| i.is_available()).unwrap_or(Isa::Scalar)
+    }
+}
+
+/// Errors of the kernels: wrong buffer sizes, a path this CPU or kernel lacks, invalid packed
+/// bytes.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GemmError {
+    /// A buffer has the wrong length for the given dimensions.
+    #[error("{what}: expected length {expected}, got {got}")]
+    Length {
+        /// Which buffer.
+        what: &'static str,
+        /// Length the dimensions imply.
+        expected: usize,
+        /// Length given.
+        got: usize,
+    },
+    /// Dimensions disagree with each other.
+    #[error("shape mismatch: {0}")]
+    Shape(String),
+    /// The dimensions overflow `usize` or the kernel's limits.
+    #[error("dimensions too large: {0}")]
+    TooLarge(String),
+    /// A weight given as ternary is outside `{-1, 0, 1}`.
+    #[error("weight {index} is {value}, not in {{-1, 0, 1}}")]
+    NotTernary {
+        /// Flat index of the weight.
+        index: usize,
+        /// Its value.
+        value: i8,
+    },
+    /// Packed ternary bytes are not in the canonical layout.
+    #[error("invalid packed ternary data: {0}")]
+    InvalidPacked(String),
+    /// The kernel has no such path, or this CPU cannot run it.
+    #[error("{kernel}: path {isa:?} is not implemented or not available on this CPU")]
+    UnsupportedIsa {
+        /// Kernel name.
+        kernel: &'static str,
+        /// Requested path.
+        isa: Isa,
+    },
+}
+
+/// Checks `isa` is one of the kernel's `supported` paths and this CPU runs it.
+pub(crate) fn check_isa(
+    kernel: &'static str,
+    isa: Isa,
+    supported: &[Isa],
+) -> Result<(), GemmError> {
+    if supported.contains(&isa) && isa.is_available() {
+        Ok(())
+    } else {
+        Err(GemmError::UnsupportedIsa { kernel, isa })
+    }
+}
+
+/// Checks `got == expected` for the buffer `what`.
+pub(crate) fn check_len(what: &'static str, expected: usize, got: usize) -> Result<(), GemmError> {
+    if expected == got { Ok(()) } else { Err(GemmError::Length { what, expected, got }) }
+}
+
+/// `a * b`, or an error naming the product.
+pub(crate) fn checked_area(what: &str, a: usize, b: usize) -> Result<usize, GemmError> {
+    a.checked_mul(b).ok_or_else(|| GemmError::TooLarge(format!("{what}: {a} x {b}")))
+}
+
+/// The comparison-based clamp the SIMD `max`/`min` instructions implement: `max(v, lo)` keeps
+/// `lo` unless `v > lo` (so NaN becomes `lo`), then `min(_, hi)` keeps `hi` unless `v < hi`.
+/// Scalar twins use it so NaN inputs give the same answer on every path.
+#[inline(always)]
+pub(crate) fn clamp_like_simd(v: f32, lo: f32, hi: f32) -> f32 {
+    let v = if v > lo { v } else { lo };
+    if v < hi { v } else { hi }
+}

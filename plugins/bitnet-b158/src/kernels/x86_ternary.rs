@@ -1,0 +1,417 @@
+//! x86-64 panel unpacking and micro-kernels of the ternary products (see `ternary.rs`).
+
+use super::packed::{GROUP, PACKED_GROUP_BYTES, TILE_BYTES};
+use super::ternary::{Sink, Tile};
+use std::arch::x86_64::*;
+
+/// Right shifts of the 16-bit lanes: 128-bit lane `t` shifts by `2 t` (see `packed.rs`).
+static SHIFTS_512: [u16; 32] = [
+    0, 0, 0, 0, 0, 0, 0, 0, 2, 2, 2, 2, 2, 2, 2, 2, 4, 4, 4, 4, 4, 4, 4, 4, 6, 6, 6, 6, 6, 6, 6, 6,
+];
+
+/// Unpacks one panel of 2-bit codes into bytes, 16 packed bytes to 64 unpacked at a time.
+///
+/// # Safety
+/// The CPU must support AVX-512 F and BW; `packed.len()` is a multiple of 64 and
+/// `tiles.len() >= 4 * packed.len()`.
+#[target_feature(enable = "avx512f,avx512bw")]
+pub(crate) unsafe fn unpack_panel_avx512(packed: &[u8], tiles: &mut [u8]) {
+    debug_assert!(packed.len().is_multiple_of(PACKED_GROUP_BYTES));
+    assert!(tiles.len() >= packed.len() * 4, "unpack buffer too small");
+    // SAFETY: SHIFTS_512 is 64 bytes; loadu has no alignment requirement.
+    let shifts = unsafe { _mm512_loadu_si512(SHIFTS_512.as_ptr().cast()) };
+    let three = _mm512_set1_epi8(3);
+    for i in 0..packed.len() / 16 {
+        // SAFETY: bytes 16 i .. 16 i + 16 of `packed` and 64 i .. 64 i + 64 of `tiles` are in
+        // bounds (i < len / 16 and the assertion above).
+        unsafe {
+            let p = _mm_loadu_si128(packed.as_ptr().add(16 * i).cast());
+            let u = _mm512_and_si512(_mm512_srlv_epi16(_mm512_broadcast_i32x4(p), shifts), three);
+            _mm512_storeu_si512(tiles.as_mut_ptr().add(64 * i).cast(), u);
+        }
+    }
+}
+
+/// AVX2 twin of [`unpack_panel_avx512`].
+///
+/// # Safety
+/// The CPU must support AVX2; same length requirements as [`unpack_panel_avx512`].
+#[target_feature(enable = "avx2")]
+pub(crate) unsafe fn unpack_panel_avx2(packed: &[u8], tiles: &mut [u8]) {
+    debug_assert!(packed.len().is_multiple_of(PACKED_GROUP_BYTES));
+    assert!(tiles.len() >= packed.len() * 4, "unpack buffer too small");
+    let lo_shift = _mm256_setr_epi32(0, 0, 0, 0, 2, 2, 2, 2);
+    let hi_shift = _mm256_setr_epi32(4, 4, 4, 4, 6, 6, 6, 6);
+    let three = _mm256_set1_epi8(3);
+    for i in 0..packed.len() / 16 {
+        // SAFETY: as in `unpack_panel_avx512`: both ranges are in bounds.
+        unsafe {
+            let p =
+                _mm256_broadcastsi128_si256(_mm_loadu_si128(packed.as_ptr().add(16 * i).cast()));
+            let lo = _mm256_and_si256(_mm256_srlv_epi32(p, lo_shift), three);
+            let hi = _mm256_and_si256(_mm256_srlv_epi32(p, hi_shift), three);
+            let dst = tiles.as_mut_ptr().add(64 * i);
+            _mm256_storeu_si256(dst.cast(), lo);
+            _mm256_storeu_si256(dst.add(32).cast(), hi);
+        }
+    }
+}
+
+/// The 4 activations of the partial last group of a row, zero padded, as one 32-bit lane.
+#[inline(always)]
+fn tail_group(row: &[i8], full: usize) -> i32 {
+    let mut b = [0u8; 4];
+    for (d, &s) in b.iter_mut().zip(&row[full * GROUP..]) {
+        *d = s as u8;
+    }
+    i32::from_le_bytes(b)
+}
+
+/// The AVX-512 VNNI micro-kernel: up to 6 rows x one 64-column panel.
+///
+/// # Safety
+/// The CPU must support AVX-512 F/BW/VL and VNNI; `t` must be in bounds: `1 <= rows <= 6`,
+/// rows `row0 .. row0 + rows` of `x` (`k` columns) exist, `tiles` holds `ceil(k / 4) * 256`
+/// bytes, `cols <= 64`, and the output rectangle lies inside the live `m x n` output.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+pub(crate) unsafe fn kernel_vnni(t: &Tile<'_>) {
+    // SAFETY: forwarded from this function's contract.
+    unsafe {
+        match t.rows {
+            6 => vnni_rows::<6>(t),
+            5 => vnni_rows::<5>(t),
+            4 => vnni_rows::<4>(t),
+            3 => vnni_rows::<3>(t),
+            2 => vnni_rows::<2>(t),
+            1 => vnni_rows::<1>(t),
+            r => unreachable!("the driver never asks for {r} rows"),
+        }
+    }
+}
+
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn vnni_rows<const R: usize>(t: &Tile<'_>) {
+    let k = t.k;
+    let full = k / GROUP;
+    let rows = &t.x[t.row0 * k..(t.row0 + R) * k];
+    assert!(t.tiles.len() >= k.div_ceil(GROUP) * TILE_BYTES, "panel buffer too small");
+    let tp = t.tiles.as_ptr();
+    let xp = rows.as_ptr();
+    let mut acc = [[_mm512_setzero_si512(); 4]; R];
+    for g in 0..full {
+        // SAFETY: group g < ceil(k / 4) of the panel buffer (asserted above) spans 256 bytes;
+        // row r < R of `rows` has k >= 4 g + 4 bytes, so the 4-byte read at r k + 4 g is in
+        // bounds; unaligned reads are allowed.
+        unsafe {
+            let b = tp.add(g * TILE_BYTES);
+            let b = [
+                _mm512_loadu_si512(b.cast()),
+                _mm512_loadu_si512(b.add(64).cast()),
+                _mm512_loadu_si512(b.add(128).cast()),
+                _mm512_loadu_si512(b.add(192).cast()),
+            ];
+            for (r, acc_r) in acc.iter_mut().enumerate() {
+                let a = _mm512_set1_epi32(xp.add(r * k + GROUP * g).cast::<i32>().read_unaligned());
+                for (acc_rv, &bv) in acc_r.iter_mut().zip(&b) {
+                    *acc_rv = _mm512_dpbusd_epi32(*acc_rv, bv, a);
+                }
+            }
+        }
+    }
+    if full * GROUP < k {
+        // SAFETY: the partial group `full` < ceil(k / 4) of the buffer spans 256 bytes.
+        let b = unsafe {
+            let b = tp.add(full * TILE_BYTES);
+            [
+                _mm512_loadu_si512(b.cast()),
+                _mm512_loadu_si512(b.add(64).cast()),
+                _mm512_loadu_si512(b.add(128).cast()),
+                _mm512_loadu_si512(b.add(192).cast()),
+            ]
+        };
+        for (r, acc_r) in acc.iter_mut().enumerate() {
+            let a = _mm512_set1_epi32(tail_group(&rows[r * k..(r + 1) * k], full));
+            for (acc_rv, &bv) in acc_r.iter_mut().zip(&b) {
+                *acc_rv = _mm512_dpbusd_epi32(*acc_rv, bv, a);
+            }
+        }
+    }
+    // Column masks of the four vectors (0 past the panel's valid columns). The sink is matched
+    // once, outside the loops, so each arm's loops unroll completely and `acc` stays in
+    // registers (a match inside the loops made LLVM keep `acc` in memory, 2.5x slower).
+    let masks: [__mmask16; 4] = std::array::from_fn(|v| {
+        let valid = t.cols.saturating_sub(16 * v).min(16);
+        ((1u32 << valid) - 1) as __mmask16
+    });
+    let rowsums: [__m512i; R] = std::array::from_fn(|r| _mm512_set1_epi32(t.rowsums[r]));
+    match t.sink {
+        Sink::I32(p) => {
+            for r in 0..R {
+                let at_row = (t.row0 + r) * t.n + t.col0;
+                for v in 0..4 {
+                    if masks[v] != 0 {
+                        let val = _mm512_sub_epi32(acc[r][v], rowsums[r]);
+                        // SAFETY: the masked lanes are columns col0 + 16 v .. < col0 + cols <= n
+                        // of row row0 + r < m of the output (the contract); this task is their
+                        // only writer.
+                        unsafe {
+                            _mm512_mask_storeu_epi32(p.0.add(at_row + 16 * v), masks[v], val)
+                        };
+                    }
+                }
+            }
+        }
+        Sink::F32(p, g) | Sink::F32Add(p, g) => {
+            let add = matches!(t.sink, Sink::F32Add(..));
+            for r in 0..R {
+                let at_row = (t.row0 + r) * t.n + t.col0;
+                let f = _mm512_set1_ps(g / t.row_scales[r]);
+                for v in 0..4 {
+                    if masks[v] != 0 {
+                        let val = _mm512_sub_epi32(acc[r][v], rowsums[r]);
+                        let y = _mm512_mul_ps(_mm512_cvtepi32_ps(val), f);
+                        // SAFETY: as for the i32 sink: masked lanes are in-bounds elements this
+                        // task alone writes.
+                        unsafe {
+                            let dst = p.0.add(at_row + 16 * v);
+                            let y = if add {
+                                _mm512_add_ps(_mm512_maskz_loadu_ps(masks[v], dst), y)
+                            } else {
+                                y
+                            };
+                            _mm512_mask_storeu_ps(dst, masks[v], y);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The AVX2 micro-kernel: up to 2 rows x one 64-column panel, in two 32-column halves.
+///
+/// # Safety
+/// The CPU must support AVX2; `t` in bounds as for [`kernel_vnni`] with `1 <= rows <= 2`.
+#[target_feature(enable = "avx2")]
+pub(crate) unsafe fn kernel_avx2(t: &Tile<'_>) {
+    // SAFETY: forwarded from this function's contract.
+    unsafe {
+        match t.rows {
+            2 => avx2_rows::<2>(t),
+            1 => avx2_rows::<1>(t),
+            r => unreachable!("the driver never asks for {r} rows"),
+        }
+    }
+}
+
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn avx2_rows<const R: usize>(t: &Tile<'_>) {
+    let k = t.k;
+    let full = k / GROUP;
+    let groups = k.div_ceil(GROUP);
+    let rows = &t.x[t.row0 * k..(t.row0 + R) * k];
+    assert!(t.tiles.len() >= groups * TILE_BYTES, "panel buffer too small");
+    let tp = t.tiles.as_ptr();
+    let xp = rows.as_ptr();
+    let ones = _mm256_set1_epi16(1);
+    for half in 0..2 {
+        let c0 = 32 * half;
+        if c0 >= t.cols {
+            break;
+        }
+        let mut acc = [[_mm256_setzero_si256(); 4]; R];
+        for g in 0..groups {
+            // SAFETY: group g < groups of the buffer spans 256 bytes, this half is 128 of
+            // them; full groups read 4 in-bounds bytes of each row (see `vnni_rows`).
+            unsafe {
+                let b = tp.add(g * TILE_BYTES + 128 * half);
+                let b = [
+                    _mm256_loadu_si256(b.cast()),
+                    _mm256_loadu_si256(b.add(32).cast()),
+                    _mm256_loadu_si256(b.add(64).cast()),
+                    _mm256_loadu_si256(b.add(96).cast()),
+                ];
+                for (r, acc_r) in acc.iter_mut().enumerate() {
+                    let lane = if g < full {
+                        xp.add(r * k + GROUP * g).cast::<i32>().read_unaligned()
+                    } else {
+                        tail_group(&rows[r * k..(r + 1) * k], full)
+                    };
+                    let a = _mm256_set1_epi32(lane);
+                    for (acc_rv, &bv) in acc_r.iter_mut().zip(&b) {
+                        // Codes are 0..=2, so the pairwise i16 sums (|.| <= 512) never saturate.
+                        let pairs = _mm256_maddubs_epi16(bv, a);
+                        *acc_rv = _mm256_add_epi32(*acc_rv, _mm256_madd_epi16(pairs, ones));
+                    }
+                }
+            }
+        }
+        for (r, acc_r) in acc.iter().enumerate() {
+            let rowsum = _mm256_set1_epi32(t.rowsums[r]);
+            let at_row = (t.row0 + r) * t.n + t.col0;
+            for (v, &acc_rv) in acc_r.iter().enumerate() {
+                let c = c0 + 8 * v;
+                if c >= t.cols {
+                    break;
+                }
+                let valid = (t.cols - c).min(8);
+                let mut lanes = [0i32; 8];
+                // SAFETY: `lanes` holds 8 i32.
+                unsafe {
+                    _mm256_storeu_si256(lanes.as_mut_ptr().cast(), _mm256_sub_epi32(acc_rv, rowsum))
+                };
+                for (j, &val) in lanes[..valid].iter().enumerate() {
+                    // SAFETY: column col0 + c + j < n of row row0 + r < m (the contract); this
+                    // task is the only writer.
+                    unsafe {
+                        match t.sink {
+                            Sink::I32(p) => *p.0.add(at_row + c + j) = val,
+                            Sink::F32(p, g) => {
+                                *p.0.add(at_row + c + j) = val as f32 * (g / t.row_scales[r])
+                            }
+                            Sink::F32Add(p, g) => {
+                                *p.0.add(at_row + c + j) += val as f32 * (g / t.row_scales[r])
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Packs 64 codes (bytes < 4) into 16 bytes: byte `i` gets the code of byte `i + 16 t` at bit
+/// `2 t` (the layout of `packed.rs`). 16-bit shifts are safe: a code shifted by at most 6 stays
+/// inside its byte.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+fn squeeze(q0: __m128i, q1: __m128i, q2: __m128i, q3: __m128i) -> __m128i {
+    _mm_or_si128(
+        _mm_or_si128(q0, _mm_slli_epi16::<2>(q1)),
+        _mm_or_si128(_mm_slli_epi16::<4>(q2), _mm_slli_epi16::<6>(q3)),
+    )
+}
+
+/// Packs the full 4-input groups of panel `panel` of the row-major `n_out x n_in` ternary `w`
+/// into `dst` with gathers. Returns the number of groups packed (`n_in / 4`), or `None` if a
+/// value is outside `{-1, 0, 1}` (the caller then packs the panel with the scalar code, which
+/// reports it).
+///
+/// # Safety
+/// The CPU must support AVX-512 F/BW/VL; `w.len() == n_out * n_in < i32::MAX`, `panel <
+/// ceil(n_out / 64)` and `dst` holds `ceil(n_in / 4) * 64` bytes.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+pub(crate) unsafe fn pack_panel_avx512(
+    w: &[i8],
+    n_out: usize,
+    n_in: usize,
+    panel: usize,
+    dst: &mut [u8],
+) -> Option<usize> {
+    let full = n_in / GROUP;
+    assert!(w.len() == n_out * n_in && w.len() < i32::MAX as usize, "pack operands");
+    assert!(dst.len() >= full * PACKED_GROUP_BYTES, "pack destination");
+    let (one, two) = (_mm512_set1_epi8(1), _mm512_set1_epi8(2));
+    let lanes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    let mut offsets = [_mm512_setzero_si512(); 4];
+    let mut masks = [0u16; 4];
+    for v in 0..4 {
+        let row0 = panel * 64 + 16 * v;
+        let valid = n_out.saturating_sub(row0).min(16);
+        masks[v] = if valid == 16 { 0xFFFF } else { (1u16 << valid) - 1 };
+        // Lanes past n_out may wrap; they are masked off and never read.
+        let rows = _mm512_add_epi32(_mm512_set1_epi32(row0 as i32), lanes);
+        offsets[v] = _mm512_mullo_epi32(rows, _mm512_set1_epi32(n_in as i32));
+    }
+    let mut bad: u64 = 0;
+    for g in 0..full {
+        let at_g = _mm512_set1_epi32((GROUP * g) as i32);
+        for v in 0..4 {
+            // SAFETY: each unmasked lane reads the 4 bytes w[row][4 g .. 4 g + 4] with row <
+            // n_out and 4 g + 4 <= n_in, inside `w`; offsets fit i32 (asserted).
+            let raw = unsafe {
+                _mm512_mask_i32gather_epi32::<1>(
+                    _mm512_setzero_si512(),
+                    masks[v],
+                    _mm512_add_epi32(offsets[v], at_g),
+                    w.as_ptr().cast(),
+                )
+            };
+            let codes = _mm512_add_epi8(raw, one);
+            bad |= _mm512_cmpgt_epu8_mask(codes, two);
+            let packed = squeeze(
+                _mm512_castsi512_si128(codes),
+                _mm512_extracti32x4_epi32::<1>(codes),
+                _mm512_extracti32x4_epi32::<2>(codes),
+                _mm512_extracti32x4_epi32::<3>(codes),
+            );
+            // SAFETY: bytes 64 g + 16 v .. + 16 < full * 64 <= dst.len() (asserted).
+            unsafe {
+                _mm_storeu_si128(
+                    dst.as_mut_ptr().add(g * PACKED_GROUP_BYTES + 16 * v).cast(),
+                    packed,
+                )
+            };
+        }
+    }
+    if bad == 0 { Some(full) } else { None }
+}
+
+/// [`pack_panel_avx512`] for the transposed packing: `w` is row-major `n_in x n_out` (the matrix
+/// being packed has element `(n, k) = w[k][n]`). Only panels whose 64 columns all exist take the
+/// fast path (others return `Some(0)`: nothing packed).
+///
+/// # Safety
+/// As for [`pack_panel_avx512`], with `w.len() == n_in * n_out`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+pub(crate) unsafe fn pack_panel_transposed_avx512(
+    w: &[i8],
+    n_out: usize,
+    n_in: usize,
+    panel: usize,
+    dst: &mut [u8],
+) -> Option<usize> {
+    let full = n_in / GROUP;
+    let col0 = panel * 64;
+    assert!(w.len() == n_out * n_in, "pack operands");
+    assert!(dst.len() >= full * PACKED_GROUP_BYTES, "pack destination");
+    if col0 + 64 > n_out {
+        return Some(0);
+    }
+    let (one, two) = (_mm_set1_epi8(1), _mm_set1_epi8(2));
+    let mut bad: u16 = 0;
+    for g in 0..full {
+        for v in 0..4 {
+            let c0 = col0 + 16 * v;
+            // SAFETY: rows 4 g .. 4 g + 4 < n_in and columns c0 .. c0 + 16 <= n_out of the
+            // row-major n_in x n_out `w` are in bounds.
+            let [r0, r1, r2, r3] = std::array::from_fn(|kk| unsafe {
+                _mm_loadu_si128(w.as_ptr().add((GROUP * g + kk) * n_out + c0).cast())
+            });
+            // Byte transpose: dword c of the result holds (r0[c], r1[c], r2[c], r3[c]).
+            let (a, b) = (_mm_unpacklo_epi8(r0, r1), _mm_unpackhi_epi8(r0, r1));
+            let (c, d) = (_mm_unpacklo_epi8(r2, r3), _mm_unpackhi_epi8(r2, r3));
+            let q = [
+                _mm_unpacklo_epi16(a, c),
+                _mm_unpackhi_epi16(a, c),
+                _mm_unpacklo_epi16(b, d),
+                _mm_unpackhi_epi16(b, d),
+            ]
+            .map(|q| _mm_add_epi8(q, one));
+            for &qi in &q {
+                bad |= _mm_cmpgt_epu8_mask(qi, two);
+            }
+            let packed = squeeze(q[0], q[1], q[2], q[3]);
+            // SAFETY: bytes 64 g + 16 v .. + 16 < full * 64 <= dst.len() (asserted).
+            unsafe {
+                _mm_storeu_si128(
+                    dst.as_mut_ptr().add(g * PACKED_GROUP_BYTES + 16 * v).cast(),
+                    packed,
+                )
+            };
+        }
+    }
+    if bad == 0 { Some(full) } else { None }
+}

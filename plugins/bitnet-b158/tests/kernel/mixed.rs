@@ -1,0 +1,82 @@
+//! `precision = "mixed"` (int8 forward, SwitchBack int8 input gradients) against fp32.
+
+use crate::common::{kernel_and_params, tiny_config, tokens};
+use bitnet_b158::Precision;
+use bitnet_framework::model::{ModelConfig, ModelKernel, TokenBatch};
+
+fn wider() -> ModelConfig {
+    // Widths of a few panels, so the int8 kernels' blocking is exercised.
+    ModelConfig {
+        d_model: 64,
+        ffn_hidden: 160,
+        n_heads: 4,
+        seq_len: 16,
+        vocab_size: 50,
+        ..tiny_config()
+    }
+}
+
+fn norms(kernel: &dyn ModelKernel, g: &[f32]) -> Vec<(String, f64)> {
+    kernel
+        .layout()
+        .iter()
+        .map(|(s, r)| {
+            (s.name.clone(), g[r].iter().map(|v| f64::from(*v).powi(2)).sum::<f64>().sqrt())
+        })
+        .collect()
+}
+
+#[test]
+fn gradient_norms_within_2e_2_of_fp32() {
+    let config = wider();
+    let (mut fp32, params) = kernel_and_params(config.clone(), Precision::Fp32, 21);
+    let (mut mixed, _) = kernel_and_params(config.clone(), Precision::Mixed, 21);
+    let (b, t) = (3, config.seq_len);
+    let inputs = tokens(b * t, config.vocab_size, 4);
+    let targets = tokens(b * t, config.vocab_size, 5);
+    let batch = TokenBatch { inputs: &inputs, targets: &targets, batch: b, seq_len: t };
+    let mut g32 = vec![0.0; params.len()];
+    let mut gmx = vec![0.0; params.len()];
+    let l32 = fp32.forward_backward(&params, &batch, &mut g32).expect("fp32");
+    let lmx = mixed.forward_backward(&params, &batch, &mut gmx).expect("mixed");
+    // The int8 forward is the exact integer product: same loss up to float rounding.
+    assert!((l32 - lmx).abs() <= 1e-4 * l32.abs(), "loss {l32} vs {lmx}");
+    assert_eq!(mixed.forward_loss(&params, &batch).expect("eval"), lmx);
+    for ((name, a), (_, b)) in norms(&fp32, &g32).into_iter().zip(norms(&mixed, &gmx)) {
+        assert!((a - b).abs() <= 2e-2 * a, "{name}: fp32 {a} vs mixed {b}");
+    }
+}
+
+#[test]
+fn loss_curve_tracks_fp32() {
+    let config = wider();
+    let (b, t) = (4, config.seq_len);
+    let seq = |row: usize, i: usize| ((row * 5 + i * 3) % 11) as u32;
+    let inputs: Vec<u32> = (0..b * t).map(|p| seq(p / t, p % t)).collect();
+    let targets: Vec<u32> = (0..b * t).map(|p| seq(p / t, p % t + 1)).collect();
+    let batch = TokenBatch { inputs: &inputs, targets: &targets, batch: b, seq_len: t };
+    let mut curves = Vec::new();
+    for precision in [Precision::Fp32, Precision::Mixed] {
+        let (mut kernel, mut params) = kernel_and_params(config.clone(), precision, 8);
+        let mut grads = vec![0.0; params.len()];
+        let mut mom = vec![0.0f32; params.len()];
+        let mut curve = Vec::new();
+        for _ in 0..40 {
+            curve.push(kernel.forward_backward(&params, &batch, &mut grads).expect("step"));
+            // Sign-momentum SGD: scale-free, so both precisions take comparable steps.
+            for ((p, m), g) in params.iter_mut().zip(&mut mom).zip(&grads) {
+                *m = 0.9 * *m + 0.1 * g;
+                *p -= 3e-3 * m.signum();
+            }
+        }
+        curves.push(curve);
+    }
+    let (c32, cmx) = (&curves[0], &curves[1]);
+    assert!(c32[39] < 0.5 * c32[0], "fp32 did not learn: {c32:?}");
+    for (i, (a, b)) in c32.iter().zip(cmx).enumerate() {
+        assert!(
+            (a - b).abs() <= 0.1 * a.max(0.2),
+            "step {i}: fp32 {a} vs mixed {b}\n{c32:?}\n{cmx:?}"
+        );
+    }
+}

@@ -1,0 +1,420 @@
+//! The coordinator's HTTP server.
+
+use crate::HttpConfig;
+use crate::range::{RangeReply, parse as parse_range};
+use crate::token;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use bitnet_framework::transport::{
+    ApiError, Blob, CoordinatorApi, CoordinatorStore, Heartbeat, LogRecord, Registration,
+    ServeContext, ServerHandle, UpdateUpload, UploadMeta, secrets,
+};
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+
+/// Header carrying an upload's metadata (JSON [`UploadMeta`]); the body is the payload.
+pub const UPLOAD_META_HEADER: &str = "x-bitnet-upload";
+/// Header naming the weight version of a weights download.
+pub const VERSION_HEADER: &str = "x-bitnet-version";
+/// Header with the SHA-256 (hex) of the whole blob of a download.
+pub const SHA256_HEADER: &str = "x-bitnet-sha256";
+
+struct AppState {
+    api: Arc<dyn CoordinatorApi>,
+    store: Arc<dyn CoordinatorStore>,
+    key: Vec<u8>,
+    ttl_secs: u64,
+}
+
+type Shared = State<Arc<AppState>>;
+
+/// An error as an HTTP response: status and a JSON `{"error": ...}` body.
+struct HttpError(ApiError);
+
+impl From<ApiError> for HttpError {
+    fn from(e: ApiError) -> Self {
+        HttpError(e)
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct ErrorBody {
+    error: String,
+}
+
+impl IntoResponse for HttpError {
+    fn into_response(self) -> Response {
+        let status =
+            StatusCode::from_u16(self.0.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let mut r = (status, axum::Json(ErrorBody { error: self.0.to_string() })).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        r
+    }
+}
+
+type HttpResult<T> = Result<T, HttpError>;
+
+/// Runs a synchronous coordinator call on a blocking thread.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::Internal(format!("request task failed: {e}")))?
+}
+
+/// Authenticates a request: a valid, unexpired bearer token whose client is neither revoked
+/// nor rotated since it was issued. Returns the client id.
+async fn authenticate(state: &Arc<AppState>, headers: &HeaderMap) -> Result<String, ApiError> {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .ok_or_else(|| ApiError::Unauthorized("missing bearer token".into()))?;
+    let claims = token::verify(&state.key, token.trim()).map_err(ApiError::Unauthorized)?;
+    let store = Arc::clone(&state.store);
+    let id = claims.sub.clone();
+    let client = blocking(move || Ok(store.client(&id)?)).await?;
+    match client {
+        Some(c) if c.revoked => Err(ApiError::Unauthorized("client revoked".into())),
+        Some(c) if c.generation != claims.generation => {
+            Err(ApiError::Unauthorized("client key rotated; request a new token".into()))
+        }
+        Some(_) => Ok(claims.sub),
+        None => Err(ApiError::Unauthorized("unknown client".into())),
+    }
+}
+
+/// `POST /connect/token` form fields (OAuth2 client credentials grant).
+#[derive(Debug, Deserialize)]
+struct TokenRequest {
+    grant_type: String,
+    client_id: Option<String>,
+    client_secret: Option<String>,
+}
+
+/// OAuth2 token response.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct TokenResponse {
+    /// The JWT.
+    pub access_token: String,
+    /// Always `Bearer`.
+    pub token_type: String,
+    /// Seconds until expiry.
+    pub expires_in: u64,
+}
+
+fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
+    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let b64 = v.strip_prefix("Basic ")?;
+    let raw = base64_decode(b64.trim())?;
+    let text = String::from_utf8(raw).ok()?;
+    let (id, secret) = text.split_once(':')?;
+    Some((id.to_string(), secret.to_string()))
+}
+
+/// Standard base64 (with padding) decoding, enough for HTTP Basic credentials.
+fn base64_decode(s: &str) -> Option<Vec<u8>> {
+    let val = |c: u8| -> Option<u32> {
+        Some(match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        } as u32)
+    };
+    let bytes = s.trim_end_matches('=').as_bytes();
+    let mut out = Vec::with_capacity(bytes.len() * 3 / 4);
+    for chunk in bytes.chunks(4) {
+        let mut acc = 0u32;
+        for (i, &c) in chunk.iter().enumerate() {
+            acc |= val(c)? << (18 - 6 * i);
+        }
+        let n = match chunk.len() {
+            4 => 3,
+            3 => 2,
+            2 => 1,
+            _ => return None,
+        };
+        for i in 0..n {
+            out.push((acc >> (16 - 8 * i)) as u8);
+        }
+    }
+    Some(out)
+}
+
+async fn issue_token(
+    State(state): Shared,
+    headers: HeaderMap,
+    axum::Form(req): axum::Form<TokenRequest>,
+) -> HttpResult<axum::Json<TokenResponse>> {
+    if req.grant_type != "client_credentials" {
+        return Err(ApiError::Invalid(format!(
+            "unsupported grant_type `{}`; use client_credentials",
+            req.grant_type
+        ))
+        .into());
+    }
+    let (id, secret) = match (req.client_id, req.client_secret) {
+        (Some(i), Some(s)) => (i, s),
+        _ => basic_credentials(&headers)
+            .ok_or_else(|| ApiError::Unauthorized("client credentials missing".into()))?,
+    };
+    let store = Arc::clone(&state.store);
+    let client = blocking(move || {
+        let c = store.client(&id)?;
+        // Verify even for unknown ids, so timing does not tell which ids exist.
+        let hash = c.as_ref().map(|c| c.secret_hash.clone()).unwrap_or_default();
+        let ok = secrets::verify_secret(&secret, &hash);
+        Ok(c.filter(|c| ok && !c.revoked))
+    })
+    .await?
+    .ok_or_else(|| ApiError::Unauthorized("unknown client, wrong secret or revoked".into()))?;
+    let (token, claims) = token::issue(&state.key, &client.id, client.generation, state.ttl_secs)
+        .map_err(ApiError::Internal)?;
+    Ok(axum::Json(TokenResponse {
+        access_token: token,
+        token_type: "Bearer".into(),
+        expires_in: claims.exp.saturating_sub(claims.iat),
+    }))
+}
+
+async fn register(
+    State(state): Shared,
+    headers: HeaderMap,
+    axum::Json(reg): axum::Json<Registration>,
+) -> HttpResult<Response> {
+    let who = authenticate(&state, &headers).await?;
+    let api = Arc::clone(&state.api);
+    let r = blocking(move || api.register(&who, reg)).await?;
+    Ok(axum::Json(r).into_response())
+}
+
+async fn work(State(state): Shared, headers: HeaderMap) -> HttpResult<Response> {
+    let who = authenticate(&state, &headers).await?;
+    let api = Arc::clone(&state.api);
+    Ok(match blocking(move || api.claim(&who)).await? {
+        Some(task) => axum::Json(task).into_response(),
+        None => StatusCode::NO_CONTENT.into_response(),
+    })
+}
+
+async fn heartbeat(
+    State(state): Shared,
+    headers: HeaderMap,
+    axum::Json(hb): axum::Json<Heartbeat>,
+) -> HttpResult<Response> {
+    let who = authenticate(&state, &headers).await?;
+    let api = Arc::clone(&state.api);
+    Ok(axum::Json(blocking(move || api.heartbeat(&who, hb)).await?).into_response())
+}
+
+async fn gradient(State(state): Shared, headers: HeaderMap, body: Bytes) -> HttpResult<Response> {
+    let who = authenticate(&state, &headers).await?;
+    let meta: UploadMeta = headers
+        .get(UPLOAD_META_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| ApiError::Invalid(format!("missing {UPLOAD_META_HEADER} header")))
+        .and_then(|v| {
+            serde_json::from_str(v)
+                .map_err(|e| ApiError::Invalid(format!("{UPLOAD_META_HEADER}: {e}")))
+        })?;
+    let api = Arc::clone(&state.api);
+    let upload = UpdateUpload::join(meta, body.to_vec());
+    Ok(axum::Json(blocking(move || api.upload(&who, upload)).await?).into_response())
+}
+
+async fn logs(
+    State(state): Shared,
+    headers: HeaderMap,
+    axum::Json(records): axum::Json<Vec<LogRecord>>,
+) -> HttpResult<Response> {
+    let who = authenticate(&state, &headers).await?;
+    let api = Arc::clone(&state.api);
+    blocking(move || api.logs(&who, records)).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+fn ranged(blob: Blob, headers: &HeaderMap) -> Response {
+    let len = blob.bytes.len() as u64;
+    let mut out = HeaderMap::new();
+    let put = |h: &mut HeaderMap, k: &'static str, v: String| {
+        if let Ok(v) = HeaderValue::from_str(&v) {
+            h.insert(k, v);
+        }
+    };
+    put(&mut out, VERSION_HEADER, blob.version.to_string());
+    put(&mut out, SHA256_HEADER, blob.sha256.clone());
+    put(&mut out, "etag", format!("\"{}\"", blob.sha256));
+    out.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    out.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+    let range = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
+    match parse_range(range, len) {
+        RangeReply::Full => (StatusCode::OK, out, blob.bytes.as_ref().clone()).into_response(),
+        RangeReply::Partial { start, end } => {
+            put(&mut out, "content-range", format!("bytes {start}-{end}/{len}"));
+            let body = blob.bytes[start as usize..=end as usize].to_vec();
+            (StatusCode::PARTIAL_CONTENT, out, body).into_response()
+        }
+        RangeReply::Unsatisfiable => {
+            put(&mut out, "content-range", format!("bytes */{len}"));
+            (StatusCode::RANGE_NOT_SATISFIABLE, out).into_response()
+        }
+    }
+}
+
+async fn weights(
+    State(state): Shared,
+    headers: HeaderMap,
+    Path(version): Path<String>,
+) -> HttpResult<Response> {
+    authenticate(&state, &headers).await?;
+    let v = if version == "latest" {
+        u64::MAX
+    } else {
+        version
+            .parse::<u64>()
+            .map_err(|_| ApiError::Invalid(format!("`{version}` is not a weight version")))?
+    };
+    let api = Arc::clone(&state.api);
+    let blob = blocking(move || api.weights(v)).await?;
+    Ok(ranged(blob, &headers))
+}
+
+async fn corpus(
+    State(state): Shared,
+    headers: HeaderMap,
+    Path(shard): Path<String>,
+) -> HttpResult<Response> {
+    authenticate(&state, &headers).await?;
+    let api = Arc::clone(&state.api);
+    let blob = blocking(move || api.corpus(&shard)).await?;
+    Ok(ranged(blob, &headers))
+}
+
+async fn status(State(state): Shared) -> HttpResult<Response> {
+    let api = Arc::clone(&state.api);
+    Ok(axum::Json(blocking(move || api.status()).await?).into_response())
+}
+
+async fn metrics(State(state): Shared, headers: HeaderMap) -> HttpResult<Response> {
+    authenticate(&state, &headers).await?;
+    let api = Arc::clone(&state.api);
+    let text = blocking(move || Ok(api.metrics())).await?;
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
+}
+
+fn router(state: Arc<AppState>, config: &HttpConfig) -> Router {
+    let json = DefaultBodyLimit::max(config.max_json_bytes);
+    Router::new()
+        .route("/connect/token", post(issue_token).layer(json))
+        .route("/register", post(register).layer(json))
+        .route("/work", get(work))
+        .route("/heartbeat", post(heartbeat).layer(json))
+        .route("/gradient", post(gradient).layer(DefaultBodyLimit::max(config.max_upload_bytes)))
+        .route("/logs", post(logs).layer(json))
+        .route("/weights/{version}", get(weights))
+        .route("/corpus/{shard}", get(corpus))
+        .route("/health", get(|| async { "ok" }))
+        .route("/status", get(status))
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+/// A running server.
+pub struct HttpServer {
+    endpoint: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ServerHandle for HttpServer {
+    fn endpoint(&self) -> String {
+        self.endpoint.clone()
+    }
+
+    fn shutdown(mut self: Box<Self>) {
+        self.stop_and_join();
+    }
+}
+
+impl HttpServer {
+    fn stop_and_join(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.thread.take()
+            && t.join().is_err()
+        {
+            tracing::error!("HTTP server thread panicked");
+        }
+    }
+}
+
+impl Drop for HttpServer {
+    fn drop(&mut self) {
+        self.stop_and_join();
+    }
+}
+
+/// Binds `config.bind` and serves `ctx` on a runtime of its own thread.
+pub fn start(config: &HttpConfig, key: Vec<u8>, ctx: ServeContext) -> Result<HttpServer, ApiError> {
+    let listener = std::net::TcpListener::bind(&config.bind)
+        .map_err(|e| ApiError::Internal(format!("binding {}: {e}", config.bind)))?;
+    listener.set_nonblocking(true).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let addr = listener.local_addr().map_err(|e| ApiError::Internal(e.to_string()))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.server_threads)
+        .max_blocking_threads(64)
+        .thread_name("bitnet-http")
+        .enable_all()
+        .build()
+        .map_err(|e| ApiError::Internal(format!("starting the HTTP runtime: {e}")))?;
+    let state =
+        Arc::new(AppState { api: ctx.api, store: ctx.store, key, ttl_secs: config.token_ttl_secs });
+    let app = router(state, config);
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let thread = std::thread::Builder::new()
+        .name("bitnet-http-server".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                let listener = match tokio::net::TcpListener::from_std(listener) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        tracing::error!(error = %e, "HTTP listener");
+                        return;
+                    }
+                };
+                let served = axum::serve(listener, app)
+                    .with_graceful_shutdown(async move {
+                        let _ = rx.await;
+                    })
+                    .await;
+                if let Err(e) = served {
+                    tracing::error!(error = %e, "HTTP server stopped");
+                }
+            });
+        })
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    tracing::info!(%addr, "coordinator listening");
+    Ok(HttpServer { endpoint: format!("http://{addr}"), stop: Some(tx), thread: Some(thread) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn basic_auth_decodes() {
+        assert_eq!(base64_decode("dzE6czM="), Some(b"w1:s3".to_vec()));
+        assert_eq!(base64_decode("!!"), None);
+    }
+}

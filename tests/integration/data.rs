@@ -1,0 +1,86 @@
+//! The TruckMate data pipeline end to end, with the registered plugins: generate a corpus, train
+//! each tokenizer through the registry, write shards, pack windows, and evaluate a tiny untrained
+//! model through the packed-ternary inference path.
+
+use bitnet_framework::BuildContext;
+use bitnet_framework::data::dir::{DataDir, Split, write_split_shards};
+use bitnet_framework::data::loader::LoaderOptions;
+use bitnet_framework::model::{IGNORE_INDEX, ModelKernel};
+use bitnet_framework::tokenizer::Tokenizer;
+use bitnet_truckmate::eval::{evaluate_lines, mean_loss};
+
+fn pipeline(kind: &str) {
+    let tmp = bitnet_tests::temp_dir();
+    let dir = DataDir::new(tmp.path().join("data"));
+    let corpus = bitnet_truckmate::corpus::generate(600, 11);
+    bitnet_truckmate::write_corpus(&dir, &corpus).expect("write corpus");
+    let registry = bitnet_plugins::registry().expect("registry");
+    let ctx = BuildContext::new(bitnet_tests::tiny_model(64));
+    let mut options = toml::Table::new();
+    options.insert("max_vocab".into(), toml::Value::Integer(800));
+    let mut tok = registry.build::<dyn Tokenizer>(kind, &options, &ctx).expect("tokenizer");
+    let train = dir.read_split(Split::Train).expect("train split");
+    tok.train(&mut train.iter().cloned()).expect("train tokenizer");
+    tok.save(&dir.tokenizer_file(kind)).expect("save");
+    let mut reloaded = registry.build::<dyn Tokenizer>(kind, &options, &ctx).expect("tokenizer");
+    reloaded.load(&dir.tokenizer_file(kind)).expect("load");
+    assert_eq!(reloaded.content_hash(), tok.content_hash());
+    for split in Split::ALL {
+        let lines = dir.read_split(split).expect("split");
+        write_split_shards(&dir, kind, split, reloaded.as_ref(), &lines, 4096).expect("shards");
+    }
+    assert!(dir.shard_paths(kind, Split::Train).expect("list").len() > 1, "several shards");
+
+    let mut model = bitnet_tests::tiny_model(reloaded.vocab_size());
+    model.seq_len = 96;
+    let mut kernel = registry
+        .build::<dyn ModelKernel>("bitnet-b158", &toml::Table::new(), &BuildContext::new(model))
+        .expect("kernel");
+    let mut params = vec![0.0; kernel.layout().total_params()];
+    kernel.init_params(7, &mut params).expect("init");
+
+    let mut loader = dir
+        .loader(
+            kind,
+            Split::Validation,
+            reloaded.as_ref(),
+            LoaderOptions { shuffle: false, ..Default::default() },
+        )
+        .expect("loader");
+    assert_eq!(loader.skipped_examples(96).expect("plan"), 0, "{kind}: examples fit 96 tokens");
+    let batches = loader.epoch_batches(4, 96).expect("batches");
+    let examples: usize = batches
+        .iter()
+        .map(|b| b.inputs.iter().filter(|&&t| t == reloaded.special_tokens().bos).count())
+        .sum();
+    assert_eq!(examples, corpus.validation.len(), "every validation example once");
+    assert!(batches.iter().all(|b| b.targets.iter().any(|&t| t != IGNORE_INDEX)));
+    let (loss, targets) = mean_loss(kernel.as_mut(), &params, &batches, &mut |_| {}).expect("loss");
+    let uniform = (reloaded.vocab_size() as f64).ln();
+    assert!(targets > 0 && loss.is_finite(), "{kind}: loss {loss} over {targets}");
+    assert!(
+        loss > 0.5 * uniform && loss < 2.0 * uniform,
+        "{kind}: untrained loss {loss} vs ln V {uniform}"
+    );
+
+    let weights = kernel.export_inference(&params).expect("export");
+    let mut inference = kernel.load_inference(&weights).expect("load inference");
+    let lines = &corpus.test[..4];
+    let mut calls = 0;
+    let tally =
+        evaluate_lines(inference.as_mut(), reloaded.as_ref(), lines, 96, &mut |_| calls += 1)
+            .expect("evaluate");
+    assert_eq!((tally.examples, calls), (4, 4));
+    assert!(tally.intent_correct + tally.invalid_json <= 4);
+    assert!((0.0..=1.0).contains(&tally.invalid_json_rate()));
+}
+
+#[test]
+fn word_level_pipeline() {
+    pipeline("word-level");
+}
+
+#[test]
+fn bpe_pipeline() {
+    pipeline("bpe");
+}

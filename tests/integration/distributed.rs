@@ -1,0 +1,299 @@
+//! The distributed runtime in one process: a coordinator served over the "in-process"
+//! transport and worker threads running the real kernel on the tiny preset.
+
+use bitnet_framework::config::RunConfig;
+use bitnet_framework::coordinator::Coordinator;
+use bitnet_framework::coordinator::assemble::{
+    build_transport, build_worker_parts, kernel_and_context,
+};
+use bitnet_framework::registry::Registry;
+use bitnet_framework::transport::{
+    ApiError, CoordinatorApi, Credentials, Heartbeat, Registration, ServeContext, ServerHandle,
+    TaskRef, TaskState, UpdateUpload,
+};
+use bitnet_framework::worker::{Worker, WorkerReport, windows};
+use bitnet_tests::dist;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+fn serve(config: &RunConfig, registry: &Registry, c: &Arc<Coordinator>) -> Box<dyn ServerHandle> {
+    let api: Arc<dyn CoordinatorApi> = Arc::clone(c) as Arc<dyn CoordinatorApi>;
+    build_transport(config, registry)
+        .expect("transport")
+        .serve(ServeContext { api, store: Arc::clone(c.store()) })
+        .expect("serve")
+}
+
+fn spawn_worker(
+    config: &RunConfig,
+    registry: &Registry,
+    endpoint: &str,
+    creds: Credentials,
+) -> std::thread::JoinHandle<WorkerReport> {
+    let (config, registry, endpoint) = (config.clone(), registry.clone(), endpoint.to_string());
+    std::thread::spawn(move || {
+        let client = build_transport(&config, &registry)
+            .expect("transport")
+            .connect(&endpoint, creds)
+            .expect("connect");
+        let parts = build_worker_parts(&config, &registry, client).expect("worker parts");
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut w = Worker::new(parts, config.worker.clone(), 1, config.train.seed, stop);
+        w.run(config.train.batch_size, config.model.seq_len).expect("worker runs")
+    })
+}
+
+/// Mean loss of `params` over the first `n` tokens of `tokens`.
+fn loss_on(config: &RunConfig, registry: &Registry, params: &[f32], tokens: &[u32]) -> f32 {
+    let (mut kernel, _) = kernel_and_context(config, registry).expect("kernel");
+    let mut sum = 0.0;
+    let mut n = 0;
+    for b in windows(tokens, config.model.seq_len, config.train.batch_size) {
+        sum += kernel.forward_loss(params, &b.view()).expect("loss");
+        n += 1;
+    }
+    sum / n as f32
+}
+
+fn all_tasks(c: &Coordinator) -> Vec<bitnet_framework::transport::TaskRecord> {
+    (1..10_000).map_while(|id| c.store().task(id).expect("task")).collect()
+}
+
+#[test]
+fn two_workers_train_until_every_task_is_done_and_loss_falls() {
+    let dir = bitnet_tests::temp_dir();
+    let registry = dist::registry();
+    let config = dist::tiny_config(dir.path(), &[]);
+    let c = dist::start_coordinator(&config, &registry, dist::pattern_corpus(2, 640), 0, 640);
+    let (_, initial) = c.params().expect("params");
+    let server = serve(&config, &registry, &c);
+    let a = spawn_worker(&config, &registry, &server.endpoint(), dist::add_client(&c, "w1"));
+    let b = spawn_worker(&config, &registry, &server.endpoint(), dist::add_client(&c, "w2"));
+    let (ra, rb) = (a.join().expect("w1"), b.join().expect("w2"));
+    let status = c.status().expect("status");
+    assert!(status.tasks.finished(), "{status:?}");
+    assert_eq!(status.tasks.failed, 0);
+    assert_eq!(status.tasks.done_tokens, 1280, "the epoch is covered once");
+    let accepted = ra.tasks_accepted + rb.tasks_accepted;
+    assert_eq!(status.weight_version, accepted, "one version per accepted update");
+    assert!(c.store().log_count().expect("logs") > 0, "workers shipped logs");
+    let (_, trained) = c.params().expect("params");
+    let data = dist::pattern_tokens(640, 1);
+    let (before, after) = (
+        loss_on(&config, &registry, &initial, &data),
+        loss_on(&config, &registry, &trained, &data),
+    );
+    assert!(after < before - 0.2, "loss fell: {before} -> {after}");
+    c.shutdown();
+    assert_eq!(c.snapshot_version(), status.weight_version, "the final snapshot is written");
+    server.shutdown();
+}
+
+#[test]
+fn diloco_update_lowers_the_loss_on_its_data() {
+    let dir = bitnet_tests::temp_dir();
+    let registry = dist::registry();
+    let mut config = dist::tiny_config(dir.path(), &["train.mode=diloco", "codec.type=fp32"]);
+    // The outer optimizer of the issue: Nesterov SGD, lr 0.7, momentum 0.9.
+    config.optimizer = toml::from_str("type = \"sgd\"\nlr = 0.7\nmomentum = 0.9\nnesterov = true")
+        .expect("sgd spec");
+    // One task of H = 4 inner steps of 4 x 16 tokens.
+    let c = dist::start_coordinator(&config, &registry, dist::pattern_corpus(1, 256), 256, 256);
+    let (_, before_params) = c.params().expect("params");
+    let server = serve(&config, &registry, &c);
+    let report = spawn_worker(&config, &registry, &server.endpoint(), dist::add_client(&c, "w"))
+        .join()
+        .expect("worker");
+    assert_eq!(report.tasks_accepted, 1);
+    let (version, after_params) = c.params().expect("params");
+    assert_eq!(version, 1);
+    let data = dist::pattern_tokens(257, 1);
+    let before = loss_on(&config, &registry, &before_params, &data);
+    let after = loss_on(&config, &registry, &after_params, &data);
+    assert!(after < before, "the accepted pseudo-gradient lowers the loss: {before} -> {after}");
+    c.shutdown();
+}
+
+fn register(c: &Coordinator, config: &RunConfig, registry: &Registry, id: &str) {
+    let (kernel, _) = kernel_and_context(config, registry).expect("kernel");
+    dist::add_client(c, id);
+    c.register(
+        id,
+        Registration {
+            threads: 1,
+            tokens_per_sec: 1000.0,
+            framework_version: "test".into(),
+            layout_fingerprint: kernel.layout().fingerprint(),
+        },
+    )
+    .expect("register");
+}
+
+#[test]
+fn malformed_oversized_and_foreign_uploads_leave_the_weights_unchanged() {
+    let dir = bitnet_tests::temp_dir();
+    let registry = dist::registry();
+    let config = dist::tiny_config(dir.path(), &["coordinator.max_upload_bytes=100000"]);
+    let c = dist::start_coordinator(&config, &registry, dist::pattern_corpus(1, 256), 0, 64);
+    register(&c, &config, &registry, "a");
+    register(&c, &config, &registry, "b");
+    let task = c.claim("a").expect("claim").expect("a task");
+    let (v0, p0) = c.params().expect("params");
+    let t = TaskRef { task_id: task.task_id, lease: task.lease };
+    let up = |payload: Vec<u8>| UpdateUpload {
+        task: t,
+        base_version: task.weights_version,
+        loss: 1.0,
+        tokens: task.tokens,
+        seconds: 1.0,
+        payload,
+    };
+    let err = c.upload("a", up(b"not an update".to_vec())).expect_err("malformed");
+    assert!(matches!(err, ApiError::Invalid(_)) && err.status() == 422, "{err}");
+    let err = c.upload("a", up(vec![0; 200_000])).expect_err("oversized");
+    assert_eq!(err.status(), 413, "{err}");
+    let err = c.upload("b", up(vec![0; 10])).expect_err("another worker's task");
+    assert_eq!(err.status(), 403, "{err}");
+    let stale = UpdateUpload { task: TaskRef { lease: 99, ..t }, ..up(vec![0; 10]) };
+    assert_eq!(c.upload("a", stale).expect_err("wrong lease").status(), 409);
+    assert_eq!(c.params().expect("params"), (v0, p0), "weights untouched");
+    assert_eq!(c.store().task(t.task_id).expect("t").expect("t").state, TaskState::Assigned);
+    c.shutdown();
+}
+
+#[test]
+fn an_abandoned_task_is_re_leased_and_completed_by_another_worker() {
+    let dir = bitnet_tests::temp_dir();
+    let registry = dist::registry();
+    let config = dist::tiny_config(
+        dir.path(),
+        &[
+            "coordinator.min_lease_secs=0.3",
+            "coordinator.heartbeat_secs=0.1",
+            "coordinator.lease_headroom=1",
+        ],
+    );
+    let c = dist::start_coordinator(&config, &registry, dist::pattern_corpus(1, 320), 0, 64);
+    register(&c, &config, &registry, "dead");
+    let lost = c.claim("dead").expect("claim").expect("task");
+    // The dead worker never heartbeats; the sweeper returns its task once the lease expires.
+    let server = serve(&config, &registry, &c);
+    let report =
+        spawn_worker(&config, &registry, &server.endpoint(), dist::add_client(&c, "alive"))
+            .join()
+            .expect("worker");
+    let rec = c.store().task(lost.task_id).expect("t").expect("t");
+    assert_eq!(rec.state, TaskState::Done);
+    assert_eq!(rec.worker.as_deref(), Some("alive"));
+    assert!(rec.attempts >= 2, "re-leased: {rec:?}");
+    assert_eq!(report.tasks_accepted, all_tasks(&c).len() as u64);
+    // The dead worker's late upload is refused: its lease is gone.
+    let late = UpdateUpload {
+        task: TaskRef { task_id: lost.task_id, lease: lost.lease },
+        base_version: 0,
+        loss: 1.0,
+        tokens: 1,
+        seconds: 1.0,
+        payload: vec![],
+    };
+    assert_eq!(c.upload("dead", late).expect_err("late").status(), 403);
+    c.shutdown();
+}
+
+#[test]
+fn a_restarted_coordinator_loses_nothing_and_applies_nothing_twice() {
+    let dir = bitnet_tests::temp_dir();
+    let registry = dist::registry();
+    let config = dist::tiny_config(
+        dir.path(),
+        &[
+            "coordinator_store.type=sqlite",
+            "coordinator.snapshot_every_updates=3",
+            "coordinator.snapshot_every_secs=0",
+        ],
+    );
+    let corpus = || dist::pattern_corpus(1, 640);
+    // First life: apply 5 updates by hand, then "crash" (no final snapshot).
+    let c = dist::start_coordinator(&config, &registry, corpus(), 0, 64);
+    register(&c, &config, &registry, "w");
+    let (mut kernel, _) = kernel_and_context(&config, &registry).expect("kernel");
+    let mut codec = build_worker_parts(&config, &registry, {
+        let server = serve(&config, &registry, &c);
+        let creds = dist::add_client(&c, "w-conn");
+        build_transport(&config, &registry)
+            .expect("t")
+            .connect(&server.endpoint(), creds)
+            .expect("c")
+    })
+    .expect("parts")
+    .codec;
+    let data = dist::pattern_tokens(640, 1);
+    for _ in 0..5 {
+        let task = c.claim("w").expect("claim").expect("task");
+        let (_, params) = c.params().expect("params");
+        let slice = &data[task.offset as usize..(task.offset + task.tokens + 1).min(640) as usize];
+        let batch = windows(slice, config.model.seq_len, 64).next().expect("batch");
+        let mut grads = vec![0.0; params.len()];
+        kernel.forward_backward(&params, &batch.view(), &mut grads).expect("fb");
+        let payload = codec.encode(kernel.layout(), &grads).expect("encode");
+        let upload = UpdateUpload {
+            task: TaskRef { task_id: task.task_id, lease: task.lease },
+            base_version: task.weights_version,
+            loss: 1.0,
+            tokens: task.tokens,
+            seconds: 0.1,
+            payload,
+        };
+        assert!(c.upload("w", upload.clone()).expect("upload").accepted);
+        let again = c.upload("w", upload).expect("a retried upload is idempotent");
+        assert_eq!(c.version(), again.applied_version.expect("version"), "not applied twice");
+    }
+    assert_eq!(c.version(), 5);
+    // Wait for the snapshot of version 3 (queued after the third update).
+    while c.snapshot_version() < 3 {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    drop(c);
+    // Second life: resumes from version 3; the updates of versions 4 and 5 are redone.
+    let c = dist::start_coordinator(&config, &registry, corpus(), 0, 64);
+    assert_eq!(c.recovery().version, 3);
+    assert_eq!(c.recovery().tasks_reset, 2);
+    let server = serve(&config, &registry, &c);
+    spawn_worker(&config, &registry, &server.endpoint(), dist::add_client(&c, "w2"))
+        .join()
+        .expect("worker");
+    let tasks = all_tasks(&c);
+    assert!(tasks.iter().all(|t| t.state == TaskState::Done), "{tasks:?}");
+    let mut versions: Vec<u64> = tasks.iter().map(|t| t.applied_version).collect();
+    versions.sort_unstable();
+    let expected: Vec<u64> = (1..=tasks.len() as u64).collect();
+    assert_eq!(versions, expected, "every task's update is in the weights exactly once");
+    assert_eq!(c.version(), tasks.len() as u64);
+    c.shutdown();
+}
+
+#[test]
+fn revoked_and_rotated_clients_are_refused_at_once() {
+    let dir = bitnet_tests::temp_dir();
+    let registry = dist::registry();
+    let config = dist::tiny_config(dir.path(), &[]);
+    let c = dist::start_coordinator(&config, &registry, dist::pattern_corpus(1, 64), 0, 64);
+    let server = serve(&config, &registry, &c);
+    let transport = build_transport(&config, &registry).expect("transport");
+    let creds = dist::add_client(&c, "w");
+    let wrong = Credentials { client_secret: "nope".into(), ..creds.clone() };
+    assert_eq!(transport.connect(&server.endpoint(), wrong).err().map(|e| e.status()), Some(401));
+    let mut client = transport.connect(&server.endpoint(), creds.clone()).expect("connect");
+    let hb = Heartbeat { task: None, progress_tokens: 0, hand_back: false, draining: false };
+    assert!(client.status().is_ok());
+    c.store()
+        .rotate_client("w", &bitnet_framework::transport::secrets::hash_secret("new").expect("h"))
+        .expect("rotate");
+    assert_eq!(client.heartbeat(hb.clone()).expect_err("rotated").status(), 401);
+    assert_eq!(transport.connect(&server.endpoint(), creds).err().map(|e| e.status()), Some(401));
+    let fresh = Credentials { client_id: "w".into(), client_secret: "new".into() };
+    let mut client = transport.connect(&server.endpoint(), fresh).expect("new secret works");
+    c.store().revoke_client("w").expect("revoke");
+    assert_eq!(client.heartbeat(hb).expect_err("revoked").status(), 401);
+    c.shutdown();
+}
