@@ -174,13 +174,7 @@ impl Optimizer for AdamW {
         info: StepInfo,
     ) -> Result<StepReport, OptimError> {
         let n = self.m.len();
-        if params.len() != n || update.len() != n {
-            return Err(OptimError::Shape(format!(
-                "arena of {n} parameters, got {} parameters and an update of {}",
-                params.len(),
-                update.len()
-            )));
-        }
+        arena::check_sizes(n, params, update)?;
         let norm = arena::sum_squares(&self.workers, update, &mut self.partials).sqrt();
         let (lr_factor, wd_factor) = self.schedule.factors(info.step);
         let lr = self.config.lr * lr_factor * info.lr_scale;

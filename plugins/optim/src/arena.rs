@@ -75,6 +75,22 @@ impl Workers {
 
 /// Sum of squares of `x` in f64, computed per chunk (in parallel) and then added in chunk order,
 /// so the result does not depend on the number of threads.
+/// Refuses parameter or update buffers that do not match an arena of `n` parameters.
+pub(crate) fn check_sizes(
+    n: usize,
+    params: &[f32],
+    update: &[f32],
+) -> Result<(), bitnet_framework::optim::OptimError> {
+    if params.len() != n || update.len() != n {
+        return Err(bitnet_framework::optim::OptimError::Shape(format!(
+            "arena of {n} parameters, got {} parameters and an update of {}",
+            params.len(),
+            update.len()
+        )));
+    }
+    Ok(())
+}
+
 pub(crate) fn sum_squares(workers: &Workers, x: &[f32], partials: &mut Vec<f64>) -> f64 {
     partials.clear();
     partials.resize(x.len().div_ceil(CHUNK), 0.0);

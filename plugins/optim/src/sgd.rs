@@ -88,13 +88,7 @@ impl Optimizer for Sgd {
         info: StepInfo,
     ) -> Result<StepReport, OptimError> {
         let n = self.buf.len();
-        if params.len() != n || update.len() != n {
-            return Err(OptimError::Shape(format!(
-                "arena of {n} parameters, got {} parameters and an update of {}",
-                params.len(),
-                update.len()
-            )));
-        }
+        arena::check_sizes(n, params, update)?;
         let norm = arena::sum_squares(&self.workers, update, &mut self.partials).sqrt();
         let lr = self.config.lr * info.lr_scale;
         if !norm.is_finite() || !lr.is_finite() {
