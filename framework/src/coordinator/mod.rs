@@ -227,6 +227,9 @@ pub struct Coordinator {
     staleness: Box<dyn StalenessPolicy>,
     model: Mutex<ModelState>,
     served: Mutex<VecDeque<Blob>>,
+    /// Held while a weight version is encoded, so each version is encoded once even when
+    /// many claims arrive together (encoding the medium preset takes tens of milliseconds).
+    encoding: Mutex<()>,
     snapshot_tx: Mutex<Option<mpsc::Sender<SnapshotJob>>>,
     snapshot_version: Arc<AtomicU64>,
     snapshot_thread: Mutex<Option<JoinHandle<()>>>,
@@ -363,6 +366,7 @@ impl Coordinator {
                 recent: VecDeque::new(),
             }),
             served: Mutex::new(VecDeque::new()),
+            encoding: Mutex::new(()),
             snapshot_tx: Mutex::new(Some(tx)),
             snapshot_version,
             snapshot_thread: Mutex::new(Some(snapshot_thread)),
@@ -536,6 +540,7 @@ impl Coordinator {
     }
 
     fn current_blob(&self) -> Result<Blob, ApiError> {
+        let _encoding = lock(&self.encoding, "encoding")?;
         let (version, params) = {
             let m = lock(&self.model, "model")?;
             if let Some(b) = lock(&self.served, "served")?.iter().find(|b| b.version == m.version) {

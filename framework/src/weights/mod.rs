@@ -176,8 +176,37 @@ pub fn write_container(
     .map(|(k, v)| (k.to_string(), v))
     .collect();
     let named = tensors.into_iter().map(|t| (t.name.clone(), t));
-    safetensors::serialize(named, &Some(metadata))
-        .map_err(|e| WeightsError::Malformed(format!("cannot serialise weights: {e}")))
+    let mut bytes = safetensors::serialize(named, &Some(metadata))
+        .map_err(|e| WeightsError::Malformed(format!("cannot serialise weights: {e}")))?;
+    canonicalise_header(&mut bytes)?;
+    Ok(bytes)
+}
+
+/// Rewrites a safetensors header with its JSON keys sorted, in place.
+///
+/// `safetensors::serialize` writes the `__metadata__` map in `HashMap` iteration order, which
+/// differs from one call to the next, so two encodings of the same weights would hash
+/// differently; the coordinator and workers identify a weight version by its SHA-256, so the
+/// bytes must be a function of the content. No crate option does this, hence by hand. Sorting
+/// keeps the compact JSON the same length, so the header length and the data offsets (which are
+/// relative to the end of the header) do not change.
+pub fn canonicalise_header(bytes: &mut [u8]) -> Result<(), WeightsError> {
+    let malformed = |what: &str| WeightsError::Malformed(format!("canonicalising header: {what}"));
+    let len_bytes: [u8; 8] =
+        bytes.get(..8).and_then(|b| b.try_into().ok()).ok_or_else(|| malformed("too short"))?;
+    let n = usize::try_from(u64::from_le_bytes(len_bytes)).map_err(|_| malformed("length"))?;
+    let header = bytes.get_mut(8..8 + n).ok_or_else(|| malformed("header past the end"))?;
+    // serde_json's `Value` keeps objects in a BTreeMap (no `preserve_order` feature): sorted.
+    let value: serde_json::Value =
+        serde_json::from_slice(header).map_err(|e| malformed(&e.to_string()))?;
+    let sorted = serde_json::to_vec(&value).map_err(|e| malformed(&e.to_string()))?;
+    // The original may carry trailing spaces as alignment padding; keep them.
+    if sorted.len() > header.len() {
+        return Err(malformed("sorted header is longer than the original"));
+    }
+    header[..sorted.len()].copy_from_slice(&sorted);
+    header[sorted.len()..].fill(b' ');
+    Ok(())
 }
 
 /// Reads a container's metadata without touching its tensors.
@@ -324,6 +353,21 @@ mod tests {
         assert_eq!(read_blob(&l, &bytes), Ok(Weights { version: 42, params }));
         let info = container_info(&bytes).expect("info");
         assert_eq!((info.codec.as_str(), info.version), ("fp32", 42));
+    }
+
+    #[test]
+    fn encoding_is_byte_identical_every_time() {
+        // Each call builds a fresh `HashMap` of metadata with its own random iteration order;
+        // without canonicalisation about half of these pairs would differ.
+        let l = layout(2);
+        let params: Vec<f32> = (0..9).map(|i| i as f32).collect();
+        let first = write_blob(&l, 7, &params).expect("write");
+        for _ in 0..32 {
+            assert_eq!(write_blob(&l, 7, &params).expect("write"), first);
+        }
+        let n = u64::from_le_bytes(first[..8].try_into().expect("8 bytes")) as usize;
+        let header = std::str::from_utf8(&first[8..8 + n]).expect("utf-8 header");
+        assert!(header.starts_with("{\"__metadata__\":{\"codec\":\"fp32\","), "{header}");
     }
 
     #[test]

@@ -138,7 +138,12 @@ pub fn export_inference(
     ]
     .into_iter()
     .collect();
-    safetensors::serialize(views, &Some(metadata)).map_err(|e| KernelError::Other(e.to_string()))
+    let mut bytes = safetensors::serialize(views, &Some(metadata))
+        .map_err(|e| KernelError::Other(e.to_string()))?;
+    // Same model, same bytes: exports can be compared and cached by hash.
+    bitnet_framework::weights::canonicalise_header(&mut bytes)
+        .map_err(|e| KernelError::Other(e.to_string()))?;
+    Ok(bytes)
 }
 
 #[cfg(test)]
