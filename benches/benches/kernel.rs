@@ -3,13 +3,15 @@
 //! the `gemm` crate's f32 product at the same shapes for comparison.
 //!
 //! After the criterion groups, a summary table prints each ternary GEMM shape as a fraction of
-//! the measured peak (best of repeated runs; a measurement, never an assertion). `-- summary`
-//! prints only that table.
+//! the measured peak (best of repeated runs; a measurement, never an assertion), with the bf16
+//! and fp32 register-only peaks beside it (the roofline's figures), and the bf16 LM head
+//! backward against the `gemm` crate. `-- summary` prints only those tables.
 //!
 //!     cargo bench -p bitnet-benches --bench kernel
 //!     cargo bench -p bitnet-benches --bench kernel -- --quick ternary   # a subset
 
 use bitnet_b158::kernels::bf16::{BF16_PATHS, grad_weight_bf16_with};
+use bitnet_b158::kernels::bf16_gemm::{StridedF32, gemm_bf16_with};
 use bitnet_b158::kernels::quant::{
     QUANT_PATHS, quantize_activations_absmax_with, quantize_weights_absmean_with,
 };
@@ -81,6 +83,75 @@ mod peak {
     /// Int8 operations per `dpbusd_loop` iteration.
     pub const OPS_PER_ITER: u64 = (CHAINS * 64 * 2) as u64;
 
+    /// `iters` rounds of `CHAINS` register-only `vdpbf16ps zmm` (32 bf16 multiply-adds, 64
+    /// operations each).
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512 F and BF16.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    unsafe fn dpbf16_loop(iters: u64) -> f32 {
+        let a: __m512bh = _mm512_cvtne2ps_pbh(black_box(_mm512_set1_ps(1.0)), _mm512_set1_ps(1.0));
+        let b: __m512bh = _mm512_cvtne2ps_pbh(black_box(_mm512_set1_ps(-1.0)), _mm512_set1_ps(1.0));
+        let mut acc = [_mm512_setzero_ps(); CHAINS];
+        for _ in 0..iters {
+            for v in acc.iter_mut() {
+                *v = _mm512_dpbf16_ps(*v, a, b);
+            }
+        }
+        let mut s = _mm512_setzero_ps();
+        for v in acc {
+            s = _mm512_add_ps(s, v);
+        }
+        _mm512_reduce_add_ps(s)
+    }
+
+    /// `iters` rounds of `CHAINS` register-only `vfmadd231ps zmm` (16 fp32 multiply-adds, 32
+    /// operations each).
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512 F.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn fma_loop(iters: u64) -> f32 {
+        let a = black_box(_mm512_set1_ps(1.0));
+        let b = black_box(_mm512_set1_ps(-1.0));
+        let mut acc = [_mm512_setzero_ps(); CHAINS];
+        for _ in 0..iters {
+            for v in acc.iter_mut() {
+                *v = _mm512_fmadd_ps(a, b, *v);
+            }
+        }
+        let mut s = _mm512_setzero_ps();
+        for v in acc {
+            s = _mm512_add_ps(s, v);
+        }
+        _mm512_reduce_add_ps(s)
+    }
+
+    /// Operations per iteration of `dpbf16_loop`.
+    pub const BF16_OPS_PER_ITER: u64 = (CHAINS * 32 * 2) as u64;
+    /// Operations per iteration of `fma_loop`.
+    pub const FP32_OPS_PER_ITER: u64 = (CHAINS * 16 * 2) as u64;
+
+    /// Runs the bf16 loop if the CPU has AVX-512 BF16.
+    pub fn run_bf16(iters: u64) -> Option<f32> {
+        if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bf16") {
+            // SAFETY: the features were just detected.
+            Some(unsafe { dpbf16_loop(iters) })
+        } else {
+            None
+        }
+    }
+
+    /// Runs the fp32 FMA loop if the CPU has AVX-512 F.
+    pub fn run_fp32(iters: u64) -> Option<f32> {
+        if is_x86_feature_detected!("avx512f") {
+            // SAFETY: the feature was just detected.
+            Some(unsafe { fma_loop(iters) })
+        } else {
+            None
+        }
+    }
+
     /// Runs the loop if the CPU has AVX-512 VNNI.
     pub fn run(iters: u64) -> Option<i32> {
         if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512vnni") {
@@ -111,6 +182,38 @@ fn measure_peak(threads: usize) -> Option<f64> {
 #[cfg(not(target_arch = "x86_64"))]
 fn measure_peak(_threads: usize) -> Option<f64> {
     None
+}
+
+/// Measured bf16 and fp32 ops/s of `threads` threads (register-only `vdpbf16ps` and
+/// `vfmadd231ps` loops, measured as [`measure_peak`] does), for the roofline.
+#[cfg(target_arch = "x86_64")]
+fn measure_float_peaks(threads: usize) -> (Option<f64>, Option<f64>) {
+    let iters = 100_000u64;
+    let p = pool(threads);
+    let bf16 = peak::run_bf16(1).map(|_| {
+        let rates = p.broadcast(|_| {
+            let secs = best_secs(Duration::from_secs(1), || {
+                black_box(peak::run_bf16(black_box(iters)));
+            });
+            (iters * peak::BF16_OPS_PER_ITER) as f64 / secs
+        });
+        rates.iter().sum()
+    });
+    let fp32 = peak::run_fp32(1).map(|_| {
+        let rates = p.broadcast(|_| {
+            let secs = best_secs(Duration::from_secs(1), || {
+                black_box(peak::run_fp32(black_box(iters)));
+            });
+            (iters * peak::FP32_OPS_PER_ITER) as f64 / secs
+        });
+        rates.iter().sum()
+    });
+    (bf16, fp32)
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn measure_float_peaks(_threads: usize) -> (Option<f64>, Option<f64>) {
+    (None, None)
 }
 
 fn bench_peak(c: &mut Criterion) {
@@ -355,6 +458,47 @@ fn best_secs(budget: Duration, mut f: impl FnMut()) -> f64 {
     best
 }
 
+/// The mixed-precision LM head backward (`V = 5174`, `M` rows): bf16 `dX = dY . W` and
+/// `dW = dY^T . X` against the `gemm` crate's f32 `dW`, in GFLOP/s.
+fn lm_head_summary() {
+    const V: usize = 5174;
+    let isa = Isa::best_among(&BF16_PATHS);
+    println!("\n== LM head backward, M = {M}, V = {V} (bf16 path {isa:?}) ==");
+    for d in [256, 512] {
+        let dy: Vec<f32> =
+            bytes(M * V, 9).into_iter().map(|v| f32::from(v) / 1e4 - 0.0128).collect();
+        let w: Vec<f32> =
+            bytes(V * d, 10).into_iter().map(|v| f32::from(v) / 1e3 - 0.128).collect();
+        let x: Vec<f32> = bytes(M * d, 11).into_iter().map(|v| f32::from(v) / 1e2 - 1.28).collect();
+        let flop = (2 * M * V * d) as f64;
+        for threads in [1, 2] {
+            let p = pool(threads);
+            let mut dx = vec![0f32; M * d];
+            let dx_secs = best_secs(Duration::from_millis(1500), || {
+                let (a, b) = (StridedF32::width_major(&dy, V), StridedF32::depth_major(&w, d));
+                p.install(|| gemm_bf16_with(isa, &mut dx, (M, d, V), a, b, false)).expect("dX")
+            });
+            let mut dw = vec![0f32; V * d];
+            let dw_secs = best_secs(Duration::from_millis(1500), || {
+                let (a, b) = (StridedF32::depth_major(&dy, V), StridedF32::depth_major(&x, d));
+                p.install(|| gemm_bf16_with(isa, &mut dw, (V, d, M), a, b, false)).expect("dW")
+            });
+            let f32_secs = best_secs(Duration::from_millis(1500), || {
+                p.install(|| gemm_f32_atb(&dy, &x, &mut dw, V, d, threads))
+            });
+            println!(
+                "  d {d:>3} t{threads}: bf16 dX {:>6.1} GFLOP/s ({:.2} ms), bf16 dW {:>6.1} ({:.2} ms), f32 dW {:>6.1} ({:.2} ms)",
+                flop / dx_secs / 1e9,
+                dx_secs * 1e3,
+                flop / dw_secs / 1e9,
+                dw_secs * 1e3,
+                flop / f32_secs / 1e9,
+                f32_secs * 1e3
+            );
+        }
+    }
+}
+
 /// The table of the issue: each shape's int8 ops/s as a fraction of the measured peak.
 fn summary() {
     let isa = Isa::best_among(&TERNARY_PATHS);
@@ -367,6 +511,13 @@ fn summary() {
             return;
         };
         println!("threads {threads}: peak {:.1} Gop/s (register-only vpdpbusd)", peak / 1e9);
+        let (bf16, fp32) = measure_float_peaks(threads);
+        let show = |v: Option<f64>| v.map_or("n/a".to_string(), |v| format!("{:.1}", v / 1e9));
+        println!(
+            "threads {threads}: bf16 {} GFLOP/s (vdpbf16ps), fp32 {} GFLOP/s (vfmadd231ps)",
+            show(bf16),
+            show(fp32)
+        );
         let p = pool(threads);
         for (n, k) in SHAPES {
             let (x, w) = operands(n, k);
@@ -402,4 +553,5 @@ fn main() {
         criterion::Criterion::default().configure_from_args().final_summary();
     }
     summary();
+    lm_head_summary();
 }

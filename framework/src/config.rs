@@ -61,6 +61,8 @@ pub struct TrainSection {
     pub eval_every: u64,
     /// Write a checkpoint every this many steps (0 = only at the end).
     pub checkpoint_every: u64,
+    /// Periodic checkpoints to keep; older ones are deleted (0 = keep all).
+    pub keep_checkpoints: usize,
     /// DiLoCo: local inner steps per task.
     pub inner_steps: usize,
 }
@@ -76,6 +78,7 @@ impl Default for TrainSection {
             threads: 0,
             eval_every: 0,
             checkpoint_every: 0,
+            keep_checkpoints: 2,
             inner_steps: 16,
         }
     }

@@ -70,6 +70,23 @@ pub struct TaskSpec {
     pub weights_version: u64,
     /// SHA-256 of that version's blob, hex.
     pub weights_sha256: String,
+    /// How to cut the slice into windows: `Some` = the shard holds `[BOS]`-delimited examples,
+    /// packed like the single-process loader; `None` = a plain token stream, cut into windows.
+    #[serde(default)]
+    pub packing: Option<Packing>,
+    /// The run's optimizer step this task starts at (DiLoCo: weight version x inner steps), so
+    /// a worker's inner learning-rate schedule follows the run, not the worker's own life.
+    #[serde(default)]
+    pub schedule_step: u64,
+}
+
+/// The special tokens a worker needs to pack a slice of examples into windows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Packing {
+    /// `[BOS]`: every example starts with it.
+    pub bos: u32,
+    /// `[PAD]`: fills the unused tail of a window.
+    pub pad: u32,
 }
 
 /// A task named by id and lease.

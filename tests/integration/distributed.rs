@@ -4,14 +4,15 @@
 use bitnet_framework::config::RunConfig;
 use bitnet_framework::coordinator::Coordinator;
 use bitnet_framework::coordinator::assemble::{
-    build_transport, build_worker_parts, kernel_and_context,
+    build_coordinator, build_store, build_transport, build_worker_parts, check_distributed,
+    kernel_and_context,
 };
 use bitnet_framework::registry::Registry;
 use bitnet_framework::transport::{
     ApiError, CoordinatorApi, Credentials, Heartbeat, Registration, ServeContext, ServerHandle,
     TaskRef, TaskState, UpdateUpload,
 };
-use bitnet_framework::worker::{Worker, WorkerReport, windows};
+use bitnet_framework::worker::{PackedTask, Worker, WorkerReport, windows};
 use bitnet_tests::dist;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -53,6 +54,21 @@ fn loss_on(config: &RunConfig, registry: &Registry, params: &[f32], tokens: &[u3
         n += 1;
     }
     sum / n as f32
+}
+
+/// Mean loss per counted target of `params` over every example of `tokens`, packed.
+fn packed_loss(config: &RunConfig, registry: &Registry, params: &[f32], tokens: &[u32]) -> f32 {
+    let (mut kernel, _) = kernel_and_context(config, registry).expect("kernel");
+    let (seq, batch) = (config.model.seq_len, config.train.batch_size);
+    let packed =
+        PackedTask::new(tokens, 0, tokens.len(), dist::EXAMPLE_PACKING, seq, batch, (0, 0));
+    let (mut sum, mut n) = (0.0f64, 0usize);
+    for b in packed {
+        let c = b.view().counted_targets();
+        sum += f64::from(kernel.forward_loss(params, &b.view()).expect("loss")) * c as f64;
+        n += c;
+    }
+    (sum / n as f64) as f32
 }
 
 fn all_tasks(c: &Coordinator) -> Vec<bitnet_framework::transport::TaskRecord> {
@@ -296,4 +312,113 @@ fn revoked_and_rotated_clients_are_refused_at_once() {
     c.store().revoke_client("w").expect("revoke");
     assert_eq!(client.heartbeat(hb).expect_err("revoked").status(), 401);
     c.shutdown();
+}
+
+#[test]
+fn packed_examples_with_ternary_downloads_train_one_batch_per_update() {
+    let dir = bitnet_tests::temp_dir();
+    let registry = dist::registry();
+    // Async-sgd with the "ternary" weight download and tasks capped at one batch (4 x 16).
+    let config = dist::tiny_config(
+        dir.path(),
+        &["weight_codec.type=ternary", "coordinator.max_task_tokens=64"],
+    );
+    let c = dist::start_coordinator(&config, &registry, dist::example_corpus(2, 60), 0, 1 << 20);
+    let (_, initial) = c.params().expect("params");
+    let server = serve(&config, &registry, &c);
+    let a = spawn_worker(&config, &registry, &server.endpoint(), dist::add_client(&c, "w1"));
+    let b = spawn_worker(&config, &registry, &server.endpoint(), dist::add_client(&c, "w2"));
+    let (ra, rb) = (a.join().expect("w1"), b.join().expect("w2"));
+    let status = c.status().expect("status");
+    assert!(status.tasks.finished() && status.tasks.failed == 0, "{status:?}");
+    let tasks = all_tasks(&c);
+    assert!(tasks.iter().all(|t| t.tokens <= 64), "claims are capped at one batch");
+    let shard_tokens: u64 = c.corpus().shards().iter().map(|s| s.tokens).sum();
+    assert_eq!(status.tasks.done_tokens, shard_tokens, "the epoch is covered once");
+    assert_eq!(status.weight_version, ra.tasks_accepted + rb.tasks_accepted);
+    let (_, trained) = c.params().expect("params");
+    let data = dist::example_tokens(60, 1);
+    let (before, after) = (
+        packed_loss(&config, &registry, &initial, &data),
+        packed_loss(&config, &registry, &trained, &data),
+    );
+    assert!(after < before - 0.2, "loss fell: {before} -> {after}");
+    c.shutdown();
+    server.shutdown();
+}
+
+#[test]
+fn diloco_refuses_a_lossy_weight_download() {
+    let dir = bitnet_tests::temp_dir();
+    let registry = dist::registry();
+    let config = dist::tiny_config(dir.path(), &["train.mode=diloco", "weight_codec.type=ternary"]);
+    let problems = check_distributed(&config, &registry);
+    assert!(problems.iter().any(|p| p.contains("ternary") && p.contains("diloco")), "{problems:?}");
+    let store = build_store(&config, &registry).expect("store");
+    let corpus: Arc<dyn bitnet_framework::coordinator::Corpus> =
+        Arc::new(dist::example_corpus(1, 10));
+    let err = build_coordinator(&config, &registry, store, corpus).err().expect("refused");
+    assert!(err.to_string().contains("lossy"), "{err}");
+    let fp32 = dist::tiny_config(dir.path(), &["train.mode=diloco", "weight_codec.type=fp32"]);
+    assert!(check_distributed(&fp32, &registry).is_empty());
+    let tiny_cap = dist::tiny_config(dir.path(), &["coordinator.max_task_tokens=3"]);
+    assert!(check_distributed(&tiny_cap, &registry)[0].contains("max_task_tokens"));
+}
+
+#[test]
+fn diloco_tasks_carry_the_runs_schedule_step_and_packing() {
+    let dir = bitnet_tests::temp_dir();
+    let registry = dist::registry();
+    let config = dist::tiny_config(dir.path(), &["train.mode=diloco", "codec.type=fp32"]);
+    let c = dist::start_coordinator(&config, &registry, dist::example_corpus(1, 80), 0, 1 << 20);
+    register(&c, &config, &registry, "w");
+    let first = c.claim("w").expect("claim").expect("task");
+    assert_eq!(first.packing, Some(dist::EXAMPLE_PACKING));
+    assert_eq!((first.weights_version, first.schedule_step), (0, 0));
+    // H x batch x seq_len = 4 x 4 x 16 tokens per DiLoCo task.
+    assert_eq!(first.tokens, 256);
+    let (_, params) = c.params().expect("params");
+    let parts = build_worker_parts(&config, &registry, {
+        let server = serve(&config, &registry, &c);
+        build_transport(&config, &registry)
+            .expect("t")
+            .connect(&server.endpoint(), dist::add_client(&c, "w-conn"))
+            .expect("c")
+    })
+    .expect("parts");
+    let mut codec = parts.codec;
+    let zero = codec.encode(parts.kernel.layout(), &vec![0.0; params.len()]).expect("encode");
+    let upload = UpdateUpload {
+        task: TaskRef { task_id: first.task_id, lease: first.lease },
+        base_version: 0,
+        loss: 1.0,
+        tokens: first.tokens,
+        seconds: 0.1,
+        payload: zero,
+    };
+    assert!(c.upload("w", upload).expect("upload").accepted);
+    let second = c.claim("w").expect("claim").expect("task");
+    assert_eq!(second.weights_version, 1);
+    assert_eq!(second.schedule_step, 4, "one outer step = H inner steps of the run");
+    c.shutdown();
+}
+
+#[test]
+fn every_shipped_config_passes_the_distributed_checks() {
+    let registry = dist::registry();
+    let mut failures = Vec::new();
+    for path in bitnet_tests::all_configs() {
+        let sources = bitnet_framework::config::ConfigSources {
+            file: Some(path.clone()),
+            env: false,
+            overrides: vec![],
+        };
+        let config = bitnet_framework::config::load(&sources)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+            .config;
+        for p in check_distributed(&config, &registry) {
+            failures.push(format!("{}: {p}", path.display()));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }

@@ -70,7 +70,7 @@ pub mod dist {
     use bitnet_framework::coordinator::{Coordinator, MemoryCorpus};
     use bitnet_framework::data::shard::{ShardHeader, TokenDtype, VocabHash};
     use bitnet_framework::registry::Registry;
-    use bitnet_framework::transport::{Credentials, secrets};
+    use bitnet_framework::transport::{Credentials, Packing, secrets};
     use std::path::Path;
     use std::sync::Arc;
 
@@ -117,6 +117,35 @@ pub mod dist {
         let mut c = MemoryCorpus::new();
         for s in 0..shards {
             let bytes = shard_bytes(&pattern_tokens(tokens, s as u64 + 1), VOCAB);
+            c.add(&format!("train-{s:04}.bin"), bytes).expect("valid shard");
+        }
+        c
+    }
+
+    /// Special tokens of [`example_tokens`] shards: `[PAD]` 0, `[BOS]` 1; `[EOS]` is 2.
+    pub const EXAMPLE_PACKING: Packing = Packing { bos: 1, pad: 0 };
+
+    /// `examples` tokenized examples `[BOS] body [EOS]`, each body a learnable counting run of
+    /// 3 to 12 tokens (ids 3..VOCAB) from one of a few fixed starts.
+    pub fn example_tokens(examples: usize, seed: u64) -> Vec<u32> {
+        let mut state = seed | 1;
+        let mut out = Vec::new();
+        for _ in 0..examples {
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            let start = ((state >> 33) % 4) as u32 * 8;
+            let len = 3 + ((state >> 40) % 10) as u32;
+            out.push(EXAMPLE_PACKING.bos);
+            out.extend((0..len).map(|k| 3 + (start + k) % (VOCAB as u32 - 3)));
+            out.push(2);
+        }
+        out
+    }
+
+    /// A corpus of `shards` shards of `examples` examples each, marked for packing.
+    pub fn example_corpus(shards: usize, examples: usize) -> MemoryCorpus {
+        let mut c = MemoryCorpus::new().with_packing(EXAMPLE_PACKING);
+        for s in 0..shards {
+            let bytes = shard_bytes(&example_tokens(examples, s as u64 + 1), VOCAB);
             c.add(&format!("train-{s:04}.bin"), bytes).expect("valid shard");
         }
         c

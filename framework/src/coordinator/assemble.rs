@@ -54,6 +54,43 @@ pub fn kernel_and_context(
     Ok((kernel, ctx))
 }
 
+/// Steps the learning-rate schedules of a distributed run span (the coordinator's optimizer in
+/// async-sgd, the workers' inner optimizer in diloco), so a schedule ends when the token budget
+/// does. With `train.token_budget` set: async-sgd with `coordinator.max_task_tokens` takes one
+/// step per task, so `budget / max_task_tokens`; diloco indexes its inner schedule by the run's
+/// step (weight version x inner steps; each version covers `inner_steps x batch_size x seq_len`
+/// tokens), so `budget / (batch_size x seq_len)`. Otherwise (one epoch, or async-sgd tasks sized
+/// by time) `train.steps`.
+pub fn schedule_steps(config: &RunConfig) -> u64 {
+    let budget = config.train.token_budget;
+    let batch = (config.train.batch_size.max(1) * config.model.seq_len.max(1)) as u64;
+    match (config.train.mode, config.coordinator.max_task_tokens) {
+        _ if budget == 0 => config.train.steps,
+        (TrainMode::AsyncSgd, 0) => config.train.steps,
+        (TrainMode::AsyncSgd, cap) => budget.div_ceil(cap),
+        (TrainMode::Diloco, _) => budget.div_ceil(batch),
+    }
+}
+
+/// Every problem that would stop a distributed run of `config` from starting, beyond what
+/// [`run::plan`] checks: the `[coordinator]` section, and DiLoCo with a lossy weight download.
+pub fn check_distributed(config: &RunConfig, registry: &Registry) -> Vec<String> {
+    let shape = TaskShape::from_train(&config.train, config.model.seq_len);
+    let mut problems = config.coordinator.validate_for(&shape);
+    if config.train.mode == TrainMode::Diloco {
+        let ctx = run::build_context(config);
+        if let Ok(codec) = registry.build::<dyn WeightCodec>(
+            &config.weight_codec.kind,
+            &config.weight_codec.options,
+            &ctx,
+        ) && !codec.is_lossless()
+        {
+            problems.push(format!("[weight_codec] {}", super::lossy_diloco(codec.wire_id())));
+        }
+    }
+    problems
+}
+
 /// Builds the coordinator store named in the config.
 pub fn build_store(
     config: &RunConfig,
@@ -80,6 +117,7 @@ pub fn build_coordinator(
     corpus: Arc<dyn Corpus>,
 ) -> Result<Arc<Coordinator>, AssembleError> {
     let (kernel, ctx) = kernel_and_context(config, registry)?;
+    let ctx = ctx.with_total_steps(schedule_steps(config));
     let layout = kernel.layout().clone();
     let mut initial_params = vec![0.0f32; layout.total_params()];
     kernel
@@ -118,6 +156,7 @@ pub fn build_worker_parts(
     client: Box<dyn CoordinatorClient>,
 ) -> Result<WorkerParts, AssembleError> {
     let (kernel, ctx) = kernel_and_context(config, registry)?;
+    let ctx = ctx.with_total_steps(schedule_steps(config));
     let inner_optimizer = match config.train.mode {
         TrainMode::Diloco => Some(build::<dyn Optimizer>(
             registry,

@@ -2,7 +2,7 @@
 
 use crate::data::shard::{HEADER_LEN, TokenDtype, parse_header, parse_sidecar, sidecar_path};
 use crate::store::sha256_hex;
-use crate::transport::{ApiError, Blob, ShardInfo};
+use crate::transport::{ApiError, Blob, Packing, ShardInfo};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -17,18 +17,30 @@ pub trait Corpus: Send + Sync {
     }
     /// One shard's bytes (a token shard file, see [`crate::data::shard`]).
     fn shard(&self, name: &str) -> Result<Blob, ApiError>;
+    /// `Some` when the shards hold `[BOS]`-delimited examples that workers pack into windows
+    /// like the single-process loader; `None` for plain token streams.
+    fn packing(&self) -> Option<Packing> {
+        None
+    }
 }
 
 /// Shards held in memory.
 #[derive(Debug, Default)]
 pub struct MemoryCorpus {
     shards: BTreeMap<String, (ShardInfo, Arc<Vec<u8>>)>,
+    packing: Option<Packing>,
 }
 
 impl MemoryCorpus {
     /// An empty corpus.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Marks the shards as `[BOS]`-delimited examples (see [`Corpus::packing`]).
+    pub fn with_packing(mut self, packing: Packing) -> Self {
+        self.packing = Some(packing);
+        self
     }
 
     /// Adds shard `name` from the bytes of a shard file; refuses bytes that are not one.
@@ -50,6 +62,10 @@ impl Corpus for MemoryCorpus {
         self.shards.get(name).map(|(i, _)| i.clone())
     }
 
+    fn packing(&self) -> Option<Packing> {
+        self.packing
+    }
+
     fn shard(&self, name: &str) -> Result<Blob, ApiError> {
         let (info, bytes) =
             self.shards.get(name).ok_or_else(|| ApiError::NotFound(format!("shard `{name}`")))?;
@@ -63,6 +79,7 @@ impl Corpus for MemoryCorpus {
 pub struct DirCorpus {
     files: BTreeMap<String, (ShardInfo, PathBuf)>,
     loaded: Mutex<BTreeMap<String, Arc<Vec<u8>>>>,
+    packing: Option<Packing>,
 }
 
 impl DirCorpus {
@@ -87,7 +104,13 @@ impl DirCorpus {
             let tokens = header_tokens(&head, p)?;
             files.insert(name.clone(), (ShardInfo { name, tokens, sha256: sha }, p.clone()));
         }
-        Ok(Self { files, loaded: Mutex::new(BTreeMap::new()) })
+        Ok(Self { files, loaded: Mutex::new(BTreeMap::new()), packing: None })
+    }
+
+    /// Marks the shards as `[BOS]`-delimited examples (see [`Corpus::packing`]).
+    pub fn with_packing(mut self, packing: Packing) -> Self {
+        self.packing = Some(packing);
+        self
     }
 }
 
@@ -108,6 +131,10 @@ impl Corpus for DirCorpus {
 
     fn info(&self, name: &str) -> Option<ShardInfo> {
         self.files.get(name).map(|(i, _)| i.clone())
+    }
+
+    fn packing(&self) -> Option<Packing> {
+        self.packing
     }
 
     fn shard(&self, name: &str) -> Result<Blob, ApiError> {

@@ -27,8 +27,9 @@ use crate::store::{WeightStore, sha256_hex};
 use crate::tensor::ParamLayout;
 use crate::transport::{
     ApiError, Blob, ClaimRequest, Completion, CoordinatorApi, CoordinatorStore, Heartbeat,
-    HeartbeatReply, LogRecord, Registered, Registration, StatusReport, SweepPolicy, TaskRef,
-    TaskSpec, TaskTelemetry, UpdateUpload, UploadReceipt, WorkerRecord, WorkerState, now_ms,
+    HeartbeatReply, LogRecord, Packing, Registered, Registration, StatusReport, SweepPolicy,
+    TaskRef, TaskSpec, TaskTelemetry, UpdateUpload, UploadReceipt, WorkerRecord, WorkerState,
+    now_ms,
 };
 use crate::weights::WeightCodec;
 use metrics::Metrics;
@@ -68,6 +69,12 @@ pub struct CoordinatorSection {
     pub telemetry_retention_secs: f64,
     /// Seeded tasks are at most this many tokens (claims split them further).
     pub seed_chunk_tokens: u64,
+    /// async-sgd: a claimed task holds at most this many tokens, whatever `task_seconds` asks
+    /// for (0 = no cap). Each task is one optimizer step on the coordinator, so a cap of about
+    /// one single-process batch (`batch_size x seq_len` tokens) gives as many steps per token
+    /// as `bitnet train`; the default (600 s tasks) suits fleets where weight downloads and
+    /// uploads are expensive.
+    pub max_task_tokens: u64,
 }
 
 impl Default for CoordinatorSection {
@@ -85,6 +92,7 @@ impl Default for CoordinatorSection {
             sweep_every_secs: 2.0,
             telemetry_retention_secs: 7.0 * 24.0 * 3600.0,
             seed_chunk_tokens: 1 << 20,
+            max_task_tokens: 0,
         }
     }
 }
@@ -109,7 +117,54 @@ impl CoordinatorSection {
         if self.max_attempts == 0 {
             p.push("coordinator.max_attempts must be positive".into());
         }
+        if self.seed_chunk_tokens == 0 {
+            p.push("coordinator.seed_chunk_tokens must be positive".into());
+        }
         p
+    }
+
+    /// Every problem with this section for a run of `shape`: [`Self::validate`], plus a task
+    /// cap that cannot hold one window.
+    pub fn validate_for(&self, shape: &TaskShape) -> Vec<String> {
+        let mut p = self.validate();
+        if shape.mode == TrainMode::AsyncSgd
+            && self.max_task_tokens > 0
+            && self.max_task_tokens < shape.seq_len as u64
+        {
+            p.push(format!(
+                "coordinator.max_task_tokens = {} is less than one window of seq_len {} tokens",
+                self.max_task_tokens, shape.seq_len
+            ));
+        }
+        p
+    }
+
+    /// One line describing how tasks are sized for a run of `shape` (for `--dry-run`).
+    pub fn describe_tasks(&self, shape: &TaskShape) -> String {
+        let batch = shape.batch_tokens();
+        match shape.mode {
+            TrainMode::Diloco => format!(
+                "diloco: {} inner steps per task ({} tokens), one outer step per task",
+                shape.inner_steps,
+                batch * shape.inner_steps as u64
+            ),
+            TrainMode::AsyncSgd => {
+                let cap = if self.max_task_tokens > 0 {
+                    format!(
+                        ", at most {} tokens ({:.2} batches of {batch})",
+                        self.max_task_tokens,
+                        self.max_task_tokens as f64 / batch as f64
+                    )
+                } else {
+                    ", no token cap".into()
+                };
+                format!(
+                    "async-sgd: {} s of the worker's measured throughput per task{cap}; one \
+                     optimizer step per task",
+                    self.task_seconds
+                )
+            }
+        }
     }
 
     fn sweep_policy(&self) -> SweepPolicy {
@@ -119,6 +174,14 @@ impl CoordinatorSection {
             max_attempts: self.max_attempts,
         }
     }
+}
+
+/// The error for DiLoCo with a lossy weight download.
+pub fn lossy_diloco(codec: &str) -> String {
+    format!(
+        "weight_codec `{codec}` is lossy, but train.mode = \"diloco\" needs the exact fp32 \
+         weights (its inner steps update the latent weights): use weight_codec.type = \"fp32\""
+    )
 }
 
 fn secs_to_ms(s: f64) -> u64 {
@@ -169,6 +232,8 @@ pub struct TaskShape {
     pub seq_len: usize,
     /// DiLoCo inner steps per task.
     pub inner_steps: usize,
+    /// How workers pack slices (from the corpus; see [`Corpus::packing`]).
+    pub packing: Option<Packing>,
 }
 
 impl TaskShape {
@@ -179,6 +244,7 @@ impl TaskShape {
             batch_size: train.batch_size.max(1),
             seq_len: seq_len.max(1),
             inner_steps: train.inner_steps.max(1),
+            packing: None,
         }
     }
 
@@ -256,9 +322,12 @@ impl Coordinator {
     pub fn start(
         parts: CoordinatorParts,
         settings: CoordinatorSection,
-        shape: TaskShape,
+        mut shape: TaskShape,
     ) -> Result<Arc<Self>, CoordinatorError> {
-        let problems = settings.validate();
+        let mut problems = settings.validate_for(&shape);
+        if shape.mode == TrainMode::Diloco && !parts.weight_codec.is_lossless() {
+            problems.push(lossy_diloco(parts.weight_codec.wire_id()));
+        }
         if !problems.is_empty() {
             return Err(CoordinatorError::Config(problems.join("; ")));
         }
@@ -273,6 +342,7 @@ impl Coordinator {
             store,
             corpus,
         } = parts;
+        shape.packing = corpus.packing();
         let fingerprint = layout.fingerprint();
         let n = layout.total_params();
         if initial_params.len() != n {
@@ -534,7 +604,12 @@ impl Coordinator {
             }
             TrainMode::AsyncSgd => {
                 let want = (tokens_per_sec.max(0.0) * self.settings.task_seconds) as u64;
-                (want.max(batch), batch)
+                match self.settings.max_task_tokens {
+                    0 => (want.max(batch), batch),
+                    // Packed examples need no batch-aligned cuts; plain windows do, as far as
+                    // the cap allows.
+                    cap => (want.max(batch).min(cap), batch.min(cap)),
+                }
             }
         }
     }
@@ -682,6 +757,11 @@ impl CoordinatorApi for Coordinator {
             seq_len: self.shape.seq_len,
             weights_version: weights.version,
             weights_sha256: weights.sha256,
+            packing: self.shape.packing,
+            schedule_step: match self.shape.mode {
+                TrainMode::AsyncSgd => weights.version,
+                TrainMode::Diloco => weights.version.saturating_mul(self.shape.inner_steps as u64),
+            },
         }))
     }
 

@@ -96,6 +96,49 @@ pub fn worker_slices(slices: &[Slice], worker: usize, workers: usize) -> Vec<Sli
     slices.iter().enumerate().filter(|(i, _)| i % workers == worker).map(|(_, s)| *s).collect()
 }
 
+/// Greedy packing of examples of lengths `lens` (in packing order, each at most `seq_len`) into
+/// windows of `seq_len` positions: an example starts a new window when it does not fit in what
+/// is left of the current one. Returns the index of each window's first example, plus a final
+/// sentinel (the number of examples); no example gives `[0]`, no window. Shared by
+/// [`PackedLoader`] and the distributed worker.
+pub fn pack_window_bounds(lens: impl IntoIterator<Item = usize>, seq_len: usize) -> Vec<u32> {
+    let mut bounds = vec![0u32];
+    let mut used = 0usize;
+    let mut count = 0u32;
+    for (k, len) in lens.into_iter().enumerate() {
+        if used + len > seq_len && used > 0 {
+            bounds.push(k as u32);
+            used = 0;
+        }
+        used += len;
+        count = k as u32 + 1;
+    }
+    if count > 0 {
+        bounds.push(count);
+    }
+    bounds
+}
+
+/// Writes one example (`[BOS] ... [EOS]`) at the start of `inputs` and its next-token targets
+/// at the start of `targets` (the example's last position predicts nothing, so its target is
+/// left alone: callers fill windows with [`IGNORE_INDEX`] first). With `answer_marker`, only
+/// positions from that token on (e.g. `[INTENT]`) get targets. Returns the example's length.
+/// Shared by [`PackedLoader`] and the distributed worker.
+pub fn write_example(
+    example: &[u32],
+    answer_marker: Option<u32>,
+    inputs: &mut [u32],
+    targets: &mut [u32],
+) -> usize {
+    let n = example.len();
+    inputs[..n].copy_from_slice(example);
+    let answer_from = answer_marker.and_then(|m| example.iter().position(|&t| t == m)).unwrap_or(0);
+    if answer_from + 1 < n {
+        targets[answer_from..n - 1].copy_from_slice(&example[answer_from + 1..n]);
+    }
+    n
+}
+
 /// How a loader orders and masks its windows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LoaderOptions {
@@ -266,17 +309,10 @@ impl PackedLoader {
             if self.options.shuffle {
                 order.shuffle(&mut self.shuffle_rng(epoch));
             }
-            let mut window_bounds = vec![0u32];
-            let mut used = 0usize;
-            for (k, &e) in order.iter().enumerate() {
-                let len = self.examples[e as usize].len as usize;
-                if used + len > seq_len {
-                    window_bounds.push(k as u32);
-                    used = 0;
-                }
-                used += len;
-            }
-            window_bounds.push(order.len() as u32);
+            let window_bounds = pack_window_bounds(
+                order.iter().map(|&e| self.examples[e as usize].len as usize),
+                seq_len,
+            );
             self.plan = Some(EpochPlan { epoch, seq_len, order, window_bounds, skipped });
         }
         self.plan.as_ref().ok_or_else(|| DataError::Empty("no epoch plan".into()))
@@ -303,18 +339,9 @@ impl PackedLoader {
             self.scratch.clear();
             let start = ex.offset as usize;
             shard.extend_into(start..start + ex.len as usize, &mut self.scratch);
-            let n = self.scratch.len();
-            inputs[at..at + n].copy_from_slice(&self.scratch);
-            let answer_from = if self.options.mask_prompt {
-                self.scratch.iter().position(|&t| t == self.specials.intent).unwrap_or(0)
-            } else {
-                0
-            };
-            if answer_from + 1 < n {
-                targets[at + answer_from..at + n - 1]
-                    .copy_from_slice(&self.scratch[answer_from + 1..n]);
-            }
-            at += n;
+            let answer_marker = self.options.mask_prompt.then_some(self.specials.intent);
+            at +=
+                write_example(&self.scratch, answer_marker, &mut inputs[at..], &mut targets[at..]);
         }
         Ok(())
     }

@@ -1,7 +1,23 @@
 //! Cutting a task's token slice into training batches.
+//!
+//! A slice of a shard of tokenized examples (`[BOS] ... [EOS]`, as `bitnet tokenize-corpus`
+//! writes them) is packed exactly like the single-process loader packs a shard
+//! ([`crate::data::loader`]): the task owns every example whose `[BOS]` lies inside its slice
+//! (the example may run past the slice's end; the tokens before the slice's first `[BOS]` belong
+//! to the previous task), so an epoch of tasks trains every example exactly once wherever the
+//! coordinator cut the shard. The examples are shuffled deterministically from
+//! `(seed, task id)`, packed greedily into windows that each start at `[BOS]`, and the unused
+//! tail of a window is `[PAD]` with target [`IGNORE_INDEX`]. A plain token stream (no examples)
+//! is cut into consecutive windows instead ([`windows`]).
 
 use crate::data::BatchBuffer;
+use crate::data::loader::{pack_window_bounds, write_example};
 use crate::model::IGNORE_INDEX;
+use crate::transport::Packing;
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use sha2::{Digest, Sha256};
+use std::ops::Range;
 
 /// Iterator over the batches of a slice; see [`windows`].
 #[derive(Debug)]
@@ -15,7 +31,8 @@ pub struct Windows<'a> {
 /// Batches of `batch` windows of `seq_len` next-token pairs over `slice`: window `i` reads
 /// inputs `slice[i*seq_len ..][..seq_len]` and targets shifted by one. The last window may be
 /// short: its inputs are padded with id 0 and its targets with [`IGNORE_INDEX`], so every token
-/// of the slice is trained on exactly once. The last batch may hold fewer windows.
+/// of the slice is trained on exactly once. The last batch may hold fewer windows. For plain
+/// token streams; shards of examples are packed with [`PackedTask`].
 pub fn windows(slice: &[u32], seq_len: usize, batch: usize) -> Windows<'_> {
     Windows { slice, seq_len: seq_len.max(1), batch: batch.max(1), next: 0 }
 }
@@ -45,10 +62,151 @@ impl Iterator for Windows<'_> {
     }
 }
 
+/// The examples a task owns: one per `[BOS]` at a position in `start..end` of the shard's
+/// `tokens`, each running to the next `[BOS]` (possibly past `end`) or the end of the shard.
+pub fn task_examples(tokens: &[u32], start: usize, end: usize, bos: u32) -> Vec<Range<usize>> {
+    let end = end.min(tokens.len());
+    let starts: Vec<usize> = (start.min(end)..end).filter(|&i| tokens[i] == bos).collect();
+    starts
+        .iter()
+        .map(|&s| {
+            let stop =
+                tokens[s + 1..].iter().position(|&t| t == bos).map_or(tokens.len(), |k| s + 1 + k);
+            s..stop
+        })
+        .collect()
+}
+
+/// A task's examples packed into windows and served `batch` windows at a time (the last batch
+/// may hold fewer). Built by [`PackedTask::new`]; iterate for the batches.
+#[derive(Debug)]
+pub struct PackedTask<'a> {
+    tokens: &'a [u32],
+    examples: Vec<Range<usize>>,
+    bounds: Vec<u32>,
+    pad: u32,
+    seq_len: usize,
+    batch: usize,
+    next_window: usize,
+    skipped: usize,
+}
+
+impl<'a> PackedTask<'a> {
+    /// Packs the examples of `tokens[start..end)` (see [`task_examples`]) in an order shuffled
+    /// from `(seed, task_id)`; examples longer than `seq_len` cannot be packed and are skipped,
+    /// as the single-process loader skips them.
+    pub fn new(
+        tokens: &'a [u32],
+        start: usize,
+        end: usize,
+        packing: Packing,
+        seq_len: usize,
+        batch: usize,
+        (seed, task_id): (u64, u64),
+    ) -> Self {
+        let seq_len = seq_len.max(1);
+        let all = task_examples(tokens, start, end, packing.bos);
+        let before = all.len();
+        let mut examples: Vec<Range<usize>> =
+            all.into_iter().filter(|r| r.len() <= seq_len).collect();
+        let skipped = before - examples.len();
+        let mut h = Sha256::new();
+        h.update(b"bitnet-task-shuffle-v1");
+        h.update(seed.to_le_bytes());
+        h.update(task_id.to_le_bytes());
+        examples.shuffle(&mut rand_chacha::ChaCha8Rng::from_seed(h.finalize().into()));
+        let bounds = pack_window_bounds(examples.iter().map(Range::len), seq_len);
+        Self {
+            tokens,
+            examples,
+            bounds,
+            pad: packing.pad,
+            seq_len,
+            batch: batch.max(1),
+            next_window: 0,
+            skipped,
+        }
+    }
+
+    /// Examples packed.
+    pub fn examples(&self) -> usize {
+        self.examples.len()
+    }
+
+    /// Examples left out because they are longer than `seq_len`.
+    pub fn skipped(&self) -> usize {
+        self.skipped
+    }
+
+    /// Windows in all.
+    pub fn windows(&self) -> usize {
+        self.bounds.len() - 1
+    }
+}
+
+impl Iterator for PackedTask<'_> {
+    type Item = BatchBuffer;
+
+    fn next(&mut self) -> Option<BatchBuffer> {
+        let windows = self.windows();
+        if self.next_window >= windows {
+            return None;
+        }
+        let n = self.batch.min(windows - self.next_window);
+        let t = self.seq_len;
+        let mut out = BatchBuffer {
+            inputs: vec![self.pad; n * t],
+            targets: vec![IGNORE_INDEX; n * t],
+            batch: n,
+            seq_len: t,
+        };
+        for b in 0..n {
+            let w = self.next_window + b;
+            let (first, last) = (self.bounds[w] as usize, self.bounds[w + 1] as usize);
+            let mut at = b * t;
+            let window_end = at + t;
+            for r in &self.examples[first..last] {
+                at += write_example(
+                    &self.tokens[r.clone()],
+                    None,
+                    &mut out.inputs[at..window_end],
+                    &mut out.targets[at..window_end],
+                );
+            }
+        }
+        self.next_window += n;
+        Some(out)
+    }
+}
+
+/// A task's batches: packed examples, or plain windows of a token stream.
+#[derive(Debug)]
+pub enum TaskBatches<'a> {
+    /// Examples packed like the single-process loader.
+    Packed(PackedTask<'a>),
+    /// Consecutive windows of a plain token stream.
+    Plain(Windows<'a>),
+}
+
+impl Iterator for TaskBatches<'_> {
+    type Item = BatchBuffer;
+
+    fn next(&mut self) -> Option<BatchBuffer> {
+        match self {
+            TaskBatches::Packed(p) => p.next(),
+            TaskBatches::Plain(w) => w.next(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use std::collections::HashMap;
+
+    const PACK: Packing = Packing { bos: 2, pad: 0 };
+    const EOS: u32 = 3;
 
     #[test]
     fn windows_shift_targets_and_pad_the_tail() {
@@ -59,6 +217,68 @@ mod tests {
         assert_eq!(batches[0].targets, [11, 12, 13, 14]);
         assert_eq!(batches[1].inputs, [14, 15, 0, 0]);
         assert_eq!(batches[1].targets, [15, 16, IGNORE_INDEX, IGNORE_INDEX]);
+    }
+
+    /// A shard of examples `[BOS] id w.. [EOS]` with the given body lengths; example `k` has id
+    /// `100 + k` so the tests can tell examples apart.
+    fn shard(lens: &[usize]) -> Vec<u32> {
+        let mut t = Vec::new();
+        for (k, &n) in lens.iter().enumerate() {
+            t.push(PACK.bos);
+            t.push(100 + k as u32);
+            t.extend((0..n as u32).map(|i| 10 + i % 50));
+            t.push(EOS);
+        }
+        t
+    }
+
+    /// Example ids in a batch, checking the window invariants on the way.
+    fn ids_in(b: &BatchBuffer) -> Vec<u32> {
+        let mut ids = Vec::new();
+        for w in 0..b.batch {
+            let inp = &b.inputs[w * b.seq_len..(w + 1) * b.seq_len];
+            let tgt = &b.targets[w * b.seq_len..(w + 1) * b.seq_len];
+            assert_eq!(inp[0], PACK.bos, "every window starts at [BOS]");
+            for i in 0..b.seq_len {
+                if inp[i] == PACK.pad || inp[i] == EOS {
+                    assert_eq!(tgt[i], IGNORE_INDEX, "pad and [EOS] predict nothing");
+                } else {
+                    assert_eq!(tgt[i], inp[i + 1], "targets are the next token");
+                }
+                if inp[i] == PACK.bos {
+                    ids.push(inp[i + 1]);
+                }
+            }
+            let eos = inp.iter().filter(|&&t| t == EOS).count();
+            assert_eq!(eos, inp.iter().filter(|&&t| t == PACK.bos).count(), "never split");
+        }
+        ids
+    }
+
+    #[test]
+    fn packing_matches_the_loader_layout_and_is_deterministic() {
+        let tokens = shard(&[3, 1, 5, 2, 4, 0, 6]);
+        let all = |id| PackedTask::new(&tokens, 0, tokens.len(), PACK, 12, 2, (7, id));
+        let a: Vec<BatchBuffer> = all(1).collect();
+        let b: Vec<BatchBuffer> = all(1).collect();
+        assert_eq!(
+            a.iter().map(|x| &x.inputs).collect::<Vec<_>>(),
+            b.iter().map(|x| &x.inputs).collect::<Vec<_>>(),
+            "same seed and task, same batches"
+        );
+        let mut ids: Vec<u32> = a.iter().flat_map(ids_in).collect();
+        ids.sort_unstable();
+        assert_eq!(ids, (100..107).collect::<Vec<_>>());
+        let other: Vec<u32> = all(2).flat_map(|x| ids_in(&x)).collect();
+        let first: Vec<u32> = a.iter().flat_map(ids_in).collect();
+        assert_ne!(other, first, "another task shuffles differently");
+    }
+
+    #[test]
+    fn long_examples_are_skipped() {
+        let tokens = shard(&[2, 20, 2]);
+        let p = PackedTask::new(&tokens, 0, tokens.len(), PACK, 10, 4, (0, 0));
+        assert_eq!((p.examples(), p.skipped()), (2, 1));
     }
 
     proptest! {
@@ -76,6 +296,39 @@ mod tests {
                 }
             }
             prop_assert_eq!(counted, len.saturating_sub(1));
+        }
+
+        /// However the shard is cut into slices, every example that starts in some slice is
+        /// trained exactly once, whole, with every one of its next-token targets.
+        #[test]
+        fn a_partition_of_slices_trains_every_example_once(
+            lens in proptest::collection::vec(0usize..12, 1..40),
+            cuts in proptest::collection::vec(0usize..10_000, 0..12),
+            seq in 15usize..40,
+            batch in 1usize..4,
+        ) {
+            let tokens = shard(&lens);
+            let mut bounds: Vec<usize> = cuts.iter().map(|c| c % (tokens.len() + 1)).collect();
+            bounds.extend([0, tokens.len()]);
+            bounds.sort_unstable();
+            bounds.dedup();
+            let mut seen: HashMap<u32, usize> = HashMap::new();
+            let mut counted = 0;
+            for (task, w) in bounds.windows(2).enumerate() {
+                let p = PackedTask::new(&tokens, w[0], w[1], PACK, seq, batch, (3, task as u64));
+                prop_assert_eq!(p.skipped(), 0);
+                for b in p {
+                    prop_assert!(b.batch <= batch);
+                    counted += b.view().counted_targets();
+                    for id in ids_in(&b) {
+                        *seen.entry(id).or_default() += 1;
+                    }
+                }
+            }
+            prop_assert_eq!(seen.len(), lens.len(), "every example is trained");
+            prop_assert!(seen.values().all(|&n| n == 1), "no example is trained twice");
+            // An example of n body tokens is n + 3 tokens with n + 2 targets.
+            prop_assert_eq!(counted, lens.iter().map(|n| n + 2).sum::<usize>());
         }
     }
 }

@@ -4,10 +4,20 @@
 //! pseudo-gradient `theta_start - theta_end`), encode it with the codec and upload it, with
 //! heartbeats, log shipping, retries with backoff, and a stop flag (SIGTERM) that hands the
 //! current task back.
+//!
+//! A task's slice is packed into windows like the single-process loader packs its shards (see
+//! [`batches`]): the worker trains every example whose `[BOS]` lies in the slice, shuffled
+//! from `(train.seed, task id)`.
+//!
+//! DiLoCo's inner optimizer keeps its state (AdamW moments and step count) across the tasks a
+//! worker runs, as in the DiLoCo paper, so a worker's second round does not start from cold
+//! moments; its learning-rate schedule is indexed by the run's step ([`TaskSpec::schedule_step`]
+//! = weight version x inner steps, plus the step within the task), so warm-up happens once per
+//! run and the decay follows the run's `train.steps`, however many workers share the run.
 
-mod batches;
+pub mod batches;
 
-pub use batches::{Windows, windows};
+pub use batches::{PackedTask, TaskBatches, Windows, task_examples, windows};
 
 use crate::codec::GradientCodec;
 use crate::config::TrainMode;
@@ -107,6 +117,45 @@ pub struct WorkerReport {
     pub tokens: u64,
     /// Loss of the last task.
     pub last_loss: Option<f32>,
+    /// DiLoCo inner optimizer steps taken (the inner optimizer's state spans them all).
+    pub inner_steps: u64,
+    /// Where the time of accepted tasks went, summed over them.
+    pub timing: TaskTiming,
+}
+
+/// Wall-clock seconds spent in each phase of a task, summed over tasks. Everything but
+/// `compute` is the per-task overhead of distribution.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct TaskTiming {
+    /// `GET /work` (the claim, including the coordinator encoding a new weight version).
+    pub claim: f64,
+    /// Weight download, checksum and decode (zero when the version was cached).
+    pub weights: f64,
+    /// Shard download and decode (zero when cached), and packing the slice.
+    pub data: f64,
+    /// Forward and backward passes (and DiLoCo's inner optimizer steps).
+    pub compute: f64,
+    /// Encoding the update with the gradient codec.
+    pub encode: f64,
+    /// `POST /gradient`: upload, and the coordinator's decode and optimizer step.
+    pub upload: f64,
+}
+
+impl TaskTiming {
+    /// Everything but compute.
+    pub fn overhead(&self) -> f64 {
+        self.claim + self.weights + self.data + self.encode + self.upload
+    }
+
+    /// Adds `o`'s times to these.
+    pub fn add(&mut self, o: &TaskTiming) {
+        self.claim += o.claim;
+        self.weights += o.weights;
+        self.data += o.data;
+        self.compute += o.compute;
+        self.encode += o.encode;
+        self.upload += o.upload;
+    }
 }
 
 /// A worker. Build with [`Worker::new`], then [`Worker::run`].
@@ -280,8 +329,9 @@ impl Worker {
 
     fn work_loop(&mut self) -> Result<(), WorkerError> {
         while !self.stopped() {
+            let t = Instant::now();
             match self.retry(|c| c.claim())? {
-                Some(task) => self.run_task(task)?,
+                Some(task) => self.run_task(task, t.elapsed().as_secs_f64())?,
                 None => {
                     if self.settings.exit_when_done {
                         let status = self.retry(|c| c.status())?;
@@ -392,21 +442,56 @@ impl Worker {
         Ok(self.retry(|c| c.heartbeat(hb.clone()))?.lease_valid)
     }
 
-    fn run_task(&mut self, task: TaskSpec) -> Result<(), WorkerError> {
+    fn run_task(&mut self, task: TaskSpec, claim_secs: f64) -> Result<(), WorkerError> {
         let started = Instant::now();
+        let mut timing = TaskTiming { claim: claim_secs, ..TaskTiming::default() };
         let task_ref = TaskRef { task_id: task.task_id, lease: task.lease };
         let base_version = self.fetch_weights(task.weights_version, &task.weights_sha256)?;
+        timing.weights = started.elapsed().as_secs_f64();
+        let phase = Instant::now();
         let tokens = self.fetch_shard(&task.shard, &task.shard_sha256)?;
         let start = usize::try_from(task.offset).unwrap_or(usize::MAX).min(tokens.len());
-        // One token past the slice gives its last window a target.
-        let end = usize::try_from(task.offset.saturating_add(task.tokens).saturating_add(1))
+        let end = usize::try_from(task.offset.saturating_add(task.tokens))
             .unwrap_or(usize::MAX)
             .min(tokens.len());
-        let slice = &tokens[start..end];
-        let result = match task.mode {
-            TrainMode::AsyncSgd => self.gradient(&task, task_ref, slice),
-            TrainMode::Diloco => self.pseudo_gradient(&task, task_ref, slice),
+        let batches = match task.packing {
+            Some(packing) => {
+                let packed = PackedTask::new(
+                    &tokens,
+                    start,
+                    end,
+                    packing,
+                    task.seq_len,
+                    task.batch_size,
+                    (self.seed, task.task_id),
+                );
+                if packed.skipped() > 0 {
+                    self.log(
+                        "warn",
+                        format!(
+                            "task {}: {} example(s) longer than seq_len {} skipped",
+                            task.task_id,
+                            packed.skipped(),
+                            task.seq_len
+                        ),
+                    );
+                }
+                TaskBatches::Packed(packed)
+            }
+            // One token past the slice gives its last window a target.
+            None => TaskBatches::Plain(windows(
+                &tokens[start..(end + 1).min(tokens.len())],
+                task.seq_len,
+                task.batch_size,
+            )),
         };
+        timing.data = phase.elapsed().as_secs_f64();
+        let phase = Instant::now();
+        let result = match task.mode {
+            TrainMode::AsyncSgd => self.gradient(task_ref, batches),
+            TrainMode::Diloco => self.pseudo_gradient(&task, task_ref, batches),
+        };
+        timing.compute = phase.elapsed().as_secs_f64();
         let (update, loss) = match result? {
             Ok(v) => v,
             Err(Interrupted::Stop) => {
@@ -421,12 +506,14 @@ impl Worker {
                 return Ok(());
             }
         };
+        let phase = Instant::now();
         let layout = self.parts.kernel.layout().clone();
         let payload = self
             .parts
             .codec
             .encode(&layout, &update)
             .map_err(|e| WorkerError::Update(format!("encoding the update: {e}")))?;
+        timing.encode = phase.elapsed().as_secs_f64();
         let seconds = started.elapsed().as_secs_f64();
         let upload = UpdateUpload {
             task: task_ref,
@@ -436,16 +523,26 @@ impl Worker {
             seconds,
             payload,
         };
-        match self.retry(|c| c.upload(upload.clone())) {
+        let phase = Instant::now();
+        let uploaded = self.retry(|c| c.upload(upload.clone()));
+        timing.upload = phase.elapsed().as_secs_f64();
+        match uploaded {
             Ok(r) if r.accepted => {
                 self.report.tasks_accepted += 1;
+                self.report.timing.add(&timing);
                 self.report.tokens += task.tokens;
                 self.report.last_loss = Some(loss);
                 self.log(
                     "info",
                     format!(
-                        "task {} done: loss {loss:.4}, {} tokens in {seconds:.2}s, staleness {}, version {:?}",
-                        task.task_id, task.tokens, r.staleness, r.applied_version
+                        "task {} done: loss {loss:.4}, {} tokens in {seconds:.2}s (compute {:.3}s, \
+                         overhead {:.3}s), staleness {}, version {:?}",
+                        task.task_id,
+                        task.tokens,
+                        timing.compute,
+                        timing.overhead(),
+                        r.staleness,
+                        r.applied_version
                     ),
                 );
             }
@@ -485,12 +582,11 @@ impl Worker {
         Ok(None)
     }
 
-    /// async-sgd: the mean gradient over every counted target of the slice.
+    /// async-sgd: the mean gradient over every counted target of the task's batches.
     fn gradient(
         &mut self,
-        task: &TaskSpec,
         task_ref: TaskRef,
-        slice: &[u32],
+        batches: TaskBatches<'_>,
     ) -> Result<Result<(Vec<f32>, f32), Interrupted>, WorkerError> {
         let Some(cached) = self.weights.take() else {
             return Err(WorkerError::Download("no weights".into()));
@@ -504,7 +600,7 @@ impl Worker {
         let mut last_beat = Instant::now();
         let mut progress = 0u64;
         let mut outcome = Ok(());
-        for batch in windows(slice, task.seq_len, task.batch_size) {
+        for batch in batches {
             if let Some(i) = self.checkpoint(task_ref, progress, &mut last_beat)? {
                 outcome = Err(i);
                 break;
@@ -537,13 +633,13 @@ impl Worker {
         Ok(Ok((update, (loss_sum / denom) as f32)))
     }
 
-    /// diloco: inner optimizer steps over the slice from the downloaded weights, then
+    /// diloco: one inner optimizer step per batch of the task from the downloaded weights, then
     /// `theta_start - theta_end`.
     fn pseudo_gradient(
         &mut self,
         task: &TaskSpec,
         task_ref: TaskRef,
-        slice: &[u32],
+        batches: TaskBatches<'_>,
     ) -> Result<Result<(Vec<f32>, f32), Interrupted>, WorkerError> {
         let Some((_, _, start)) = self.weights.as_ref() else {
             return Err(WorkerError::Download("no weights".into()));
@@ -554,7 +650,7 @@ impl Worker {
         let mut steps = 0usize;
         let mut last_beat = Instant::now();
         let mut progress = 0u64;
-        for batch in windows(slice, task.seq_len, task.batch_size) {
+        for batch in batches {
             if let Some(i) = self.checkpoint(task_ref, progress, &mut last_beat)? {
                 return Ok(Err(i));
             }
@@ -572,10 +668,12 @@ impl Worker {
                 .inner_optimizer
                 .as_mut()
                 .ok_or_else(|| WorkerError::Update("diloco needs an inner optimizer".into()))?;
+            let step = task.schedule_step.saturating_add(steps as u64);
             inner
-                .step(&mut theta, &grads, StepInfo { step: self.inner_steps_taken, lr_scale: 1.0 })
+                .step(&mut theta, &grads, StepInfo { step, lr_scale: 1.0 })
                 .map_err(|e| WorkerError::Update(format!("inner step: {e}")))?;
             self.inner_steps_taken += 1;
+            self.report.inner_steps = self.inner_steps_taken;
             loss_sum += f64::from(loss);
             steps += 1;
             progress += (view.batch * view.seq_len) as u64;

@@ -7,8 +7,9 @@
 use crate::kernel::Precision;
 use crate::kernels::PackedTernary;
 use crate::kernels::bf16::grad_weight_bf16;
+use crate::kernels::bf16_gemm::{StridedF32, gemm_bf16};
 use crate::kernels::quant::quantize_activations_absmax;
-use crate::kernels::ternary::ternary_matmul_dequant;
+use crate::kernels::ternary::{ternary_matmul_dequant, ternary_matmul_dequant_add};
 use crate::layers::attention::{attention_backward, attention_forward};
 use crate::layers::bitlinear::absmean_parallel;
 use crate::layers::bitlinear::{
@@ -184,12 +185,10 @@ pub(crate) struct Workspace {
     dv: Vec<f32>,
     att_p: Vec<f32>,
     att_ds: Vec<f32>,
-    /// Mixed precision: the step's packed ternary weights, the quantized output gradient and
-    /// a product that is added to another.
+    /// Mixed precision: the step's packed ternary weights and the quantized output gradient.
     packed: PackedWeights,
     dy_codes: Vec<i8>,
     dy_scales: Vec<f32>,
-    dx_part: Vec<f32>,
 }
 
 impl Workspace {
@@ -220,7 +219,6 @@ impl Workspace {
             packed: PackedWeights::default(),
             dy_codes: Vec::new(),
             dy_scales: Vec::new(),
-            dx_part: Vec::new(),
         }
     }
 
@@ -329,12 +327,9 @@ fn gemm_error(e: crate::kernels::GemmError) -> KernelError {
     KernelError::Other(format!("ternary kernel: {e}"))
 }
 
-/// One packed tensor: `W_q`, optionally `W_q^T`, and `g`.
-type PackedTensor = (PackedTernary, Option<PackedTernary>, f32);
-
-/// Quantizes and packs every BitLinear weight (in parallel over tensors). The ternary codes go
-/// through buffers kept from step to step; the packed matrices are rebuilt (the kernels' packing
-/// API builds a new matrix).
+/// Quantizes and packs every BitLinear weight (in parallel over tensors). The ternary codes
+/// and the packed matrices are kept from step to step: after the first step, packing
+/// allocates nothing (the kernels' `repack*` fill the existing buffers).
 fn pack_weights(
     cx: &PassContext<'_>,
     p: &[f32],
@@ -343,46 +338,61 @@ fn pack_weights(
 ) -> Result<(), KernelError> {
     let Dims { d, ffn: f, .. } = cx.dims;
     let shapes = [(d, d), (d, d), (d, d), (d, d), (f, d), (f, d), (d, f)];
-    let jobs: Vec<(Range<usize>, usize, usize)> = cx
-        .index
-        .blocks
-        .iter()
-        .flat_map(|b| b.linear().into_iter().cloned().zip(shapes).map(|(r, (n, k))| (r, n, k)))
-        .collect();
-    if out.codes.len() != jobs.len() {
-        out.codes = jobs.iter().map(|(r, _, _)| vec![0i8; r.len()]).collect();
+    let jobs = cx.index.blocks.len() * LINEARS;
+    let fresh = out.codes.len() != jobs
+        || out.forward.len() != jobs
+        || out
+            .forward
+            .iter()
+            .zip(shapes.iter().cycle())
+            .any(|(pw, &(n, k))| pw.out_features() != n || pw.in_features() != k);
+    if fresh {
+        out.codes.clear();
+        out.forward.clear();
+        out.transposed.clear();
+        for b in &cx.index.blocks {
+            for (r, &(n, k)) in b.linear().into_iter().zip(&shapes) {
+                out.codes.push(vec![0i8; r.len()]);
+                out.forward.push(PackedTernary::pack(&vec![0i8; n * k], n, k).map_err(gemm_error)?);
+            }
+        }
     }
-    let packed: Vec<Result<PackedTensor, KernelError>> = jobs
-        .par_iter()
+    if with_transposed && out.transposed.len() != jobs {
+        out.transposed = shapes
+            .iter()
+            .cycle()
+            .take(jobs)
+            .map(|&(n, k)| PackedTernary::pack_transposed(&vec![0i8; n * k], n, k))
+            .collect::<Result<_, _>>()
+            .map_err(gemm_error)?;
+    }
+    out.gammas.resize(jobs, 0.0);
+    let ranges: Vec<&Range<usize>> = cx.index.blocks.iter().flat_map(|b| b.linear()).collect();
+    let transposed: Vec<Option<&mut PackedTernary>> = if with_transposed {
+        out.transposed.iter_mut().map(Some).collect()
+    } else {
+        (0..jobs).map(|_| None).collect()
+    };
+    ranges
+        .into_par_iter()
         .zip(out.codes.par_iter_mut())
-        .map(|((range, n, k), q)| {
+        .zip(out.forward.par_iter_mut())
+        .zip(transposed.into_par_iter())
+        .zip(out.gammas.par_iter_mut())
+        .try_for_each(|((((range, q), fwd), tr), gamma)| {
             let w = &p[range.clone()];
             let g = absmean_parallel(w);
             let div = g + WEIGHT_EPS;
             for (qi, &v) in q.iter_mut().zip(w) {
                 *qi = round_half_even_small((v / div).clamp(-2.0, 2.0)).clamp(-1.0, 1.0) as i8;
             }
-            let fwd = PackedTernary::pack(q, *n, *k).map_err(gemm_error)?;
-            let tr = if with_transposed {
-                Some(PackedTernary::pack_transposed(q, *n, *k).map_err(gemm_error)?)
-            } else {
-                None
-            };
-            Ok((fwd, tr, g))
+            fwd.repack(q).map_err(gemm_error)?;
+            if let Some(tr) = tr {
+                tr.repack_transposed(q).map_err(gemm_error)?;
+            }
+            *gamma = g;
+            Ok(())
         })
-        .collect();
-    out.forward.clear();
-    out.transposed.clear();
-    out.gammas.clear();
-    for r in packed {
-        let (f, t, g) = r?;
-        out.forward.push(f);
-        if let Some(t) = t {
-            out.transposed.push(t);
-        }
-        out.gammas.push(g);
-    }
-    Ok(())
 }
 
 /// `y = BitLinear(x)` for the BitLinear tensor `which` (index into [`PackedWeights`]) with
@@ -416,7 +426,6 @@ struct LinearScratch<'a> {
     wdeq: &'a mut [f32],
     dy_codes: &'a mut [i8],
     dy_scales: &'a mut [f32],
-    dx_part: &'a mut [f32],
 }
 
 /// Straight-through backward of BitLinear `which` with input `a`: `dw = dy^T . Q_a(x)` and
@@ -444,14 +453,7 @@ fn linear_backward(
         quantize_activations_absmax(dy, n, codes, scales).map_err(gemm_error)?;
         let (pt, g) = (&packed.transposed[which], packed.gammas[which]);
         if accumulate_dx {
-            let part = &mut s.dx_part[..m * k];
-            ternary_matmul_dequant(codes, m, n, pt, scales, g, part).map_err(gemm_error)?;
-            dx.par_chunks_mut(4096).zip(part.par_chunks(4096)).for_each(|(a, b)| {
-                for (x, y) in a.iter_mut().zip(b) {
-                    *x += y;
-                }
-            });
-            Ok(())
+            ternary_matmul_dequant_add(codes, m, n, pt, scales, g, dx).map_err(gemm_error)
         } else {
             ternary_matmul_dequant(codes, m, n, pt, scales, g, dx).map_err(gemm_error)
         }
@@ -481,7 +483,6 @@ pub(crate) fn forward(
         if with_grad && ws.dy_codes.is_empty() {
             ws.dy_codes = vec![0; m * d.max(f)];
             ws.dy_scales = vec![0.0; m];
-            ws.dx_part = vec![0.0; m * d.max(f)];
         }
     }
     embedding_forward(&mut ws.resid[0], &p[cx.index.emb.clone()], inputs, d);
@@ -591,6 +592,8 @@ pub(crate) fn forward(
     }
     let last = &ws.resid[cx.dims.layers];
     rmsnorm_forward(&mut ws.xn_f, &mut ws.rstd_f, last, &p[cx.index.norm.clone()], cx.eps);
+    // The LM head forward stays fp32 in both precisions, so the loss is fp32's (a bf16 forward
+    // moves it by about 1e-4 relative); its backward is bf16 in mixed precision.
     matmul_abt(&mut ws.logits, &ws.xn_f, &p[cx.index.head.clone()], (m, vocab, d), false, th);
     Ok(cross_entropy(&mut ws.logits, targets, vocab, with_grad).0)
 }
@@ -608,8 +611,20 @@ pub(crate) fn backward(
     let shape = (t, h, hd);
     let ix = cx.index;
     // Head and final norm.
-    matmul_ab(&mut ws.dxn, &ws.logits, &p[ix.head.clone()], (m, d, vocab), false, th);
-    matmul_atb(&mut g[ix.head.clone()], &ws.logits, &ws.xn_f, (vocab, d, m), false, th);
+    let head = &p[ix.head.clone()];
+    if cx.packed() {
+        // dxn[i][l] = sum_v dlogits[i][v] * W[v][l]; dW[v][l] = sum_i dlogits[i][v] * xn[i][l].
+        let dlogits = StridedF32::width_major(&ws.logits, vocab);
+        let w = StridedF32::depth_major(head, d);
+        gemm_bf16(&mut ws.dxn, (m, d, vocab), dlogits, w, false).map_err(gemm_error)?;
+        let dlogits = StridedF32::depth_major(&ws.logits, vocab);
+        let xn = StridedF32::depth_major(&ws.xn_f, d);
+        gemm_bf16(&mut g[ix.head.clone()], (vocab, d, m), dlogits, xn, false)
+            .map_err(gemm_error)?;
+    } else {
+        matmul_ab(&mut ws.dxn, &ws.logits, head, (m, d, vocab), false, th);
+        matmul_atb(&mut g[ix.head.clone()], &ws.logits, &ws.xn_f, (vocab, d, m), false, th);
+    }
     rmsnorm_backward(
         &mut ws.dres,
         &mut g[ix.norm.clone()],
@@ -625,7 +640,6 @@ pub(crate) fn backward(
                 wdeq: &mut ws.wdeq,
                 dy_codes: &mut ws.dy_codes,
                 dy_scales: &mut ws.dy_scales,
-                dx_part: &mut ws.dx_part,
             }
         };
     }

@@ -7,7 +7,9 @@ use bitnet_framework::coordinator::assemble::{build_coordinator, build_store, bu
 use bitnet_framework::coordinator::{Coordinator, Corpus, DirCorpus, seed};
 use bitnet_framework::data::dir::{DataDir, Split};
 use bitnet_framework::registry::Registry;
-use bitnet_framework::transport::{CoordinatorApi, CoordinatorStore, ServeContext, ServerHandle};
+use bitnet_framework::transport::{
+    CoordinatorApi, CoordinatorStore, Packing, ServeContext, ServerHandle,
+};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -37,7 +39,11 @@ pub fn open_corpus(config: &mut RunConfig, registry: &Registry) -> anyhow::Resul
     if paths.is_empty() {
         bail!("no train shards under {}: run `bitnet tokenize-corpus` first", dir.root().display());
     }
-    let corpus = DirCorpus::open(&paths).map_err(anyhow::Error::msg)?;
+    // Tokenized shards hold [BOS]-delimited examples: workers pack them like `bitnet train`.
+    let specials = tokenizer.special_tokens();
+    let corpus = DirCorpus::open(&paths)
+        .map_err(anyhow::Error::msg)?
+        .with_packing(Packing { bos: specials.bos, pad: specials.pad });
     Ok(Arc::new(corpus))
 }
 

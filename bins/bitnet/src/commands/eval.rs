@@ -69,6 +69,8 @@ pub fn load_model(checkpoint: &Path, data_dir: Option<&Path>) -> anyhow::Result<
     if let Some(d) = data_dir {
         config.data.dir = d.to_path_buf();
     }
+    // Evaluate on every core of this machine, whatever share the training process had.
+    config.train.threads = 0;
     let registry = registry_for(&config)?;
     let kernel = run::build_kernel(&config, &registry).context("building the model kernel")?;
     let params = file.params(kernel.layout())?;
@@ -94,23 +96,45 @@ fn bar(len: u64, what: &str) -> ProgressBar {
     b
 }
 
-pub fn run(args: Args) -> anyhow::Result<()> {
+/// What [`evaluate_checkpoint`] measures.
+#[derive(Debug, Clone)]
+pub struct EvalOptions {
+    /// Data directory [default: the checkpoint's data.dir].
+    pub data_dir: Option<PathBuf>,
+    /// Split to evaluate.
+    pub split: Split,
+    /// Decode only the first N examples (0 = all).
+    pub limit: usize,
+    /// Skip the loss pass.
+    pub no_loss: bool,
+    /// Windows per forward pass in the loss pass.
+    pub batch: usize,
+}
+
+/// Evaluates a checkpoint: the loss over every window of the split (packed in shard order,
+/// unshuffled, so every run is scored on the same batches; mean per counted target), then
+/// greedy decoding with the packed-ternary inference model, scored for intent accuracy, slot
+/// exact match and invalid JSON. Returns the JSON summary.
+pub fn evaluate_checkpoint(
+    checkpoint: &Path,
+    options: &EvalOptions,
+) -> anyhow::Result<serde_json::Value> {
     let LoadedModel { config, mut kernel, params, tokenizer, step, tokens } =
-        load_model(&args.checkpoint, args.data_dir.as_deref())?;
+        load_model(checkpoint, options.data_dir.as_deref())?;
     let dir = DataDir::new(config.data.dir.clone());
     let seq_len = config.model.seq_len;
     let kind = &config.tokenizer.kind;
 
-    let loss = if args.no_loss {
+    let loss = if options.no_loss {
         None
     } else {
         let mut loader = dir.loader(
             kind,
-            args.split,
+            options.split,
             tokenizer.as_ref(),
             LoaderOptions { shuffle: false, ..Default::default() },
         )?;
-        let batches = loader.epoch_batches(args.batch, seq_len)?;
+        let batches = loader.epoch_batches(options.batch, seq_len)?;
         let pb = bar(batches.len() as u64, "loss   ");
         let result =
             mean_loss(kernel.as_mut(), &params, &batches, &mut |i| pb.set_position(i as u64))?;
@@ -118,9 +142,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Some(result)
     };
 
-    let mut lines = dir.read_split(args.split)?;
-    if args.limit > 0 {
-        lines.truncate(args.limit);
+    let mut lines = dir.read_split(options.split)?;
+    if options.limit > 0 {
+        lines.truncate(options.limit);
     }
     // The packed-ternary path: export inference weights and decode with them.
     let weights = kernel.export_inference(&params)?;
@@ -136,13 +160,66 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     })?;
     pb.finish_and_clear();
 
-    let summary = EvalSummary::new(args.split.name(), &tally, loss);
+    let summary = EvalSummary::new(options.split.name(), &tally, loss);
     let mut value = serde_json::to_value(&summary)?;
     if let Some(obj) = value.as_object_mut() {
-        obj.insert("checkpoint".into(), args.checkpoint.display().to_string().into());
+        obj.insert("checkpoint".into(), checkpoint.display().to_string().into());
         obj.insert("step".into(), step.into());
         obj.insert("tokens_trained".into(), tokens.into());
     }
+    Ok(value)
+}
+
+/// Writes `RUN_DIR/summary.json`, the figures runs are compared by, for `bitnet train` and
+/// `bitnet run` alike: [`evaluate_checkpoint`] on the whole validation split (loss over every
+/// window, 8 windows per pass; every example decoded), with `val_loss` naming the loss, plus
+/// the `run` fields given (mode, wall time, ...). Returns the summary.
+pub fn write_run_summary(
+    checkpoint: &Path,
+    run_dir: &Path,
+    run: serde_json::Map<String, serde_json::Value>,
+) -> anyhow::Result<serde_json::Value> {
+    let options = EvalOptions {
+        data_dir: None,
+        split: Split::Validation,
+        limit: 0,
+        no_loss: false,
+        batch: 8,
+    };
+    let mut value = evaluate_checkpoint(checkpoint, &options)?;
+    if let Some(obj) = value.as_object_mut() {
+        let loss = obj.get("loss").cloned().unwrap_or(serde_json::Value::Null);
+        obj.insert("val_loss".into(), loss);
+        obj.extend(run);
+    }
+    let path = run_dir.join("summary.json");
+    std::fs::create_dir_all(run_dir)?;
+    std::fs::write(&path, format!("{}\n", serde_json::to_string_pretty(&value)?))
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(value)
+}
+
+/// One line of a summary for the console.
+pub fn summary_line(v: &serde_json::Value) -> String {
+    let f = |k: &str| v.get(k).and_then(serde_json::Value::as_f64);
+    format!(
+        "validation loss {}, intent accuracy {}, slot exact match {} ({} examples)",
+        f("val_loss").map(|x| format!("{x:.4}")).unwrap_or_else(|| "-".into()),
+        f("intent_accuracy").map(|x| format!("{:.2}%", 100.0 * x)).unwrap_or_else(|| "-".into()),
+        f("slot_exact_match").map(|x| format!("{:.2}%", 100.0 * x)).unwrap_or_else(|| "-".into()),
+        v.get("examples").and_then(serde_json::Value::as_u64).unwrap_or(0)
+    )
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let options = EvalOptions {
+        data_dir: args.data_dir.clone(),
+        split: args.split,
+        limit: args.limit,
+        no_loss: args.no_loss,
+        batch: args.batch,
+    };
+    let value = evaluate_checkpoint(&args.checkpoint, &options)?;
     let text = serde_json::to_string_pretty(&value)?;
     println!("{text}");
     if let Some(out) = &args.out {

@@ -1,6 +1,8 @@
 //! `bitnet run`
 
 use super::{ConfigArgs, registry_for};
+use bitnet_framework::coordinator::TaskShape;
+use bitnet_framework::coordinator::assemble::{check_distributed, schedule_steps};
 use bitnet_framework::run;
 
 /// Validate a run config, or run it.
@@ -29,6 +31,30 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             if s.origin == "built-in" { String::new() } else { format!(" [{}]", s.origin) };
         println!("  {:<18} {:<16} {}{origin}", s.key, s.plugin, s.description);
     }
+    let problems = check_distributed(&config, &registry);
+    if !problems.is_empty() {
+        anyhow::bail!(
+            "the run is not valid ({} problem(s)):\n  - {}",
+            problems.len(),
+            problems.join("\n  - ")
+        );
+    }
+    let shape = TaskShape::from_train(&config.train, m.seq_len);
+    println!("tasks: {}", config.coordinator.describe_tasks(&shape));
+    println!(
+        "schedule: {} steps (distributed runs; `bitnet train` takes train.steps = {}), token budget {}",
+        schedule_steps(&config),
+        config.train.steps,
+        match config.train.token_budget {
+            0 => "one epoch".to_string(),
+            n => group_thousands(n as usize),
+        }
+    );
+    let workers = config.run.local_workers.max(1);
+    println!(
+        "local workers: {workers}, {} compute thread(s) each",
+        super::run_local::worker_threads(&config)
+    );
     if args.dry_run {
         println!("dry run: configuration is valid");
         return Ok(());

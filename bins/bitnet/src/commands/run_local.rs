@@ -13,9 +13,10 @@ use bitnet_framework::data::SourcePosition;
 use bitnet_framework::data::dir::{DataDir, Split};
 use bitnet_framework::registry::Registry;
 use bitnet_framework::transport::{CoordinatorApi, Credentials, StatusReport, secrets};
+use bitnet_framework::worker::TaskTiming;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -119,18 +120,14 @@ fn write_checkpoint(
     Ok(path)
 }
 
-fn evaluate(checkpoint: &Path, out: &Path) -> anyhow::Result<()> {
-    let status = Command::new(std::env::current_exe()?)
-        .args(["eval", "--limit", "500", "--checkpoint"])
-        .arg(checkpoint)
-        .arg("--out")
-        .arg(out)
-        .status()
-        .context("running `bitnet eval`")?;
-    if !status.success() {
-        bail!("`bitnet eval` failed ({status})");
+/// Compute threads of each local worker: `train.threads` when set, else the machine's cores
+/// shared out between the `[run] local_workers` (at least 1 each).
+pub fn worker_threads(config: &RunConfig) -> usize {
+    if config.train.threads > 0 {
+        return config.train.threads;
     }
-    Ok(())
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    (cores / config.run.local_workers.max(1)).max(1)
 }
 
 /// Trains `config` end to end on this machine.
@@ -138,10 +135,7 @@ pub fn run(args: &ConfigArgs, mut config: RunConfig, registry: &Registry) -> any
     prepare_data(&config, args)?;
     let corpus = open_corpus(&mut config, registry)?;
     let workers = config.run.local_workers.max(1);
-    if config.train.threads == 0 {
-        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-        config.train.threads = (cores / workers).max(1);
-    }
+    config.train.threads = worker_threads(&config);
     config.worker.exit_when_done = true;
     std::fs::create_dir_all(&config.run.dir)?;
     let stop = stop_flag()?;
@@ -197,16 +191,36 @@ pub fn run(args: &ConfigArgs, mut config: RunConfig, registry: &Registry) -> any
     }
     stop.store(true, Ordering::SeqCst);
     let mut failures = Vec::new();
+    let mut timing = TaskTiming::default();
+    let mut tasks = 0u64;
     for (i, h) in handles.into_iter().enumerate() {
         match h.join() {
-            Ok(Ok(r)) => eprintln!(
-                "worker {i}: {} tasks accepted, {} rejected, {} tokens",
-                r.tasks_accepted, r.tasks_rejected, r.tokens
-            ),
+            Ok(Ok(r)) => {
+                let per = |x: f64| 1000.0 * x / r.tasks_accepted.max(1) as f64;
+                let t = &r.timing;
+                eprintln!(
+                    "worker {i}: {} tasks accepted, {} rejected, {} tokens; per task: compute \
+                     {:.1} ms, overhead {:.1} ms (claim {:.1}, weights {:.1}, data {:.1}, \
+                     encode {:.1}, upload+apply {:.1})",
+                    r.tasks_accepted,
+                    r.tasks_rejected,
+                    r.tokens,
+                    per(t.compute),
+                    per(t.overhead()),
+                    per(t.claim),
+                    per(t.weights),
+                    per(t.data),
+                    per(t.encode),
+                    per(t.upload)
+                );
+                tasks += r.tasks_accepted;
+                timing.add(&r.timing);
+            }
             Ok(Err(e)) => failures.push(format!("worker {i}: {e:#}")),
             Err(_) => failures.push(format!("worker {i} panicked")),
         }
     }
+    let train_seconds = started.elapsed().as_secs_f64();
     let status = service.coordinator.status().unwrap_or(status);
     writeln!(metrics, "{}", serde_json::to_value(&status)?)?;
     let checkpoint = write_checkpoint(&config, &service, &status)?;
@@ -223,7 +237,38 @@ pub fn run(args: &ConfigArgs, mut config: RunConfig, registry: &Registry) -> any
         bail!("{}", failures.join("; "));
     }
     if status.tasks.finished() {
-        evaluate(&checkpoint, &config.run.dir.join("eval.json"))?;
+        let mut run = serde_json::Map::new();
+        run.insert("trainer".into(), "bitnet run".into());
+        run.insert("tokens_trained_are".into(), "example tokens of the shards (no padding)".into());
+        run.insert("mode".into(), serde_json::to_value(config.train.mode)?);
+        run.insert("codec".into(), config.codec.kind.clone().into());
+        run.insert("weight_codec".into(), config.weight_codec.kind.clone().into());
+        run.insert("local_workers".into(), workers.into());
+        run.insert("threads_per_worker".into(), config.train.threads.into());
+        run.insert("weight_version".into(), status.weight_version.into());
+        run.insert("updates_applied".into(), status.updates_applied.into());
+        run.insert("updates_rejected".into(), status.updates_rejected.into());
+        run.insert("train_seconds".into(), train_seconds.into());
+        let per = |x: f64| 1000.0 * x / tasks.max(1) as f64;
+        run.insert(
+            "per_task_ms".into(),
+            serde_json::json!({
+                "compute": per(timing.compute),
+                "overhead": per(timing.overhead()),
+                "claim": per(timing.claim),
+                "weights": per(timing.weights),
+                "data": per(timing.data),
+                "encode": per(timing.encode),
+                "upload_and_apply": per(timing.upload),
+            }),
+        );
+        eprintln!("evaluating on the validation split");
+        let summary = super::eval::write_run_summary(&checkpoint, &config.run.dir, run)?;
+        println!(
+            "{}; written to {}",
+            super::eval::summary_line(&summary),
+            config.run.dir.join("summary.json").display()
+        );
     }
     Ok(())
 }

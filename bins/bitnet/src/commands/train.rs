@@ -43,6 +43,11 @@ pub struct Args {
     /// No progress bar (log lines every `--log-every` steps instead).
     #[arg(long)]
     quiet: bool,
+    /// Diagnostic: compute each step's gradient on the weights of N steps earlier, as an
+    /// asynchronous worker whose update is N versions stale would (0 = off). Measures what
+    /// staleness alone costs, without a fleet.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    stale_gradients: usize,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -60,8 +65,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
     };
 
-    let kernel: Box<dyn ModelKernel> =
+    let mut kernel: Box<dyn ModelKernel> =
         run::build_kernel(&config, &registry).context("building the model kernel")?;
+    if args.stale_gradients > 0 {
+        kernel = Box::new(StaleKernel::new(kernel, args.stale_gradients));
+    }
     // A single process applies its own gradients; under DiLoCo that is the inner optimizer.
     let opt_spec = match config.train.mode {
         TrainMode::AsyncSgd => &config.optimizer,
@@ -82,7 +90,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         eval_batches: args.eval_batches,
         checkpoint_every: config.train.checkpoint_every,
         checkpoint_dir: Some(run_dir.join("checkpoints")),
-        keep_checkpoints: 2,
+        keep_checkpoints: config.train.keep_checkpoints,
         metrics_path: Some(run_dir.join("metrics.jsonl")),
         kernel_name: config.kernel.kind.clone(),
         optimizer_name: opt_spec.kind.clone(),
@@ -115,7 +123,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     );
 
     let mut progress = Progress::new(config.train.steps, trainer.step(), args.quiet);
+    let started = std::time::Instant::now();
     let summary = trainer.run(&mut progress)?;
+    let train_seconds = started.elapsed().as_secs_f64();
     progress.finish();
     println!(
         "done: {} steps, {} tokens, last loss {:.4}{}{}",
@@ -123,8 +133,37 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         summary.tokens,
         summary.last_loss,
         summary.val_loss.map(|v| format!(", validation loss {v:.4}")).unwrap_or_default(),
-        summary.checkpoint.map(|p| format!(", checkpoint {}", p.display())).unwrap_or_default()
+        summary
+            .checkpoint
+            .as_ref()
+            .map(|p| format!(", checkpoint {}", p.display()))
+            .unwrap_or_default()
     );
+    // Shard data has a validation split with examples to decode: score the run the same way
+    // `bitnet run` does, into RUN_DIR/summary.json.
+    if args.tokens.is_none()
+        && let Some(checkpoint) = &summary.checkpoint
+    {
+        let mut run = serde_json::Map::new();
+        run.insert("trainer".into(), "bitnet train".into());
+        run.insert("mode".into(), "single-process".into());
+        run.insert(
+            "tokens_trained_are".into(),
+            "window positions, steps x batch_size x seq_len (padding included)".into(),
+        );
+        run.insert("steps".into(), summary.steps.into());
+        run.insert("train_seconds".into(), train_seconds.into());
+        eprintln!("evaluating on the validation split");
+        match super::eval::write_run_summary(checkpoint, &run_dir, run) {
+            Ok(value) => println!(
+                "{}; written to {}",
+                super::eval::summary_line(&value),
+                run_dir.join("summary.json").display()
+            ),
+            // Training succeeded and its checkpoint is written; only the scoring failed.
+            Err(e) => eprintln!("warning: no summary.json: {e:#}"),
+        }
+    }
     Ok(())
 }
 
@@ -246,5 +285,82 @@ impl TrainObserver for Progress {
             Some(bar) => bar.println(line),
             None => eprintln!("{line}"),
         }
+    }
+}
+
+/// A kernel whose gradients are computed on the parameters it was given `delay` calls earlier
+/// (the trainer calls `forward_backward` once per step), as if every update were `delay`
+/// versions stale. Everything else is the wrapped kernel's.
+struct StaleKernel {
+    inner: Box<dyn ModelKernel>,
+    delay: usize,
+    history: std::collections::VecDeque<Vec<f32>>,
+}
+
+impl StaleKernel {
+    fn new(inner: Box<dyn ModelKernel>, delay: usize) -> Self {
+        Self { inner, delay, history: std::collections::VecDeque::new() }
+    }
+}
+
+impl ModelKernel for StaleKernel {
+    fn config(&self) -> &bitnet_framework::model::ModelConfig {
+        self.inner.config()
+    }
+
+    fn layout(&self) -> &bitnet_framework::tensor::ParamLayout {
+        self.inner.layout()
+    }
+
+    fn init_params(
+        &self,
+        seed: u64,
+        params: &mut [f32],
+    ) -> Result<(), bitnet_framework::model::KernelError> {
+        self.inner.init_params(seed, params)
+    }
+
+    fn forward_backward(
+        &mut self,
+        params: &[f32],
+        batch: &bitnet_framework::model::TokenBatch<'_>,
+        grads: &mut [f32],
+    ) -> Result<f32, bitnet_framework::model::KernelError> {
+        let mut slot = if self.history.len() > self.delay {
+            self.history.pop_front().unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        slot.clear();
+        slot.extend_from_slice(params);
+        self.history.push_back(slot);
+        // The oldest kept copy: `delay` steps old once the history is full (fresher before).
+        let stale = self.history.front().map_or(params, Vec::as_slice);
+        self.inner.forward_backward(stale, batch, grads)
+    }
+
+    fn forward_loss(
+        &mut self,
+        params: &[f32],
+        batch: &bitnet_framework::model::TokenBatch<'_>,
+    ) -> Result<f32, bitnet_framework::model::KernelError> {
+        self.inner.forward_loss(params, batch)
+    }
+
+    fn export_inference(
+        &self,
+        params: &[f32],
+    ) -> Result<Vec<u8>, bitnet_framework::model::KernelError> {
+        self.inner.export_inference(params)
+    }
+
+    fn load_inference(
+        &self,
+        bytes: &[u8],
+    ) -> Result<
+        Box<dyn bitnet_framework::model::InferenceModel>,
+        bitnet_framework::model::KernelError,
+    > {
+        self.inner.load_inference(bytes)
     }
 }

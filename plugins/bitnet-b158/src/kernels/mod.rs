@@ -12,6 +12,8 @@
 //!   bit-identical).
 //! - [`bf16`]: the weight gradient `dW = dY^T . X` with bf16 products and fp32 accumulation
 //!   (AVX-512 BF16 and a scalar twin within a documented tolerance).
+//! - [`bf16_gemm`]: a general strided fp32 product on the same bf16 micro-kernel (the
+//!   mixed-precision LM head).
 //!
 //! Every public entry point has a `*_with(isa, ...)` form that runs one given [`Isa`] path (for
 //! tests and benchmarks) and a plain form that runs the best path of this CPU.
@@ -20,6 +22,7 @@
 //! a caller that owns a `rayon::ThreadPool` runs them inside `pool.install(|| ...)`.
 
 pub mod bf16;
+pub mod bf16_gemm;
 pub mod packed;
 pub mod quant;
 pub mod ternary;
