@@ -628,12 +628,12 @@ impl Coordinator {
             .encode(&self.layout, version, &params)
             .map_err(|e| ApiError::Internal(format!("encoding weights: {e}")))?;
         let b = Blob { version, sha256: sha256_hex(&bytes), bytes: Arc::new(bytes) };
+        // Only this function adds to `served`, under the encoding lock, after finding `version`
+        // missing: it is still missing.
         let mut served = lock(&self.served, "served")?;
-        if !served.iter().any(|s| s.version == version) {
-            served.push_back(b.clone());
-            while served.len() > SERVED_VERSIONS {
-                served.pop_front();
-            }
+        served.push_back(b.clone());
+        while served.len() > SERVED_VERSIONS {
+            served.pop_front();
         }
         Ok(b)
     }

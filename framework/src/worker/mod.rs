@@ -168,7 +168,10 @@ pub struct Worker {
     weights: Option<(u64, String, Vec<f32>)>,
     shards: HashMap<String, Arc<Vec<u32>>>,
     logs: Vec<LogRecord>,
-    inner_steps_taken: u64,
+    /// Gradient arena, reused across tasks (sized to the layout on first use).
+    grads: Vec<f32>,
+    /// async-sgd's f64 accumulator of the task's gradient, reused across tasks.
+    acc: Vec<f64>,
     report: WorkerReport,
     heartbeat_every: Duration,
 }
@@ -197,7 +200,8 @@ impl Worker {
             weights: None,
             shards: HashMap::new(),
             logs: Vec::new(),
-            inner_steps_taken: 0,
+            grads: Vec::new(),
+            acc: Vec::new(),
             report: WorkerReport::default(),
             heartbeat_every: Duration::from_secs(10),
         }
@@ -507,11 +511,10 @@ impl Worker {
             }
         };
         let phase = Instant::now();
-        let layout = self.parts.kernel.layout().clone();
         let payload = self
             .parts
             .codec
-            .encode(&layout, &update)
+            .encode(self.parts.kernel.layout(), &update)
             .map_err(|e| WorkerError::Update(format!("encoding the update: {e}")))?;
         timing.encode = phase.elapsed().as_secs_f64();
         let seconds = started.elapsed().as_secs_f64();
@@ -593,8 +596,11 @@ impl Worker {
         };
         let params = &cached.2;
         let n = params.len();
-        let mut acc = vec![0.0f64; n];
-        let mut grads = vec![0.0f32; n];
+        let mut acc = std::mem::take(&mut self.acc);
+        acc.clear();
+        acc.resize(n, 0.0);
+        let mut grads = std::mem::take(&mut self.grads);
+        grads.resize(n, 0.0);
         let mut loss_sum = 0.0f64;
         let mut counted = 0usize;
         let mut last_beat = Instant::now();
@@ -625,12 +631,11 @@ impl Worker {
             progress += (view.batch * view.seq_len) as u64;
         }
         self.weights = Some(cached);
-        if let Err(i) = outcome {
-            return Ok(Err(i));
-        }
+        self.grads = grads;
         let denom = counted.max(1) as f64;
-        let update: Vec<f32> = acc.iter().map(|a| (a / denom) as f32).collect();
-        Ok(Ok((update, (loss_sum / denom) as f32)))
+        let update = outcome.map(|()| acc.iter().map(|a| (a / denom) as f32).collect());
+        self.acc = acc;
+        Ok(update.map(|u| (u, (loss_sum / denom) as f32)))
     }
 
     /// diloco: one inner optimizer step per batch of the task from the downloaded weights, then
@@ -645,13 +650,15 @@ impl Worker {
             return Err(WorkerError::Download("no weights".into()));
         };
         let mut theta = start.clone();
-        let mut grads = vec![0.0f32; theta.len()];
+        let mut grads = std::mem::take(&mut self.grads);
+        grads.resize(theta.len(), 0.0);
         let mut loss_sum = 0.0f64;
         let mut steps = 0usize;
         let mut last_beat = Instant::now();
         let mut progress = 0u64;
         for batch in batches {
             if let Some(i) = self.checkpoint(task_ref, progress, &mut last_beat)? {
+                self.grads = grads;
                 return Ok(Err(i));
             }
             let view = batch.view();
@@ -672,16 +679,19 @@ impl Worker {
             inner
                 .step(&mut theta, &grads, StepInfo { step, lr_scale: 1.0 })
                 .map_err(|e| WorkerError::Update(format!("inner step: {e}")))?;
-            self.inner_steps_taken += 1;
-            self.report.inner_steps = self.inner_steps_taken;
+            self.report.inner_steps += 1;
             loss_sum += f64::from(loss);
             steps += 1;
             progress += (view.batch * view.seq_len) as u64;
         }
+        self.grads = grads;
         let Some((_, _, start)) = self.weights.as_ref() else {
             return Err(WorkerError::Download("no weights".into()));
         };
-        let update: Vec<f32> = start.iter().zip(&theta).map(|(s, e)| s - e).collect();
-        Ok(Ok((update, (loss_sum / steps.max(1) as f64) as f32)))
+        // theta becomes the pseudo-gradient theta_start - theta_end, in place.
+        for (e, s) in theta.iter_mut().zip(start) {
+            *e = s - *e;
+        }
+        Ok(Ok((theta, (loss_sum / steps.max(1) as f64) as f32)))
     }
 }
