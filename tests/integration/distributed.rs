@@ -75,6 +75,19 @@ fn all_tasks(c: &Coordinator) -> Vec<bitnet_framework::transport::TaskRecord> {
     (1..10_000).map_while(|id| c.store().task(id).expect("task")).collect()
 }
 
+/// Every version 1..=current was made by one round of one or more Done tasks, and every
+/// accepted update is in one.
+fn assert_one_version_per_round(c: &Coordinator, accepted: u64) {
+    let tasks = all_tasks(c);
+    let version = c.version();
+    let applied: std::collections::BTreeSet<u64> =
+        tasks.iter().filter(|t| t.state == TaskState::Done).map(|t| t.applied_version).collect();
+    assert_eq!(applied, (1..=version).collect(), "versions come from rounds of Done tasks");
+    let done = tasks.iter().filter(|t| t.state == TaskState::Done).count() as u64;
+    assert_eq!(done, accepted, "every accepted update is in a round");
+    assert!(version <= accepted);
+}
+
 #[test]
 fn two_workers_train_until_every_task_is_done_and_loss_falls() {
     let dir = bitnet_tests::temp_dir();
@@ -90,8 +103,7 @@ fn two_workers_train_until_every_task_is_done_and_loss_falls() {
     assert!(status.tasks.finished(), "{status:?}");
     assert_eq!(status.tasks.failed, 0);
     assert_eq!(status.tasks.done_tokens, 1280, "the epoch is covered once");
-    let accepted = ra.tasks_accepted + rb.tasks_accepted;
-    assert_eq!(status.weight_version, accepted, "one version per accepted update");
+    assert_one_version_per_round(&c, ra.tasks_accepted + rb.tasks_accepted);
     assert!(c.store().log_count().expect("logs") > 0, "workers shipped logs");
     let (_, trained) = c.params().expect("params");
     let data = dist::pattern_tokens(640, 1);
@@ -102,6 +114,10 @@ fn two_workers_train_until_every_task_is_done_and_loss_falls() {
     assert!(after < before - 0.2, "loss fell: {before} -> {after}");
     c.shutdown();
     assert_eq!(c.snapshot_version(), status.weight_version, "the final snapshot is written");
+    let kept = c.snapshot_versions().expect("snapshots");
+    assert!(status.weight_version > 12, "enough versions to prune: {}", status.weight_version);
+    assert_eq!(kept.len(), 3, "all but the newest 3 snapshots are pruned: {kept:?}");
+    assert_eq!(kept.last(), Some(&status.weight_version));
     server.shutdown();
 }
 
@@ -335,7 +351,7 @@ fn packed_examples_with_ternary_downloads_train_one_batch_per_update() {
     assert!(tasks.iter().all(|t| t.tokens <= 64), "claims are capped at one batch");
     let shard_tokens: u64 = c.corpus().shards().iter().map(|s| s.tokens).sum();
     assert_eq!(status.tasks.done_tokens, shard_tokens, "the epoch is covered once");
-    assert_eq!(status.weight_version, ra.tasks_accepted + rb.tasks_accepted);
+    assert_one_version_per_round(&c, ra.tasks_accepted + rb.tasks_accepted);
     let (_, trained) = c.params().expect("params");
     let data = dist::example_tokens(60, 1);
     let (before, after) = (
@@ -421,4 +437,128 @@ fn every_shipped_config_passes_the_distributed_checks() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// Encodes `update` with the run's gradient codec.
+fn encode_update(config: &RunConfig, registry: &Registry, update: &[f32]) -> Vec<u8> {
+    let (kernel, ctx) = kernel_and_context(config, registry).expect("kernel");
+    let mut codec = registry
+        .build::<dyn bitnet_framework::codec::GradientCodec>(
+            &config.codec.kind,
+            &config.codec.options,
+            &ctx,
+        )
+        .expect("codec");
+    codec.encode(kernel.layout(), update).expect("encode")
+}
+
+#[test]
+fn updates_computed_on_one_version_are_averaged_into_one_step() {
+    let dir = bitnet_tests::temp_dir();
+    let registry = dist::registry();
+    let config = dist::tiny_config(dir.path(), &["codec.type=fp32"]);
+    let c = dist::start_coordinator(&config, &registry, dist::pattern_corpus(1, 512), 0, 64);
+    register(&c, &config, &registry, "a");
+    register(&c, &config, &registry, "b");
+    let ta = c.claim("a").expect("claim").expect("task a");
+    let tb = c.claim("b").expect("claim").expect("task b");
+    assert_eq!((ta.weights_version, tb.weights_version), (0, 0));
+    let (_, p0) = c.params().expect("params");
+    let ga: Vec<f32> = (0..p0.len()).map(|i| ((i % 7) as f32 - 3.0) * 1e-3).collect();
+    let gb: Vec<f32> = (0..p0.len()).map(|i| ((i % 5) as f32 - 2.0) * 2e-3).collect();
+    let upload = |t: &bitnet_framework::transport::TaskSpec, g: &[f32], tokens: u64| UpdateUpload {
+        task: TaskRef { task_id: t.task_id, lease: t.lease },
+        base_version: 0,
+        loss: 1.0,
+        tokens,
+        seconds: 0.1,
+        payload: encode_update(&config, &registry, g),
+    };
+    let (wa, wb) = (48u64, 16u64);
+    let first = c.upload("a", upload(&ta, &ga, wa)).expect("upload a");
+    assert!(first.accepted && first.applied_version.is_none(), "{first:?}");
+    assert_eq!(c.version(), 0, "the round waits for b");
+    let again = c.upload("a", upload(&ta, &ga, wa)).expect("duplicate");
+    assert!(again.accepted && again.applied_version.is_none(), "{again:?}");
+    // a's next claim waits for the round, so its next task starts from the new version.
+    let waiting = {
+        let c = Arc::clone(&c);
+        std::thread::spawn(move || c.claim("a"))
+    };
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    assert!(!waiting.is_finished(), "a's claim waits while its update is in the open round");
+    let second = c.upload("b", upload(&tb, &gb, wb)).expect("upload b");
+    assert_eq!(second.applied_version, Some(1), "b's update closes the round");
+    let next = waiting.join().expect("thread").expect("claim").expect("a next task");
+    assert_eq!(next.weights_version, 1);
+    // The step equals one optimizer step on the token-weighted mean of the two updates.
+    let (kernel, ctx) = kernel_and_context(&config, &registry).expect("kernel");
+    let ctx =
+        ctx.with_total_steps(bitnet_framework::coordinator::assemble::schedule_steps(&config));
+    drop(kernel);
+    let mut optimizer = registry
+        .build::<dyn bitnet_framework::optim::Optimizer>(
+            &config.optimizer.kind,
+            &config.optimizer.options,
+            &ctx,
+        )
+        .expect("optimizer");
+    let inv = 1.0 / (wa + wb) as f32;
+    let mean: Vec<f32> =
+        ga.iter().zip(&gb).map(|(a, b)| (wa as f32 * a + wb as f32 * b) * inv).collect();
+    let mut expected = p0.clone();
+    optimizer
+        .step(&mut expected, &mean, bitnet_framework::optim::StepInfo { step: 0, lr_scale: 1.0 })
+        .expect("step");
+    let (v, p1) = c.params().expect("params");
+    assert_eq!(v, 1);
+    let diff = p1.iter().zip(&expected).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+    assert!(diff <= 1e-7, "round step differs from the mean's step by {diff}");
+    assert_ne!(p1, p0);
+    for t in [&ta, &tb] {
+        let rec = c.store().task(t.task_id).expect("task").expect("task");
+        assert_eq!((rec.state, rec.applied_version), (TaskState::Done, 1));
+    }
+    c.shutdown();
+}
+
+#[test]
+fn a_round_stops_waiting_for_a_task_handed_back() {
+    let dir = bitnet_tests::temp_dir();
+    let registry = dist::registry();
+    // No maintenance thread: the test runs the pass itself.
+    let config =
+        dist::tiny_config(dir.path(), &["codec.type=fp32", "coordinator.sweep_every_secs=3600"]);
+    let c = dist::start_coordinator(&config, &registry, dist::pattern_corpus(1, 512), 0, 64);
+    register(&c, &config, &registry, "a");
+    register(&c, &config, &registry, "b");
+    let ta = c.claim("a").expect("claim").expect("task a");
+    let tb = c.claim("b").expect("claim").expect("task b");
+    let (_, p0) = c.params().expect("params");
+    let g: Vec<f32> = (0..p0.len()).map(|i| ((i % 3) as f32 - 1.0) * 1e-3).collect();
+    let up = UpdateUpload {
+        task: TaskRef { task_id: ta.task_id, lease: ta.lease },
+        base_version: 0,
+        loss: 1.0,
+        tokens: ta.tokens,
+        seconds: 0.1,
+        payload: encode_update(&config, &registry, &g),
+    };
+    assert!(c.upload("a", up).expect("upload").applied_version.is_none());
+    let waiting = c.store().task(ta.task_id).expect("task").expect("task");
+    assert_eq!(waiting.state, TaskState::Assigned, "not Done before its round's step");
+    c.maintain();
+    assert_eq!(c.version(), 0, "b's task is still leased: the round waits");
+    let hand_back = Heartbeat {
+        task: Some(TaskRef { task_id: tb.task_id, lease: tb.lease }),
+        progress_tokens: 0,
+        hand_back: true,
+        draining: false,
+    };
+    c.heartbeat("b", hand_back).expect("hand back");
+    c.maintain();
+    assert_eq!(c.version(), 1, "the round closes without the handed-back task");
+    let rec = c.store().task(tb.task_id).expect("task").expect("task");
+    assert_eq!(rec.state, TaskState::Pending, "b's task goes back to the queue");
+    c.shutdown();
 }

@@ -48,6 +48,7 @@ pub struct Metrics {
     pub claims: AtomicU64,
     pub heartbeats: AtomicU64,
     pub applied: AtomicU64,
+    pub steps: AtomicU64,
     pub rejected: AtomicU64,
     pub malformed: AtomicU64,
     pub tokens: AtomicU64,
@@ -69,6 +70,12 @@ impl Metrics {
         counter(&mut out, "bitnet_claims_total", "Tasks leased.", l(&self.claims));
         counter(&mut out, "bitnet_heartbeats_total", "Heartbeats received.", l(&self.heartbeats));
         counter(&mut out, "bitnet_updates_applied_total", "Updates applied.", l(&self.applied));
+        counter(
+            &mut out,
+            "bitnet_optimizer_steps_total",
+            "Optimizer steps (one per closed round).",
+            l(&self.steps),
+        );
         counter(
             &mut out,
             "bitnet_updates_rejected_total",
@@ -139,7 +146,7 @@ impl Metrics {
         self.apply_latency.render(
             &mut out,
             "bitnet_update_apply_seconds",
-            "Time to decode and apply an update.",
+            "Time from receiving an update to its step (or to joining its round).",
         );
         out
     }

@@ -15,6 +15,7 @@ pub mod conformance;
 pub mod corpus;
 pub mod memory;
 mod metrics;
+pub mod round;
 pub mod seed;
 
 pub use corpus::{Corpus, DirCorpus, MemoryCorpus};
@@ -33,11 +34,12 @@ use crate::transport::{
 };
 use crate::weights::WeightCodec;
 use metrics::Metrics;
+use round::{Entry, Round};
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -57,6 +59,10 @@ pub struct CoordinatorSection {
     pub snapshot_every_updates: u64,
     /// Snapshot at least this often while updates arrive, seconds (0 = only by count).
     pub snapshot_every_secs: f64,
+    /// Snapshots kept in the weight store: after each one is written, all but the newest
+    /// `keep_snapshots` are deleted (0 = keep all). More than one lets recovery fall back when
+    /// the newest turns out corrupt.
+    pub keep_snapshots: usize,
     /// A worker silent this long is marked Gone, seconds.
     pub worker_timeout_secs: f64,
     /// A task whose lease expires this many times is Failed.
@@ -75,6 +81,16 @@ pub struct CoordinatorSection {
     /// as `bitnet train`; the default (600 s tasks) suits fleets where weight downloads and
     /// uploads are expensive.
     pub max_task_tokens: u64,
+    /// Average the updates computed on one weight version into a single optimizer step (a
+    /// synchronous round) instead of applying each on arrival. A round closes when every task
+    /// leased on its version has reported, been handed back or lost its lease, or
+    /// `round_wait_secs` after its first update. A worker whose update waits in the open round
+    /// waits in its next claim until the round closes, so while every worker is alive no update
+    /// is stale. false = fully asynchronous (each update is one step, stale by about the number
+    /// of other workers).
+    pub sync_rounds: bool,
+    /// Longest an open round waits for missing updates after its first one, seconds.
+    pub round_wait_secs: f64,
 }
 
 impl Default for CoordinatorSection {
@@ -86,6 +102,7 @@ impl Default for CoordinatorSection {
             heartbeat_secs: 10.0,
             snapshot_every_updates: 50,
             snapshot_every_secs: 300.0,
+            keep_snapshots: 3,
             worker_timeout_secs: 120.0,
             max_attempts: 5,
             max_upload_bytes: 512 << 20,
@@ -93,6 +110,8 @@ impl Default for CoordinatorSection {
             telemetry_retention_secs: 7.0 * 24.0 * 3600.0,
             seed_chunk_tokens: 1 << 20,
             max_task_tokens: 0,
+            sync_rounds: true,
+            round_wait_secs: 120.0,
         }
     }
 }
@@ -113,6 +132,12 @@ impl CoordinatorSection {
         }
         if self.lease_headroom < 1.0 {
             p.push("coordinator.lease_headroom must be at least 1".into());
+        }
+        if !(self.round_wait_secs.is_finite() && self.round_wait_secs >= 0.0) {
+            p.push(format!(
+                "coordinator.round_wait_secs must be zero or positive, is {}",
+                self.round_wait_secs
+            ));
         }
         if self.max_attempts == 0 {
             p.push("coordinator.max_attempts must be positive".into());
@@ -144,9 +169,15 @@ impl CoordinatorSection {
         let batch = shape.batch_tokens();
         match shape.mode {
             TrainMode::Diloco => format!(
-                "diloco: {} inner steps per task ({} tokens), one outer step per task",
+                "diloco: {} inner steps per task ({} tokens), {}",
                 shape.inner_steps,
-                batch * shape.inner_steps as u64
+                batch * shape.inner_steps as u64,
+                if self.sync_rounds {
+                    "one outer step per round (the mean of the pseudo-gradients computed on a \
+                     version)"
+                } else {
+                    "one outer step per task"
+                }
             ),
             TrainMode::AsyncSgd => {
                 let cap = if self.max_task_tokens > 0 {
@@ -159,9 +190,14 @@ impl CoordinatorSection {
                     ", no token cap".into()
                 };
                 format!(
-                    "async-sgd: {} s of the worker's measured throughput per task{cap}; one \
-                     optimizer step per task",
-                    self.task_seconds
+                    "async-sgd: {} s of the worker's measured throughput per task{cap}; {}",
+                    self.task_seconds,
+                    if self.sync_rounds {
+                        "one optimizer step per round (the token-weighted mean of the gradients \
+                         computed on a version)"
+                    } else {
+                        "one optimizer step per task"
+                    }
                 )
             }
         }
@@ -182,6 +218,30 @@ pub fn lossy_diloco(codec: &str) -> String {
         "weight_codec `{codec}` is lossy, but train.mode = \"diloco\" needs the exact fp32 \
          weights (its inner steps update the latent weights): use weight_codec.type = \"fp32\""
     )
+}
+
+/// Deletes all but the newest `keep` snapshots (0 = keep all). Failures are logged: a snapshot
+/// left behind only costs disk.
+fn prune_snapshots(snapshots: &dyn WeightStore, keep: usize) {
+    if keep == 0 {
+        return;
+    }
+    let versions = match snapshots.list_versions() {
+        Ok(v) => v,
+        Err(e) => {
+            tracing::warn!(error = %e, "listing snapshots to prune failed");
+            return;
+        }
+    };
+    let old = versions.len().saturating_sub(keep);
+    for meta in &versions[..old] {
+        match snapshots.delete_version(meta.version) {
+            Ok(()) => tracing::debug!(version = meta.version, "old snapshot deleted"),
+            Err(e) => {
+                tracing::warn!(version = meta.version, error = %e, "deleting a snapshot failed")
+            }
+        }
+    }
 }
 
 fn secs_to_ms(s: f64) -> u64 {
@@ -261,6 +321,10 @@ struct ModelState {
     updates_since_snapshot: u64,
     last_snapshot: Instant,
     recent: VecDeque<(f32, u64, u64)>,
+    /// Updates waiting for their round's step.
+    round: Round,
+    /// Tokens in applied updates since the run began (drives the schedules).
+    tokens_applied: u64,
 }
 
 struct SnapshotJob {
@@ -292,12 +356,15 @@ pub struct Coordinator {
     weight_codec: Box<dyn WeightCodec>,
     staleness: Box<dyn StalenessPolicy>,
     model: Mutex<ModelState>,
+    /// Signalled (with `model`) whenever a round closes.
+    round_closed: Condvar,
     served: Mutex<VecDeque<Blob>>,
     /// Held while a weight version is encoded, so each version is encoded once even when
     /// many claims arrive together (encoding the medium preset takes tens of milliseconds).
     encoding: Mutex<()>,
     snapshot_tx: Mutex<Option<mpsc::Sender<SnapshotJob>>>,
     snapshot_version: Arc<AtomicU64>,
+    snapshots: Arc<dyn WeightStore>,
     snapshot_thread: Mutex<Option<JoinHandle<()>>>,
     maintenance: Mutex<Option<JoinHandle<()>>>,
     stopping: Arc<AtomicBool>,
@@ -309,6 +376,9 @@ pub struct Coordinator {
 const SERVED_VERSIONS: usize = 4;
 /// Applied updates the status's loss and throughput average over.
 const RECENT_UPDATES: usize = 16;
+/// Longest a claim waits for the claiming worker's round to close before answering "no task"
+/// (the worker then polls again).
+const CLAIM_WAIT: Duration = Duration::from_secs(10);
 /// Largest log batch accepted in one call.
 pub const MAX_LOG_BATCH: usize = 10_000;
 
@@ -387,6 +457,8 @@ impl Coordinator {
             None => (initial_params, 0, true),
         };
         let tasks_reset = store.reset_after_recovery(version).map_err(|e| comp(&e))?;
+        // After the reset, the Done tasks are exactly the updates in the snapshot.
+        let tokens_applied = store.counts().map_err(|e| comp(&e))?.done_tokens;
         if write_initial {
             let blob = blob::encode_snapshot(0, &fingerprint, &params, &optimizer.save_state());
             match snapshots.put_version(0, &blob) {
@@ -401,6 +473,7 @@ impl Coordinator {
             let snapshots = Arc::clone(&snapshots);
             let done = Arc::clone(&snapshot_version);
             let fp = fingerprint.clone();
+            let keep = settings.keep_snapshots;
             std::thread::Builder::new()
                 .name("bitnet-snapshot".into())
                 .spawn(move || {
@@ -410,6 +483,7 @@ impl Coordinator {
                             Ok(_) | Err(crate::store::StoreError::Exists(_)) => {
                                 done.fetch_max(job.version, Ordering::SeqCst);
                                 tracing::debug!(version = job.version, "snapshot written");
+                                prune_snapshots(snapshots.as_ref(), keep);
                             }
                             Err(e) => tracing::error!(version = job.version, error = %e, "snapshot failed"),
                         }
@@ -434,11 +508,15 @@ impl Coordinator {
                 updates_since_snapshot: 0,
                 last_snapshot: Instant::now(),
                 recent: VecDeque::new(),
+                round: Round::default(),
+                tokens_applied,
             }),
+            round_closed: Condvar::new(),
             served: Mutex::new(VecDeque::new()),
             encoding: Mutex::new(()),
             snapshot_tx: Mutex::new(Some(tx)),
             snapshot_version,
+            snapshots,
             snapshot_thread: Mutex::new(Some(snapshot_thread)),
             maintenance: Mutex::new(None),
             stopping: Arc::new(AtomicBool::new(false)),
@@ -520,6 +598,9 @@ impl Coordinator {
             Ok(_) => {}
             Err(e) => tracing::error!(error = %e, "sweep failed"),
         }
+        if self.settings.sync_rounds {
+            self.check_round();
+        }
         let due = self.settings.snapshot_every_secs > 0.0;
         if let Ok(mut m) = self.model.lock()
             && due
@@ -527,6 +608,169 @@ impl Coordinator {
             && m.last_snapshot.elapsed().as_secs_f64() >= self.settings.snapshot_every_secs
         {
             self.queue_snapshot(&mut m);
+        }
+    }
+
+    /// Stops waiting for round members whose lease is gone (expired, handed back, failed) and
+    /// closes the round when nothing more is expected or it waited long enough.
+    fn check_round(&self) {
+        let Ok(members) = lock(&self.model, "model").map(|m| m.round.members().collect::<Vec<_>>())
+        else {
+            return;
+        };
+        let gone: Vec<TaskRef> = members
+            .into_iter()
+            .filter(|t| match self.store.task(t.task_id) {
+                Ok(Some(r)) => {
+                    !(r.state == crate::transport::TaskState::Assigned && r.attempts == t.lease)
+                }
+                Ok(None) => true,
+                Err(_) => false,
+            })
+            .collect();
+        let applied = match lock(&self.model, "model") {
+            Ok(mut m) => {
+                for t in gone {
+                    m.round.forget(t);
+                }
+                if self.round_due(&m) { Some(self.apply_round(&mut m)) } else { None }
+            }
+            Err(_) => return,
+        };
+        match applied {
+            Some(Ok(a)) => self.record_applied(&a),
+            Some(Err(e)) => tracing::error!(error = %e, "closing a round failed"),
+            None => {}
+        }
+    }
+
+    /// Whether the open round should take its step now.
+    fn round_due(&self, m: &ModelState) -> bool {
+        !m.round.is_empty()
+            && (!self.settings.sync_rounds
+                || m.round.missing() == 0
+                || m.round
+                    .opened()
+                    .is_some_and(|t| t.elapsed().as_secs_f64() >= self.settings.round_wait_secs))
+    }
+
+    /// The optimizer's step index (drives its schedule). async-sgd with a task cap: tokens
+    /// applied / cap, so the schedule spans the token budget however many tasks a round holds
+    /// ([`assemble::schedule_steps`] sizes it as budget / cap); otherwise the weight version.
+    fn schedule_position(&self, m: &ModelState) -> u64 {
+        match (self.shape.mode, self.settings.max_task_tokens) {
+            (TrainMode::AsyncSgd, cap) if cap > 0 => m.tokens_applied / cap,
+            _ => m.version,
+        }
+    }
+
+    /// The step a task's schedule starts at: for diloco's inner optimizer, tokens applied /
+    /// batch tokens (its schedule spans budget / batch tokens); for async-sgd, the
+    /// coordinator's own step index.
+    fn task_schedule_step(&self, m: &ModelState) -> u64 {
+        match self.shape.mode {
+            TrainMode::AsyncSgd => self.schedule_position(m),
+            TrainMode::Diloco => m.tokens_applied / self.shape.batch_tokens().max(1),
+        }
+    }
+
+    /// Takes the open round's step (the token-weighted mean of its updates), completes its
+    /// tasks at the new version and wakes claims waiting for it. A round whose updates carry
+    /// no tokens completes its tasks without a step.
+    fn apply_round(&self, m: &mut ModelState) -> Result<Applied, ApiError> {
+        let step = self.schedule_position(m);
+        let ModelState { params, optimizer, round, .. } = &mut *m;
+        let closed = round.close();
+        let tokens = closed.tokens;
+        let mut lr = 0.0;
+        let stepped = match closed.update {
+            Some(update) => {
+                match optimizer.step(params, update, StepInfo { step, lr_scale: closed.lr_scale }) {
+                    Ok(report) => {
+                        lr = report.lr;
+                        true
+                    }
+                    Err(e) => {
+                        let entries = round.finish();
+                        for en in &entries {
+                            if let Err(err) = self.store.release(en.task, &en.worker) {
+                                tracing::error!(task = en.task.task_id, error = %err, "release failed");
+                            }
+                        }
+                        self.round_closed.notify_all();
+                        return Err(ApiError::Internal(format!(
+                            "the optimizer refused the round's update ({e}); its {} task(s) go \
+                             back to the queue",
+                            entries.len()
+                        )));
+                    }
+                }
+            }
+            None => false,
+        };
+        if stepped {
+            m.version += 1;
+            m.updates_since_snapshot += 1;
+            m.tokens_applied += tokens;
+        }
+        let version = m.version;
+        let entries = m.round.finish();
+        for e in &entries {
+            match self.store.complete(e.task, &e.worker, version) {
+                Ok(Completion::Completed | Completion::AlreadyDone { .. }) => {}
+                // The leases were extended when the updates joined the round; a refusal means
+                // the store changed under us. The step is in the weights, so keep counting it.
+                Ok(Completion::Refused(msg)) => {
+                    tracing::error!(task = e.task.task_id, %msg, "completion refused after the step")
+                }
+                Err(err) => {
+                    tracing::error!(task = e.task.task_id, error = %err, "completion failed")
+                }
+            }
+            m.recent.push_back((e.loss, e.tokens, (e.seconds * 1000.0) as u64));
+        }
+        while m.recent.len() > RECENT_UPDATES {
+            m.recent.pop_front();
+        }
+        if self.settings.snapshot_every_updates > 0
+            && m.updates_since_snapshot >= self.settings.snapshot_every_updates
+        {
+            self.queue_snapshot(m);
+        }
+        self.round_closed.notify_all();
+        tracing::debug!(version, updates = entries.len(), tokens, lr, "round applied");
+        Ok(Applied { version, stepped, entries })
+    }
+
+    /// Metrics and telemetry of an applied round (outside the model lock).
+    fn record_applied(&self, a: &Applied) {
+        self.metrics.applied.fetch_add(a.entries.len() as u64, Ordering::Relaxed);
+        if a.stepped {
+            self.metrics.steps.fetch_add(1, Ordering::Relaxed);
+        }
+        for e in &a.entries {
+            self.metrics.tokens.fetch_add(e.tokens, Ordering::Relaxed);
+            let rate = if e.seconds > 0.0 && e.seconds.is_finite() {
+                e.tokens as f64 / e.seconds
+            } else {
+                0.0
+            };
+            let recorded = self.store.record_throughput(&e.worker, rate).and_then(|()| {
+                self.store.record_telemetry(&TaskTelemetry {
+                    task_id: e.task.task_id,
+                    worker: e.worker.clone(),
+                    loss: e.loss,
+                    tokens: e.tokens,
+                    tokens_per_sec: rate,
+                    staleness: e.staleness,
+                    accepted: true,
+                    version: a.version,
+                    ts_ms: now_ms(),
+                })
+            });
+            if let Err(err) = recorded {
+                tracing::warn!(task = e.task.task_id, error = %err, "telemetry not recorded");
+            }
         }
     }
 
@@ -555,6 +799,15 @@ impl Coordinator {
         }
     }
 
+    /// Versions of the snapshots in the weight store, ascending.
+    pub fn snapshot_versions(&self) -> Result<Vec<u64>, ApiError> {
+        let versions = self
+            .snapshots
+            .list_versions()
+            .map_err(|e| ApiError::Internal(format!("listing snapshots: {e}")))?;
+        Ok(versions.into_iter().map(|m| m.version).collect())
+    }
+
     /// Newest snapshot written.
     pub fn snapshot_version(&self) -> u64 {
         self.snapshot_version.load(Ordering::SeqCst)
@@ -563,10 +816,23 @@ impl Coordinator {
     /// Takes a final snapshot, waits for every queued snapshot to be written and stops the
     /// background threads. Further updates are refused.
     pub fn shutdown(&self) {
-        if let Ok(mut m) = self.model.lock()
-            && m.updates_since_snapshot > 0
-        {
-            self.queue_snapshot(&mut m);
+        let mut applied = None;
+        if let Ok(mut m) = self.model.lock() {
+            // Updates waiting in an open round were computed and their leases held: step them
+            // in rather than have them redone.
+            if !m.round.is_empty() {
+                applied = Some(self.apply_round(&mut m));
+            }
+            if m.updates_since_snapshot > 0 {
+                self.queue_snapshot(&mut m);
+            }
+        }
+        match applied {
+            Some(Ok(a)) => self.record_applied(&a),
+            Some(Err(e)) => {
+                tracing::error!(error = %e, "applying the open round at shutdown failed")
+            }
+            None => {}
         }
         self.stopping.store(true, Ordering::SeqCst);
         if let Ok(mut tx) = self.snapshot_tx.lock() {
@@ -644,6 +910,27 @@ impl Coordinator {
             .ok_or_else(|| ApiError::Forbidden(format!("worker `{worker}` has not registered")))
     }
 
+    /// Blocks while `worker`'s update waits in the open round, so its next task starts from
+    /// the round's result. False when the round is still open after [`CLAIM_WAIT`] (the claim
+    /// answers "no task"; the worker polls again).
+    fn wait_for_round(&self, worker: &str) -> Result<bool, ApiError> {
+        let deadline = Instant::now() + CLAIM_WAIT;
+        let mut m = lock(&self.model, "model")?;
+        let generation = m.round.generation();
+        while m.round.generation() == generation && m.round.has_update_from(worker) {
+            let now = Instant::now();
+            if now >= deadline || self.stopping.load(Ordering::SeqCst) {
+                return Ok(false);
+            }
+            m = self
+                .round_closed
+                .wait_timeout(m, deadline - now)
+                .map_err(|_| ApiError::Internal("model lock poisoned".into()))?
+                .0;
+        }
+        Ok(true)
+    }
+
     fn reject(
         &self,
         worker: &str,
@@ -674,6 +961,15 @@ impl Coordinator {
             reason: Some(reason),
         })
     }
+}
+
+/// What closing a round did.
+struct Applied {
+    /// Weight version after the round.
+    version: u64,
+    /// Whether the optimizer stepped (false when no update carried tokens).
+    stepped: bool,
+    entries: Vec<Entry>,
 }
 
 fn tps(upload: &UpdateUpload) -> f64 {
@@ -725,6 +1021,10 @@ impl CoordinatorApi for Coordinator {
             return Ok(None);
         }
         self.store.touch_worker(worker, now_ms(), false)?;
+        if self.settings.sync_rounds && !self.wait_for_round(worker)? {
+            self.metrics.claim_latency.record(started.elapsed());
+            return Ok(None);
+        }
         let tps = record.throughput();
         let (max_tokens, granularity) = self.task_size(tps);
         let weights = self.current_blob()?;
@@ -742,6 +1042,14 @@ impl CoordinatorApi for Coordinator {
         let shard = self.corpus.info(&task.shard).ok_or_else(|| {
             ApiError::Internal(format!("task {} names unknown shard `{}`", task.id, task.shard))
         })?;
+        let schedule_step = {
+            let mut m = lock(&self.model, "model")?;
+            // A task leased on the open round's version is waited for by that round.
+            if self.settings.sync_rounds && m.version == weights.version {
+                m.round.expect(TaskRef { task_id: task.id, lease: task.attempts });
+            }
+            self.task_schedule_step(&m)
+        };
         self.metrics.claims.fetch_add(1, Ordering::Relaxed);
         self.metrics.claim_latency.record(started.elapsed());
         Ok(Some(TaskSpec {
@@ -758,10 +1066,7 @@ impl CoordinatorApi for Coordinator {
             weights_version: weights.version,
             weights_sha256: weights.sha256,
             packing: self.shape.packing,
-            schedule_step: match self.shape.mode {
-                TrainMode::AsyncSgd => weights.version,
-                TrainMode::Diloco => weights.version.saturating_mul(self.shape.inner_steps as u64),
-            },
+            schedule_step,
         }))
     }
 
@@ -775,6 +1080,7 @@ impl CoordinatorApi for Coordinator {
         if let Some(task) = hb.task {
             if hb.hand_back {
                 self.store.release(task, worker)?;
+                lock(&self.model, "model")?.round.forget(task);
                 tracing::info!(task = task.task_id, worker, "task handed back");
             } else if let Some(t) = self.store.task(task.task_id)? {
                 let deadline = now + self.lease_ms(t.tokens, record.throughput());
@@ -828,6 +1134,13 @@ impl CoordinatorApi for Coordinator {
             ApiError::Invalid(e.to_string())
         })?;
         let decoded = started.elapsed();
+        if update.len() != self.layout.total_params() {
+            return Err(ApiError::Invalid(format!(
+                "update has {} values, the model {}",
+                update.len(),
+                self.layout.total_params()
+            )));
+        }
         let mut m = lock(&self.model, "model")?;
         if self.stopping.load(Ordering::SeqCst) {
             return Err(ApiError::Unavailable("coordinator is shutting down".into()));
@@ -846,73 +1159,69 @@ impl CoordinatorApi for Coordinator {
                 return self.reject(worker, task_ref, &upload, staleness, reason);
             }
         };
+        if m.round.holds(task_ref) {
+            return Ok(UploadReceipt {
+                accepted: true,
+                applied_version: None,
+                staleness,
+                lr_scale: scale,
+                reason: Some("duplicate upload: already waiting in the open round".into()),
+            });
+        }
         // Re-check and extend the lease under the model lock, so the sweeper cannot hand the
-        // task to someone else between the step and the completion.
-        let hold = now_ms() + secs_to_ms(self.settings.min_lease_secs.max(60.0));
+        // task to someone else while its update waits in the round or is being applied.
+        let hold = now_ms()
+            + secs_to_ms(self.settings.min_lease_secs.max(60.0) + self.settings.round_wait_secs);
         if !self.store.renew_lease(task_ref, worker, hold)? {
             return Err(ApiError::Conflict(format!(
                 "lease {} of task {} expired before the update could be applied",
                 task_ref.lease, task_ref.task_id
             )));
         }
-        let step = m.version;
-        let ModelState { params, optimizer, .. } = &mut *m;
-        let report = optimizer
-            .step(params, &update, StepInfo { step, lr_scale: scale })
-            .map_err(|e| ApiError::Invalid(format!("update refused by the optimizer: {e}")))?;
-        let version = m.version + 1;
-        match self.store.complete(task_ref, worker, version)? {
-            Completion::Completed | Completion::AlreadyDone { .. } => {}
-            Completion::Refused(msg) => {
-                // Unreachable while the lease was just renewed under this lock; the step is
-                // already in the weights, so keep counting it.
-                tracing::error!(%msg, "task completion refused after its update was applied");
-            }
-        }
-        m.version = version;
-        m.updates_since_snapshot += 1;
-        m.recent.push_back((upload.loss, upload.tokens, (upload.seconds * 1000.0) as u64));
-        while m.recent.len() > RECENT_UPDATES {
-            m.recent.pop_front();
-        }
-        if self.settings.snapshot_every_updates > 0
-            && m.updates_since_snapshot >= self.settings.snapshot_every_updates
-        {
-            self.queue_snapshot(&mut m);
-        }
-        drop(m);
-        self.metrics.applied.fetch_add(1, Ordering::Relaxed);
-        self.metrics.tokens.fetch_add(upload.tokens, Ordering::Relaxed);
-        self.metrics.apply_latency.record(started.elapsed());
-        self.metrics.decode_latency.record(decoded);
-        let rate = tps(&upload);
-        self.store.record_throughput(worker, rate)?;
-        self.store.record_telemetry(&TaskTelemetry {
-            task_id: task_ref.task_id,
+        let entry = Entry {
+            task: task_ref,
             worker: worker.into(),
             loss: upload.loss,
             tokens: upload.tokens,
-            tokens_per_sec: rate,
+            seconds: upload.seconds,
             staleness,
-            accepted: true,
-            version,
-            ts_ms: now_ms(),
-        })?;
-        tracing::debug!(
-            task = task_ref.task_id,
-            worker,
-            version,
-            staleness,
-            lr = report.lr,
-            "applied"
-        );
-        Ok(UploadReceipt {
-            accepted: true,
-            applied_version: Some(version),
-            staleness,
-            lr_scale: scale,
-            reason: None,
-        })
+            scale,
+        };
+        m.round.add(entry, &update);
+        drop(update);
+        let applied = if self.round_due(&m) { Some(self.apply_round(&mut m)?) } else { None };
+        let (version, missing) = (m.version, m.round.missing());
+        drop(m);
+        self.metrics.decode_latency.record(decoded);
+        self.metrics.apply_latency.record(started.elapsed());
+        match applied {
+            Some(a) => {
+                self.record_applied(&a);
+                tracing::debug!(
+                    task = task_ref.task_id,
+                    worker,
+                    version = a.version,
+                    staleness,
+                    "applied"
+                );
+                Ok(UploadReceipt {
+                    accepted: true,
+                    applied_version: Some(a.version),
+                    staleness,
+                    lr_scale: scale,
+                    reason: None,
+                })
+            }
+            None => Ok(UploadReceipt {
+                accepted: true,
+                applied_version: None,
+                staleness,
+                lr_scale: scale,
+                reason: Some(format!(
+                    "waiting in the round on version {version} for {missing} more update(s)"
+                )),
+            }),
+        }
     }
 
     fn logs(&self, worker: &str, records: Vec<LogRecord>) -> Result<(), ApiError> {

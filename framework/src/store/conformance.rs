@@ -169,6 +169,28 @@ pub fn handles_missing_commit_record(open: OpenStore<'_>) {
     assert_eq!(ok("get 2", store.get_version(2)), blob(3, 8));
 }
 
+/// Deleted versions are neither listed nor served, others stay intact, and deleting a missing
+/// version succeeds.
+pub fn deletes_versions(open: OpenStore<'_>) {
+    let dir = tempdir();
+    {
+        let (store, _) = open(dir.path());
+        for v in 1..=3u8 {
+            ok("put", store.put_version(u64::from(v), &blob(v, 24)));
+        }
+        ok("delete 2", store.delete_version(2));
+        ok("delete 2 again", store.delete_version(2));
+        ok("delete 7", store.delete_version(7));
+        assert!(store.get_version(2).is_err(), "a deleted version was served");
+    }
+    let (store, _) = open(dir.path());
+    let versions: Vec<u64> = ok("list", store.list_versions()).iter().map(|m| m.version).collect();
+    assert_eq!(versions, vec![1, 3]);
+    assert_eq!(ok("get 3", store.get_version(3)), blob(3, 24));
+    ok("put 2 again", store.put_version(2, &blob(9, 8)));
+    assert_eq!(ok("get 2", store.get_version(2)), blob(9, 8));
+}
+
 /// Concurrent writers of one version: exactly one wins, the others get
 /// [`StoreError::Exists`], and the winner's bytes are served.
 pub fn concurrent_puts_have_one_winner(open: OpenStore<'_>) {
@@ -225,6 +247,10 @@ macro_rules! weight_store_conformance_tests {
         #[test]
         fn store_conformance_handles_missing_commit_record() {
             $crate::store::conformance::handles_missing_commit_record(&$open);
+        }
+        #[test]
+        fn store_conformance_deletes_versions() {
+            $crate::store::conformance::deletes_versions(&$open);
         }
         #[test]
         fn store_conformance_concurrent_puts_have_one_winner() {

@@ -56,6 +56,9 @@ pub trait WeightStore: Send + Sync {
     fn get_version(&self, version: u64) -> Result<Vec<u8>, StoreError>;
     /// All versions, ascending.
     fn list_versions(&self) -> Result<Vec<WeightMeta>, StoreError>;
+    /// Deletes `version` (pruning old snapshots), so that a crash part-way never leaves it
+    /// listed with a missing or partial blob. Deleting a version that does not exist succeeds.
+    fn delete_version(&self, version: u64) -> Result<(), StoreError>;
     /// Newest version, if any.
     fn latest(&self) -> Result<Option<WeightMeta>, StoreError> {
         Ok(self.list_versions()?.into_iter().max_by_key(|m| m.version))

@@ -199,6 +199,20 @@ impl WeightStore for FsWeightStore {
         out.sort_by_key(|m| m.version);
         Ok(out)
     }
+
+    fn delete_version(&self, version: u64) -> Result<(), StoreError> {
+        let _guard = self.put_lock.lock().unwrap_or_else(|p| p.into_inner());
+        // The sidecar is the commit record: removing it first uncommits the version, so a
+        // crash between the two removals leaves an unlisted blob that `open` never serves.
+        for path in [self.dir.join(sidecar_name(version)), self.dir.join(blob_name(version))] {
+            match fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err(&path)(e)),
+            }
+        }
+        self.sync_dir()
+    }
 }
 
 /// Options of "fs".
