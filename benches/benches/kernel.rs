@@ -5,7 +5,8 @@
 //! After the criterion groups, a summary table prints each ternary GEMM shape as a fraction of
 //! the measured peak (best of repeated runs; a measurement, never an assertion), with the bf16
 //! and fp32 register-only peaks beside it (the roofline's figures), and the bf16 LM head
-//! backward against the `gemm` crate. `-- summary` prints only those tables.
+//! backward against the `gemm` crate. `-- summary` prints only those tables; `-- bf16-summary`
+//! only the bf16 ones (BitLinear weight gradient and LM head backward, as % of the bf16 peak).
 //!
 //!     cargo bench -p bitnet-benches --bench kernel
 //!     cargo bench -p bitnet-benches --bench kernel -- --quick ternary   # a subset
@@ -458,6 +459,37 @@ fn best_secs(budget: Duration, mut f: impl FnMut()) -> f64 {
     best
 }
 
+/// The BitLinear weight gradient `dW (N x K) = (dY / s)^T . X_q` at the model's shapes, in
+/// GFLOP/s and as a fraction of the measured bf16 peak.
+fn grad_weight_summary() {
+    let isa = Isa::best_among(&BF16_PATHS);
+    println!("\n== BitLinear weight gradient, bf16 path {isa:?}, M = {M} ==");
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!("load average: {}", load.trim());
+    for threads in [1, 2] {
+        let peak = measure_float_peaks(threads).0;
+        let p = pool(threads);
+        for (n, k) in SHAPES {
+            let dy: Vec<f32> =
+                bytes(M * n, 7).into_iter().map(|v| f32::from(v) / 1e4 - 0.0128).collect();
+            let x: Vec<i8> = bytes(M * k, 8).into_iter().map(|b| b as i8).collect();
+            let scales = vec![100.0f32; M];
+            let mut dw = vec![0f32; n * k];
+            let secs = best_secs(Duration::from_millis(800), || {
+                p.install(|| grad_weight_bf16_with(isa, &dy, M, n, &x, &scales, k, &mut dw, false))
+                    .expect("dW")
+            });
+            let flops = (2 * M * n * k) as f64 / secs;
+            let share = peak.map_or("n/a".to_string(), |pk| format!("{:.1}%", 100.0 * flops / pk));
+            println!(
+                "  t{threads} {M:>5} x {n:>5} x {k:>5}: {:>6.1} GFLOP/s  {share:>6} of bf16 peak  ({:.3} ms)",
+                flops / 1e9,
+                secs * 1e3
+            );
+        }
+    }
+}
+
 /// The mixed-precision LM head backward (`V = 5174`, `M` rows): bf16 `dX = dY . W` and
 /// `dW = dY^T . X` against the `gemm` crate's f32 `dW`, in GFLOP/s.
 fn lm_head_summary() {
@@ -548,10 +580,14 @@ criterion_group!(
 
 fn main() {
     let summary_only = std::env::args().any(|a| a == "summary");
-    if !summary_only {
+    let bf16_only = std::env::args().any(|a| a == "bf16-summary");
+    if !summary_only && !bf16_only {
         benches();
         criterion::Criterion::default().configure_from_args().final_summary();
     }
-    summary();
+    if !bf16_only {
+        summary();
+    }
+    grad_weight_summary();
     lm_head_summary();
 }

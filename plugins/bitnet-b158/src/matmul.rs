@@ -118,6 +118,72 @@ pub(crate) fn matmul_atb(
     product(c, a, sa, b, sb, (m, n, k), accumulate, threads);
 }
 
+/// A read-only strided matrix: element `(i, j)` is `data[i * rs + j * cs]`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct View<'a> {
+    pub data: &'a [f32],
+    pub rs: usize,
+    pub cs: usize,
+}
+
+impl View<'_> {
+    /// Whether every element of an `rows x cols` view is inside `data`.
+    fn covers(&self, rows: usize, cols: usize) -> bool {
+        rows == 0 || cols == 0 || (rows - 1) * self.rs + (cols - 1) * self.cs < self.data.len()
+    }
+}
+
+/// `C[m, n] (+)= A[m, k] . B[k, n]` on strided views, single-threaded, with `C` row-major of
+/// row stride `ldc` (so a block of a larger matrix can be written in place).
+pub(crate) fn matmul_views(
+    c: &mut [f32],
+    ldc: usize,
+    a: View<'_>,
+    b: View<'_>,
+    (m, n, k): (usize, usize, usize),
+    accumulate: bool,
+) {
+    assert!(m == 0 || n == 0 || ((m - 1) * ldc + n <= c.len() && n <= ldc), "output view");
+    assert!(a.covers(m, k) && b.covers(k, n), "operand views");
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            for row in c.chunks_mut(ldc).take(m) {
+                row[..n].fill(0.0);
+            }
+        }
+        return;
+    }
+    // SAFETY: the assertions above keep every addressed element of `c`, `a` and `b` in bounds
+    // (`(m-1)*ldc + n-1 < c.len()`, `(m-1)*rs + (k-1)*cs < a.len()`, likewise for `b`); `c` is
+    // an exclusive borrow, so it aliases neither input.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            c.as_mut_ptr(),
+            1,
+            ldc as isize,
+            accumulate,
+            a.data.as_ptr(),
+            a.cs as isize,
+            a.rs as isize,
+            b.data.as_ptr(),
+            b.cs as isize,
+            b.rs as isize,
+            1.0f32,
+            1.0f32,
+            false,
+            false,
+            false,
+            Parallelism::None,
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -17,9 +17,9 @@ use crate::layers::bitlinear::{
 };
 use crate::layers::embedding::{embedding_backward, embedding_forward};
 use crate::layers::loss::cross_entropy;
-use crate::layers::rmsnorm::{rmsnorm_backward, rmsnorm_forward};
+use crate::layers::rmsnorm::{rmsnorm_backward, rmsnorm_forward, rmsnorm_forward_quantize};
 use crate::layers::rope::{RopeTables, merge_heads, split_heads};
-use crate::layers::swiglu::{swiglu_backward_in_place, swiglu_forward};
+use crate::layers::swiglu::{swiglu_backward_in_place, swiglu_forward_quantize};
 use crate::matmul::{Threads, matmul_ab, matmul_abt, matmul_atb};
 use crate::quant::{WEIGHT_EPS, round_half_even_small};
 use bitnet_framework::model::{IGNORE_INDEX, KernelError, ModelConfig, TokenBatch};
@@ -492,8 +492,8 @@ pub(crate) fn forward(
         let la = &mut ws.blocks[l];
         let base = l * LINEARS;
         // Attention.
-        rmsnorm_forward(&mut ws.xn, &mut la.rstd1, x, &p[br.attn_norm.clone()], cx.eps);
-        la.a_attn.quantize(&ws.xn);
+        let w = &p[br.attn_norm.clone()];
+        rmsnorm_forward_quantize(&mut ws.xn, &mut la.rstd1, x, w, cx.eps, &mut la.a_attn);
         let xdeq = &mut ws.xdeq[..m * d];
         if !packed {
             la.a_attn.dequantize_into(xdeq);
@@ -542,8 +542,8 @@ pub(crate) fn forward(
         )?;
         add_into(&mut la.x2, x, &ws.tmp);
         // Feed-forward.
-        rmsnorm_forward(&mut ws.xn, &mut la.rstd2, &la.x2, &p[br.ffn_norm.clone()], cx.eps);
-        la.a_ffn.quantize(&ws.xn);
+        let w = &p[br.ffn_norm.clone()];
+        rmsnorm_forward_quantize(&mut ws.xn, &mut la.rstd2, &la.x2, w, cx.eps, &mut la.a_ffn);
         if !packed {
             la.a_ffn.dequantize_into(xdeq);
         }
@@ -570,8 +570,7 @@ pub(crate) fn forward(
             base + UP,
             (m, f, d),
         )?;
-        swiglu_forward(&mut ws.hbuf, &la.gate, &la.up);
-        la.a_h.quantize(&ws.hbuf);
+        swiglu_forward_quantize(&mut ws.hbuf, &la.gate, &la.up, &mut la.a_h);
         let hdeq = &mut ws.xdeq[..m * f];
         if !packed {
             la.a_h.dequantize_into(hdeq);

@@ -16,8 +16,11 @@
 //! paths were bit-identical.)
 //!
 //! Paths: [`Isa::Avx512Bf16`] (`vdpbf16ps`, 6 x 64 register tile) and [`Isa::Scalar`]. Work is
-//! split over rows of `dW` on the current rayon pool.
+//! split over rows of `dW` on the current rayon pool and blocked along the depth by
+//! [`super::bf16_tiles`]; `dY / s` is scaled, rounded and laid out for the micro-kernel in one
+//! pass over contiguous rows of `dY` (no transposition).
 
+use super::bf16_tiles::{pack_a_depth_rows, pair, run_blocked};
 use super::{GemmError, Isa, check_isa, check_len, checked_area};
 use rayon::prelude::*;
 use std::cell::RefCell;
@@ -74,17 +77,9 @@ pub fn grad_weight_bf16(
     grad_weight_bf16_with(isa, dy, m, n, x_q, x_scales, k, dw, accumulate)
 }
 
-/// Reused packing buffers of the calling thread.
-#[derive(Default)]
-struct Packs {
-    /// `X_q` as bf16 pairs, panel-major: `[panel][pair][64]`.
-    b: Vec<u32>,
-}
-
 thread_local! {
-    static PACKS: RefCell<Packs> = RefCell::new(Packs::default());
-    /// `dY / s` rows of one task, transposed into bf16 pairs: `[j][pair]`.
-    static A_PACK: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
+    /// `X_q` as bf16 pairs, panel-major: `[panel][pair][64]`.
+    static B_PACK: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
 }
 
 /// [`grad_weight_bf16`] on the given path.
@@ -112,62 +107,24 @@ pub fn grad_weight_bf16_with(
     let panels = k.div_ceil(NR);
     let b_len = checked_area("bf16 pack", checked_area("bf16 pack", panels, pairs)?, NR)?;
     // Take the buffer out of the thread-local so tasks on this thread never see it borrowed.
-    let mut b = PACKS.with(|p| std::mem::take(&mut p.borrow_mut().b));
+    let mut b = B_PACK.with(|p| std::mem::take(&mut *p.borrow_mut()));
     b.clear();
     b.resize(b_len, 0);
     pack_b(x_q, m, k, &mut b);
-    let threads = rayon::current_num_threads().max(1);
-    let row_blocks = n.div_ceil(MR);
-    let tasks = if threads == 1 { 1 } else { (threads * 2).min(row_blocks) };
-    let rows_per_task = row_blocks.div_ceil(tasks) * MR;
-    let b_ref = &b;
-    let task = |rows: &mut [f32], j0: usize| {
-        let rn = rows.len() / k;
-        A_PACK.with(|cell| {
-            let mut a = cell.borrow_mut();
-            a.clear();
-            a.resize(rn * pairs, 0);
-            pack_a(dy, m, n, x_scales, j0, rn, &mut a);
-            for panel in 0..panels {
-                let bp = &b_ref[panel * pairs * NR..(panel + 1) * pairs * NR];
-                let l0 = panel * NR;
-                let cols = (k - l0).min(NR);
-                let mut r = 0;
-                while r < rn {
-                    let take = (rn - r).min(MR);
-                    let tile = Bf16Tile {
-                        a: &a[r * pairs..(r + take) * pairs],
-                        b: bp,
-                        pairs,
-                        rows: take,
-                        out: &mut rows[r * k..(r + take) * k],
-                        k,
-                        l0,
-                        cols,
-                        accumulate,
-                    };
-                    micro_kernel(isa, tile);
-                    r += take;
-                }
-            }
-        });
-    };
-    if tasks <= 1 {
-        task(dw, 0);
-    } else {
-        dw.par_chunks_mut(rows_per_task * k)
-            .enumerate()
-            .for_each(|(t, rows)| task(rows, t * rows_per_task));
-    }
-    PACKS.with(|p| p.borrow_mut().b = b);
+    // A(i, j) = dY[i][j] / s_i: depth rows of dY are contiguous along the output rows j.
+    run_blocked(isa, dw, (n, k, pairs), &b, accumulate, 2, |j0, rn, p0, pc, dst| {
+        let row = |i: usize| (&dy[i * n + j0..i * n + j0 + rn], 1.0 / x_scales[i]);
+        pack_a_depth_rows(dst, (rn, p0, pc, m), row)
+    });
+    B_PACK.with(|p| *p.borrow_mut() = b);
     Ok(())
 }
 
 /// One micro-kernel call: `rows` rows of `dW` x the columns `l0 .. l0 + cols` of one panel.
 pub(crate) struct Bf16Tile<'a> {
-    /// `rows` packed rows of `dY / s`, `pairs` each.
+    /// The packed left operand (`dY / s` rows), pair-major: lane `(r, p)` at `p * MR + r`.
     pub a: &'a [u32],
-    /// The panel of packed `X_q`, `pairs * 64`.
+    /// A depth block of one panel of the packed right operand (`X_q`), `pairs * 64`.
     pub b: &'a [u32],
     pub pairs: usize,
     pub rows: usize,
@@ -177,12 +134,6 @@ pub(crate) struct Bf16Tile<'a> {
     pub l0: usize,
     pub cols: usize,
     pub accumulate: bool,
-}
-
-/// Two bf16 as one 32-bit lane: `lo` in the low half (the even row), `hi` in the high half.
-#[inline(always)]
-fn pair(lo: u16, hi: u16) -> u32 {
-    u32::from(lo) | (u32::from(hi) << 16)
 }
 
 /// The bf16 bits of a small integer (exact: |v| <= 128 has at most 8 significant bits).
@@ -213,86 +164,6 @@ fn pack_b(x_q: &[i8], m: usize, k: usize, b: &mut [u32]) {
     });
 }
 
-/// Packs rows `j0 .. j0 + rn` of `(dY / s)^T` into bf16 pairs along `i`.
-fn pack_a(dy: &[f32], m: usize, n: usize, s: &[f32], j0: usize, rn: usize, a: &mut [u32]) {
-    pack_rows_transposed(a, rn, m, |i| (&dy[i * n + j0..i * n + j0 + rn], 1.0 / s[i]));
-}
-
-/// `dst[r * pairs + p] = pair(lane(2p, r), lane(2p + 1, r))` for `r < rn`, with
-/// `lane(i, r) = bf16(row(i).0[r] * row(i).1)` for `i < depth` and 0 past it: the transposing
-/// pack of an operand whose depth rows are contiguous along `r` (`row(i).0` holds `rn` values).
-///
-/// Full `16 x 16` tiles go through a small buffer: 32 depth rows are scaled and rounded 16
-/// contiguous values at a time (a loop the compiler vectorizes), then interleaved into pairs
-/// and transposed within L1. The ragged edges go element by element; both give the same bits.
-pub(crate) fn pack_rows_transposed<'a>(
-    dst: &mut [u32],
-    rn: usize,
-    depth: usize,
-    row: impl Fn(usize) -> (&'a [f32], f32),
-) {
-    let pairs = depth.div_ceil(2);
-    let (full_r, full_p) = (rn / TILE * TILE, (depth / 2) / TILE * TILE);
-    let mut tile = [[0u16; TILE]; 2 * TILE];
-    for r0 in (0..full_r).step_by(TILE) {
-        for p0 in (0..full_p).step_by(TILE) {
-            for (ii, t_row) in tile.iter_mut().enumerate() {
-                let (src, factor) = row(2 * p0 + ii);
-                for (t, &v) in t_row.iter_mut().zip(&src[r0..r0 + TILE]) {
-                    *t = f32_to_bf16(v * factor);
-                }
-            }
-            for r in 0..TILE {
-                let out = &mut dst[(r0 + r) * pairs + p0..(r0 + r) * pairs + p0 + TILE];
-                for (p, d) in out.iter_mut().enumerate() {
-                    *d = pair(tile[2 * p][r], tile[2 * p + 1][r]);
-                }
-            }
-        }
-    }
-    let lane = |i: usize, r: usize| {
-        if i < depth {
-            let (src, factor) = row(i);
-            f32_to_bf16(src[r] * factor)
-        } else {
-            0
-        }
-    };
-    // The rest: pairs right of the full tiles (in the tiled rows), then the rows below them.
-    for r in 0..rn {
-        let p_start = if r < full_r { full_p } else { 0 };
-        for p in p_start..pairs {
-            dst[r * pairs + p] = pair(lane(2 * p, r), lane(2 * p + 1, r));
-        }
-    }
-}
-
-/// Edge of the tiles of [`pack_pairs_transposed`].
-const TILE: usize = 16;
-
-/// `dst[r * pairs + p] = pair(lane(2p, r), lane(2p + 1, r))` for every `r < rows`,
-/// `p < pairs`. The source runs along `r` and the destination along `p`, so the work goes in
-/// `16 x 16` tiles: the 16 destination rows of a tile stay in L1 while it is filled (a plain
-/// loop over `p` then `r` writes a new cache line per element, and was 12% of a training step).
-#[inline(always)]
-pub(crate) fn pack_pairs_transposed(
-    dst: &mut [u32],
-    rows: usize,
-    pairs: usize,
-    lane: impl Fn(usize, usize) -> u16,
-) {
-    for r0 in (0..rows).step_by(TILE) {
-        let r1 = (r0 + TILE).min(rows);
-        for p0 in (0..pairs).step_by(TILE) {
-            for p in p0..(p0 + TILE).min(pairs) {
-                for r in r0..r1 {
-                    dst[r * pairs + p] = pair(lane(2 * p, r), lane(2 * p + 1, r));
-                }
-            }
-        }
-    }
-}
-
 pub(crate) fn micro_kernel(isa: Isa, t: Bf16Tile<'_>) {
     match isa {
         #[cfg(target_arch = "x86_64")]
@@ -319,11 +190,10 @@ pub(crate) fn dot2(acc: f32, a: u32, b: u32) -> f32 {
 
 fn kernel_scalar(t: Bf16Tile<'_>) {
     for r in 0..t.rows {
-        let arow = &t.a[r * t.pairs..(r + 1) * t.pairs];
         for c in 0..t.cols {
             let mut acc = 0.0f32;
-            for (p, &av) in arow.iter().enumerate() {
-                acc = dot2(acc, av, t.b[p * NR + c]);
+            for p in 0..t.pairs {
+                acc = dot2(acc, t.a[p * MR + r], t.b[p * NR + c]);
             }
             let o = &mut t.out[r * t.k + t.l0 + c];
             *o = if t.accumulate { *o + acc } else { acc };
@@ -333,6 +203,7 @@ fn kernel_scalar(t: Bf16Tile<'_>) {
 
 #[cfg(test)]
 mod tests {
+    use super::super::bf16_tiles::{KC, MC};
     use super::*;
     use proptest::prelude::*;
 
@@ -355,25 +226,6 @@ mod tests {
     }
 
     #[test]
-    fn tiled_pack_matches_the_elementwise_one() {
-        for (m, n, j0, rn) in
-            [(67usize, 50usize, 3usize, 40usize), (64, 32, 0, 32), (33, 17, 1, 16), (5, 3, 0, 3)]
-        {
-            let dy: Vec<f32> = (0..m * n).map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.013).collect();
-            let s: Vec<f32> = (0..m).map(|i| 0.5 + i as f32 * 0.7).collect();
-            let pairs = m.div_ceil(2);
-            let mut got = vec![u32::MAX; rn * pairs];
-            pack_a(&dy, m, n, &s, j0, rn, &mut got);
-            let mut want = vec![0u32; rn * pairs];
-            let lane = |i: usize, r: usize| {
-                if i < m { f32_to_bf16(dy[i * n + j0 + r] * (1.0 / s[i])) } else { 0 }
-            };
-            pack_pairs_transposed(&mut want, rn, pairs, lane);
-            assert_eq!(got, want, "m {m} n {n} j0 {j0} rn {rn}");
-        }
-    }
-
-    #[test]
     fn shape_errors() {
         let mut dw = vec![0.0; 6];
         assert!(grad_weight_bf16(&[0.0; 4], 2, 2, &[0; 6], &[1.0; 2], 3, &mut dw, false).is_ok());
@@ -385,7 +237,11 @@ mod tests {
     }
 
     fn case() -> impl Strategy<Value = (usize, usize, usize, Vec<f32>, Vec<i8>, Vec<f32>)> {
-        (1usize..30, 1usize..20, 1usize..140).prop_flat_map(|(m, n, k)| {
+        // Small shapes, and shapes past one depth block (KC pairs, 2 KC rows of `dY`) and one
+        // row block (MC rows of `dW`).
+        let small = (1usize..30, 1usize..20, 1usize..140);
+        let blocked = (4 * KC - 3..6 * KC + 9, MC - 5..MC + 20, 1usize..24);
+        prop_oneof![3 => small, 1 => blocked].prop_flat_map(|(m, n, k)| {
             (
                 Just(m),
                 Just(n),

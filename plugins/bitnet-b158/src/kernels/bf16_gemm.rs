@@ -9,13 +9,12 @@
 //! exact sum, and the AVX-512 BF16 path agrees with the scalar one within
 //! `depth * 2^-23` of the same sum.
 //!
-//! Work is split over rows of `C` on the current rayon pool; `B` is packed once per call (in
-//! parallel over 64-column panels) into a reused thread-local buffer.
+//! Work is split over rows of `C` on the current rayon pool and blocked along the depth by
+//! [`super::bf16_tiles`]; `B` is packed once per call (in parallel over 64-column panels) into
+//! a reused thread-local buffer, `A` one block at a time.
 
-use super::bf16::{
-    BF16_PATHS, Bf16Tile, MR, NR, f32_to_bf16, micro_kernel, pack_pairs_transposed,
-    pack_rows_transposed,
-};
+use super::bf16::{BF16_PATHS, NR, f32_to_bf16};
+use super::bf16_tiles::{pack_a_depth_rows, pack_a_lanes, pack_a_output_rows, pair, run_blocked};
 use super::{GemmError, Isa, check_isa, check_len, checked_area};
 use rayon::prelude::*;
 use std::cell::RefCell;
@@ -72,8 +71,6 @@ impl<'a> StridedF32<'a> {
 thread_local! {
     /// `B` packed as bf16 pairs, panel-major `[panel][pair][64]`.
     static B_PACK: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
-    /// The `A` rows of one task as bf16 pairs, `[row][pair]`.
-    static A_PACK: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
 }
 
 /// `c[j][l] (+)= sum_i a(i, j) * b(i, l)` for the row-major `rows x cols` output `c`, `a`
@@ -119,51 +116,9 @@ pub fn gemm_bf16_with(
     bp.clear();
     bp.resize(b_len, 0);
     pack_b(b, depth, cols, &mut bp);
-    let threads = rayon::current_num_threads().max(1);
-    let row_blocks = rows.div_ceil(MR);
-    let tasks = if threads == 1 { 1 } else { (threads * 4).min(row_blocks) };
-    let rows_per_task = row_blocks.div_ceil(tasks) * MR;
-    let b_ref = &bp;
-    let task = |out: &mut [f32], j0: usize| {
-        let rn = out.len() / cols;
-        A_PACK.with(|cell| {
-            let mut ap = cell.borrow_mut();
-            ap.clear();
-            ap.resize(rn * pairs, 0);
-            pack_a(a, depth, j0, rn, &mut ap);
-            for panel in 0..panels {
-                let bpanel = &b_ref[panel * pairs * NR..(panel + 1) * pairs * NR];
-                let l0 = panel * NR;
-                let width = (cols - l0).min(NR);
-                let mut r = 0;
-                while r < rn {
-                    let take = (rn - r).min(MR);
-                    micro_kernel(
-                        isa,
-                        Bf16Tile {
-                            a: &ap[r * pairs..(r + take) * pairs],
-                            b: bpanel,
-                            pairs,
-                            rows: take,
-                            out: &mut out[r * cols..(r + take) * cols],
-                            k: cols,
-                            l0,
-                            cols: width,
-                            accumulate,
-                        },
-                    );
-                    r += take;
-                }
-            }
-        });
-    };
-    if tasks <= 1 {
-        task(c, 0);
-    } else {
-        c.par_chunks_mut(rows_per_task * cols)
-            .enumerate()
-            .for_each(|(t, out)| task(out, t * rows_per_task));
-    }
+    run_blocked(isa, c, (rows, cols, pairs), &bp, accumulate, 4, |j0, rn, p0, pc, dst| {
+        pack_a(a, depth, j0, (rn, p0, pc), dst)
+    });
     B_PACK.with(|p| *p.borrow_mut() = bp);
     Ok(())
 }
@@ -182,6 +137,23 @@ fn pack_b(b: StridedF32<'_>, depth: usize, cols: usize, dst: &mut [u32]) {
                     dst[p * NR + c] = pair(lane(2 * p, l0 + c), lane(2 * p + 1, l0 + c));
                 }
             }
+        } else if b.width_stride == 1 {
+            // Depth rows contiguous (the LM head's weights and inputs): two rows at a time, a
+            // loop the compiler vectorizes.
+            let ds = b.depth_stride;
+            let row = |i: usize| &b.data[i * ds + l0..i * ds + l0 + width];
+            for (p, out) in dst.chunks_exact_mut(NR).enumerate() {
+                let out = &mut out[..width];
+                if 2 * p + 1 < depth {
+                    for ((d, &e), &o) in out.iter_mut().zip(row(2 * p)).zip(row(2 * p + 1)) {
+                        *d = pair(f32_to_bf16(e), f32_to_bf16(o));
+                    }
+                } else {
+                    for (d, &e) in out.iter_mut().zip(row(2 * p)) {
+                        *d = pair(f32_to_bf16(e), 0);
+                    }
+                }
+            }
         } else {
             for (p, row) in dst.chunks_exact_mut(NR).enumerate() {
                 for (c, d) in row[..width].iter_mut().enumerate() {
@@ -192,40 +164,31 @@ fn pack_b(b: StridedF32<'_>, depth: usize, cols: usize, dst: &mut [u32]) {
     });
 }
 
-/// Packs output rows `j0 .. j0 + rn` of `a` (`depth x rows`) into bf16 pairs along the depth.
-fn pack_a(a: StridedF32<'_>, depth: usize, j0: usize, rn: usize, dst: &mut [u32]) {
-    let pairs = depth.div_ceil(2);
-    if a.depth_stride == 1 {
+/// Packs the `A` block of output rows `j0 .. j0 + rn` and pairs `p0 .. p0 + pc` of `a`
+/// (`depth x rows`) for [`run_blocked`].
+fn pack_a(
+    a: StridedF32<'_>,
+    depth: usize,
+    j0: usize,
+    (rn, p0, pc): (usize, usize, usize),
+    dst: &mut [u32],
+) {
+    let (ds, ws) = (a.depth_stride, a.width_stride);
+    let dims = (rn, p0, pc, depth);
+    if ds == 1 {
         // Each output row is contiguous along the depth: adjacent values are the pairs.
-        for (r, out) in dst.chunks_exact_mut(pairs).enumerate() {
-            let start = (j0 + r) * a.width_stride;
-            let src = &a.data[start..start + depth];
-            for (d, two) in out.iter_mut().zip(src.chunks_exact(2)) {
-                *d = pair(f32_to_bf16(two[0]), f32_to_bf16(two[1]));
-            }
-            if depth % 2 == 1 {
-                out[pairs - 1] = pair(f32_to_bf16(src[depth - 1]), 0);
-            }
-        }
-    } else if a.width_stride == 1 {
-        // Depth rows contiguous along the output rows: the tiled transposing pack (scaling by
-        // 1 is exact).
-        let ds = a.depth_stride;
-        pack_rows_transposed(dst, rn, depth, |i| (&a.data[i * ds + j0..i * ds + j0 + rn], 1.0));
+        pack_a_output_rows(dst, dims, |r| &a.data[(j0 + r) * ws..(j0 + r) * ws + depth]);
+    } else if ws == 1 {
+        // Depth rows contiguous along the output rows (scaling by 1 is exact).
+        pack_a_depth_rows(dst, dims, |i| (&a.data[i * ds + j0..i * ds + j0 + rn], 1.0));
     } else {
-        let lane = |i: usize, j: usize| if i < depth { a.bf16(i, j) } else { 0 };
-        pack_pairs_transposed(dst, rn, pairs, |i, r| lane(i, j0 + r));
+        pack_a_lanes(dst, dims, |i, r| a.bf16(i, j0 + r));
     }
-}
-
-/// Two bf16 as one 32-bit lane: `lo` (the even depth index) in the low half.
-#[inline(always)]
-fn pair(lo: u16, hi: u16) -> u32 {
-    u32::from(lo) | (u32::from(hi) << 16)
 }
 
 #[cfg(test)]
 mod tests {
+    use super::super::bf16_tiles::{KC, MC};
     use super::*;
     use proptest::prelude::*;
 
@@ -250,16 +213,21 @@ mod tests {
 
     /// The three layouts of the LM head (`x . W^T`, `dY . W`, `dY^T . x`), random shapes.
     fn case() -> impl Strategy<Value = (usize, usize, usize, u8, Vec<f32>, Vec<f32>)> {
-        (1usize..20, 1usize..140, 1usize..40, 0u8..4).prop_flat_map(|(rows, cols, depth, lay)| {
-            (
-                Just(rows),
-                Just(cols),
-                Just(depth),
-                Just(lay),
-                prop::collection::vec(-3.0f32..3.0, rows * depth),
-                prop::collection::vec(-3.0f32..3.0, cols * depth),
-            )
-        })
+        // Small shapes, and shapes past one depth block (KC pairs) and one row block (MC rows).
+        let small = (1usize..20, 1usize..140, 1usize..40);
+        let blocked = (MC - 5..MC + 20, 1usize..24, 2 * KC - 3..3 * KC + 9);
+        (prop_oneof![3 => small, 1 => blocked], 0u8..4).prop_flat_map(
+            |((rows, cols, depth), lay)| {
+                (
+                    Just(rows),
+                    Just(cols),
+                    Just(depth),
+                    Just(lay),
+                    prop::collection::vec(-3.0f32..3.0, rows * depth),
+                    prop::collection::vec(-3.0f32..3.0, cols * depth),
+                )
+            },
+        )
     }
 
     proptest! {

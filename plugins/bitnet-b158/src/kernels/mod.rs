@@ -13,7 +13,9 @@
 //! - [`bf16`]: the weight gradient `dW = dY^T . X` with bf16 products and fp32 accumulation
 //!   (AVX-512 BF16 and a scalar twin within a documented tolerance).
 //! - [`bf16_gemm`]: a general strided fp32 product on the same bf16 micro-kernel (the
-//!   mixed-precision LM head).
+//!   mixed-precision LM head); both run through one depth-blocked driver (`bf16_tiles`).
+//! - [`exp`]: a vectorised `exp` (AVX-512 and a bit-identical scalar twin) and the softmax and
+//!   SwiGLU passes built on it.
 //!
 //! Every public entry point has a `*_with(isa, ...)` form that runs one given [`Isa`] path (for
 //! tests and benchmarks) and a plain form that runs the best path of this CPU.
@@ -23,12 +25,16 @@
 
 pub mod bf16;
 pub mod bf16_gemm;
+mod bf16_tiles;
+pub mod exp;
 pub mod packed;
 pub mod quant;
 pub mod ternary;
 
 #[cfg(target_arch = "x86_64")]
 mod x86_bf16;
+#[cfg(target_arch = "x86_64")]
+mod x86_exp;
 #[cfg(target_arch = "x86_64")]
 mod x86_quant;
 #[cfg(target_arch = "x86_64")]

@@ -95,6 +95,21 @@ pub fn quantize_activations_absmax_with(
     Ok(())
 }
 
+/// One activation row on the best path of this CPU (the two paths are bit-identical); returns
+/// the row's scale. For callers whose lengths agree by construction.
+///
+/// # Panics
+/// If `q` and `x` differ in length.
+pub(crate) fn quantize_row_best(x: &[f32], q: &mut [i8]) -> f32 {
+    assert_eq!(x.len(), q.len(), "activation row lengths");
+    match Isa::best_among(&QUANT_PATHS) {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `best_among` only returns AVX-512 when this CPU has F/BW/VL; lengths checked.
+        Isa::Avx512 => unsafe { super::x86_quant::quantize_row_avx512(x, q) },
+        _ => quantize_row_scalar(x, q),
+    }
+}
+
 /// Scalar twin of the weight quantizer (the AVX-512 path's exact semantics).
 pub(crate) fn quantize_weights_scalar(w: &[f32], q: &mut [i8]) -> f32 {
     let g = absmean_scalar(w);

@@ -1,13 +1,13 @@
 //! The AVX-512 BF16 micro-kernel of the weight gradient (see `bf16.rs`).
 
-use super::bf16::{Bf16Tile, NR};
+use super::bf16::{Bf16Tile, MR, NR};
 use std::arch::x86_64::*;
 
 /// `vdpbf16ps` micro-kernel: up to 6 rows x one 64-column panel of `dW`.
 ///
 /// # Safety
 /// The CPU must support AVX-512 F/BW/VL and BF16; `1 <= t.rows <= 6`, `t.a` holds
-/// `rows * pairs` lanes, `t.b` holds `pairs * 64` lanes, `t.cols <= 64`, `t.l0 + t.cols <= t.k`
+/// `pairs * 6` lanes (pair-major), `t.b` holds `pairs * 64` lanes, `t.cols <= 64`, `t.l0 + t.cols <= t.k`
 /// and `t.out` holds `rows * k` floats.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
 pub(crate) unsafe fn kernel_bf16(t: Bf16Tile<'_>) {
@@ -29,13 +29,13 @@ pub(crate) unsafe fn kernel_bf16(t: Bf16Tile<'_>) {
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
 unsafe fn rows_bf16<const R: usize>(t: Bf16Tile<'_>) {
     let pairs = t.pairs;
-    assert!(t.a.len() >= R * pairs && t.b.len() >= pairs * NR, "bf16 tile out of bounds");
+    assert!(t.a.len() >= pairs * MR && t.b.len() >= pairs * NR, "bf16 tile out of bounds");
     assert!(t.cols <= NR && t.l0 + t.cols <= t.k && t.out.len() >= R * t.k, "bf16 tile output");
     let (ap, bp) = (t.a.as_ptr(), t.b.as_ptr());
     let mut acc = [[_mm512_setzero_ps(); 4]; R];
     for p in 0..pairs {
-        // SAFETY: lanes p * 64 .. p * 64 + 64 of `b` and lane r * pairs + p of `a` are in
-        // bounds (asserted above); unaligned loads are allowed.
+        // SAFETY: lanes p * 64 .. p * 64 + 64 of `b` and lane p * 6 + r (r < R <= 6) of `a`
+        // are in bounds (asserted above); unaligned loads are allowed.
         unsafe {
             let b = bp.add(p * NR);
             let b = [
@@ -46,7 +46,7 @@ unsafe fn rows_bf16<const R: usize>(t: Bf16Tile<'_>) {
             ];
             for (r, acc_r) in acc.iter_mut().enumerate() {
                 let a: __m512bh =
-                    std::mem::transmute(_mm512_set1_epi32(*ap.add(r * pairs + p) as i32));
+                    std::mem::transmute(_mm512_set1_epi32(*ap.add(p * MR + r) as i32));
                 for (acc_rv, &bv) in acc_r.iter_mut().zip(&b) {
                     let bv: __m512bh = std::mem::transmute(bv);
                     *acc_rv = _mm512_dpbf16_ps(*acc_rv, a, bv);

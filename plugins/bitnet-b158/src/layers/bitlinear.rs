@@ -7,8 +7,9 @@
 //! fp32); the ternary weights are recomputed from the latent weights when needed (a pass over
 //! `N*K` values, negligible next to the `M*N*K` product).
 
+use crate::kernels::quant::quantize_row_best;
 use crate::matmul::{Threads, matmul_ab, matmul_abt, matmul_atb};
-use crate::quant::{WEIGHT_EPS, quantize_activation_row, round_half_even_small};
+use crate::quant::{WEIGHT_EPS, round_half_even_small};
 use rayon::prelude::*;
 
 /// Whether BitLinear layers quantize (training and inference) or use the identity in place of
@@ -54,7 +55,7 @@ impl ActQuant {
         let c = self.cols;
         self.codes.par_chunks_mut(c).zip(self.scales.par_iter_mut()).zip(x.par_chunks(c)).for_each(
             |((q, s), xr)| {
-                *s = quantize_activation_row(xr, q);
+                *s = quantize_row_best(xr, q);
             },
         );
     }

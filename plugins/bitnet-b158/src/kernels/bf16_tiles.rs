@@ -1,0 +1,257 @@
+//! The blocked driver of the bf16 micro-kernel, shared by the BitLinear weight gradient
+//! ([`super::bf16`]) and the strided product of the LM head ([`super::bf16_gemm`]).
+//!
+//! `C[j][l] (+)= sum_p A[j][p] . B[p][l]` over depth pairs `p` (each lane two bf16, one
+//! `vdpbf16ps` step), GotoBLAS style: `B` comes packed once per call as 64-column panels
+//! (`[panel][pair][64]`); each task owns a band of output rows and walks it in blocks of at most
+//! [`MC`] rows by [`KC`] pairs, packing that `A` block (`[tile][pair][6]`, the layout the
+//! micro-kernel streams) right before using it. The `KC x 64` slice of a `B` panel (24 KiB) is
+//! then reused from L1 by every 6-row tile of the block, and the `A` block (at most 144 KiB)
+//! from L2, where a full-depth panel (up to 660 KiB for the LM head) used to be streamed from L2
+//! or beyond for every tile.
+//!
+//! Depth blocks after the first add into `C`: on every path the sum is the fp32 sum of the
+//! blocks' fp32 partial sums, so the scalar twin (which runs through this same driver) still
+//! matches the AVX-512 BF16 path, and the rounding bound (`depth * 2^-23` of the magnitude
+//! sum) is unchanged.
+
+use super::Isa;
+use super::bf16::{Bf16Tile, MR, NR, f32_to_bf16, micro_kernel};
+use rayon::prelude::*;
+use std::cell::RefCell;
+
+/// Depth pairs per block: a `KC x 64` slice of a `B` panel is `256 * KC` bytes (24 KiB), which
+/// stays in the 32 KiB L1 next to the streamed `A` tile. Measured on Zen 4 (LM head and BitLinear
+/// `dW` shapes, `kernel -- bf16-summary`), see ROOFLINE.md.
+pub(crate) const KC: usize = 96;
+/// Output rows per block (a multiple of [`MR`]): the packed `A` block is `MC x KC` lanes
+/// (144 KiB), kept in L2 while every panel of `B` passes over it.
+pub(crate) const MC: usize = 384;
+
+thread_local! {
+    /// The packed `A` block of the running task, `[tile][pair][MR]`.
+    static A_BLOCK: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Index of lane `(r, p)` of an `A` block packed `[tile][pair][MR]` with `pc` pairs.
+#[inline(always)]
+pub(crate) fn a_lane(r: usize, p: usize, pc: usize) -> usize {
+    (r / MR) * pc * MR + p * MR + r % MR
+}
+
+/// Two bf16 as one 32-bit lane: `lo` (the even depth index) in the low half.
+#[inline(always)]
+pub(crate) fn pair(lo: u16, hi: u16) -> u32 {
+    u32::from(lo) | (u32::from(hi) << 16)
+}
+
+/// Runs the product over the row-major `rows x cols` output `c`, with `b` packed as
+/// `[panel][pair][64]` (`pairs` pairs per panel). `pack_a(j0, rn, p0, pc, dst)` fills `dst`
+/// (`rn.div_ceil(MR) * pc * MR` lanes) with output rows `j0 .. j0 + rn`, pairs `p0 .. p0 + pc`,
+/// at [`a_lane`] positions. Rows are split into `tasks_per_thread` tasks per thread of the
+/// current rayon pool.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn run_blocked(
+    isa: Isa,
+    c: &mut [f32],
+    (rows, cols, pairs): (usize, usize, usize),
+    b: &[u32],
+    accumulate: bool,
+    tasks_per_thread: usize,
+    pack_a: impl Fn(usize, usize, usize, usize, &mut [u32]) + Sync,
+) {
+    debug_assert_eq!(c.len(), rows * cols);
+    debug_assert_eq!(b.len(), cols.div_ceil(NR) * pairs * NR);
+    if rows == 0 || cols == 0 || pairs == 0 {
+        return;
+    }
+    let panels = cols.div_ceil(NR);
+    let threads = rayon::current_num_threads().max(1);
+    let row_blocks = rows.div_ceil(MR);
+    let tasks = if threads == 1 { 1 } else { (threads * tasks_per_thread).min(row_blocks) };
+    let rows_per_task = row_blocks.div_ceil(tasks) * MR;
+    let task = |out: &mut [f32], j0: usize| {
+        let rn = out.len() / cols;
+        A_BLOCK.with(|cell| {
+            let mut ap = cell.borrow_mut();
+            ap.resize(MC * KC, 0);
+            for m0 in (0..rn).step_by(MC) {
+                let mn = (rn - m0).min(MC);
+                let tiles = mn.div_ceil(MR);
+                for p0 in (0..pairs).step_by(KC) {
+                    let pc = (pairs - p0).min(KC);
+                    let ablock = &mut ap[..tiles * pc * MR];
+                    pack_a(j0 + m0, mn, p0, pc, ablock);
+                    for panel in 0..panels {
+                        let start = panel * pairs * NR + p0 * NR;
+                        let bblock = &b[start..start + pc * NR];
+                        let l0 = panel * NR;
+                        let width = (cols - l0).min(NR);
+                        for tile in 0..tiles {
+                            let r = m0 + tile * MR;
+                            let take = (mn - tile * MR).min(MR);
+                            micro_kernel(
+                                isa,
+                                Bf16Tile {
+                                    a: &ablock[tile * pc * MR..(tile + 1) * pc * MR],
+                                    b: bblock,
+                                    pairs: pc,
+                                    rows: take,
+                                    out: &mut out[r * cols..(r + take) * cols],
+                                    k: cols,
+                                    l0,
+                                    cols: width,
+                                    accumulate: accumulate || p0 > 0,
+                                },
+                            );
+                        }
+                    }
+                }
+            }
+        });
+    };
+    if tasks <= 1 {
+        task(c, 0);
+    } else {
+        c.par_chunks_mut(rows_per_task * cols)
+            .enumerate()
+            .for_each(|(t, out)| task(out, t * rows_per_task));
+    }
+}
+
+/// Packs an `A` block from an operand whose depth rows run along the output rows:
+/// `A(i, j0 + r) = row(i).0[r] * row(i).1` (`row(i).0` holds the block's `rn` values of depth
+/// row `i`; the factor is applied in fp32 before rounding). Each pair reads two contiguous
+/// rows, converts them in one vectorizable pass, then copies 6-lane runs into the tiles.
+pub(crate) fn pack_a_depth_rows<'a>(
+    dst: &mut [u32],
+    (rn, p0, pc, depth): (usize, usize, usize, usize),
+    row: impl Fn(usize) -> (&'a [f32], f32),
+) {
+    let mut buf = [0u32; MC];
+    for p in 0..pc {
+        let i = 2 * (p0 + p);
+        let (even, fe) = row(i);
+        let lanes = &mut buf[..rn];
+        if i + 1 < depth {
+            let (odd, fo) = row(i + 1);
+            for ((d, &e), &o) in lanes.iter_mut().zip(&even[..rn]).zip(&odd[..rn]) {
+                *d = pair(f32_to_bf16(e * fe), f32_to_bf16(o * fo));
+            }
+        } else {
+            for (d, &e) in lanes.iter_mut().zip(&even[..rn]) {
+                *d = pair(f32_to_bf16(e * fe), 0);
+            }
+        }
+        // Whole tiles as fixed 6-lane copies (a call to `memmove` per run was 2.5% of a step),
+        // then the ragged last tile.
+        let full = rn / MR;
+        for t in 0..full {
+            let at = t * pc * MR + p * MR;
+            dst[at..at + MR].copy_from_slice(&lanes[t * MR..t * MR + MR]);
+        }
+        for r in full * MR..rn {
+            dst[a_lane(r, p, pc)] = lanes[r];
+        }
+    }
+}
+
+/// Packs an `A` block from an operand whose output rows run along the depth:
+/// `A(i, j0 + r) = row(r)[i]` (`row(r)` holds the whole depth of output row `j0 + r`).
+pub(crate) fn pack_a_output_rows<'a>(
+    dst: &mut [u32],
+    (rn, p0, pc, depth): (usize, usize, usize, usize),
+    row: impl Fn(usize) -> &'a [f32],
+) {
+    let (i0, i1) = (2 * p0, (2 * (p0 + pc)).min(depth));
+    let mut buf = [0u16; 2 * KC];
+    for r in 0..rn {
+        let src = &row(r)[i0..i1];
+        // Convert the row in one vectorizable pass, then pair adjacent values.
+        let half = &mut buf[..src.len()];
+        for (h, &v) in half.iter_mut().zip(src) {
+            *h = f32_to_bf16(v);
+        }
+        let base = (r / MR) * pc * MR + r % MR;
+        let mut two = half.chunks_exact(2);
+        for (p, v) in two.by_ref().enumerate() {
+            dst[base + p * MR] = pair(v[0], v[1]);
+        }
+        if let [last] = two.remainder() {
+            dst[base + (pc - 1) * MR] = pair(*last, 0);
+        }
+    }
+}
+
+/// Packs an `A` block lane by lane from `lane(i, r)` (the bf16 of `A(i, j0 + r)`, only called
+/// for `i < depth`): the fallback for operands strided both ways.
+pub(crate) fn pack_a_lanes(
+    dst: &mut [u32],
+    (rn, p0, pc, depth): (usize, usize, usize, usize),
+    lane: impl Fn(usize, usize) -> u16,
+) {
+    let get = |i: usize, r: usize| if i < depth { lane(i, r) } else { 0 };
+    for r in 0..rn {
+        for p in 0..pc {
+            let i = 2 * (p0 + p);
+            dst[a_lane(r, p, pc)] = pair(get(i, r), get(i + 1, r));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every packer writes exactly the lanes the elementwise definition gives, at the positions
+    /// the micro-kernel reads, for ragged row counts and odd depths.
+    #[test]
+    fn packers_match_the_elementwise_definition() {
+        for (depth, width, j0, rn, p0, pc) in [
+            (67usize, 50usize, 3usize, 40usize, 0usize, 34usize),
+            (67, 50, 3, 40, 10, 24),
+            (64, 32, 0, 32, 16, 16),
+            (5, 13, 1, 7, 1, 2),
+            (200, 400, 0, MC, 96, 4),
+        ] {
+            let data: Vec<f32> =
+                (0..depth * width).map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.013).collect();
+            let s: Vec<f32> = (0..depth).map(|i| 0.5 + i as f32 * 0.7).collect();
+            let want_lane = |i: usize, r: usize, scaled: bool| {
+                if i >= depth {
+                    0
+                } else if scaled {
+                    f32_to_bf16(data[i * width + j0 + r] * s[i])
+                } else {
+                    f32_to_bf16(data[i * width + j0 + r])
+                }
+            };
+            let len = rn.div_ceil(MR) * pc * MR;
+            let mut want = vec![0u32; len];
+            let mut want_plain = vec![0u32; len];
+            for r in 0..rn {
+                for p in 0..pc {
+                    let i = 2 * (p0 + p);
+                    want[a_lane(r, p, pc)] = pair(want_lane(i, r, true), want_lane(i + 1, r, true));
+                    want_plain[a_lane(r, p, pc)] =
+                        pair(want_lane(i, r, false), want_lane(i + 1, r, false));
+                }
+            }
+            let dims = (rn, p0, pc, depth);
+            let mut got = vec![0u32; len];
+            pack_a_depth_rows(&mut got, dims, |i| {
+                (&data[i * width + j0..i * width + j0 + rn], s[i])
+            });
+            assert_eq!(got, want, "depth rows {dims:?}");
+            // The same operand transposed: output rows along the depth.
+            let t: Vec<f32> =
+                (0..width * depth).map(|x| data[(x % depth) * width + x / depth]).collect();
+            let mut got = vec![0u32; len];
+            pack_a_output_rows(&mut got, dims, |r| &t[(j0 + r) * depth..(j0 + r + 1) * depth]);
+            assert_eq!(got, want_plain, "output rows {dims:?}");
+            let mut got = vec![0u32; len];
+            pack_a_lanes(&mut got, dims, |i, r| f32_to_bf16(data[i * width + j0 + r]));
+            assert_eq!(got, want_plain, "lanes {dims:?}");
+        }
+    }
+}
