@@ -18,12 +18,15 @@ use crate::tensor::ParamLayout;
 pub struct ErrorFeedback<C> {
     inner: C,
     residual: Vec<f32>,
+    /// `update + residual`, then what its encoding lost: swapped with `residual` on success.
+    /// Kept across calls so a worker does not fault in a fresh arena-sized buffer per task.
+    scratch: Vec<f32>,
 }
 
 impl<C> ErrorFeedback<C> {
     /// Wraps `inner` with a zero residual.
     pub fn new(inner: C) -> Self {
-        Self { inner, residual: Vec::new() }
+        Self { inner, residual: Vec::new(), scratch: Vec::new() }
     }
 
     /// The residual carried into the next encode (empty before the first one).
@@ -57,13 +60,11 @@ impl<C: GradientCodec> GradientCodec for ErrorFeedback<C> {
             // First call, or another model: nothing carried over applies.
             self.residual = vec![0.0; update.len()];
         }
-        let combined: Vec<f32> = update.iter().zip(&self.residual).map(|(u, r)| u + r).collect();
+        self.scratch.clear();
+        self.scratch.extend(update.iter().zip(&self.residual).map(|(u, r)| u + r));
         // On any failure the residual is left as it was: a refused update carries nothing over.
-        let bytes = self.inner.encode(layout, &combined)?;
-        let sent = self.inner.decode(layout, &bytes)?;
-        for ((r, c), s) in self.residual.iter_mut().zip(&combined).zip(&sent) {
-            *r = c - s;
-        }
+        let bytes = self.inner.encode_keep_error(layout, &mut self.scratch)?;
+        std::mem::swap(&mut self.residual, &mut self.scratch);
         Ok(bytes)
     }
 

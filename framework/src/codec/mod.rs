@@ -64,6 +64,23 @@ pub trait GradientCodec: Send + Sync {
 
     /// Decodes a payload into an arena-sized update, refusing anything malformed or non-finite.
     fn decode(&self, layout: &ParamLayout, bytes: &[u8]) -> Result<Vec<f32>, CodecError>;
+
+    /// Encodes `values` like [`Self::encode`] and replaces each value with what the encoding
+    /// lost, `value - decode(payload)` (what [`ErrorFeedback`] carries to the next update). The
+    /// default encodes, decodes and subtracts; a codec may override it to do the same in one
+    /// pass, with bit-identical results. On error `values` may hold anything.
+    fn encode_keep_error(
+        &mut self,
+        layout: &ParamLayout,
+        values: &mut [f32],
+    ) -> Result<Vec<u8>, CodecError> {
+        let bytes = self.encode(layout, values)?;
+        let sent = self.decode(layout, &bytes)?;
+        for (v, s) in values.iter_mut().zip(&sent) {
+            *v -= s;
+        }
+        Ok(bytes)
+    }
 }
 
 /// Checks an update to encode has the layout's size and only finite values.
@@ -98,5 +115,13 @@ impl<C: GradientCodec + ?Sized> GradientCodec for Box<C> {
 
     fn decode(&self, layout: &ParamLayout, bytes: &[u8]) -> Result<Vec<f32>, CodecError> {
         (**self).decode(layout, bytes)
+    }
+
+    fn encode_keep_error(
+        &mut self,
+        layout: &ParamLayout,
+        values: &mut [f32],
+    ) -> Result<Vec<u8>, CodecError> {
+        (**self).encode_keep_error(layout, values)
     }
 }

@@ -44,6 +44,17 @@ fn encode_tensor(values: &[f32], out: &mut [u8]) {
     }
 }
 
+/// [`encode_tensor`], then replaces each value with `value - decoded`, computed exactly as the
+/// decoder computes `decoded` (`f32::from(q) * scale`), so the result is bit-identical to
+/// encoding, decoding and subtracting.
+fn encode_tensor_keep_error(values: &mut [f32], out: &mut [u8]) {
+    encode_tensor(values, out);
+    let scale = f32::from_le_bytes([out[0], out[1], out[2], out[3]]);
+    for (v, &b) in values.iter_mut().zip(&out[4..]) {
+        *v -= f32::from(b as i8) * scale;
+    }
+}
+
 impl GradientCodec for Int8Codec {
     fn wire_id(&self) -> &str {
         WIRE_ID
@@ -58,6 +69,19 @@ impl GradientCodec for Int8Codec {
         let lens: Vec<usize> = layout.tensors().iter().map(|t| 4 + t.numel()).collect();
         wire::seal(WIRE_ID, WIRE_VERSION, layout, &lens, |i, out| {
             encode_tensor(&update[layout.range(i)], out);
+            Ok(())
+        })
+    }
+
+    fn encode_keep_error(
+        &mut self,
+        layout: &ParamLayout,
+        values: &mut [f32],
+    ) -> Result<Vec<u8>, CodecError> {
+        check_update(layout, values)?;
+        let lens: Vec<usize> = layout.tensors().iter().map(|t| 4 + t.numel()).collect();
+        wire::seal(WIRE_ID, WIRE_VERSION, layout, &lens, |i, out| {
+            encode_tensor_keep_error(&mut values[layout.range(i)], out);
             Ok(())
         })
     }
@@ -211,6 +235,56 @@ mod tests {
         assert_eq!(plain_sum, 0.0);
         assert!((ef_sum - 1.0).abs() <= 1.0 / 127.0, "{ef_sum}");
         assert!((ef.residual()[1] - (1.0 - ef_sum)).abs() < 1e-4);
+    }
+
+    /// Int8 through the trait's default `encode_keep_error` (encode, decode, subtract).
+    struct ViaDecode;
+
+    impl GradientCodec for ViaDecode {
+        fn wire_id(&self) -> &str {
+            WIRE_ID
+        }
+        fn wire_version(&self) -> u16 {
+            WIRE_VERSION
+        }
+        fn encode(&mut self, l: &ParamLayout, u: &[f32]) -> Result<Vec<u8>, CodecError> {
+            Int8Codec.encode(l, u)
+        }
+        fn decode(&self, l: &ParamLayout, b: &[u8]) -> Result<Vec<f32>, CodecError> {
+            Int8Codec.decode(l, b)
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn one_pass_error_is_bit_identical_to_encode_decode_subtract(
+            values in proptest::collection::vec(-1e3f32..1e3, 1..300),
+            split in 0usize..300,
+        ) {
+            let split = split.min(values.len());
+            let specs = [("a", split), ("b", values.len() - split)]
+                .into_iter()
+                .filter(|(_, n)| *n > 0)
+                .map(|(name, n)| TensorSpec { name: name.into(), shape: vec![n], role: TensorRole::BitLinear })
+                .collect();
+            let l = ParamLayout::new(specs).expect("layout");
+            let (mut fast, mut slow) = (values.clone(), values.clone());
+            let a = Int8Codec.encode_keep_error(&l, &mut fast).expect("one pass");
+            let b = ViaDecode.encode_keep_error(&l, &mut slow).expect("default");
+            proptest::prop_assert_eq!(a, b);
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            proptest::prop_assert_eq!(bits(&fast), bits(&slow));
+        }
+    }
+
+    #[test]
+    fn one_pass_error_feedback_refuses_non_finite_and_keeps_the_residual() {
+        let l = layout(2);
+        let mut ef = ErrorFeedback::new(Int8Codec);
+        ef.encode(&l, &[1.0, 0.001]).expect("encode");
+        let before = ef.residual().to_vec();
+        assert!(ef.encode(&l, &[f32::NAN, 0.0]).is_err());
+        assert_eq!(ef.residual(), &before[..], "a refused update carries nothing over");
     }
 
     mod plain {
