@@ -138,6 +138,9 @@ fn two_worker_processes_train_and_a_killed_workers_task_is_re_leased() {
     let held = wait_for("w1 frozen while holding a task", LIMIT, || {
         let t = holding(&s)?;
         w1.signal("STOP");
+        // An upload w1 had fully sent before the signal is still applied (and completes the
+        // task as w1's); give the coordinator time for that before checking the task is held.
+        std::thread::sleep(Duration::from_millis(500));
         match holding(&s) {
             Some(now) if now.id == t.id && now.attempts == t.attempts => Some(now),
             _ => {

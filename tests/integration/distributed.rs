@@ -115,7 +115,9 @@ fn two_workers_train_until_every_task_is_done_and_loss_falls() {
     c.shutdown();
     assert_eq!(c.snapshot_version(), status.weight_version, "the final snapshot is written");
     let kept = c.snapshot_versions().expect("snapshots");
-    assert!(status.weight_version > 12, "enough versions to prune: {}", status.weight_version);
+    // 20 one-batch tasks, at most one per worker in each round: at least 10 versions, so at
+    // least 4 snapshots (0, 4, 8 and the final one) were written.
+    assert!(status.weight_version >= 10, "enough versions to prune: {}", status.weight_version);
     assert_eq!(kept.len(), 3, "all but the newest 3 snapshots are pruned: {kept:?}");
     assert_eq!(kept.last(), Some(&status.weight_version));
     server.shutdown();
