@@ -10,7 +10,7 @@ use bitnet_framework::coordinator::assemble::{
 use bitnet_framework::registry::Registry;
 use bitnet_framework::transport::{
     ApiError, CoordinatorApi, Credentials, Heartbeat, Registration, ServeContext, ServerHandle,
-    TaskRef, TaskState, UpdateUpload,
+    TaskRef, TaskSpec, TaskState, UpdateUpload,
 };
 use bitnet_framework::worker::{PackedTask, Worker, WorkerReport, windows};
 use bitnet_tests::dist;
@@ -69,6 +69,18 @@ fn packed_loss(config: &RunConfig, registry: &Registry, params: &[f32], tokens: 
         n += c;
     }
     (sum / n as f64) as f32
+}
+
+/// The upload of `payload` for `task`, computed on the task's weights over all its tokens.
+fn upload_of(task: &TaskSpec, payload: Vec<u8>) -> UpdateUpload {
+    UpdateUpload {
+        task: TaskRef { task_id: task.task_id, lease: task.lease },
+        base_version: task.weights_version,
+        loss: 1.0,
+        tokens: task.tokens,
+        seconds: 0.1,
+        payload,
+    }
 }
 
 fn all_tasks(c: &Coordinator) -> Vec<bitnet_framework::transport::TaskRecord> {
@@ -174,14 +186,7 @@ fn malformed_oversized_and_foreign_uploads_leave_the_weights_unchanged() {
     let task = c.claim("a").expect("claim").expect("a task");
     let (v0, p0) = c.params().expect("params");
     let t = TaskRef { task_id: task.task_id, lease: task.lease };
-    let up = |payload: Vec<u8>| UpdateUpload {
-        task: t,
-        base_version: task.weights_version,
-        loss: 1.0,
-        tokens: task.tokens,
-        seconds: 1.0,
-        payload,
-    };
+    let up = |payload: Vec<u8>| upload_of(&task, payload);
     let err = c.upload("a", up(b"not an update".to_vec())).expect_err("malformed");
     assert!(matches!(err, ApiError::Invalid(_)) && err.status() == 422, "{err}");
     let err = c.upload("a", up(vec![0; 200_000])).expect_err("oversized");
@@ -270,14 +275,7 @@ fn a_restarted_coordinator_loses_nothing_and_applies_nothing_twice() {
         let mut grads = vec![0.0; params.len()];
         kernel.forward_backward(&params, &batch.view(), &mut grads).expect("fb");
         let payload = codec.encode(kernel.layout(), &grads).expect("encode");
-        let upload = UpdateUpload {
-            task: TaskRef { task_id: task.task_id, lease: task.lease },
-            base_version: task.weights_version,
-            loss: 1.0,
-            tokens: task.tokens,
-            seconds: 0.1,
-            payload,
-        };
+        let upload = upload_of(&task, payload);
         assert!(c.upload("w", upload.clone()).expect("upload").accepted);
         let again = c.upload("w", upload).expect("a retried upload is idempotent");
         assert_eq!(c.version(), again.applied_version.expect("version"), "not applied twice");
@@ -396,25 +394,8 @@ fn diloco_tasks_carry_the_runs_schedule_step_and_packing() {
     // H x batch x seq_len = 4 x 4 x 16 tokens per DiLoCo task.
     assert_eq!(first.tokens, 256);
     let (_, params) = c.params().expect("params");
-    let parts = build_worker_parts(&config, &registry, {
-        let server = serve(&config, &registry, &c);
-        build_transport(&config, &registry)
-            .expect("t")
-            .connect(&server.endpoint(), dist::add_client(&c, "w-conn"))
-            .expect("c")
-    })
-    .expect("parts");
-    let mut codec = parts.codec;
-    let zero = codec.encode(parts.kernel.layout(), &vec![0.0; params.len()]).expect("encode");
-    let upload = UpdateUpload {
-        task: TaskRef { task_id: first.task_id, lease: first.lease },
-        base_version: 0,
-        loss: 1.0,
-        tokens: first.tokens,
-        seconds: 0.1,
-        payload: zero,
-    };
-    assert!(c.upload("w", upload).expect("upload").accepted);
+    let zero = encode_update(&config, &registry, &vec![0.0; params.len()]);
+    assert!(c.upload("w", upload_of(&first, zero)).expect("upload").accepted);
     let second = c.claim("w").expect("claim").expect("task");
     assert_eq!(second.weights_version, 1);
     assert_eq!(second.schedule_step, 4, "one outer step = H inner steps of the run");
@@ -468,13 +449,9 @@ fn updates_computed_on_one_version_are_averaged_into_one_step() {
     let (_, p0) = c.params().expect("params");
     let ga: Vec<f32> = (0..p0.len()).map(|i| ((i % 7) as f32 - 3.0) * 1e-3).collect();
     let gb: Vec<f32> = (0..p0.len()).map(|i| ((i % 5) as f32 - 2.0) * 2e-3).collect();
-    let upload = |t: &bitnet_framework::transport::TaskSpec, g: &[f32], tokens: u64| UpdateUpload {
-        task: TaskRef { task_id: t.task_id, lease: t.lease },
-        base_version: 0,
-        loss: 1.0,
+    let upload = |t: &TaskSpec, g: &[f32], tokens: u64| UpdateUpload {
         tokens,
-        seconds: 0.1,
-        payload: encode_update(&config, &registry, g),
+        ..upload_of(t, encode_update(&config, &registry, g))
     };
     let (wa, wb) = (48u64, 16u64);
     let first = c.upload("a", upload(&ta, &ga, wa)).expect("upload a");
@@ -538,14 +515,7 @@ fn a_round_stops_waiting_for_a_task_handed_back() {
     let tb = c.claim("b").expect("claim").expect("task b");
     let (_, p0) = c.params().expect("params");
     let g: Vec<f32> = (0..p0.len()).map(|i| ((i % 3) as f32 - 1.0) * 1e-3).collect();
-    let up = UpdateUpload {
-        task: TaskRef { task_id: ta.task_id, lease: ta.lease },
-        base_version: 0,
-        loss: 1.0,
-        tokens: ta.tokens,
-        seconds: 0.1,
-        payload: encode_update(&config, &registry, &g),
-    };
+    let up = upload_of(&ta, encode_update(&config, &registry, &g));
     assert!(c.upload("a", up).expect("upload").applied_version.is_none());
     let waiting = c.store().task(ta.task_id).expect("task").expect("task");
     assert_eq!(waiting.state, TaskState::Assigned, "not Done before its round's step");

@@ -637,9 +637,15 @@ impl Coordinator {
             }
             Err(_) => return,
         };
+        self.record_closed(applied, "closing a round");
+    }
+
+    /// Records a round closed off the request path (maintenance, shutdown), or logs why
+    /// closing it failed.
+    fn record_closed(&self, applied: Option<Result<Applied, ApiError>>, what: &str) {
         match applied {
             Some(Ok(a)) => self.record_applied(&a),
-            Some(Err(e)) => tracing::error!(error = %e, "closing a round failed"),
+            Some(Err(e)) => tracing::error!(error = %e, "{what} failed"),
             None => {}
         }
     }
@@ -750,11 +756,7 @@ impl Coordinator {
         }
         for e in &a.entries {
             self.metrics.tokens.fetch_add(e.tokens, Ordering::Relaxed);
-            let rate = if e.seconds > 0.0 && e.seconds.is_finite() {
-                e.tokens as f64 / e.seconds
-            } else {
-                0.0
-            };
+            let rate = rate(e.tokens, e.seconds);
             let recorded = self.store.record_throughput(&e.worker, rate).and_then(|()| {
                 self.store.record_telemetry(&TaskTelemetry {
                     task_id: e.task.task_id,
@@ -827,13 +829,7 @@ impl Coordinator {
                 self.queue_snapshot(&mut m);
             }
         }
-        match applied {
-            Some(Ok(a)) => self.record_applied(&a),
-            Some(Err(e)) => {
-                tracing::error!(error = %e, "applying the open round at shutdown failed")
-            }
-            None => {}
-        }
+        self.record_closed(applied, "applying the open round at shutdown");
         self.stopping.store(true, Ordering::SeqCst);
         if let Ok(mut tx) = self.snapshot_tx.lock() {
             tx.take();
@@ -946,7 +942,7 @@ impl Coordinator {
             worker: worker.into(),
             loss: upload.loss,
             tokens: upload.tokens,
-            tokens_per_sec: tps(upload),
+            tokens_per_sec: rate(upload.tokens, upload.seconds),
             staleness,
             accepted: false,
             version: 0,
@@ -972,12 +968,9 @@ struct Applied {
     entries: Vec<Entry>,
 }
 
-fn tps(upload: &UpdateUpload) -> f64 {
-    if upload.seconds > 0.0 && upload.seconds.is_finite() {
-        upload.tokens as f64 / upload.seconds
-    } else {
-        0.0
-    }
+/// Tokens per second of an update's compute (0 when the reported time is unusable).
+fn rate(tokens: u64, seconds: f64) -> f64 {
+    if seconds > 0.0 && seconds.is_finite() { tokens as f64 / seconds } else { 0.0 }
 }
 
 impl Drop for Coordinator {
@@ -1187,8 +1180,7 @@ impl CoordinatorApi for Coordinator {
             staleness,
             scale,
         };
-        m.round.add(entry, &update);
-        drop(update);
+        m.round.add(entry, update);
         let applied = if self.round_due(&m) { Some(self.apply_round(&mut m)?) } else { None };
         let (version, missing) = (m.version, m.round.missing());
         drop(m);

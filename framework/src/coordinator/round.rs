@@ -38,8 +38,11 @@ pub struct Entry {
 /// The open round: a token-weighted sum of updates plus the tasks still expected.
 #[derive(Default)]
 pub struct Round {
-    /// `sum(tokens_i * update_i)`; empty until the first update (kept allocated after).
+    /// `sum(tokens_i * update_i)`, or, while only one update carries tokens (`single`), that
+    /// update as it came: a one-update round (one worker, or `sync_rounds = false`) then costs
+    /// no pass over the arena and steps on the update exactly. Empty between rounds.
     sum: Vec<f32>,
+    single: bool,
     /// `sum(tokens_i)`.
     tokens: u64,
     /// `sum(tokens_i * scale_i)`.
@@ -118,15 +121,21 @@ impl Round {
 
     /// Adds `update` (weighted by `entry.tokens`). The caller has checked its length against
     /// the layout.
-    pub fn add(&mut self, entry: Entry, update: &[f32]) {
-        if self.sum.len() != update.len() {
-            self.sum.clear();
-            self.sum.resize(update.len(), 0.0);
-        }
+    pub fn add(&mut self, entry: Entry, update: Vec<f32>) {
         if entry.tokens > 0 {
-            let w = entry.tokens as f32;
-            for (s, u) in self.sum.iter_mut().zip(update) {
-                *s += w * u;
+            if self.tokens == 0 {
+                self.sum = update;
+                self.single = true;
+            } else {
+                if self.single {
+                    let w0 = self.tokens as f32;
+                    self.sum.iter_mut().for_each(|s| *s *= w0);
+                    self.single = false;
+                }
+                let w = entry.tokens as f32;
+                for (s, u) in self.sum.iter_mut().zip(&update) {
+                    *s += w * u;
+                }
             }
             self.tokens += entry.tokens;
             self.scaled += entry.tokens as f64 * f64::from(entry.scale);
@@ -141,9 +150,9 @@ impl Round {
         if self.tokens == 0 {
             return Closed { update: None, lr_scale: 1.0, tokens: 0 };
         }
-        let inv = 1.0 / self.tokens as f32;
-        for s in &mut self.sum {
-            *s *= inv;
+        if !self.single {
+            let inv = 1.0 / self.tokens as f32;
+            self.sum.iter_mut().for_each(|s| *s *= inv);
         }
         Closed {
             update: Some(&self.sum),
@@ -155,7 +164,10 @@ impl Round {
     /// Empties the round for the next version and returns its entries. Members are dropped:
     /// tasks leased on the old version are no longer waited for (their updates arrive stale).
     pub fn finish(&mut self) -> Vec<Entry> {
-        self.sum.iter_mut().for_each(|s| *s = 0.0);
+        // Release the arena-sized buffer between rounds; the next round's first update is
+        // moved in.
+        self.sum = Vec::new();
+        self.single = false;
         self.tokens = 0;
         self.scaled = 0.0;
         self.members.clear();
@@ -186,10 +198,10 @@ mod tests {
         let mut r = Round::default();
         r.expect(TaskRef { task_id: 1, lease: 1 });
         r.expect(TaskRef { task_id: 2, lease: 1 });
-        r.add(entry(1, "a", 100, 1.0), &[1.0, 2.0]);
+        r.add(entry(1, "a", 100, 1.0), vec![1.0, 2.0]);
         assert_eq!(r.missing(), 1);
         assert!(r.has_update_from("a") && !r.has_update_from("b"));
-        r.add(entry(2, "b", 300, 0.5), &[5.0, -2.0]);
+        r.add(entry(2, "b", 300, 0.5), vec![5.0, -2.0]);
         assert_eq!(r.missing(), 0);
         let closed = r.close();
         assert_eq!(closed.tokens, 400);
@@ -200,14 +212,14 @@ mod tests {
         assert_eq!(r.generation(), 1);
         assert!(r.is_empty() && r.opened().is_none());
         // The next round starts from zero.
-        r.add(entry(3, "a", 10, 1.0), &[3.0, 3.0]);
+        r.add(entry(3, "a", 10, 1.0), vec![3.0, 3.0]);
         assert_eq!(r.close().update, Some(&[3.0f32, 3.0][..]));
     }
 
     #[test]
     fn a_round_of_tokenless_updates_takes_no_step() {
         let mut r = Round::default();
-        r.add(entry(1, "a", 0, 1.0), &[1.0]);
+        r.add(entry(1, "a", 0, 1.0), vec![1.0]);
         assert!(r.close().update.is_none());
         assert_eq!(r.finish().len(), 1);
     }

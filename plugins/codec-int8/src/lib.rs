@@ -55,6 +55,19 @@ fn encode_tensor_keep_error(values: &mut [f32], out: &mut [u8]) {
     }
 }
 
+/// A payload of one section per tensor (a scale and `numel` int8 values), each written by
+/// `fill(tensor index, section)`.
+fn seal_sections(
+    layout: &ParamLayout,
+    mut fill: impl FnMut(usize, &mut [u8]),
+) -> Result<Vec<u8>, CodecError> {
+    let lens: Vec<usize> = layout.tensors().iter().map(|t| 4 + t.numel()).collect();
+    wire::seal(WIRE_ID, WIRE_VERSION, layout, &lens, |i, out| {
+        fill(i, out);
+        Ok(())
+    })
+}
+
 impl GradientCodec for Int8Codec {
     fn wire_id(&self) -> &str {
         WIRE_ID
@@ -66,11 +79,7 @@ impl GradientCodec for Int8Codec {
 
     fn encode(&mut self, layout: &ParamLayout, update: &[f32]) -> Result<Vec<u8>, CodecError> {
         check_update(layout, update)?;
-        let lens: Vec<usize> = layout.tensors().iter().map(|t| 4 + t.numel()).collect();
-        wire::seal(WIRE_ID, WIRE_VERSION, layout, &lens, |i, out| {
-            encode_tensor(&update[layout.range(i)], out);
-            Ok(())
-        })
+        seal_sections(layout, |i, out| encode_tensor(&update[layout.range(i)], out))
     }
 
     fn encode_keep_error(
@@ -79,11 +88,7 @@ impl GradientCodec for Int8Codec {
         values: &mut [f32],
     ) -> Result<Vec<u8>, CodecError> {
         check_update(layout, values)?;
-        let lens: Vec<usize> = layout.tensors().iter().map(|t| 4 + t.numel()).collect();
-        wire::seal(WIRE_ID, WIRE_VERSION, layout, &lens, |i, out| {
-            encode_tensor_keep_error(&mut values[layout.range(i)], out);
-            Ok(())
-        })
+        seal_sections(layout, |i, out| encode_tensor_keep_error(&mut values[layout.range(i)], out))
     }
 
     fn decode(&self, layout: &ParamLayout, bytes: &[u8]) -> Result<Vec<f32>, CodecError> {
