@@ -403,6 +403,36 @@ fn diloco_tasks_carry_the_runs_schedule_step_and_packing() {
 }
 
 #[test]
+fn schedule_unit_tokens_sets_both_modes_schedule_index_and_length() {
+    use bitnet_framework::coordinator::assemble::schedule_steps;
+    let dir = bitnet_tests::temp_dir();
+    let registry = dist::registry();
+    let unit = ["train.token_budget=1000", "coordinator.schedule_unit_tokens=128"];
+    for mode in ["train.mode=async-sgd", "train.mode=diloco"] {
+        let with_unit = dist::tiny_config(dir.path(), &[unit[0], unit[1], mode]);
+        assert_eq!(schedule_steps(&with_unit), 8, "{mode}: ceil(1000 / 128)");
+        let without = dist::tiny_config(dir.path(), &[unit[0], mode]);
+        // Without the unit: diloco counts batches of 4 x 16, async-sgd (uncapped) train.steps.
+        let expected = if mode.ends_with("diloco") { 16 } else { without.train.steps };
+        assert_eq!(schedule_steps(&without), expected, "{mode} without a unit");
+    }
+    let config = dist::tiny_config(
+        dir.path(),
+        &["train.mode=diloco", "codec.type=fp32", "coordinator.schedule_unit_tokens=128"],
+    );
+    let c = dist::start_coordinator(&config, &registry, dist::example_corpus(1, 80), 0, 1 << 20);
+    register(&c, &config, &registry, "w");
+    let first = c.claim("w").expect("claim").expect("task");
+    assert_eq!((first.tokens, first.schedule_step), (256, 0));
+    let (_, params) = c.params().expect("params");
+    let zero = encode_update(&config, &registry, &vec![0.0; params.len()]);
+    assert!(c.upload("w", upload_of(&first, zero)).expect("upload").accepted);
+    let second = c.claim("w").expect("claim").expect("task");
+    assert_eq!(second.schedule_step, 2, "256 tokens applied / 128-token unit");
+    c.shutdown();
+}
+
+#[test]
 fn every_shipped_config_passes_the_distributed_checks() {
     let registry = dist::registry();
     let mut failures = Vec::new();

@@ -56,16 +56,18 @@ pub fn kernel_and_context(
 
 /// Steps the learning-rate schedules of a distributed run span (the coordinator's optimizer in
 /// async-sgd, the workers' inner optimizer in diloco), so a schedule ends when the token budget
-/// does. With `train.token_budget` set: async-sgd with `coordinator.max_task_tokens` takes one
-/// step per task, so `budget / max_task_tokens`; diloco indexes its inner schedule by the run's
-/// step (weight version x inner steps; each version covers `inner_steps x batch_size x seq_len`
-/// tokens), so `budget / (batch_size x seq_len)`. Otherwise (one epoch, or async-sgd tasks sized
+/// does. With `train.token_budget` set, `budget / unit`, the unit being
+/// `coordinator.schedule_unit_tokens` if set, else async-sgd's `coordinator.max_task_tokens`
+/// (one step per capped task) or diloco's batch (`batch_size x seq_len`; its inner schedule is
+/// indexed by tokens applied / batch tokens). Otherwise (one epoch, or async-sgd tasks sized
 /// by time) `train.steps`.
 pub fn schedule_steps(config: &RunConfig) -> u64 {
     let budget = config.train.token_budget;
     let batch = (config.train.batch_size.max(1) * config.model.seq_len.max(1)) as u64;
+    let unit = config.coordinator.schedule_unit_tokens;
     match (config.train.mode, config.coordinator.max_task_tokens) {
         _ if budget == 0 => config.train.steps,
+        _ if unit > 0 => budget.div_ceil(unit),
         (TrainMode::AsyncSgd, 0) => config.train.steps,
         (TrainMode::AsyncSgd, cap) => budget.div_ceil(cap),
         (TrainMode::Diloco, _) => budget.div_ceil(batch),

@@ -91,6 +91,14 @@ pub struct CoordinatorSection {
     pub sync_rounds: bool,
     /// Longest an open round waits for missing updates after its first one, seconds.
     pub round_wait_secs: f64,
+    /// Example tokens per step of the learning-rate schedules of a run with a token budget
+    /// (the coordinator's optimizer in async-sgd, the workers' inner optimizer in diloco): the
+    /// schedule's step index is tokens applied / this, and it spans `token_budget / this`
+    /// steps, so warm-up and decay happen at the same point of the data however many workers
+    /// share a round. Set it to the example tokens of one single-process batch to give a
+    /// distributed run `bitnet train`'s schedule. 0 = `max_task_tokens` in async-sgd (one step
+    /// per capped task), `batch_size x seq_len` in diloco.
+    pub schedule_unit_tokens: u64,
 }
 
 impl Default for CoordinatorSection {
@@ -112,6 +120,7 @@ impl Default for CoordinatorSection {
             max_task_tokens: 0,
             sync_rounds: true,
             round_wait_secs: 120.0,
+            schedule_unit_tokens: 0,
         }
     }
 }
@@ -660,23 +669,31 @@ impl Coordinator {
                     .is_some_and(|t| t.elapsed().as_secs_f64() >= self.settings.round_wait_secs))
     }
 
-    /// The optimizer's step index (drives its schedule). async-sgd with a task cap: tokens
-    /// applied / cap, so the schedule spans the token budget however many tasks a round holds
-    /// ([`assemble::schedule_steps`] sizes it as budget / cap); otherwise the weight version.
+    /// The optimizer's step index (drives its schedule): tokens applied / the schedule unit
+    /// (`schedule_unit_tokens`, else async-sgd's task cap) so the schedule spans the token
+    /// budget however many tasks a round holds ([`assemble::schedule_steps`] sizes it the same
+    /// way); without either, the weight version.
     fn schedule_position(&self, m: &ModelState) -> u64 {
-        match (self.shape.mode, self.settings.max_task_tokens) {
-            (TrainMode::AsyncSgd, cap) if cap > 0 => m.tokens_applied / cap,
+        match (self.shape.mode, self.settings.schedule_unit_tokens, self.settings.max_task_tokens) {
+            (_, unit, _) if unit > 0 => m.tokens_applied / unit,
+            (TrainMode::AsyncSgd, _, cap) if cap > 0 => m.tokens_applied / cap,
             _ => m.version,
         }
     }
 
     /// The step a task's schedule starts at: for diloco's inner optimizer, tokens applied /
-    /// batch tokens (its schedule spans budget / batch tokens); for async-sgd, the
-    /// coordinator's own step index.
+    /// the schedule unit (`schedule_unit_tokens`, else batch tokens; its schedule spans budget
+    /// / that unit); for async-sgd, the coordinator's own step index.
     fn task_schedule_step(&self, m: &ModelState) -> u64 {
         match self.shape.mode {
             TrainMode::AsyncSgd => self.schedule_position(m),
-            TrainMode::Diloco => m.tokens_applied / self.shape.batch_tokens().max(1),
+            TrainMode::Diloco => {
+                let unit = match self.settings.schedule_unit_tokens {
+                    0 => self.shape.batch_tokens(),
+                    unit => unit,
+                };
+                m.tokens_applied / unit.max(1)
+            }
         }
     }
 
