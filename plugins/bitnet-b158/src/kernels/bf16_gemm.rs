@@ -13,33 +13,44 @@
 //! [`super::bf16_tiles`]; `B` is packed once per call (in parallel over 64-column panels) into
 //! a reused thread-local buffer, `A` one block at a time.
 
+use super::bf16::MR;
 use super::bf16::{BF16_PATHS, NR, f32_to_bf16};
-use super::bf16_tiles::{pack_a_depth_rows, pack_a_lanes, pack_a_output_rows, pair, run_blocked};
+use super::bf16_tiles::{
+    pack_a_depth_rows, pack_a_depth_rows_bf16, pack_a_lanes, pack_a_output_rows, pair, run_blocked,
+};
 use super::{GemmError, Isa, check_isa, check_len, checked_area};
 use rayon::prelude::*;
 use std::cell::RefCell;
 
-/// A strided fp32 operand of `depth x width` elements: element `(i, j)` is
+/// A strided operand of `depth x width` elements: element `(i, j)` is
 /// `data[i * depth_stride + j * width_stride]`.
 #[derive(Debug, Clone, Copy)]
-pub struct StridedF32<'a> {
+pub struct Strided<'a, T> {
     /// The backing elements.
-    pub data: &'a [f32],
+    pub data: &'a [T],
     /// Distance between consecutive elements along the summed (depth) index `i`.
     pub depth_stride: usize,
     /// Distance between consecutive elements along the output index.
     pub width_stride: usize,
 }
 
-impl<'a> StridedF32<'a> {
+/// An fp32 operand (rounded to bf16 as it is packed).
+pub type StridedF32<'a> = Strided<'a, f32>;
+
+/// An operand already rounded to bf16, as bit patterns (the LM head's output gradient,
+/// converted once while the cross-entropy writes it). Packing it only moves 16-bit lanes: no
+/// conversion, and half the bytes of the fp32 operand to read.
+pub type StridedBf16<'a> = Strided<'a, u16>;
+
+impl<'a, T> Strided<'a, T> {
     /// Row-major `rows x cols` matrix whose rows run along the depth index.
-    pub fn depth_major(data: &'a [f32], cols: usize) -> Self {
+    pub fn depth_major(data: &'a [T], cols: usize) -> Self {
         Self { data, depth_stride: cols, width_stride: 1 }
     }
 
     /// Row-major `rows x cols` matrix whose columns run along the depth index (its transpose
     /// is the operand).
-    pub fn width_major(data: &'a [f32], cols: usize) -> Self {
+    pub fn width_major(data: &'a [T], cols: usize) -> Self {
         Self { data, depth_stride: 1, width_stride: cols }
     }
 
@@ -61,7 +72,9 @@ impl<'a> StridedF32<'a> {
         }
         Ok(())
     }
+}
 
+impl StridedF32<'_> {
     #[inline(always)]
     fn bf16(&self, i: usize, j: usize) -> u16 {
         f32_to_bf16(self.data[i * self.depth_stride + j * self.width_stride])
@@ -74,30 +87,32 @@ thread_local! {
 }
 
 /// `c[j][l] (+)= sum_i a(i, j) * b(i, l)` for the row-major `rows x cols` output `c`, `a`
-/// of `depth x rows` and `b` of `depth x cols`, with bf16 products and fp32 sums. Best path of
-/// this CPU.
-pub fn gemm_bf16(
+/// of `depth x rows` and `b` of `depth x cols`, with bf16 products and fp32 sums. `a` is fp32
+/// ([`StridedF32`]) or already bf16 ([`StridedBf16`]): a bf16 operand reaches the micro-kernel
+/// as the same lanes as its fp32 values would, so both give bit-identical results. Best path
+/// of this CPU.
+pub fn gemm_bf16<A: LeftOperand>(
     c: &mut [f32],
-    (rows, cols, depth): (usize, usize, usize),
-    a: StridedF32<'_>,
+    dims: (usize, usize, usize),
+    a: A,
     b: StridedF32<'_>,
     accumulate: bool,
 ) -> Result<(), GemmError> {
-    gemm_bf16_with(Isa::best_among(&BF16_PATHS), c, (rows, cols, depth), a, b, accumulate)
+    gemm_bf16_with(Isa::best_among(&BF16_PATHS), c, dims, a, b, accumulate)
 }
 
 /// [`gemm_bf16`] on the given path.
-pub fn gemm_bf16_with(
+pub fn gemm_bf16_with<A: LeftOperand>(
     isa: Isa,
     c: &mut [f32],
     (rows, cols, depth): (usize, usize, usize),
-    a: StridedF32<'_>,
+    a: A,
     b: StridedF32<'_>,
     accumulate: bool,
 ) -> Result<(), GemmError> {
     check_isa("gemm_bf16", isa, &BF16_PATHS)?;
     check_len("output", checked_area("output", rows, cols)?, c.len())?;
-    a.check("left operand", depth, rows)?;
+    a.check_left(depth, rows)?;
     b.check("right operand", depth, cols)?;
     if rows == 0 || cols == 0 {
         return Ok(());
@@ -117,10 +132,84 @@ pub fn gemm_bf16_with(
     bp.resize(b_len, 0);
     pack_b(b, depth, cols, &mut bp);
     run_blocked(isa, c, (rows, cols, pairs), &bp, accumulate, 4, |j0, rn, p0, pc, dst| {
-        pack_a(a, depth, j0, (rn, p0, pc), dst)
+        a.pack_block(depth, j0, (rn, p0, pc), dst)
     });
     B_PACK.with(|p| *p.borrow_mut() = bp);
     Ok(())
+}
+
+/// The left operand of [`gemm_bf16`]: how its `A` blocks are packed.
+pub trait LeftOperand: Copy + Sync {
+    /// Checks that the operand holds `depth x rows` elements.
+    fn check_left(&self, depth: usize, rows: usize) -> Result<(), GemmError>;
+    /// Packs the `A` block of output rows `j0 .. j0 + rn` and pairs `p0 .. p0 + pc` for
+    /// [`run_blocked`] (`[tile][pair][MR]` lanes).
+    fn pack_block(&self, depth: usize, j0: usize, block: (usize, usize, usize), dst: &mut [u32]);
+}
+
+impl LeftOperand for StridedF32<'_> {
+    fn check_left(&self, depth: usize, rows: usize) -> Result<(), GemmError> {
+        self.check("left operand", depth, rows)
+    }
+
+    fn pack_block(
+        &self,
+        depth: usize,
+        j0: usize,
+        (rn, p0, pc): (usize, usize, usize),
+        dst: &mut [u32],
+    ) {
+        let (ds, ws) = (self.depth_stride, self.width_stride);
+        let dims = (rn, p0, pc, depth);
+        let data = self.data;
+        if ds == 1 {
+            // Each output row is contiguous along the depth: adjacent values are the pairs.
+            pack_a_output_rows(dst, dims, |r| &data[(j0 + r) * ws..(j0 + r) * ws + depth]);
+        } else if ws == 1 {
+            // Depth rows contiguous along the output rows (scaling by 1 is exact).
+            pack_a_depth_rows(dst, dims, |i| (&data[i * ds + j0..i * ds + j0 + rn], 1.0));
+        } else {
+            pack_a_lanes(dst, dims, |i, r| self.bf16(i, j0 + r));
+        }
+    }
+}
+
+impl LeftOperand for StridedBf16<'_> {
+    fn check_left(&self, depth: usize, rows: usize) -> Result<(), GemmError> {
+        self.check("left operand", depth, rows)
+    }
+
+    fn pack_block(
+        &self,
+        depth: usize,
+        j0: usize,
+        (rn, p0, pc): (usize, usize, usize),
+        dst: &mut [u32],
+    ) {
+        let (ds, ws) = (self.depth_stride, self.width_stride);
+        let dims = (rn, p0, pc, depth);
+        let data = self.data;
+        if ds == 1 {
+            // Each output row is contiguous along the depth: adjacent lanes are the pairs.
+            let (i0, i1) = (2 * p0, (2 * (p0 + pc)).min(depth));
+            for r in 0..rn {
+                let src = &data[(j0 + r) * ws + i0..(j0 + r) * ws + i1];
+                let base = (r / MR) * pc * MR + r % MR;
+                let mut two = src.chunks_exact(2);
+                for (p, v) in two.by_ref().enumerate() {
+                    dst[base + p * MR] = pair(v[0], v[1]);
+                }
+                if let [last] = two.remainder() {
+                    dst[base + (pc - 1) * MR] = pair(*last, 0);
+                }
+            }
+        } else if ws == 1 {
+            // Depth rows contiguous along the output rows: interleave two rows per pair.
+            pack_a_depth_rows_bf16(dst, dims, |i| &data[i * ds + j0..i * ds + j0 + rn]);
+        } else {
+            pack_a_lanes(dst, dims, |i, r| data[i * ds + (j0 + r) * ws]);
+        }
+    }
 }
 
 /// Packs `b` (`depth x cols`) into bf16 pairs along the depth, one 64-column panel per task.
@@ -131,10 +220,18 @@ fn pack_b(b: StridedF32<'_>, depth: usize, cols: usize, dst: &mut [u32]) {
         let width = (cols - l0).min(NR);
         let lane = |i: usize, l: usize| if i < depth { b.bf16(i, l) } else { 0 };
         if b.depth_stride == 1 {
-            // Depth runs along memory: walk each column down the depth.
+            // Depth runs along memory (the LM head's weights in its forward): convert each
+            // column's whole depth in one vectorizable pass, then scatter its pairs down the
+            // panel.
+            let ws = b.width_stride;
+            let mut half = vec![0u16; 2 * pairs];
             for c in 0..width {
-                for p in 0..pairs {
-                    dst[p * NR + c] = pair(lane(2 * p, l0 + c), lane(2 * p + 1, l0 + c));
+                let col = &b.data[(l0 + c) * ws..(l0 + c) * ws + depth];
+                for (h, &v) in half.iter_mut().zip(col) {
+                    *h = f32_to_bf16(v);
+                }
+                for (p, v) in half.chunks_exact(2).enumerate() {
+                    dst[p * NR + c] = pair(v[0], v[1]);
                 }
             }
         } else if b.width_stride == 1 {
@@ -164,30 +261,9 @@ fn pack_b(b: StridedF32<'_>, depth: usize, cols: usize, dst: &mut [u32]) {
     });
 }
 
-/// Packs the `A` block of output rows `j0 .. j0 + rn` and pairs `p0 .. p0 + pc` of `a`
-/// (`depth x rows`) for [`run_blocked`].
-fn pack_a(
-    a: StridedF32<'_>,
-    depth: usize,
-    j0: usize,
-    (rn, p0, pc): (usize, usize, usize),
-    dst: &mut [u32],
-) {
-    let (ds, ws) = (a.depth_stride, a.width_stride);
-    let dims = (rn, p0, pc, depth);
-    if ds == 1 {
-        // Each output row is contiguous along the depth: adjacent values are the pairs.
-        pack_a_output_rows(dst, dims, |r| &a.data[(j0 + r) * ws..(j0 + r) * ws + depth]);
-    } else if ws == 1 {
-        // Depth rows contiguous along the output rows (scaling by 1 is exact).
-        pack_a_depth_rows(dst, dims, |i| (&a.data[i * ds + j0..i * ds + j0 + rn], 1.0));
-    } else {
-        pack_a_lanes(dst, dims, |i, r| a.bf16(i, j0 + r));
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use super::super::bf16::bf16_to_f32;
     use super::super::bf16_tiles::{KC, MC};
     use super::*;
     use proptest::prelude::*;
@@ -228,6 +304,58 @@ mod tests {
                 )
             },
         )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(32))]
+        /// An operand given in bf16 reaches the micro-kernel as the same lanes as its fp32
+        /// values do: results equal bit for bit, on every path, both layouts.
+        #[test]
+        fn bf16_left_operand_is_bit_identical_to_its_fp32_values(
+            (rows, cols, depth, lay, ad, bd) in case(),
+            threads in 1usize..3,
+        ) {
+            let a16: Vec<u16> = ad.iter().map(|&v| f32_to_bf16(v)).collect();
+            let widened: Vec<f32> = a16.iter().map(|&h| bf16_to_f32(h)).collect();
+            let (a, a_16) = if lay & 1 == 0 {
+                (StridedF32::depth_major(&widened, rows), StridedBf16::depth_major(&a16, rows))
+            } else {
+                (StridedF32::width_major(&widened, depth), StridedBf16::width_major(&a16, depth))
+            };
+            let b = if lay & 2 == 0 {
+                StridedF32::depth_major(&bd, cols)
+            } else {
+                StridedF32::width_major(&bd, depth)
+            };
+            for isa in Isa::available_among(&BF16_PATHS) {
+                let mut want = vec![0.5f32; rows * cols];
+                let mut got = want.clone();
+                let run = |c: &mut [f32], sixteen: bool| {
+                    pool(threads).install(|| {
+                        if sixteen {
+                            gemm_bf16_with(isa, c, (rows, cols, depth), a_16, b, true)
+                        } else {
+                            gemm_bf16_with(isa, c, (rows, cols, depth), a, b, true)
+                        }
+                    })
+                };
+                run(&mut want, false).expect("fp32 operand");
+                run(&mut got, true).expect("bf16 operand");
+                let same = want.iter().zip(&got).all(|(x, y)| x.to_bits() == y.to_bits());
+                prop_assert!(same, "{:?}: bf16 operand differs", isa);
+            }
+        }
+    }
+
+    #[test]
+    fn bf16_operand_shape_errors() {
+        let a = [0u16; 6];
+        let b = [0.0f32; 6];
+        let mut c = vec![0.0; 4];
+        let (a2, b2) = (StridedBf16::depth_major(&a, 2), StridedF32::depth_major(&b, 2));
+        assert!(gemm_bf16(&mut c, (2, 2, 3), a2, b2, false).is_ok());
+        let err = gemm_bf16(&mut c, (2, 2, 4), a2, b2, false).expect_err("too deep");
+        assert!(err.to_string().contains("left operand"), "{err}");
     }
 
     proptest! {

@@ -143,16 +143,48 @@ pub(crate) fn pack_a_depth_rows<'a>(
                 *d = pair(f32_to_bf16(e * fe), 0);
             }
         }
-        // Whole tiles as fixed 6-lane copies (a call to `memmove` per run was 2.5% of a step),
-        // then the ragged last tile.
-        let full = rn / MR;
-        for t in 0..full {
-            let at = t * pc * MR + p * MR;
-            dst[at..at + MR].copy_from_slice(&lanes[t * MR..t * MR + MR]);
+        scatter_pair_lanes(dst, lanes, p, pc);
+    }
+}
+
+/// [`pack_a_depth_rows`] for an operand already in bf16 (`row(i)` holds the block's `rn`
+/// lanes of depth row `i`; no factor).
+pub(crate) fn pack_a_depth_rows_bf16<'a>(
+    dst: &mut [u32],
+    (rn, p0, pc, depth): (usize, usize, usize, usize),
+    row: impl Fn(usize) -> &'a [u16],
+) {
+    let mut buf = [0u32; MC];
+    for p in 0..pc {
+        let i = 2 * (p0 + p);
+        let even = &row(i)[..rn];
+        let lanes = &mut buf[..rn];
+        if i + 1 < depth {
+            for ((d, &e), &o) in lanes.iter_mut().zip(even).zip(&row(i + 1)[..rn]) {
+                *d = pair(e, o);
+            }
+        } else {
+            for (d, &e) in lanes.iter_mut().zip(even) {
+                *d = pair(e, 0);
+            }
         }
-        for r in full * MR..rn {
-            dst[a_lane(r, p, pc)] = lanes[r];
-        }
+        scatter_pair_lanes(dst, lanes, p, pc);
+    }
+}
+
+/// Copies pair `p` of a block's rows (`lanes[r]` for row `r`) to their tile positions.
+#[inline(always)]
+fn scatter_pair_lanes(dst: &mut [u32], lanes: &[u32], p: usize, pc: usize) {
+    // Whole tiles as fixed 6-lane copies (a call to `memmove` per run was 2.5% of a step),
+    // then the ragged last tile.
+    let rn = lanes.len();
+    let full = rn / MR;
+    for t in 0..full {
+        let at = t * pc * MR + p * MR;
+        dst[at..at + MR].copy_from_slice(&lanes[t * MR..t * MR + MR]);
+    }
+    for r in full * MR..rn {
+        dst[a_lane(r, p, pc)] = lanes[r];
     }
 }
 

@@ -39,8 +39,9 @@ fn gradient_norms_within_2e_2_of_fp32() {
     let mut gmx = vec![0.0; params.len()];
     let l32 = fp32.forward_backward(&params, &batch, &mut g32).expect("fp32");
     let lmx = mixed.forward_backward(&params, &batch, &mut gmx).expect("mixed");
-    // The int8 forward is the exact integer product: same loss up to float rounding.
-    assert!((l32 - lmx).abs() <= 1e-4 * l32.abs(), "loss {l32} vs {lmx}");
+    // The int8 forward is the exact integer product; only the LM head's bf16 products move
+    // the loss (by at most twice the largest logit error, ~1e-4 relative).
+    assert!((l32 - lmx).abs() <= 1e-3 * l32.abs(), "loss {l32} vs {lmx}");
     assert_eq!(mixed.forward_loss(&params, &batch).expect("eval"), lmx);
     for ((name, a), (_, b)) in norms(&fp32, &g32).into_iter().zip(norms(&mixed, &gmx)) {
         assert!((a - b).abs() <= 2e-2 * a, "{name}: fp32 {a} vs mixed {b}");
