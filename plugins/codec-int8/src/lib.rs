@@ -1,10 +1,17 @@
 //! Gradient codecs "int8" and "int8-ef".
 //!
-//! Each tensor is sent as one f32 scale `s = max|g| / 127` followed by `round(g / s)` as int8
-//! (values in -127..=127, round half to even): about a quarter of fp32's bytes, with an error of
-//! at most `s / 2` per value. "int8-ef" wraps the same codec in
+//! Each tensor is sent as absmax int8: f32 scales `s = max|g| / 127` and `round(g / s)` as
+//! int8 (values in -127..=127, round half to even), about a quarter of fp32's bytes, with an
+//! error of at most `s / 2` per value. By default one scale covers the whole tensor; the
+//! `block` option gives every run of `block` values its own scale (4 bytes per block), so
+//! values far below the tensor's largest (the rows of rare tokens in the embedding and LM head)
+//! keep their resolution. "int8-ef" wraps the same codec in
 //! [`ErrorFeedback`](bitnet_framework::codec::ErrorFeedback), so what each worker loses to
 //! rounding is carried into its next update; both read and write the same payloads.
+//!
+//! Section of a tensor of `n` values (wire version 2): `block` as a little-endian u32 (0 = the
+//! whole tensor), the scales (one, or `ceil(n / block)`) as little-endian f32, the `n` int8
+//! values.
 
 use bitnet_framework::codec::{CodecError, ErrorFeedback, GradientCodec, check_update, wire};
 use bitnet_framework::registry::{BuildError, PluginConfig};
@@ -14,9 +21,10 @@ use serde::{Deserialize, Serialize};
 
 /// Wire id of both codecs (error feedback does not change the payload).
 pub const WIRE_ID: &str = "int8";
-/// Version of this codec's section format.
-pub const WIRE_VERSION: u16 = 1;
-/// One-step tolerance: `|decoded - g| <= TOLERANCE * max|g|` per tensor.
+/// Version of this codec's section format (2: the block size and per-block scales).
+pub const WIRE_VERSION: u16 = 2;
+/// One-step tolerance: `|decoded - g| <= TOLERANCE * max|g|` per tensor (per block with
+/// `block`, which only tightens it).
 pub const TOLERANCE: f32 = 0.5 / 127.0;
 
 /// Adding then subtracting 1.5 * 2^23 rounds an f32 of magnitude below 2^22 to an integer,
@@ -24,48 +32,71 @@ pub const TOLERANCE: f32 = 0.5 / 127.0;
 /// SSE4.1).
 const ROUND_MAGIC: f32 = 12_582_912.0;
 
-/// The per-tensor absmax int8 codec, without error feedback. Stateless.
+/// The absmax int8 codec, without error feedback. Stateless.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct Int8Codec;
+pub struct Int8Codec {
+    /// Values per scale (0 = one scale per tensor).
+    pub block: u32,
+}
 
-fn encode_tensor(values: &[f32], out: &mut [u8]) {
-    let max = values.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-    let scale = max / 127.0;
-    let (head, body) = out.split_at_mut(4);
-    head.copy_from_slice(&scale.to_le_bytes());
-    if max == 0.0 {
-        // All zeros: the zeroed section already says so.
-        return;
+impl Int8Codec {
+    /// One scale per tensor.
+    pub const PER_TENSOR: Self = Self { block: 0 };
+
+    /// Values per scale for a tensor of `numel` values.
+    fn chunk(block: u32, numel: usize) -> usize {
+        match block {
+            0 => numel.max(1),
+            b => b as usize,
+        }
     }
-    let inv = 127.0 / max;
-    for (o, v) in body.iter_mut().zip(values) {
-        let q = ((v * inv + ROUND_MAGIC) - ROUND_MAGIC).clamp(-127.0, 127.0);
-        *o = (q as i8) as u8;
+
+    /// Bytes of a tensor's section.
+    fn section_len(block: u32, numel: usize) -> usize {
+        4 + 4 * numel.div_ceil(Self::chunk(block, numel)).max(1) + numel
+    }
+}
+
+/// Writes the section of `values` (length [`Int8Codec::section_len`]).
+fn encode_tensor(values: &[f32], block: u32, out: &mut [u8]) {
+    let chunk = Int8Codec::chunk(block, values.len());
+    let scales = values.len().div_ceil(chunk).max(1);
+    let (head, rest) = out.split_at_mut(4);
+    head.copy_from_slice(&block.to_le_bytes());
+    let (scale_bytes, body) = rest.split_at_mut(4 * scales);
+    for ((vals, q), sb) in
+        values.chunks(chunk).zip(body.chunks_mut(chunk)).zip(scale_bytes.chunks_exact_mut(4))
+    {
+        let max = vals.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        sb.copy_from_slice(&(max / 127.0).to_le_bytes());
+        if max == 0.0 {
+            // All zeros: the zeroed values already say so.
+            continue;
+        }
+        let inv = 127.0 / max;
+        for (o, v) in q.iter_mut().zip(vals) {
+            let r = ((v * inv + ROUND_MAGIC) - ROUND_MAGIC).clamp(-127.0, 127.0);
+            *o = (r as i8) as u8;
+        }
     }
 }
 
 /// [`encode_tensor`], then replaces each value with `value - decoded`, computed exactly as the
 /// decoder computes `decoded` (`f32::from(q) * scale`), so the result is bit-identical to
 /// encoding, decoding and subtracting.
-fn encode_tensor_keep_error(values: &mut [f32], out: &mut [u8]) {
-    encode_tensor(values, out);
-    let scale = f32::from_le_bytes([out[0], out[1], out[2], out[3]]);
-    for (v, &b) in values.iter_mut().zip(&out[4..]) {
-        *v -= f32::from(b as i8) * scale;
+fn encode_tensor_keep_error(values: &mut [f32], block: u32, out: &mut [u8]) {
+    encode_tensor(values, block, out);
+    let chunk = Int8Codec::chunk(block, values.len());
+    let scales = values.len().div_ceil(chunk).max(1);
+    let (scale_bytes, body) = out[4..].split_at(4 * scales);
+    for ((vals, q), sb) in
+        values.chunks_mut(chunk).zip(body.chunks(chunk)).zip(scale_bytes.chunks_exact(4))
+    {
+        let scale = f32::from_le_bytes([sb[0], sb[1], sb[2], sb[3]]);
+        for (v, &b) in vals.iter_mut().zip(q) {
+            *v -= f32::from(b as i8) * scale;
+        }
     }
-}
-
-/// A payload of one section per tensor (a scale and `numel` int8 values), each written by
-/// `fill(tensor index, section)`.
-fn seal_sections(
-    layout: &ParamLayout,
-    mut fill: impl FnMut(usize, &mut [u8]),
-) -> Result<Vec<u8>, CodecError> {
-    let lens: Vec<usize> = layout.tensors().iter().map(|t| 4 + t.numel()).collect();
-    wire::seal(WIRE_ID, WIRE_VERSION, layout, &lens, |i, out| {
-        fill(i, out);
-        Ok(())
-    })
 }
 
 impl GradientCodec for Int8Codec {
@@ -79,7 +110,8 @@ impl GradientCodec for Int8Codec {
 
     fn encode(&mut self, layout: &ParamLayout, update: &[f32]) -> Result<Vec<u8>, CodecError> {
         check_update(layout, update)?;
-        seal_sections(layout, |i, out| encode_tensor(&update[layout.range(i)], out))
+        let block = self.block;
+        self.seal(layout, |i, out| encode_tensor(&update[layout.range(i)], block, out))
     }
 
     fn encode_keep_error(
@@ -88,77 +120,118 @@ impl GradientCodec for Int8Codec {
         values: &mut [f32],
     ) -> Result<Vec<u8>, CodecError> {
         check_update(layout, values)?;
-        seal_sections(layout, |i, out| encode_tensor_keep_error(&mut values[layout.range(i)], out))
+        let block = self.block;
+        self.seal(layout, |i, out| {
+            encode_tensor_keep_error(&mut values[layout.range(i)], block, out)
+        })
     }
 
     fn decode(&self, layout: &ParamLayout, bytes: &[u8]) -> Result<Vec<f32>, CodecError> {
         let sections = wire::open(bytes, WIRE_ID, WIRE_VERSION, layout)?;
         let mut out = vec![0.0f32; layout.total_params()];
         for ((spec, range), section) in layout.iter().zip(sections) {
-            if section.len() != 4 + spec.numel() {
-                return Err(CodecError::Malformed(format!(
-                    "tensor `{}`: {} bytes for a scale and {} int8 values",
-                    spec.name,
-                    section.len(),
-                    spec.numel()
+            let numel = spec.numel();
+            let malformed =
+                |what: String| CodecError::Malformed(format!("tensor `{}`: {what}", spec.name));
+            let Some(head) = section.first_chunk::<4>() else {
+                return Err(malformed(format!(
+                    "{} bytes, too short for a block size",
+                    section.len()
+                )));
+            };
+            let block = u32::from_le_bytes(*head);
+            let want = Int8Codec::section_len(block, numel);
+            if section.len() != want {
+                return Err(malformed(format!(
+                    "{} bytes where block size {block} and {numel} int8 values take {want}",
+                    section.len()
                 )));
             }
-            let scale = f32::from_le_bytes([section[0], section[1], section[2], section[3]]);
-            if !(scale * 127.0).is_finite() {
-                return Err(CodecError::NonFinite(spec.name.clone()));
-            }
-            if scale < 0.0 {
-                return Err(CodecError::Malformed(format!(
-                    "tensor `{}` has a negative scale {scale}",
-                    spec.name
-                )));
-            }
-            let values = &section[4..];
+            let chunk = Int8Codec::chunk(block, numel);
+            let scales = numel.div_ceil(chunk).max(1);
+            let (scale_bytes, values) = section[4..].split_at(4 * scales);
             if values.contains(&0x80) {
-                return Err(CodecError::Malformed(format!(
-                    "tensor `{}` holds -128, outside the codec's -127..=127",
-                    spec.name
-                )));
+                return Err(malformed("holds -128, outside the codec's -127..=127".into()));
             }
-            for (o, &b) in out[range].iter_mut().zip(values) {
-                *o = f32::from(b as i8) * scale;
+            for ((o, q), sb) in out[range]
+                .chunks_mut(chunk)
+                .zip(values.chunks(chunk))
+                .zip(scale_bytes.chunks_exact(4))
+            {
+                let scale = f32::from_le_bytes([sb[0], sb[1], sb[2], sb[3]]);
+                if !(scale * 127.0).is_finite() {
+                    return Err(CodecError::NonFinite(spec.name.clone()));
+                }
+                if scale < 0.0 {
+                    return Err(malformed(format!("negative scale {scale}")));
+                }
+                for (o, &b) in o.iter_mut().zip(q) {
+                    *o = f32::from(b as i8) * scale;
+                }
             }
         }
         Ok(out)
     }
 }
 
-/// Options of "int8" (none).
+impl Int8Codec {
+    /// A payload of one section per tensor, each written by `fill(tensor index, section)`.
+    fn seal(
+        &self,
+        layout: &ParamLayout,
+        mut fill: impl FnMut(usize, &mut [u8]),
+    ) -> Result<Vec<u8>, CodecError> {
+        let lens: Vec<usize> =
+            layout.tensors().iter().map(|t| Self::section_len(self.block, t.numel())).collect();
+        wire::seal(WIRE_ID, WIRE_VERSION, layout, &lens, |i, out| {
+            fill(i, out);
+            Ok(())
+        })
+    }
+}
+
+/// Options of "int8".
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct Int8Config {}
+pub struct Int8Config {
+    /// Values per scale; 0 (the default) = one scale per tensor.
+    pub block: u32,
+}
 
 impl PluginConfig for Int8Config {
     type Component = dyn GradientCodec;
 
     fn build(self, _ctx: &BuildContext) -> Result<Box<dyn GradientCodec>, BuildError> {
-        Ok(Box::new(Int8Codec))
+        Ok(Box::new(Int8Codec { block: self.block }))
     }
 }
 
-/// Options of "int8-ef" (none).
+/// Options of "int8-ef".
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct Int8EfConfig {}
+pub struct Int8EfConfig {
+    /// Values per scale; 0 (the default) = one scale per tensor.
+    pub block: u32,
+}
 
 impl PluginConfig for Int8EfConfig {
     type Component = dyn GradientCodec;
 
     fn build(self, _ctx: &BuildContext) -> Result<Box<dyn GradientCodec>, BuildError> {
-        Ok(Box::new(ErrorFeedback::new(Int8Codec)))
+        Ok(Box::new(ErrorFeedback::new(Int8Codec { block: self.block })))
     }
 }
 
-register_plugin!(Int8Config, "int8", "Per-tensor absmax int8 updates, no error feedback.");
+register_plugin!(
+    Int8Config,
+    "int8",
+    "Absmax int8 updates (one scale per tensor, or per `block` values), no error feedback."
+);
 register_plugin!(
     Int8EfConfig,
     "int8-ef",
-    "Per-tensor absmax int8 updates with a per-worker error-feedback residual."
+    "Absmax int8 updates (one scale per tensor, or per `block` values) with a per-worker \
+     error-feedback residual."
 );
 
 #[cfg(test)]
@@ -180,46 +253,88 @@ mod tests {
         // max = 127 so the scale is 1 and values are rounded as they are.
         let update = [127.0f32, -0.5, 0.5, 1.5, 2.5, -127.0, 0.0];
         let l = layout(update.len());
-        let bytes = Int8Codec.encode(&l, &update).expect("encode");
-        let decoded = Int8Codec.decode(&l, &bytes).expect("decode");
+        let bytes = Int8Codec::default().encode(&l, &update).expect("encode");
+        let decoded = Int8Codec::PER_TENSOR.decode(&l, &bytes).expect("decode");
         assert_eq!(decoded, vec![127.0, -0.0, 0.0, 2.0, 2.0, -127.0, 0.0]);
-        assert_eq!(bytes.len(), wire::payload_len(WIRE_ID, &[4 + update.len()]));
+        assert_eq!(bytes.len(), wire::payload_len(WIRE_ID, &[8 + update.len()]));
+    }
+
+    #[test]
+    fn blocks_keep_the_resolution_of_small_values() {
+        // One large value in the first block: per tensor, the second block's values are all
+        // below half a step and vanish; with blocks of 3 they get their own scale.
+        let update = [100.0f32, 1.0, -2.0, 0.003, -0.002, 0.001, 0.0005];
+        let l = layout(update.len());
+        let mut per_tensor = Int8Codec::PER_TENSOR;
+        let bytes = per_tensor.encode(&l, &update).expect("encode");
+        let decoded = per_tensor.decode(&l, &bytes);
+        assert_eq!(&decoded.expect("decode")[3..], &[0.0; 4]);
+        let mut blocked = Int8Codec { block: 3 };
+        let bytes = blocked.encode(&l, &update).expect("encode");
+        // Block size, 3 scales, 7 values.
+        assert_eq!(bytes.len(), wire::payload_len(WIRE_ID, &[4 + 3 * 4 + 7]));
+        let decoded = blocked.decode(&l, &bytes).expect("decode");
+        for (block, (got, want)) in decoded.chunks(3).zip(update.chunks(3)).enumerate() {
+            let max = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            for (g, w) in got.iter().zip(want) {
+                assert!((g - w).abs() <= TOLERANCE * max * 1.0001, "block {block}: {g} vs {w}");
+            }
+        }
+        assert!(decoded[3] > 0.0 && decoded[6] > 0.0, "{decoded:?}");
+        // The block size travels in the payload: any decoder reads it.
+        assert_eq!(Int8Codec::PER_TENSOR.decode(&l, &bytes), Ok(decoded));
+    }
+
+    #[test]
+    fn a_section_disagreeing_with_its_block_size_is_refused() {
+        let l = layout(7);
+        let bytes = Int8Codec { block: 3 }.encode(&l, &[1.0; 7]).expect("encode");
+        // The section (block size, 3 scales, 7 values) sits before the 4-byte checksum.
+        let block_at = wire::payload_len(WIRE_ID, &[23]) - 4 - 23;
+        for bad in [0u32, 2, 4, 7, u32::MAX] {
+            let mut b = bytes.clone();
+            b[block_at..block_at + 4].copy_from_slice(&bad.to_le_bytes());
+            wire::reseal(&mut b);
+            let err = Int8Codec::PER_TENSOR.decode(&l, &b).expect_err("wrong block size");
+            assert!(err.to_string().contains("block size"), "{bad}: {err}");
+        }
     }
 
     #[test]
     fn all_zero_tensor_round_trips() {
         let l = layout(5);
-        let bytes = Int8Codec.encode(&l, &[0.0; 5]).expect("encode");
-        assert_eq!(Int8Codec.decode(&l, &bytes), Ok(vec![0.0; 5]));
+        let bytes = Int8Codec::default().encode(&l, &[0.0; 5]).expect("encode");
+        assert_eq!(Int8Codec::PER_TENSOR.decode(&l, &bytes), Ok(vec![0.0; 5]));
     }
 
     #[test]
     fn crafted_scales_and_values_are_refused() {
         let l = layout(3);
-        let good = Int8Codec.encode(&l, &[1.0, 2.0, 3.0]).expect("encode");
-        let scale_at = wire::payload_len(WIRE_ID, &[7]) - 4 - 7;
+        let good = Int8Codec::default().encode(&l, &[1.0, 2.0, 3.0]).expect("encode");
+        // The section (block size, the scale, 3 values) sits before the 4-byte checksum.
+        let scale_at = wire::payload_len(WIRE_ID, &[11]) - 4 - 11 + 4;
         for (bad_scale, want_nonfinite) in
             [(f32::NAN, true), (f32::INFINITY, true), (f32::MAX, true), (-1.0, false)]
         {
             let mut bytes = good.clone();
             bytes[scale_at..scale_at + 4].copy_from_slice(&bad_scale.to_le_bytes());
             wire::reseal(&mut bytes);
-            let err = Int8Codec.decode(&l, &bytes).expect_err("bad scale");
+            let err = Int8Codec::PER_TENSOR.decode(&l, &bytes).expect_err("bad scale");
             assert_eq!(matches!(err, CodecError::NonFinite(_)), want_nonfinite, "{err}");
         }
         let mut bytes = good;
         bytes[scale_at + 4] = 0x80;
         wire::reseal(&mut bytes);
-        assert!(matches!(Int8Codec.decode(&l, &bytes), Err(CodecError::Malformed(_))));
+        assert!(matches!(Int8Codec::PER_TENSOR.decode(&l, &bytes), Err(CodecError::Malformed(_))));
     }
 
     #[test]
     fn plain_and_error_feedback_share_the_wire_format() {
         let l = layout(4);
         let update = [0.1f32, -0.2, 0.3, 0.001];
-        let mut ef = ErrorFeedback::new(Int8Codec);
+        let mut ef = ErrorFeedback::new(Int8Codec::PER_TENSOR);
         let bytes = ef.encode(&l, &update).expect("encode");
-        assert_eq!(Int8Codec.decode(&l, &bytes), ef.decode(&l, &bytes));
+        assert_eq!(Int8Codec::PER_TENSOR.decode(&l, &bytes), ef.decode(&l, &bytes));
     }
 
     #[test]
@@ -228,12 +343,12 @@ mod tests {
         // feedback sends a 1-step value every few calls.
         let l = layout(2);
         let update = [1.0f32, 0.001];
-        let mut ef = ErrorFeedback::new(Int8Codec);
+        let mut ef = ErrorFeedback::new(Int8Codec::PER_TENSOR);
         let mut plain_sum = 0.0f32;
         let mut ef_sum = 0.0f32;
         for _ in 0..1000 {
-            let p = Int8Codec.encode(&l, &update).expect("encode");
-            plain_sum += Int8Codec.decode(&l, &p).expect("decode")[1];
+            let p = Int8Codec::default().encode(&l, &update).expect("encode");
+            plain_sum += Int8Codec::PER_TENSOR.decode(&l, &p).expect("decode")[1];
             let e = ef.encode(&l, &update).expect("encode");
             ef_sum += ef.decode(&l, &e).expect("decode")[1];
         }
@@ -243,7 +358,7 @@ mod tests {
     }
 
     /// Int8 through the trait's default `encode_keep_error` (encode, decode, subtract).
-    struct ViaDecode;
+    struct ViaDecode(Int8Codec);
 
     impl GradientCodec for ViaDecode {
         fn wire_id(&self) -> &str {
@@ -253,10 +368,10 @@ mod tests {
             WIRE_VERSION
         }
         fn encode(&mut self, l: &ParamLayout, u: &[f32]) -> Result<Vec<u8>, CodecError> {
-            Int8Codec.encode(l, u)
+            self.0.encode(l, u)
         }
         fn decode(&self, l: &ParamLayout, b: &[u8]) -> Result<Vec<f32>, CodecError> {
-            Int8Codec.decode(l, b)
+            self.0.decode(l, b)
         }
     }
 
@@ -265,6 +380,7 @@ mod tests {
         fn one_pass_error_is_bit_identical_to_encode_decode_subtract(
             values in proptest::collection::vec(-1e3f32..1e3, 1..300),
             split in 0usize..300,
+            block in proptest::prop_oneof![proptest::strategy::Just(0u32), 1u32..40],
         ) {
             let split = split.min(values.len());
             let specs = [("a", split), ("b", values.len() - split)]
@@ -274,8 +390,9 @@ mod tests {
                 .collect();
             let l = ParamLayout::new(specs).expect("layout");
             let (mut fast, mut slow) = (values.clone(), values.clone());
-            let a = Int8Codec.encode_keep_error(&l, &mut fast).expect("one pass");
-            let b = ViaDecode.encode_keep_error(&l, &mut slow).expect("default");
+            let mut codec = Int8Codec { block };
+            let a = codec.encode_keep_error(&l, &mut fast).expect("one pass");
+            let b = ViaDecode(codec).encode_keep_error(&l, &mut slow).expect("default");
             proptest::prop_assert_eq!(a, b);
             let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
             proptest::prop_assert_eq!(bits(&fast), bits(&slow));
@@ -285,7 +402,7 @@ mod tests {
     #[test]
     fn one_pass_error_feedback_refuses_non_finite_and_keeps_the_residual() {
         let l = layout(2);
-        let mut ef = ErrorFeedback::new(Int8Codec);
+        let mut ef = ErrorFeedback::new(Int8Codec::PER_TENSOR);
         ef.encode(&l, &[1.0, 0.001]).expect("encode");
         let before = ef.residual().to_vec();
         assert!(ef.encode(&l, &[f32::NAN, 0.0]).is_err());
@@ -297,9 +414,25 @@ mod tests {
         use bitnet_framework::codec::conformance::Tolerance;
 
         bitnet_framework::codec_conformance_tests!(
-            || Box::new(Int8Codec) as Box<dyn GradientCodec>,
+            || Box::new(Int8Codec::PER_TENSOR) as Box<dyn GradientCodec>,
             Tolerance::RelativeToTensorMax(TOLERANCE)
         );
+    }
+
+    mod blocked_with_error_feedback {
+        use super::super::*;
+        use bitnet_framework::codec::conformance::{Tolerance, error_feedback_converges};
+
+        fn make() -> Box<dyn GradientCodec> {
+            Box::new(ErrorFeedback::new(Int8Codec { block: 5 }))
+        }
+
+        bitnet_framework::codec_conformance_tests!(make, Tolerance::RelativeToTensorMax(TOLERANCE));
+
+        #[test]
+        fn conformance_error_feedback_converges() {
+            error_feedback_converges(&make, Tolerance::RelativeToTensorMax(TOLERANCE));
+        }
     }
 
     mod with_error_feedback {
@@ -307,14 +440,14 @@ mod tests {
         use bitnet_framework::codec::conformance::{Tolerance, error_feedback_converges};
 
         bitnet_framework::codec_conformance_tests!(
-            || Box::new(ErrorFeedback::new(Int8Codec)) as Box<dyn GradientCodec>,
+            || Box::new(ErrorFeedback::new(Int8Codec::PER_TENSOR)) as Box<dyn GradientCodec>,
             Tolerance::RelativeToTensorMax(TOLERANCE)
         );
 
         #[test]
         fn conformance_error_feedback_converges() {
             error_feedback_converges(
-                &|| Box::new(ErrorFeedback::new(Int8Codec)) as Box<dyn GradientCodec>,
+                &|| Box::new(ErrorFeedback::new(Int8Codec::PER_TENSOR)) as Box<dyn GradientCodec>,
                 Tolerance::RelativeToTensorMax(TOLERANCE),
             );
         }
