@@ -19,7 +19,14 @@ use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-const GRADIENT_CODECS: [&str; 3] = ["fp32", "int8", "int8-ef"];
+/// (label, plugin, `block` option): `int8-ef` per tensor (the default) and with a scale per 256
+/// values.
+const GRADIENT_CODECS: [(&str, &str, u32); 4] = [
+    ("fp32", "fp32", 0),
+    ("int8", "int8", 0),
+    ("int8-ef", "int8-ef", 0),
+    ("int8-ef/b256", "int8-ef", 256),
+];
 const WEIGHT_CODECS: [&str; 2] = ["fp32", "ternary"];
 
 struct Setup {
@@ -58,10 +65,12 @@ fn setup() -> Setup {
     Setup { registry, ctx, update: stream(7, n, 1e-3), params: stream(11, n, 0.04), layout }
 }
 
-fn gradient_codec(s: &Setup, name: &str) -> Box<dyn GradientCodec> {
-    s.registry
-        .build::<dyn GradientCodec>(name, &toml::Table::new(), &s.ctx)
-        .unwrap_or_else(|e| panic!("{e}"))
+fn gradient_codec(s: &Setup, (_, name, block): (&str, &str, u32)) -> Box<dyn GradientCodec> {
+    let mut options = toml::Table::new();
+    if block > 0 {
+        options.insert("block".into(), i64::from(block).into());
+    }
+    s.registry.build::<dyn GradientCodec>(name, &options, &s.ctx).unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn weight_codec(s: &Setup, name: &str) -> Box<dyn WeightCodec> {
@@ -74,11 +83,12 @@ fn print_wire_sizes(s: &Setup) {
     let n = s.layout.total_params();
     println!("medium: {n} parameters in {} tensors", s.layout.tensors().len());
     let raw = (n * 4) as f64;
-    for name in GRADIENT_CODECS {
-        let bytes = gradient_codec(s, name).encode(&s.layout, &s.update).map(|b| b.len());
+    for spec in GRADIENT_CODECS {
+        let name = spec.0;
+        let bytes = gradient_codec(s, spec).encode(&s.layout, &s.update).map(|b| b.len());
         let bytes = bytes.unwrap_or_else(|e| panic!("{name}: {e}"));
         println!(
-            "gradient codec {name:<8} {bytes:>11} bytes on the wire per update ({:.3} of fp32 values, {:.2} bits/param)",
+            "gradient codec {name:<12} {bytes:>11} bytes on the wire per update ({:.3} of fp32 values, {:.2} bits/param)",
             bytes as f64 / raw,
             bytes as f64 * 8.0 / n as f64
         );
@@ -87,7 +97,7 @@ fn print_wire_sizes(s: &Setup) {
         let bytes = weight_codec(s, name).encode(&s.layout, 1, &s.params).map(|b| b.len());
         let bytes = bytes.unwrap_or_else(|e| panic!("{name}: {e}"));
         println!(
-            "weight codec   {name:<8} {bytes:>11} bytes per download ({:.3} of fp32 values, {:.2} bits/param)",
+            "weight codec   {name:<12} {bytes:>11} bytes per download ({:.3} of fp32 values, {:.2} bits/param)",
             bytes as f64 / raw,
             bytes as f64 * 8.0 / n as f64
         );
@@ -100,8 +110,9 @@ fn gradient_codecs(c: &mut Criterion) {
     let mut group = c.benchmark_group("codec_medium");
     group.sample_size(10).measurement_time(Duration::from_secs(20));
     let adamw = s.registry.get(Slot::Optimizer, "adamw").is_ok();
-    for name in GRADIENT_CODECS {
-        let mut codec = gradient_codec(&s, name);
+    for spec in GRADIENT_CODECS {
+        let name = spec.0;
+        let mut codec = gradient_codec(&s, spec);
         group.bench_function(format!("{name}/encode"), |b| {
             b.iter(|| codec.encode(&s.layout, black_box(&s.update)).map(|v| v.len()))
         });
