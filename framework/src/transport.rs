@@ -74,8 +74,9 @@ pub struct TaskSpec {
     /// packed like the single-process loader; `None` = a plain token stream, cut into windows.
     #[serde(default)]
     pub packing: Option<Packing>,
-    /// The run's optimizer step this task starts at (DiLoCo: weight version x inner steps), so
-    /// a worker's inner learning-rate schedule follows the run, not the worker's own life.
+    /// The run's optimizer step this task starts at (DiLoCo: tokens applied / the schedule
+    /// unit), so a worker's inner learning-rate schedule follows the run, not the worker's own
+    /// life.
     #[serde(default)]
     pub schedule_step: u64,
 }

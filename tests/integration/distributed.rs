@@ -430,6 +430,29 @@ fn schedule_unit_tokens_sets_both_modes_schedule_index_and_length() {
     let second = c.claim("w").expect("claim").expect("task");
     assert_eq!(second.schedule_step, 2, "256 tokens applied / 128-token unit");
     c.shutdown();
+
+    // async-sgd: the coordinator's own step index (which its tasks carry) counts units too.
+    let dir = bitnet_tests::temp_dir();
+    let config = dist::tiny_config(
+        dir.path(),
+        &["train.token_budget=100000", "coordinator.schedule_unit_tokens=4"],
+    );
+    let c = dist::start_coordinator(&config, &registry, dist::example_corpus(1, 80), 0, 1 << 20);
+    register(&c, &config, &registry, "w");
+    let first = c.claim("w").expect("claim").expect("task");
+    assert_eq!(first.schedule_step, 0);
+    assert!(first.tokens >= 8, "a task of {} tokens", first.tokens);
+    let (_, params) = c.params().expect("params");
+    let zero = encode_update(&config, &registry, &vec![0.0; params.len()]);
+    assert!(c.upload("w", upload_of(&first, zero)).expect("upload").accepted);
+    let second = c.claim("w").expect("claim").expect("task");
+    assert_eq!(second.schedule_step, first.tokens / 4, "tokens applied / 4-token unit");
+    c.shutdown();
+
+    // A unit without a token budget has nothing to span.
+    let no_budget = dist::tiny_config(dir.path(), &["coordinator.schedule_unit_tokens=4"]);
+    let problems = check_distributed(&no_budget, &registry);
+    assert!(problems.iter().any(|p| p.contains("schedule_unit_tokens")), "{problems:?}");
 }
 
 #[test]

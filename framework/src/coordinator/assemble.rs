@@ -79,6 +79,13 @@ pub fn schedule_steps(config: &RunConfig) -> u64 {
 pub fn check_distributed(config: &RunConfig, registry: &Registry) -> Vec<String> {
     let shape = TaskShape::from_train(&config.train, config.model.seq_len);
     let mut problems = config.coordinator.validate_for(&shape);
+    if config.coordinator.schedule_unit_tokens > 0 && config.train.token_budget == 0 {
+        problems.push(
+            "coordinator.schedule_unit_tokens needs train.token_budget (the schedule spans \
+             token_budget / schedule_unit_tokens steps)"
+                .into(),
+        );
+    }
     if config.train.mode == TrainMode::Diloco {
         let ctx = run::build_context(config);
         if let Ok(codec) = registry.build::<dyn WeightCodec>(

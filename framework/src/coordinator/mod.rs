@@ -92,9 +92,9 @@ pub struct CoordinatorSection {
     /// Longest an open round waits for missing updates after its first one, seconds.
     pub round_wait_secs: f64,
     /// Example tokens per step of the learning-rate schedules of a run with a token budget
-    /// (the coordinator's optimizer in async-sgd, the workers' inner optimizer in diloco): the
-    /// schedule's step index is tokens applied / this, and it spans `token_budget / this`
-    /// steps, so warm-up and decay happen at the same point of the data however many workers
+    /// (the coordinator's optimizer in async-sgd, the workers' inner optimizer in diloco;
+    /// DiLoCo's outer optimizer counts weight versions): the schedule's step index is tokens
+    /// applied / this, and it spans `token_budget / this` steps, so warm-up and decay happen at the same point of the data however many workers
     /// share a round. Set it to the example tokens of one single-process batch to give a
     /// distributed run `bitnet train`'s schedule. 0 = `max_task_tokens` in async-sgd (one step
     /// per capped task), `batch_size x seq_len` in diloco.
@@ -669,13 +669,14 @@ impl Coordinator {
                     .is_some_and(|t| t.elapsed().as_secs_f64() >= self.settings.round_wait_secs))
     }
 
-    /// The optimizer's step index (drives its schedule): tokens applied / the schedule unit
-    /// (`schedule_unit_tokens`, else async-sgd's task cap) so the schedule spans the token
-    /// budget however many tasks a round holds ([`assemble::schedule_steps`] sizes it the same
-    /// way); without either, the weight version.
+    /// The coordinator optimizer's step index (drives its schedule). async-sgd: tokens applied
+    /// / the schedule unit (`schedule_unit_tokens`, else the task cap), so the schedule spans
+    /// the token budget however many tasks a round holds ([`assemble::schedule_steps`] sizes it
+    /// the same way). Otherwise (DiLoCo's outer optimizer, uncapped async-sgd) the weight
+    /// version.
     fn schedule_position(&self, m: &ModelState) -> u64 {
         match (self.shape.mode, self.settings.schedule_unit_tokens, self.settings.max_task_tokens) {
-            (_, unit, _) if unit > 0 => m.tokens_applied / unit,
+            (TrainMode::AsyncSgd, unit, _) if unit > 0 => m.tokens_applied / unit,
             (TrainMode::AsyncSgd, _, cap) if cap > 0 => m.tokens_applied / cap,
             _ => m.version,
         }

@@ -12,8 +12,9 @@
 //! DiLoCo's inner optimizer keeps its state (AdamW moments and step count) across the tasks a
 //! worker runs, as in the DiLoCo paper, so a worker's second round does not start from cold
 //! moments; its learning-rate schedule is indexed by the run's step ([`TaskSpec::schedule_step`]
-//! = weight version x inner steps, plus the step within the task), so warm-up happens once per
-//! run and the decay follows the run's `train.steps`, however many workers share the run.
+//! = tokens applied / the run's schedule unit, plus the step within the task; see
+//! `coordinator.schedule_unit_tokens`), so warm-up happens once per run and the decay ends with
+//! the token budget, however many workers share the run.
 
 pub mod batches;
 

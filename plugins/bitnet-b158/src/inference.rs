@@ -25,6 +25,11 @@ pub struct TernaryMatrix {
 impl TernaryMatrix {
     /// Checks and unpacks packed trits (the layout of [`crate::export`]).
     pub fn new(rows: usize, cols: usize, trits: Vec<u8>, scale: f32) -> Result<Self, KernelError> {
+        if rows == 0 || cols == 0 {
+            return Err(KernelError::InvalidWeights(format!(
+                "empty ternary matrix {rows} x {cols}"
+            )));
+        }
         let codes = unpack_trits(&trits, rows, cols)?;
         if !scale.is_finite() || scale < 0.0 {
             return Err(KernelError::InvalidWeights(format!("invalid ternary scale {scale}")));
@@ -73,7 +78,8 @@ struct InferenceBlock {
     v_cache: Vec<f32>,
 }
 
-/// A loaded inference model with its key/value cache.
+/// A loaded inference model with its key/value cache. Loaded from packed trits; in memory each
+/// BitLinear weight takes one byte (4x the file's 2 bits), still a quarter of fp32.
 #[derive(Debug)]
 pub struct PackedInferenceModel {
     config: ModelConfig,

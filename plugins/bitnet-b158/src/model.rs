@@ -225,7 +225,8 @@ impl Workspace {
         }
     }
 
-    /// Logits of the last forward (their gradient after a forward with gradients).
+    /// Logits of the last forward (their fp32 gradient after a forward with gradients in fp32
+    /// precision; scratch after one in mixed precision, whose gradient is in `dlogits16`).
     pub(crate) fn logits(&self) -> &[f32] {
         &self.logits
     }
@@ -596,7 +597,7 @@ pub(crate) fn forward(
     let last = &ws.resid[cx.dims.layers];
     rmsnorm_forward(&mut ws.xn_f, &mut ws.rstd_f, last, &p[cx.index.norm.clone()], cx.eps);
     let head = &p[cx.index.head.clone()];
-    if cx.packed() {
+    if packed {
         // Mixed precision: bf16 products, fp32 sums, like the head's backward. Each logit is
         // within about 2^-7 of sum_l |xn[i][l] * W[v][l]| of fp32's (see `bf16_gemm`); with the
         // normalized `xn` that moves the loss by about 1e-4 relative (the parity tests hold the

@@ -16,7 +16,7 @@
 use bitnet_framework::codec::{CodecError, ErrorFeedback, GradientCodec, check_update, wire};
 use bitnet_framework::registry::{BuildError, PluginConfig};
 use bitnet_framework::tensor::ParamLayout;
-use bitnet_framework::{BuildContext, register_plugin};
+use bitnet_framework::{BuildContext, Slot, register_plugin};
 use serde::{Deserialize, Serialize};
 
 /// Wire id of both codecs (error feedback does not change the payload).
@@ -42,6 +42,26 @@ pub struct Int8Codec {
 impl Int8Codec {
     /// One scale per tensor.
     pub const PER_TENSOR: Self = Self { block: 0 };
+
+    /// Smallest `block` a config may ask for: below it the scales cost more than they save
+    /// (at 16, 10 bits per value; at 1, 40, more than fp32).
+    pub const MIN_BLOCK: u32 = 16;
+
+    /// The codec a config's `block` asks for, refused (naming the key) when it is below
+    /// [`Self::MIN_BLOCK`] and not 0.
+    fn from_config(name: &str, block: u32) -> Result<Self, BuildError> {
+        if block != 0 && block < Self::MIN_BLOCK {
+            return Err(BuildError::failed(
+                Slot::GradientCodec,
+                name,
+                format!(
+                    "codec.block = {block}: use 0 (one scale per tensor) or at least {}",
+                    Self::MIN_BLOCK
+                ),
+            ));
+        }
+        Ok(Self { block })
+    }
 
     /// Values per scale for a tensor of `numel` values.
     fn chunk(block: u32, numel: usize) -> usize {
@@ -202,7 +222,7 @@ impl PluginConfig for Int8Config {
     type Component = dyn GradientCodec;
 
     fn build(self, _ctx: &BuildContext) -> Result<Box<dyn GradientCodec>, BuildError> {
-        Ok(Box::new(Int8Codec { block: self.block }))
+        Ok(Box::new(Int8Codec::from_config("int8", self.block)?))
     }
 }
 
@@ -218,7 +238,7 @@ impl PluginConfig for Int8EfConfig {
     type Component = dyn GradientCodec;
 
     fn build(self, _ctx: &BuildContext) -> Result<Box<dyn GradientCodec>, BuildError> {
-        Ok(Box::new(ErrorFeedback::new(Int8Codec { block: self.block })))
+        Ok(Box::new(ErrorFeedback::new(Int8Codec::from_config("int8-ef", self.block)?)))
     }
 }
 
@@ -283,6 +303,19 @@ mod tests {
         assert!(decoded[3] > 0.0 && decoded[6] > 0.0, "{decoded:?}");
         // The block size travels in the payload: any decoder reads it.
         assert_eq!(Int8Codec::PER_TENSOR.decode(&l, &bytes), Ok(decoded));
+    }
+
+    #[test]
+    fn configs_refuse_blocks_too_small_to_pay_off() {
+        let ctx = BuildContext::new(bitnet_framework::model::ModelConfig::default());
+        for (block, ok) in [(0u32, true), (1, false), (15, false), (16, true), (256, true)] {
+            let plain = Int8Config { block }.build(&ctx);
+            let ef = Int8EfConfig { block }.build(&ctx);
+            assert_eq!((plain.is_ok(), ef.is_ok()), (ok, ok), "block {block}");
+            if let Err(e) = ef {
+                assert!(e.to_string().contains("codec.block"), "{e}");
+            }
+        }
     }
 
     #[test]

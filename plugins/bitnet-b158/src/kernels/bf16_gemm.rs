@@ -1,6 +1,7 @@
-//! A general fp32 matrix product with bf16 products and fp32 accumulation (`vdpbf16ps`), for the
-//! mixed-precision LM head: `C[j][l] (+)= sum_i A(i, j) * B(i, l)` with `A` and `B` strided fp32
-//! views, so one routine covers `x . W^T`, `dY . W` and `dY^T . x` without copies.
+//! A general matrix product with bf16 products and fp32 accumulation (`vdpbf16ps`), for the
+//! mixed-precision LM head: `C[j][l] (+)= sum_i A(i, j) * B(i, l)` with `A` and `B` strided
+//! views (`B` fp32, `A` fp32 or already bf16), so one routine covers `x . W^T`, `dY . W` and
+//! `dY^T . x` without copies.
 //!
 //! Both operands are rounded to bf16 (round to nearest even, relative error at most 2^-8 each)
 //! and the products are summed in fp32 with the micro-kernel of [`super::bf16`] (the same
@@ -13,10 +14,10 @@
 //! [`super::bf16_tiles`]; `B` is packed once per call (in parallel over 64-column panels) into
 //! a reused thread-local buffer, `A` one block at a time.
 
-use super::bf16::MR;
 use super::bf16::{BF16_PATHS, NR, f32_to_bf16};
 use super::bf16_tiles::{
-    pack_a_depth_rows, pack_a_depth_rows_bf16, pack_a_lanes, pack_a_output_rows, pair, run_blocked,
+    pack_a_depth_rows, pack_a_depth_rows_bf16, pack_a_lanes, pack_a_output_rows,
+    pack_a_output_rows_bf16, pair, run_blocked,
 };
 use super::{GemmError, Isa, check_isa, check_len, checked_area};
 use rayon::prelude::*;
@@ -138,13 +139,23 @@ pub fn gemm_bf16_with<A: LeftOperand>(
     Ok(())
 }
 
-/// The left operand of [`gemm_bf16`]: how its `A` blocks are packed.
-pub trait LeftOperand: Copy + Sync {
+/// The left operand of [`gemm_bf16`]: [`StridedF32`] or [`StridedBf16`] (sealed: how its `A`
+/// blocks are packed is internal).
+pub trait LeftOperand: sealed::Sealed + Copy + Sync {
     /// Checks that the operand holds `depth x rows` elements.
+    #[doc(hidden)]
     fn check_left(&self, depth: usize, rows: usize) -> Result<(), GemmError>;
-    /// Packs the `A` block of output rows `j0 .. j0 + rn` and pairs `p0 .. p0 + pc` for
-    /// [`run_blocked`] (`[tile][pair][MR]` lanes).
+    /// Packs the `A` block of output rows `j0 .. j0 + rn` and pairs `p0 .. p0 + pc` in the
+    /// micro-kernel's `[tile][pair][MR]` lanes.
+    #[doc(hidden)]
     fn pack_block(&self, depth: usize, j0: usize, block: (usize, usize, usize), dst: &mut [u32]);
+}
+
+mod sealed {
+    /// Only this module's operand types implement [`super::LeftOperand`].
+    pub trait Sealed {}
+    impl Sealed for super::StridedF32<'_> {}
+    impl Sealed for super::StridedBf16<'_> {}
 }
 
 impl LeftOperand for StridedF32<'_> {
@@ -191,18 +202,7 @@ impl LeftOperand for StridedBf16<'_> {
         let data = self.data;
         if ds == 1 {
             // Each output row is contiguous along the depth: adjacent lanes are the pairs.
-            let (i0, i1) = (2 * p0, (2 * (p0 + pc)).min(depth));
-            for r in 0..rn {
-                let src = &data[(j0 + r) * ws + i0..(j0 + r) * ws + i1];
-                let base = (r / MR) * pc * MR + r % MR;
-                let mut two = src.chunks_exact(2);
-                for (p, v) in two.by_ref().enumerate() {
-                    dst[base + p * MR] = pair(v[0], v[1]);
-                }
-                if let [last] = two.remainder() {
-                    dst[base + (pc - 1) * MR] = pair(*last, 0);
-                }
-            }
+            pack_a_output_rows_bf16(dst, dims, |r| &data[(j0 + r) * ws..(j0 + r) * ws + depth]);
         } else if ws == 1 {
             // Depth rows contiguous along the output rows: interleave two rows per pair.
             pack_a_depth_rows_bf16(dst, dims, |i| &data[i * ds + j0..i * ds + j0 + rn]);

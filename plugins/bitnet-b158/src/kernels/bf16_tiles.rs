@@ -215,6 +215,27 @@ pub(crate) fn pack_a_output_rows<'a>(
     }
 }
 
+/// [`pack_a_output_rows`] for an operand already in bf16 (`row(r)` holds the whole depth of
+/// output row `j0 + r`): adjacent lanes are the pairs, no conversion.
+pub(crate) fn pack_a_output_rows_bf16<'a>(
+    dst: &mut [u32],
+    (rn, p0, pc, depth): (usize, usize, usize, usize),
+    row: impl Fn(usize) -> &'a [u16],
+) {
+    let (i0, i1) = (2 * p0, (2 * (p0 + pc)).min(depth));
+    for r in 0..rn {
+        let src = &row(r)[i0..i1];
+        let base = (r / MR) * pc * MR + r % MR;
+        let mut two = src.chunks_exact(2);
+        for (p, v) in two.by_ref().enumerate() {
+            dst[base + p * MR] = pair(v[0], v[1]);
+        }
+        if let [last] = two.remainder() {
+            dst[base + (pc - 1) * MR] = pair(*last, 0);
+        }
+    }
+}
+
 /// Packs an `A` block lane by lane from `lane(i, r)` (the bf16 of `A(i, j0 + r)`, only called
 /// for `i < depth`): the fallback for operands strided both ways.
 pub(crate) fn pack_a_lanes(
@@ -284,6 +305,19 @@ mod tests {
             let mut got = vec![0u32; len];
             pack_a_lanes(&mut got, dims, |i, r| f32_to_bf16(data[i * width + j0 + r]));
             assert_eq!(got, want_plain, "lanes {dims:?}");
+            // The bf16 packers on the rounded operand, both layouts.
+            let data16: Vec<u16> = data.iter().map(|&v| f32_to_bf16(v)).collect();
+            let mut got = vec![0u32; len];
+            pack_a_depth_rows_bf16(&mut got, dims, |i| {
+                &data16[i * width + j0..i * width + j0 + rn]
+            });
+            assert_eq!(got, want_plain, "bf16 depth rows {dims:?}");
+            let t16: Vec<u16> = t.iter().map(|&v| f32_to_bf16(v)).collect();
+            let mut got = vec![0u32; len];
+            pack_a_output_rows_bf16(&mut got, dims, |r| {
+                &t16[(j0 + r) * depth..(j0 + r + 1) * depth]
+            });
+            assert_eq!(got, want_plain, "bf16 output rows {dims:?}");
         }
     }
 }

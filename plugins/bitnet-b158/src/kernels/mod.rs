@@ -12,8 +12,9 @@
 //!   bit-identical).
 //! - [`bf16`]: the weight gradient `dW = dY^T . X` with bf16 products and fp32 accumulation
 //!   (AVX-512 BF16 and a scalar twin within a documented tolerance).
-//! - [`bf16_gemm`]: a general strided fp32 product on the same bf16 micro-kernel (the
-//!   mixed-precision LM head); both run through one depth-blocked driver (`bf16_tiles`).
+//! - [`bf16_gemm`]: a general strided product of fp32 (or already bf16) operands on the same
+//!   bf16 micro-kernel (the mixed-precision LM head); both run through one depth-blocked driver
+//!   (`bf16_tiles`).
 //! - [`exp`]: a vectorised `exp` (AVX-512 and a bit-identical scalar twin) and the softmax and
 //!   SwiGLU passes built on it.
 //!
