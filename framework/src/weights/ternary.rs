@@ -29,9 +29,20 @@ pub fn quantize(w: &[f32], trits: &mut [i8]) -> f32 {
     let g = absmean(w);
     let div = g + WEIGHT_EPS;
     for (t, &x) in trits.iter_mut().zip(w) {
-        *t = (x / div).round_ties_even().clamp(-1.0, 1.0) as i8;
+        *t = trit(x / div);
     }
     g
+}
+
+/// `clamp(round_half_even(v), -1, 1)`. Clamping to `[-2, 2]` first changes nothing after the
+/// final clamp and keeps `v` small enough for the magic-number rounding: adding and subtracting
+/// `1.5 * 2^23` rounds ties to even in two additions that vectorise (`round_ties_even` is a
+/// libm call per element on x86-64 without SSE4.1, about 2/3 of the codec's encode time).
+#[inline(always)]
+fn trit(v: f32) -> i8 {
+    const MAGIC: f32 = 12_582_912.0;
+    let v = v.clamp(-2.0, 2.0);
+    ((v + MAGIC) - MAGIC).clamp(-1.0, 1.0) as i8
 }
 
 /// Bytes needed to pack `n` trits.
@@ -153,6 +164,18 @@ pub fn dequantize_latent(trits: &[i8], g: f32, out: &mut [f32]) -> bool {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn fast_trit_matches_round_ties_even() {
+        let reference = |v: f32| v.round_ties_even().clamp(-1.0, 1.0) as i8;
+        let mut cases =
+            vec![0.0f32, -0.0, 0.5, -0.5, 1.5, -1.5, 2.5, -2.5, 0.49999997, 1e30, -1e30];
+        cases.extend([f32::NAN, f32::INFINITY, f32::NEG_INFINITY, f32::MIN_POSITIVE, 3.0e-39]);
+        cases.extend((-4000..=4000).map(|i| i as f32 / 1000.0));
+        for v in cases {
+            assert_eq!(trit(v), reference(v), "{v}");
+        }
+    }
 
     #[test]
     fn quantizer_matches_the_formula() {

@@ -66,7 +66,7 @@ pub fn score(expected_json: &str, predicted: &str) -> Outcome {
 }
 
 /// Running counts of outcomes, overall and per intent.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Tally {
     /// Examples scored.
     pub examples: u64,
@@ -81,6 +81,20 @@ pub struct Tally {
 }
 
 impl Tally {
+    /// Adds every count of `other`.
+    pub fn merge(&mut self, other: &Tally) {
+        self.examples += other.examples;
+        self.intent_correct += other.intent_correct;
+        self.slots_exact += other.slots_exact;
+        self.invalid_json += other.invalid_json;
+        for (intent, counts) in &other.per_intent {
+            let e = self.per_intent.entry(intent.clone()).or_default();
+            for (a, b) in e.iter_mut().zip(counts) {
+                *a += b;
+            }
+        }
+    }
+
     /// Adds one outcome for reference intent `intent`.
     pub fn add(&mut self, intent: &str, o: Outcome) {
         self.examples += 1;
@@ -233,6 +247,24 @@ pub fn greedy_decode(
     Ok(tok.decode(&ids[start..])?)
 }
 
+/// Decodes and scores line `index` (zero-based, for the error): its reference intent and
+/// outcome.
+fn score_line(
+    model: &mut dyn InferenceModel,
+    tok: &dyn Tokenizer,
+    (index, line): (usize, &str),
+    max_len: usize,
+) -> Result<(String, Outcome), EvalError> {
+    let (utterance, answer) =
+        crate::corpus::parse_line(line).ok_or(EvalError::BadLine { line: index + 1 })?;
+    let predicted = greedy_decode(model, tok, utterance, max_len)?;
+    let intent = serde_json::from_str::<serde_json::Value>(answer)
+        .ok()
+        .and_then(|v| v.get("intent").and_then(|s| s.as_str()).map(str::to_string))
+        .unwrap_or_default();
+    Ok((intent, score(answer, &predicted)))
+}
+
 /// Decodes and scores every line, calling `progress` after each; returns the tally.
 pub fn evaluate_lines(
     model: &mut dyn InferenceModel,
@@ -243,17 +275,58 @@ pub fn evaluate_lines(
 ) -> Result<Tally, EvalError> {
     let mut tally = Tally::default();
     for (i, line) in lines.iter().enumerate() {
-        let (utterance, answer) =
-            crate::corpus::parse_line(line).ok_or(EvalError::BadLine { line: i + 1 })?;
-        let predicted = greedy_decode(model, tok, utterance, max_len)?;
-        let intent = serde_json::from_str::<serde_json::Value>(answer)
-            .ok()
-            .and_then(|v| v.get("intent").and_then(|s| s.as_str()).map(str::to_string))
-            .unwrap_or_default();
-        tally.add(&intent, score(answer, &predicted));
+        let (intent, outcome) = score_line(model, tok, (i, line), max_len)?;
+        tally.add(&intent, outcome);
         progress(&tally);
     }
     Ok(tally)
+}
+
+/// [`evaluate_lines`] with one thread per model (each decodes a contiguous share of the
+/// lines); `progress` sees the running tally of all threads after each line. The tally is the
+/// same as one model's: greedy decoding of a line does not depend on the lines before it.
+pub fn evaluate_lines_parallel(
+    models: &mut [Box<dyn InferenceModel>],
+    tok: &dyn Tokenizer,
+    lines: &[String],
+    max_len: usize,
+    progress: &(dyn Fn(&Tally) + Sync),
+) -> Result<Tally, EvalError> {
+    let several = models.len() > 1 && lines.len() > 1;
+    let Some(first) = models.first_mut() else {
+        return Ok(Tally::default());
+    };
+    if !several {
+        return evaluate_lines(first.as_mut(), tok, lines, max_len, &mut |t| progress(t));
+    }
+    let share = lines.len().div_ceil(models.len());
+    let total = std::sync::Mutex::new(Tally::default());
+    let results: Vec<Result<(), EvalError>> = std::thread::scope(|s| {
+        let handles: Vec<_> = models
+            .iter_mut()
+            .zip(lines.chunks(share).enumerate())
+            .map(|(model, (part, chunk))| {
+                let total = &total;
+                s.spawn(move || {
+                    for (j, line) in chunk.iter().enumerate() {
+                        let at = (part * share + j, line.as_str());
+                        let (intent, outcome) = score_line(model.as_mut(), tok, at, max_len)?;
+                        let mut t = total.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                        t.add(&intent, outcome);
+                        progress(&t);
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
+            .collect()
+    });
+    // The first failing share, in line order.
+    results.into_iter().collect::<Result<(), _>>()?;
+    Ok(total.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner))
 }
 
 /// Mean cross-entropy per counted target over `batches` (weighted by each batch's counted
@@ -322,6 +395,78 @@ mod tests {
             logits[next as usize] = 1.0;
             Ok(logits)
         }
+    }
+
+    /// A hand-made model whose answer depends only on its prompt (as a real model's does).
+    struct ByPrompt {
+        answers: Vec<(Vec<u32>, Vec<u32>)>,
+        vocab: usize,
+    }
+
+    impl InferenceModel for ByPrompt {
+        fn next_token_logits(&mut self, tokens: &[u32]) -> Result<Vec<f32>, KernelError> {
+            let (prompt, answer) = self
+                .answers
+                .iter()
+                .find(|(p, _)| tokens.starts_with(p))
+                .ok_or_else(|| KernelError::Shape("unknown prompt".into()))?;
+            let mut logits = vec![0.0; self.vocab];
+            logits[answer.get(tokens.len() - prompt.len()).copied().unwrap_or(3) as usize] = 1.0;
+            Ok(logits)
+        }
+    }
+
+    #[test]
+    fn parallel_decoding_gives_the_sequential_tally_and_line_numbers() {
+        let intents = ["navigate", "eta_query", "find_poi"];
+        let lines: Vec<String> = (0..9)
+            .map(|i| {
+                format!(
+                    r#"[USER] request number {i} [INTENT] {{"intent":"{}","slots":{{}}}}"#,
+                    intents[i % 3]
+                )
+            })
+            .collect();
+        let mut tok = WordLevel::new(WordLevelConfig { max_vocab: 1000, min_freq: 1 });
+        tok.train(&mut lines.iter().cloned()).expect("train");
+        // Every third line decodes the wrong intent, every fourth broken JSON.
+        let answers: Vec<(Vec<u32>, Vec<u32>)> = (0..9)
+            .map(|i| {
+                let (u, a) = crate::corpus::parse_line(&lines[i]).expect("line");
+                let text = match i {
+                    _ if i % 4 == 3 => r#"{"intent":"#.to_string(),
+                    _ if i % 3 == 2 => r#"{"intent":"navigate","slots":{}}"#.to_string(),
+                    _ => a.to_string(),
+                };
+                let mut ids = tok.encode(&text).expect("encode");
+                ids.push(3);
+                (prompt_ids(&tok, u).expect("prompt"), ids)
+            })
+            .collect();
+        let model = || Box::new(ByPrompt { answers: answers.clone(), vocab: tok.vocab_size() });
+        let mut one = model();
+        let want = evaluate_lines(one.as_mut(), &tok, &lines, 64, &mut |_| {}).expect("sequential");
+        assert_eq!(want.examples, 9);
+        assert!(want.intent_correct < 9 && want.invalid_json > 0, "{want:?}");
+        for threads in [1, 2, 4, 12] {
+            let mut models: Vec<Box<dyn InferenceModel>> =
+                (0..threads).map(|_| model() as Box<dyn InferenceModel>).collect();
+            let calls = std::sync::atomic::AtomicUsize::new(0);
+            let got = evaluate_lines_parallel(&mut models, &tok, &lines, 64, &|_| {
+                calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            })
+            .expect("parallel");
+            assert_eq!(got, want, "{threads} threads");
+            assert_eq!(calls.into_inner(), 9);
+        }
+        // A malformed line is reported by its number in the whole list.
+        let mut bad = lines.clone();
+        bad[7] = "no intent marker".into();
+        let mut models: Vec<Box<dyn InferenceModel>> =
+            (0..2).map(|_| model() as Box<dyn InferenceModel>).collect();
+        let err =
+            evaluate_lines_parallel(&mut models, &tok, &bad, 64, &|_| {}).expect_err("bad line");
+        assert!(matches!(err, EvalError::BadLine { line: 8 }), "{err}");
     }
 
     #[test]

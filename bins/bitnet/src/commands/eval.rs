@@ -10,7 +10,7 @@ use bitnet_framework::data::loader::LoaderOptions;
 use bitnet_framework::model::ModelKernel;
 use bitnet_framework::run;
 use bitnet_framework::tokenizer::Tokenizer;
-use bitnet_truckmate::eval::{EvalSummary, evaluate_lines, mean_loss};
+use bitnet_truckmate::eval::{EvalSummary, evaluate_lines_parallel, mean_loss};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::{Path, PathBuf};
 
@@ -146,11 +146,18 @@ pub fn evaluate_checkpoint(
     if options.limit > 0 {
         lines.truncate(options.limit);
     }
-    // The packed-ternary path: export inference weights and decode with them.
+    // The packed-ternary path: export inference weights and decode with them, one model per
+    // compute thread (`train.threads`, 0 = every core), each on its share of the lines.
     let weights = kernel.export_inference(&params)?;
-    let mut model = kernel.load_inference(&weights)?;
+    let threads = match config.train.threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    }
+    .clamp(1, lines.len().max(1));
+    let mut models =
+        (0..threads).map(|_| kernel.load_inference(&weights)).collect::<Result<Vec<_>, _>>()?;
     let pb = bar(lines.len() as u64, "decode ");
-    let tally = evaluate_lines(model.as_mut(), tokenizer.as_ref(), &lines, seq_len, &mut |t| {
+    let tally = evaluate_lines_parallel(&mut models, tokenizer.as_ref(), &lines, seq_len, &|t| {
         pb.inc(1);
         pb.set_message(format!(
             "intent {:.1}% slots {:.1}%",
