@@ -67,7 +67,11 @@ fn http_auth_limits_downloads_and_training() {
         .expect("serve");
     let base = server.endpoint();
     assert!(base.starts_with("http://127.0.0.1:"), "{base}");
-    let http = Client::new();
+    // No connection reuse: a server that refuses an oversized body (413) closes that
+    // connection without reading the rest, and a pooled client could send the next request
+    // down it before seeing the close (`IncompleteMessage`). Workers retry such errors; this
+    // test checks each status exactly, so it asks for a fresh connection per request.
+    let http = Client::builder().pool_max_idle_per_host(0).build().expect("client");
     let (w1, w2) = (dist::add_client(&c, "w1"), dist::add_client(&c, "w2"));
     register(&c, "w1");
     register(&c, "w2");
