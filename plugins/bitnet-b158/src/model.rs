@@ -21,7 +21,7 @@ use crate::layers::rmsnorm::{rmsnorm_backward, rmsnorm_forward, rmsnorm_forward_
 use crate::layers::rope::{RopeTables, merge_heads, split_heads};
 use crate::layers::swiglu::{swiglu_backward_in_place, swiglu_forward_quantize};
 use crate::matmul::{Threads, matmul_ab, matmul_abt, matmul_atb};
-use crate::quant::{WEIGHT_EPS, round_half_even_small};
+use crate::quant::{WEIGHT_EPS, trit};
 use bitnet_framework::model::{IGNORE_INDEX, KernelError, ModelConfig, TokenBatch};
 use bitnet_framework::tensor::ParamLayout;
 use rayon::prelude::*;
@@ -388,7 +388,7 @@ fn pack_weights(
             let g = absmean_parallel(w);
             let div = g + WEIGHT_EPS;
             for (qi, &v) in q.iter_mut().zip(w) {
-                *qi = round_half_even_small((v / div).clamp(-2.0, 2.0)).clamp(-1.0, 1.0) as i8;
+                *qi = trit(v / div);
             }
             fwd.repack(q).map_err(gemm_error)?;
             if let Some(tr) = tr {

@@ -13,14 +13,7 @@ pub const ACT_ABSMAX_FLOOR: f32 = 1e-5;
 /// Added to the weight absmean before dividing.
 pub const WEIGHT_EPS: f32 = 1e-5;
 
-/// Rounds half to even for values in `[-2^22, 2^22]` (callers clamp first): adding and
-/// subtracting `1.5 * 2^23` leaves the nearest integer under the default rounding mode. Unlike
-/// `f32::round_ties_even`, this never becomes a libm call on CPUs without SSE4.1 in the target.
-#[inline(always)]
-pub fn round_half_even_small(v: f32) -> f32 {
-    const MAGIC: f32 = 12_582_912.0;
-    (v + MAGIC) - MAGIC
-}
+pub use bitnet_framework::weights::ternary::{round_half_even_small, trit};
 
 /// Quantizes one row of activations to int8; returns the scale `s` (`x ~ x_q / s`).
 pub fn quantize_activation_row(x: &[f32], q: &mut [i8]) -> f32 {
@@ -47,7 +40,7 @@ pub fn quantize_weights(w: &[f32], q: &mut [i8]) -> f32 {
     let g = weight_absmean(w);
     let div = g + WEIGHT_EPS;
     for (qi, &wi) in q.iter_mut().zip(w) {
-        *qi = round_half_even_small((wi / div).clamp(-2.0, 2.0)).clamp(-1.0, 1.0) as i8;
+        *qi = trit(wi / div);
     }
     g
 }

@@ -16,6 +16,7 @@
 use bitnet_framework::codec::{CodecError, ErrorFeedback, GradientCodec, check_update, wire};
 use bitnet_framework::registry::{BuildError, PluginConfig};
 use bitnet_framework::tensor::ParamLayout;
+use bitnet_framework::weights::ternary::round_half_even_small;
 use bitnet_framework::{BuildContext, Slot, register_plugin};
 use serde::{Deserialize, Serialize};
 
@@ -26,11 +27,6 @@ pub const WIRE_VERSION: u16 = 2;
 /// One-step tolerance: `|decoded - g| <= TOLERANCE * max|g|` per tensor (per block with
 /// `block`, which only tightens it).
 pub const TOLERANCE: f32 = 0.5 / 127.0;
-
-/// Adding then subtracting 1.5 * 2^23 rounds an f32 of magnitude below 2^22 to an integer,
-/// ties to even, in two vectorisable additions (`round_ties_even` is a libm call without
-/// SSE4.1).
-const ROUND_MAGIC: f32 = 12_582_912.0;
 
 /// The absmax int8 codec, without error feedback. Stateless.
 #[derive(Debug, Clone, Copy, Default)]
@@ -95,7 +91,7 @@ fn encode_tensor(values: &[f32], block: u32, out: &mut [u8]) {
         }
         let inv = 127.0 / max;
         for (o, v) in q.iter_mut().zip(vals) {
-            let r = ((v * inv + ROUND_MAGIC) - ROUND_MAGIC).clamp(-127.0, 127.0);
+            let r = round_half_even_small(v * inv).clamp(-127.0, 127.0);
             *o = (r as i8) as u8;
         }
     }

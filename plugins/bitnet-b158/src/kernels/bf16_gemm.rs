@@ -16,8 +16,7 @@
 
 use super::bf16::{BF16_PATHS, NR, f32_to_bf16};
 use super::bf16_tiles::{
-    pack_a_depth_rows, pack_a_depth_rows_bf16, pack_a_lanes, pack_a_output_rows,
-    pack_a_output_rows_bf16, pair, run_blocked,
+    Bf16Lane, pack_a_depth_rows_unscaled, pack_a_lanes, pack_a_output_rows, pair, run_blocked,
 };
 use super::{GemmError, Isa, check_isa, check_len, checked_area};
 use rayon::prelude::*;
@@ -75,10 +74,11 @@ impl<'a, T> Strided<'a, T> {
     }
 }
 
-impl StridedF32<'_> {
+impl<T: Bf16Lane> Strided<'_, T> {
+    /// The bf16 of element `(i, j)`.
     #[inline(always)]
     fn bf16(&self, i: usize, j: usize) -> u16 {
-        f32_to_bf16(self.data[i * self.depth_stride + j * self.width_stride])
+        self.data[i * self.depth_stride + j * self.width_stride].bf16()
     }
 }
 
@@ -139,9 +139,9 @@ pub fn gemm_bf16_with<A: LeftOperand>(
     Ok(())
 }
 
-/// The left operand of [`gemm_bf16`]: [`StridedF32`] or [`StridedBf16`] (sealed: how its `A`
-/// blocks are packed is internal).
-pub trait LeftOperand: sealed::Sealed + Copy + Sync {
+/// The left operand of [`gemm_bf16`]: [`StridedF32`] or [`StridedBf16`] (sealed: its one
+/// implementation is bounded by a trait outside this crate's public API).
+pub trait LeftOperand: Copy + Sync {
     /// Checks that the operand holds `depth x rows` elements.
     #[doc(hidden)]
     fn check_left(&self, depth: usize, rows: usize) -> Result<(), GemmError>;
@@ -151,14 +151,7 @@ pub trait LeftOperand: sealed::Sealed + Copy + Sync {
     fn pack_block(&self, depth: usize, j0: usize, block: (usize, usize, usize), dst: &mut [u32]);
 }
 
-mod sealed {
-    /// Only this module's operand types implement [`super::LeftOperand`].
-    pub trait Sealed {}
-    impl Sealed for super::StridedF32<'_> {}
-    impl Sealed for super::StridedBf16<'_> {}
-}
-
-impl LeftOperand for StridedF32<'_> {
+impl<T: Bf16Lane> LeftOperand for Strided<'_, T> {
     fn check_left(&self, depth: usize, rows: usize) -> Result<(), GemmError> {
         self.check("left operand", depth, rows)
     }
@@ -177,37 +170,10 @@ impl LeftOperand for StridedF32<'_> {
             // Each output row is contiguous along the depth: adjacent values are the pairs.
             pack_a_output_rows(dst, dims, |r| &data[(j0 + r) * ws..(j0 + r) * ws + depth]);
         } else if ws == 1 {
-            // Depth rows contiguous along the output rows (scaling by 1 is exact).
-            pack_a_depth_rows(dst, dims, |i| (&data[i * ds + j0..i * ds + j0 + rn], 1.0));
+            // Depth rows contiguous along the output rows: two rows interleaved per pair.
+            pack_a_depth_rows_unscaled(dst, dims, |i| &data[i * ds + j0..i * ds + j0 + rn]);
         } else {
             pack_a_lanes(dst, dims, |i, r| self.bf16(i, j0 + r));
-        }
-    }
-}
-
-impl LeftOperand for StridedBf16<'_> {
-    fn check_left(&self, depth: usize, rows: usize) -> Result<(), GemmError> {
-        self.check("left operand", depth, rows)
-    }
-
-    fn pack_block(
-        &self,
-        depth: usize,
-        j0: usize,
-        (rn, p0, pc): (usize, usize, usize),
-        dst: &mut [u32],
-    ) {
-        let (ds, ws) = (self.depth_stride, self.width_stride);
-        let dims = (rn, p0, pc, depth);
-        let data = self.data;
-        if ds == 1 {
-            // Each output row is contiguous along the depth: adjacent lanes are the pairs.
-            pack_a_output_rows_bf16(dst, dims, |r| &data[(j0 + r) * ws..(j0 + r) * ws + depth]);
-        } else if ws == 1 {
-            // Depth rows contiguous along the output rows: interleave two rows per pair.
-            pack_a_depth_rows_bf16(dst, dims, |i| &data[i * ds + j0..i * ds + j0 + rn]);
-        } else {
-            pack_a_lanes(dst, dims, |i, r| data[i * ds + (j0 + r) * ws]);
         }
     }
 }

@@ -39,6 +39,28 @@ pub(crate) fn a_lane(r: usize, p: usize, pc: usize) -> usize {
     (r / MR) * pc * MR + p * MR + r % MR
 }
 
+/// An element the packers round to bf16: an fp32 value (to nearest even) or the bit pattern of
+/// a value already in bf16 (as it is). Public only inside this private module: the bound of
+/// [`super::bf16_gemm::LeftOperand`]'s one implementation, which it seals.
+pub trait Bf16Lane: Copy + Sync {
+    /// The bf16 bit pattern of this element.
+    fn bf16(self) -> u16;
+}
+
+impl Bf16Lane for f32 {
+    #[inline(always)]
+    fn bf16(self) -> u16 {
+        f32_to_bf16(self)
+    }
+}
+
+impl Bf16Lane for u16 {
+    #[inline(always)]
+    fn bf16(self) -> u16 {
+        self
+    }
+}
+
 /// Two bf16 as one 32-bit lane: `lo` (the even depth index) in the low half.
 #[inline(always)]
 pub(crate) fn pair(lo: u16, hi: u16) -> u32 {
@@ -147,12 +169,12 @@ pub(crate) fn pack_a_depth_rows<'a>(
     }
 }
 
-/// [`pack_a_depth_rows`] for an operand already in bf16 (`row(i)` holds the block's `rn`
-/// lanes of depth row `i`; no factor).
-pub(crate) fn pack_a_depth_rows_bf16<'a>(
+/// [`pack_a_depth_rows`] without a factor, for fp32 or already-bf16 elements ([`Bf16Lane`]):
+/// `row(i)` holds the block's `rn` values of depth row `i`.
+pub(crate) fn pack_a_depth_rows_unscaled<'a, T: Bf16Lane + 'a>(
     dst: &mut [u32],
     (rn, p0, pc, depth): (usize, usize, usize, usize),
-    row: impl Fn(usize) -> &'a [u16],
+    row: impl Fn(usize) -> &'a [T],
 ) {
     let mut buf = [0u32; MC];
     for p in 0..pc {
@@ -161,11 +183,11 @@ pub(crate) fn pack_a_depth_rows_bf16<'a>(
         let lanes = &mut buf[..rn];
         if i + 1 < depth {
             for ((d, &e), &o) in lanes.iter_mut().zip(even).zip(&row(i + 1)[..rn]) {
-                *d = pair(e, o);
+                *d = pair(e.bf16(), o.bf16());
             }
         } else {
             for (d, &e) in lanes.iter_mut().zip(even) {
-                *d = pair(e, 0);
+                *d = pair(e.bf16(), 0);
             }
         }
         scatter_pair_lanes(dst, lanes, p, pc);
@@ -189,44 +211,24 @@ fn scatter_pair_lanes(dst: &mut [u32], lanes: &[u32], p: usize, pc: usize) {
 }
 
 /// Packs an `A` block from an operand whose output rows run along the depth:
-/// `A(i, j0 + r) = row(r)[i]` (`row(r)` holds the whole depth of output row `j0 + r`).
-pub(crate) fn pack_a_output_rows<'a>(
+/// `A(i, j0 + r) = row(r)[i]` (`row(r)` holds the whole depth of output row `j0 + r`), for fp32
+/// or already-bf16 elements ([`Bf16Lane`]).
+pub(crate) fn pack_a_output_rows<'a, T: Bf16Lane + 'a>(
     dst: &mut [u32],
     (rn, p0, pc, depth): (usize, usize, usize, usize),
-    row: impl Fn(usize) -> &'a [f32],
+    row: impl Fn(usize) -> &'a [T],
 ) {
     let (i0, i1) = (2 * p0, (2 * (p0 + pc)).min(depth));
     let mut buf = [0u16; 2 * KC];
     for r in 0..rn {
         let src = &row(r)[i0..i1];
-        // Convert the row in one vectorizable pass, then pair adjacent values.
+        // Convert the row in one vectorizable pass (a copy for bf16), then pair adjacent values.
         let half = &mut buf[..src.len()];
         for (h, &v) in half.iter_mut().zip(src) {
-            *h = f32_to_bf16(v);
+            *h = v.bf16();
         }
         let base = (r / MR) * pc * MR + r % MR;
         let mut two = half.chunks_exact(2);
-        for (p, v) in two.by_ref().enumerate() {
-            dst[base + p * MR] = pair(v[0], v[1]);
-        }
-        if let [last] = two.remainder() {
-            dst[base + (pc - 1) * MR] = pair(*last, 0);
-        }
-    }
-}
-
-/// [`pack_a_output_rows`] for an operand already in bf16 (`row(r)` holds the whole depth of
-/// output row `j0 + r`): adjacent lanes are the pairs, no conversion.
-pub(crate) fn pack_a_output_rows_bf16<'a>(
-    dst: &mut [u32],
-    (rn, p0, pc, depth): (usize, usize, usize, usize),
-    row: impl Fn(usize) -> &'a [u16],
-) {
-    let (i0, i1) = (2 * p0, (2 * (p0 + pc)).min(depth));
-    for r in 0..rn {
-        let src = &row(r)[i0..i1];
-        let base = (r / MR) * pc * MR + r % MR;
-        let mut two = src.chunks_exact(2);
         for (p, v) in two.by_ref().enumerate() {
             dst[base + p * MR] = pair(v[0], v[1]);
         }
@@ -308,15 +310,13 @@ mod tests {
             // The bf16 packers on the rounded operand, both layouts.
             let data16: Vec<u16> = data.iter().map(|&v| f32_to_bf16(v)).collect();
             let mut got = vec![0u32; len];
-            pack_a_depth_rows_bf16(&mut got, dims, |i| {
+            pack_a_depth_rows_unscaled(&mut got, dims, |i| {
                 &data16[i * width + j0..i * width + j0 + rn]
             });
             assert_eq!(got, want_plain, "bf16 depth rows {dims:?}");
             let t16: Vec<u16> = t.iter().map(|&v| f32_to_bf16(v)).collect();
             let mut got = vec![0u32; len];
-            pack_a_output_rows_bf16(&mut got, dims, |r| {
-                &t16[(j0 + r) * depth..(j0 + r + 1) * depth]
-            });
+            pack_a_output_rows(&mut got, dims, |r| &t16[(j0 + r) * depth..(j0 + r + 1) * depth]);
             assert_eq!(got, want_plain, "bf16 output rows {dims:?}");
         }
     }

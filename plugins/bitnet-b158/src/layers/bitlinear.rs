@@ -9,7 +9,7 @@
 
 use crate::kernels::quant::quantize_row_best;
 use crate::matmul::{Threads, matmul_ab, matmul_abt, matmul_atb};
-use crate::quant::{WEIGHT_EPS, round_half_even_small};
+use crate::quant::{WEIGHT_EPS, trit};
 use rayon::prelude::*;
 
 /// Whether BitLinear layers quantize (training and inference) or use the identity in place of
@@ -102,7 +102,7 @@ pub(crate) fn ternary_weights_into(out: &mut [f32], w: &[f32], mode: QuantMode) 
     let div = g + WEIGHT_EPS;
     out.par_chunks_mut(SUM_CHUNK).zip(w.par_chunks(SUM_CHUNK)).for_each(|(o, w)| {
         for (oi, &wi) in o.iter_mut().zip(w) {
-            *oi = round_half_even_small((wi / div).clamp(-2.0, 2.0)).clamp(-1.0, 1.0) * g;
+            *oi = f32::from(trit(wi / div)) * g;
         }
     });
     g
