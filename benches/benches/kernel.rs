@@ -13,6 +13,7 @@
 
 use bitnet_b158::kernels::bf16::{BF16_PATHS, grad_weight_bf16_with};
 use bitnet_b158::kernels::bf16_gemm::{StridedF32, gemm_bf16_with};
+use bitnet_b158::kernels::i8_grad::{I8_GRAD_PATHS, grad_weight_i8_with};
 use bitnet_b158::kernels::quant::{
     QUANT_PATHS, quantize_activations_absmax_with, quantize_weights_absmean_with,
 };
@@ -335,6 +336,20 @@ fn bench_grad_weight(c: &mut Criterion) {
                     })
                 });
             }
+            for isa in Isa::available_among(&I8_GRAD_PATHS) {
+                if isa == Isa::Scalar && n * k > 256 * 256 {
+                    continue;
+                }
+                let id =
+                    BenchmarkId::new(format!("int8_{isa:?}/t{threads}"), format!("{M}x{n}x{k}"));
+                g.bench_function(id, |b| {
+                    b.iter(|| {
+                        p.install(|| {
+                            grad_weight_i8_with(isa, &dy, M, n, &x, &scales, k, &mut dw, false)
+                        })
+                    })
+                });
+            }
             let id = BenchmarkId::new(format!("gemm_f32/t{threads}"), format!("{M}x{n}x{k}"));
             g.bench_function(id, |b| b.iter(|| gemm_f32_atb(&dy, &xf, &mut dw, n, k, threads)));
         }
@@ -460,14 +475,17 @@ fn best_secs(budget: Duration, mut f: impl FnMut()) -> f64 {
 }
 
 /// The BitLinear weight gradient `dW (N x K) = (dY / s)^T . X_q` at the model's shapes, in
-/// GFLOP/s and as a fraction of the measured bf16 peak.
+/// GFLOP/s, on the bf16 path (as a fraction of the measured bf16 peak) and on the block-scaled
+/// int8 path (as a fraction of the int8 peak, and its speed-up over bf16).
 fn grad_weight_summary() {
     let isa = Isa::best_among(&BF16_PATHS);
-    println!("\n== BitLinear weight gradient, bf16 path {isa:?}, M = {M} ==");
+    let isa8 = Isa::best_among(&I8_GRAD_PATHS);
+    println!("\n== BitLinear weight gradient, bf16 path {isa:?}, int8 path {isa8:?}, M = {M} ==");
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!("load average: {}", load.trim());
     for threads in [1, 2] {
         let peak = measure_float_peaks(threads).0;
+        let peak8 = measure_peak(threads);
         let p = pool(threads);
         for (n, k) in SHAPES {
             let dy: Vec<f32> =
@@ -479,12 +497,23 @@ fn grad_weight_summary() {
                 p.install(|| grad_weight_bf16_with(isa, &dy, M, n, &x, &scales, k, &mut dw, false))
                     .expect("dW")
             });
-            let flops = (2 * M * n * k) as f64 / secs;
-            let share = peak.map_or("n/a".to_string(), |pk| format!("{:.1}%", 100.0 * flops / pk));
+            let secs8 = best_secs(Duration::from_millis(800), || {
+                p.install(|| grad_weight_i8_with(isa8, &dy, M, n, &x, &scales, k, &mut dw, false))
+                    .expect("dW")
+            });
+            let flop = (2 * M * n * k) as f64;
+            let pct = |v: f64, pk: Option<f64>| {
+                pk.map_or("n/a".to_string(), |pk| format!("{:.1}%", 100.0 * v / pk))
+            };
             println!(
-                "  t{threads} {M:>5} x {n:>5} x {k:>5}: {:>6.1} GFLOP/s  {share:>6} of bf16 peak  ({:.3} ms)",
-                flops / 1e9,
-                secs * 1e3
+                "  t{threads} {M:>5} x {n:>5} x {k:>5}: bf16 {:>6.1} GFLOP/s {:>6} of bf16 peak ({:.3} ms) | int8 {:>6.1} {:>6} of int8 peak ({:.3} ms), {:.2}x",
+                flop / secs / 1e9,
+                pct(flop / secs, peak),
+                secs * 1e3,
+                flop / secs8 / 1e9,
+                pct(flop / secs8, peak8),
+                secs8 * 1e3,
+                secs / secs8
             );
         }
     }

@@ -44,6 +44,15 @@ pub fn round_half_even_small(v: f32) -> f32 {
     (v + MAGIC) - MAGIC
 }
 
+/// [`round_half_even_small`] as an integer, read from the low bits of the rounded sum: integer
+/// operations only, which vectorise where a float-to-int cast does not. `|v|` must be below
+/// `2^22`.
+#[inline(always)]
+pub fn round_half_even_small_i32(v: f32) -> i32 {
+    const MAGIC: f32 = 12_582_912.0;
+    (v + MAGIC).to_bits() as i32 - MAGIC.to_bits() as i32
+}
+
 /// The trit of `v = W / (g + eps)`: `clamp(round_half_even(v), -1, 1)`. Clamping to `[-2, 2]`
 /// first changes nothing after the final clamp and keeps `v` in range for
 /// [`round_half_even_small`].
@@ -181,6 +190,15 @@ mod tests {
         cases.extend((-4000..=4000).map(|i| i as f32 / 1000.0));
         for v in cases {
             assert_eq!(trit(v), reference(v), "{v}");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn integer_rounding_matches_round_ties_even(v in -4_194_303.0f32..4_194_303.0) {
+            prop_assert_eq!(round_half_even_small_i32(v), v.round_ties_even() as i32);
+            let half = (v as i32) as f32 + 0.5;
+            prop_assert_eq!(round_half_even_small_i32(half), half.round_ties_even() as i32);
         }
     }
 

@@ -4,10 +4,11 @@
 //! [`crate::layout::model_layout`]); every activation the backward pass needs lives in a
 //! [`Workspace`] that is allocated once per batch shape and reused step after step.
 
-use crate::kernel::Precision;
+use crate::kernel::{Precision, WeightGrad};
 use crate::kernels::PackedTernary;
 use crate::kernels::bf16::grad_weight_bf16;
 use crate::kernels::bf16_gemm::{StridedBf16, StridedF32, gemm_bf16};
+use crate::kernels::i8_grad::grad_weight_i8;
 use crate::kernels::quant::quantize_activations_absmax;
 use crate::kernels::ternary::{ternary_matmul_dequant, ternary_matmul_dequant_add};
 use crate::layers::attention::{attention_backward, attention_forward};
@@ -246,6 +247,7 @@ pub(crate) struct PassContext<'a> {
     pub threads: Threads,
     pub eps: f32,
     pub precision: Precision,
+    pub weight_grad: WeightGrad,
 }
 
 impl PassContext<'_> {
@@ -434,8 +436,8 @@ struct LinearScratch<'a> {
 
 /// Straight-through backward of BitLinear `which` with input `a`: `dw = dy^T . Q_a(x)` and
 /// `dx (+)= dy . Q_w(W)`. In fp32, both on the dequantized operands (`xdeq`, filled by the
-/// caller). In mixed precision, `dw` with bf16 products and fp32 sums straight from the int8
-/// codes (`1 / s` folded into `dy`), and `dx` as SwitchBack does it: `dy` quantized per row to
+/// caller). In mixed precision, `dw` straight from the int8 codes (`1 / s` folded into `dy`)
+/// with int8 products and block scales or bf16 products ([`WeightGrad`]), fp32 sums, and `dx` as SwitchBack does it: `dy` quantized per row to
 /// int8 (absmax), times the exactly ternary `W_q` on the int8 kernel, rescaled.
 #[allow(clippy::too_many_arguments)]
 fn linear_backward(
@@ -452,7 +454,11 @@ fn linear_backward(
     accumulate_dx: bool,
 ) -> Result<(), KernelError> {
     if cx.packed() {
-        grad_weight_bf16(dy, m, n, &a.codes, &a.scales, k, dw, false).map_err(gemm_error)?;
+        match cx.weight_grad {
+            WeightGrad::Int8 => grad_weight_i8(dy, m, n, &a.codes, &a.scales, k, dw, false),
+            WeightGrad::Bf16 => grad_weight_bf16(dy, m, n, &a.codes, &a.scales, k, dw, false),
+        }
+        .map_err(gemm_error)?;
         let (codes, scales) = (&mut s.dy_codes[..m * n], &mut s.dy_scales[..m]);
         quantize_activations_absmax(dy, n, codes, scales).map_err(gemm_error)?;
         let (pt, g) = (&packed.transposed[which], packed.gammas[which]);

@@ -13,7 +13,9 @@ pub const ACT_ABSMAX_FLOOR: f32 = 1e-5;
 /// Added to the weight absmean before dividing.
 pub const WEIGHT_EPS: f32 = 1e-5;
 
-pub use bitnet_framework::weights::ternary::{round_half_even_small, trit};
+pub use bitnet_framework::weights::ternary::{
+    round_half_even_small, round_half_even_small_i32, trit,
+};
 
 /// Quantizes one row of activations to int8; returns the scale `s` (`x ~ x_q / s`).
 pub fn quantize_activation_row(x: &[f32], q: &mut [i8]) -> f32 {

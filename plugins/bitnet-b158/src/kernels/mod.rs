@@ -12,6 +12,8 @@
 //!   bit-identical).
 //! - [`bf16`]: the weight gradient `dW = dY^T . X` with bf16 products and fp32 accumulation
 //!   (AVX-512 BF16 and a scalar twin within a documented tolerance).
+//! - [`i8_grad`]: the same weight gradient on the int8 units, `dY / s` quantized per 32-token
+//!   block (AVX-512 VNNI and a bit-identical scalar twin, within a documented bound of exact).
 //! - [`bf16_gemm`]: a general strided product of fp32 (or already bf16) operands on the same
 //!   bf16 micro-kernel (the mixed-precision LM head); both run through one depth-blocked driver
 //!   (`bf16_tiles`).
@@ -28,6 +30,7 @@ pub mod bf16;
 pub mod bf16_gemm;
 mod bf16_tiles;
 pub mod exp;
+pub mod i8_grad;
 pub mod packed;
 pub mod quant;
 pub mod ternary;
@@ -36,6 +39,8 @@ pub mod ternary;
 mod x86_bf16;
 #[cfg(target_arch = "x86_64")]
 mod x86_exp;
+#[cfg(target_arch = "x86_64")]
+mod x86_i8_grad;
 #[cfg(target_arch = "x86_64")]
 mod x86_quant;
 #[cfg(target_arch = "x86_64")]
