@@ -6,7 +6,8 @@
 //! the measured peak (best of repeated runs; a measurement, never an assertion), with the bf16
 //! and fp32 register-only peaks beside it (the roofline's figures), and the bf16 LM head
 //! backward against the `gemm` crate. `-- summary` prints only those tables; `-- bf16-summary`
-//! only the bf16 ones (BitLinear weight gradient and LM head backward, as % of the bf16 peak).
+//! only the bf16 ones (BitLinear weight gradient, bf16 and int8, and LM head backward, as % of
+//! the peaks).
 //!
 //!     cargo bench -p bitnet-benches --bench kernel
 //!     cargo bench -p bitnet-benches --bench kernel -- --quick ternary   # a subset
@@ -306,7 +307,8 @@ fn bench_quant(c: &mut Criterion) {
     g.finish();
 }
 
-/// The weight gradient `dW (N x K) = dY^T . X`: bf16 paths against the `gemm` crate in f32.
+/// The weight gradient `dW (N x K) = dY^T . X`: bf16 and block-scaled int8 paths against the
+/// `gemm` crate in f32.
 fn bench_grad_weight(c: &mut Criterion) {
     let mut g = c.benchmark_group("grad_weight");
     g.sample_size(10)

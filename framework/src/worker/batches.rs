@@ -87,6 +87,10 @@ pub struct PackedTask<'a> {
     pad: u32,
     seq_len: usize,
     batch: usize,
+    /// `Some(h)`: serve the windows as `h` batches of nearly equal size ([`PackedTask::in_steps`]).
+    steps: Option<usize>,
+    /// Batches served so far.
+    served: usize,
     next_window: usize,
     skipped: usize,
 }
@@ -123,9 +127,22 @@ impl<'a> PackedTask<'a> {
             pad: packing.pad,
             seq_len,
             batch: batch.max(1),
+            steps: None,
+            served: 0,
             next_window: 0,
             skipped,
         }
+    }
+
+    /// Serves the windows as `steps` batches whose sizes differ by at most one window, instead
+    /// of `batch` windows at a time (steps that would be empty, when there are fewer windows
+    /// than steps, are left out). DiLoCo's inner loop: a task of `H * batch * seq_len` example
+    /// tokens packs into about `H * batch / fill` windows, and served `batch` at a time its last
+    /// step would take a full-sized optimizer step on a sliver of a batch; spread over `H`
+    /// steps, every step holds about `batch / fill` windows.
+    pub fn in_steps(mut self, steps: usize) -> Self {
+        self.steps = Some(steps.max(1));
+        self
     }
 
     /// Examples packed.
@@ -152,7 +169,23 @@ impl Iterator for PackedTask<'_> {
         if self.next_window >= windows {
             return None;
         }
-        let n = self.batch.min(windows - self.next_window);
+        let n = match self.steps {
+            // The first `served + 1` of `h` steps end at window `(served + 1) * windows / h`.
+            Some(h) => loop {
+                if self.served >= h {
+                    return None;
+                }
+                self.served += 1;
+                let end = self.served * windows / h;
+                if end > self.next_window {
+                    break end - self.next_window;
+                }
+            },
+            None => {
+                self.served += 1;
+                self.batch.min(windows - self.next_window)
+            }
+        };
         let t = self.seq_len;
         let mut out = BatchBuffer {
             inputs: vec![self.pad; n * t],
@@ -330,5 +363,36 @@ mod tests {
             // An example of n body tokens is n + 3 tokens with n + 2 targets.
             prop_assert_eq!(counted, lens.iter().map(|n| n + 2).sum::<usize>());
         }
+
+        /// Spread over `h` steps, the same windows come out in the same order, as at most `h`
+        /// non-empty batches whose sizes differ by at most one window.
+        #[test]
+        fn in_steps_spreads_the_same_windows_evenly(
+            lens in proptest::collection::vec(0usize..12, 0..60),
+            seq in 15usize..40,
+            h in 1usize..9,
+        ) {
+            let tokens = shard(&lens);
+            let new = || PackedTask::new(&tokens, 0, tokens.len(), PACK, seq, 1, (5, 9));
+            let windows = new().windows();
+            let plain: Vec<BatchBuffer> = new().collect();
+            let spread: Vec<BatchBuffer> = new().in_steps(h).collect();
+            prop_assert_eq!(spread.len(), h.min(windows));
+            let sizes: Vec<usize> = spread.iter().map(|b| b.batch).collect();
+            prop_assert!(sizes.iter().all(|&n| n >= 1));
+            prop_assert!(sizes.iter().max().unwrap_or(&0) - sizes.iter().min().unwrap_or(&0) <= 1);
+            let cat = |v: &[BatchBuffer]| v.iter().flat_map(|b| b.inputs.clone()).collect::<Vec<_>>();
+            prop_assert_eq!(cat(&spread), cat(&plain));
+        }
+    }
+
+    #[test]
+    fn in_steps_example() {
+        // 19 windows of one example each over 4 steps: 4, 5, 5, 5.
+        let tokens = shard(&[10; 19]);
+        let p = PackedTask::new(&tokens, 0, tokens.len(), PACK, 16, 4, (0, 0));
+        assert_eq!(p.windows(), 19);
+        let sizes: Vec<usize> = p.in_steps(4).map(|b| b.batch).collect();
+        assert_eq!(sizes, [4, 5, 5, 5]);
     }
 }

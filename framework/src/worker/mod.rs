@@ -481,7 +481,16 @@ impl Worker {
                         ),
                     );
                 }
-                TaskBatches::Packed(packed)
+                match task.mode {
+                    TrainMode::AsyncSgd => TaskBatches::Packed(packed),
+                    // H inner steps: the coordinator cut H * batch * seq_len example tokens
+                    // (fewer for the shard's last slice, which gets proportionally fewer steps).
+                    TrainMode::Diloco => {
+                        let per_step = (task.batch_size * task.seq_len).max(1) as u64;
+                        let steps = task.tokens.div_ceil(per_step).max(1);
+                        TaskBatches::Packed(packed.in_steps(steps as usize))
+                    }
+                }
             }
             // One token past the slice gives its last window a target.
             None => TaskBatches::Plain(windows(

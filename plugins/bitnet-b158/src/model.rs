@@ -437,8 +437,9 @@ struct LinearScratch<'a> {
 /// Straight-through backward of BitLinear `which` with input `a`: `dw = dy^T . Q_a(x)` and
 /// `dx (+)= dy . Q_w(W)`. In fp32, both on the dequantized operands (`xdeq`, filled by the
 /// caller). In mixed precision, `dw` straight from the int8 codes (`1 / s` folded into `dy`)
-/// with int8 products and block scales or bf16 products ([`WeightGrad`]), fp32 sums, and `dx` as SwitchBack does it: `dy` quantized per row to
-/// int8 (absmax), times the exactly ternary `W_q` on the int8 kernel, rescaled.
+/// with int8 products and block scales or bf16 products ([`WeightGrad`]), fp32 sums; and `dx`
+/// as SwitchBack does it: `dy` quantized per row to int8 (absmax), times the exactly ternary
+/// `W_q` on the int8 kernel, rescaled.
 #[allow(clippy::too_many_arguments)]
 fn linear_backward(
     cx: &PassContext<'_>,
