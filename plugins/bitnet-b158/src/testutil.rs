@@ -1,4 +1,9 @@
-//! Helpers of the unit tests: deterministic data and central finite differences.
+//! Helpers of the unit tests: deterministic data, central finite differences, thread pools.
+
+/// A rayon pool of `threads` threads (the kernels split their work on the pool they run in).
+pub(crate) fn pool(threads: usize) -> rayon::ThreadPool {
+    rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("pool")
+}
 
 /// Deterministic values in `[-scale, scale)`.
 pub(crate) fn pseudo_random(len: usize, seed: u64, scale: f32) -> Vec<f32> {

@@ -21,7 +21,7 @@
 //! pass over contiguous rows of `dY` (no transposition).
 
 use super::bf16_tiles::{pack_a_depth_rows, pair, run_blocked};
-use super::{GemmError, Isa, check_isa, check_len, checked_area};
+use super::{GemmError, Isa, check_grad_weight, check_isa, checked_area};
 use rayon::prelude::*;
 use std::cell::RefCell;
 
@@ -96,10 +96,7 @@ pub fn grad_weight_bf16_with(
     accumulate: bool,
 ) -> Result<(), GemmError> {
     check_isa("grad_weight_bf16", isa, &BF16_PATHS)?;
-    check_len("output gradient", checked_area("output gradient", m, n)?, dy.len())?;
-    check_len("int8 activations", checked_area("activations", m, k)?, x_q.len())?;
-    check_len("activation scales", m, x_scales.len())?;
-    check_len("weight gradient", checked_area("weight gradient", n, k)?, dw.len())?;
+    check_grad_weight(dy, m, n, x_q, x_scales, k, dw)?;
     if n == 0 || k == 0 {
         return Ok(());
     }
@@ -205,11 +202,8 @@ fn kernel_scalar(t: Bf16Tile<'_>) {
 mod tests {
     use super::super::bf16_tiles::{KC, MC};
     use super::*;
+    use crate::testutil::pool;
     use proptest::prelude::*;
-
-    fn pool(threads: usize) -> rayon::ThreadPool {
-        rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("pool")
-    }
 
     #[test]
     fn bf16_conversion_rounds_to_nearest_even() {

@@ -232,11 +232,8 @@ mod tests {
     use super::super::bf16::bf16_to_f32;
     use super::super::bf16_tiles::{KC, MC};
     use super::*;
+    use crate::testutil::pool;
     use proptest::prelude::*;
-
-    fn pool(threads: usize) -> rayon::ThreadPool {
-        rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("pool")
-    }
 
     #[test]
     fn shape_errors() {

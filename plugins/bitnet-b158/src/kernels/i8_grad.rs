@@ -30,7 +30,7 @@
 //! rows by [`KB`] token blocks is quantized and laid out right before use, while the matching
 //! `KB * 32 x 32` slice of a packed `X_q` panel (16 KiB) stays in L1 across its tiles.
 
-use super::{GemmError, Isa, check_isa, check_len, checked_area, clamp_like_simd};
+use super::{GemmError, Isa, check_grad_weight, check_isa, checked_area, clamp_like_simd};
 use crate::quant::round_half_even_small_i32;
 use rayon::prelude::*;
 use std::cell::RefCell;
@@ -119,10 +119,7 @@ pub fn grad_weight_i8_with(
     accumulate: bool,
 ) -> Result<(), GemmError> {
     check_isa("grad_weight_i8", isa, &I8_GRAD_PATHS)?;
-    check_len("output gradient", checked_area("output gradient", m, n)?, dy.len())?;
-    check_len("int8 activations", checked_area("activations", m, k)?, x_q.len())?;
-    check_len("activation scales", m, x_scales.len())?;
-    check_len("weight gradient", checked_area("weight gradient", n, k)?, dw.len())?;
+    check_grad_weight(dy, m, n, x_q, x_scales, k, dw)?;
     if n == 0 || k == 0 {
         return Ok(());
     }
@@ -413,11 +410,8 @@ fn kernel_scalar(t: I8Tile<'_>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testutil::pool;
     use proptest::prelude::*;
-
-    fn pool(threads: usize) -> rayon::ThreadPool {
-        rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("pool")
-    }
 
     #[test]
     fn shape_errors() {

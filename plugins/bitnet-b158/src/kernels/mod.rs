@@ -162,6 +162,24 @@ pub(crate) fn check_len(what: &'static str, expected: usize, got: usize) -> Resu
     if expected == got { Ok(()) } else { Err(GemmError::Length { what, expected, got }) }
 }
 
+/// Checks the operands of a BitLinear weight gradient `dW (n x k) = (dY / s)^T . X_q` over `m`
+/// tokens: `dy` is `m x n`, `x_q` is `m x k` with `m` scales, `dw` is `n x k`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn check_grad_weight(
+    dy: &[f32],
+    m: usize,
+    n: usize,
+    x_q: &[i8],
+    x_scales: &[f32],
+    k: usize,
+    dw: &[f32],
+) -> Result<(), GemmError> {
+    check_len("output gradient", checked_area("output gradient", m, n)?, dy.len())?;
+    check_len("int8 activations", checked_area("activations", m, k)?, x_q.len())?;
+    check_len("activation scales", m, x_scales.len())?;
+    check_len("weight gradient", checked_area("weight gradient", n, k)?, dw.len())
+}
+
 /// `a * b`, or an error naming the product.
 pub(crate) fn checked_area(what: &str, a: usize, b: usize) -> Result<usize, GemmError> {
     a.checked_mul(b).ok_or_else(|| GemmError::TooLarge(format!("{what}: {a} x {b}")))

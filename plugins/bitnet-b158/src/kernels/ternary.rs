@@ -361,6 +361,7 @@ fn kernel_scalar(t: &Tile<'_>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testutil::pool;
     use proptest::prelude::*;
 
     fn reference(x: &[i8], m: usize, k: usize, w: &[i8], n: usize) -> Vec<i32> {
@@ -372,10 +373,6 @@ mod tests {
             }
         }
         y
-    }
-
-    fn pool(threads: usize) -> rayon::ThreadPool {
-        rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("pool")
     }
 
     #[test]
