@@ -21,7 +21,7 @@ use bitnet_b158::kernels::quant::{
 use bitnet_b158::kernels::ternary::{
     TERNARY_PATHS, ternary_matmul_dequant_with, ternary_matmul_with,
 };
-use bitnet_b158::kernels::{Isa, PackedTernary};
+use bitnet_b158::kernels::{GemmError, Isa, PackedTernary};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group};
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -307,6 +307,11 @@ fn bench_quant(c: &mut Criterion) {
     g.finish();
 }
 
+/// A BitLinear weight-gradient product on a given path (`grad_weight_bf16_with`,
+/// `grad_weight_i8_with`).
+type GradWeight =
+    fn(Isa, &[f32], usize, usize, &[i8], &[f32], usize, &mut [f32], bool) -> Result<(), GemmError>;
+
 /// The weight gradient `dW (N x K) = dY^T . X`: bf16 and block-scaled int8 paths against the
 /// `gemm` crate in f32.
 fn bench_grad_weight(c: &mut Criterion) {
@@ -324,33 +329,25 @@ fn bench_grad_weight(c: &mut Criterion) {
         g.throughput(Throughput::Elements((2 * M * n * k) as u64));
         for threads in [1, 2] {
             let p = pool(threads);
-            for isa in Isa::available_among(&BF16_PATHS) {
-                if isa == Isa::Scalar && n * k > 256 * 256 {
-                    continue;
-                }
-                let id =
-                    BenchmarkId::new(format!("bf16_{isa:?}/t{threads}"), format!("{M}x{n}x{k}"));
-                g.bench_function(id, |b| {
-                    b.iter(|| {
-                        p.install(|| {
-                            grad_weight_bf16_with(isa, &dy, M, n, &x, &scales, k, &mut dw, false)
+            let products: [(&str, &[Isa], GradWeight); 2] = [
+                ("bf16", &BF16_PATHS, grad_weight_bf16_with),
+                ("int8", &I8_GRAD_PATHS, grad_weight_i8_with),
+            ];
+            for (label, paths, product) in products {
+                for isa in Isa::available_among(paths) {
+                    if isa == Isa::Scalar && n * k > 256 * 256 {
+                        continue;
+                    }
+                    let id = BenchmarkId::new(
+                        format!("{label}_{isa:?}/t{threads}"),
+                        format!("{M}x{n}x{k}"),
+                    );
+                    g.bench_function(id, |b| {
+                        b.iter(|| {
+                            p.install(|| product(isa, &dy, M, n, &x, &scales, k, &mut dw, false))
                         })
-                    })
-                });
-            }
-            for isa in Isa::available_among(&I8_GRAD_PATHS) {
-                if isa == Isa::Scalar && n * k > 256 * 256 {
-                    continue;
+                    });
                 }
-                let id =
-                    BenchmarkId::new(format!("int8_{isa:?}/t{threads}"), format!("{M}x{n}x{k}"));
-                g.bench_function(id, |b| {
-                    b.iter(|| {
-                        p.install(|| {
-                            grad_weight_i8_with(isa, &dy, M, n, &x, &scales, k, &mut dw, false)
-                        })
-                    })
-                });
             }
             let id = BenchmarkId::new(format!("gemm_f32/t{threads}"), format!("{M}x{n}x{k}"));
             g.bench_function(id, |b| b.iter(|| gemm_f32_atb(&dy, &xf, &mut dw, n, k, threads)));

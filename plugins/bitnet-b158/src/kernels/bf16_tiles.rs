@@ -15,9 +15,8 @@
 //! matches the AVX-512 BF16 path, and the rounding bound (`depth * 2^-23` of the magnitude
 //! sum) is unchanged.
 
-use super::Isa;
 use super::bf16::{Bf16Tile, MR, NR, f32_to_bf16, micro_kernel};
-use rayon::prelude::*;
+use super::{Isa, for_each_row_band};
 use std::cell::RefCell;
 
 /// Depth pairs per block: a `KC x 64` slice of a `B` panel is `256 * KC` bytes (24 KiB), which
@@ -88,10 +87,6 @@ pub(crate) fn run_blocked(
         return;
     }
     let panels = cols.div_ceil(NR);
-    let threads = rayon::current_num_threads().max(1);
-    let row_blocks = rows.div_ceil(MR);
-    let tasks = if threads == 1 { 1 } else { (threads * tasks_per_thread).min(row_blocks) };
-    let rows_per_task = row_blocks.div_ceil(tasks) * MR;
     let task = |out: &mut [f32], j0: usize| {
         let rn = out.len() / cols;
         A_BLOCK.with(|cell| {
@@ -132,13 +127,7 @@ pub(crate) fn run_blocked(
             }
         });
     };
-    if tasks <= 1 {
-        task(c, 0);
-    } else {
-        c.par_chunks_mut(rows_per_task * cols)
-            .enumerate()
-            .for_each(|(t, out)| task(out, t * rows_per_task));
-    }
+    for_each_row_band(c, cols, MR, tasks_per_thread, task);
 }
 
 /// Packs an `A` block from an operand whose depth rows run along the output rows:

@@ -30,7 +30,9 @@
 //! rows by [`KB`] token blocks is quantized and laid out right before use, while the matching
 //! `KB * 32 x 32` slice of a packed `X_q` panel (16 KiB) stays in L1 across its tiles.
 
-use super::{GemmError, Isa, check_grad_weight, check_isa, checked_area, clamp_like_simd};
+use super::{
+    GemmError, Isa, check_grad_weight, check_isa, checked_area, clamp_like_simd, for_each_row_band,
+};
 use crate::quant::round_half_even_small_i32;
 use rayon::prelude::*;
 use std::cell::RefCell;
@@ -138,23 +140,12 @@ pub fn grad_weight_i8_with(
     b.resize(b_len, 0);
     pack_b(x_q, m, k, &mut b);
     let inv_s: Vec<f32> = x_scales.iter().map(|&s| 1.0 / s).collect();
-    let threads = rayon::current_num_threads().max(1);
-    let row_tiles = n.div_ceil(MR);
-    let tasks = if threads == 1 { 1 } else { (threads * 2).min(row_tiles) };
-    let rows_per_task = row_tiles.div_ceil(tasks) * MR;
-    let task = |out: &mut [f32], j0: usize| {
+    for_each_row_band(dw, k, MR, 2, |out, j0| {
         A_BLOCK.with(|cell| {
             let mut ab = cell.borrow_mut();
             run_task(isa, out, j0, (m, n, k), dy, &inv_s, &b, accumulate, &mut ab);
         })
-    };
-    if tasks <= 1 {
-        task(dw, 0);
-    } else {
-        dw.par_chunks_mut(rows_per_task * k)
-            .enumerate()
-            .for_each(|(t, out)| task(out, t * rows_per_task));
-    }
+    });
     B_PACK.with(|p| *p.borrow_mut() = b);
     Ok(())
 }

@@ -180,6 +180,30 @@ pub(crate) fn check_grad_weight(
     check_len("weight gradient", checked_area("weight gradient", n, k)?, dw.len())
 }
 
+/// Splits the row-major output `c` (`cols` per row) into bands of whole `mr`-row tiles, about
+/// `tasks_per_thread` per thread of the current rayon pool (one band when it has one thread),
+/// and runs `task(band, first_row)` on each, in parallel.
+pub(crate) fn for_each_row_band(
+    c: &mut [f32],
+    cols: usize,
+    mr: usize,
+    tasks_per_thread: usize,
+    task: impl Fn(&mut [f32], usize) + Sync,
+) {
+    let threads = rayon::current_num_threads().max(1);
+    let row_tiles = (c.len() / cols.max(1)).div_ceil(mr);
+    let tasks = if threads == 1 { 1 } else { (threads * tasks_per_thread).min(row_tiles) };
+    if tasks <= 1 {
+        task(c, 0);
+        return;
+    }
+    let rows_per_task = row_tiles.div_ceil(tasks) * mr;
+    use rayon::prelude::*;
+    c.par_chunks_mut(rows_per_task * cols)
+        .enumerate()
+        .for_each(|(t, band)| task(band, t * rows_per_task));
+}
+
 /// `a * b`, or an error naming the product.
 pub(crate) fn checked_area(what: &str, a: usize, b: usize) -> Result<usize, GemmError> {
     a.checked_mul(b).ok_or_else(|| GemmError::TooLarge(format!("{what}: {a} x {b}")))
