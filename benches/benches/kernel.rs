@@ -14,7 +14,7 @@
 
 use bitnet_b158::kernels::bf16::{BF16_PATHS, grad_weight_bf16_with};
 use bitnet_b158::kernels::bf16_gemm::{StridedF32, gemm_bf16_with};
-use bitnet_b158::kernels::i8_grad::{I8_GRAD_PATHS, grad_weight_i8_with};
+use bitnet_b158::kernels::i8_grad::{ALayout, I8_GRAD_PATHS, grad_weight_i8_with, product_i8_with};
 use bitnet_b158::kernels::quant::{
     QUANT_PATHS, quantize_activations_absmax_with, quantize_weights_absmean_with,
 };
@@ -518,12 +518,17 @@ fn grad_weight_summary() {
     }
 }
 
-/// The mixed-precision LM head backward (`V = 5174`, `M` rows): bf16 `dX = dY . W` and
-/// `dW = dY^T . X` against the `gemm` crate's f32 `dW`, in GFLOP/s.
+/// The mixed-precision LM head backward (`V = 5174`, `M` rows) in GFLOP/s: `dX = dY . W` and
+/// `dW = dY^T . X` on bf16 products and on int8 products with block scales (the int8 times
+/// include quantizing `W` or `X` per row), against the `gemm` crate's f32 `dW`.
 fn lm_head_summary() {
     const V: usize = 5174;
     let isa = Isa::best_among(&BF16_PATHS);
-    println!("\n== LM head backward, M = {M}, V = {V} (bf16 path {isa:?}) ==");
+    let isa8 = Isa::best_among(&I8_GRAD_PATHS);
+    let qisa = Isa::best_among(&QUANT_PATHS);
+    println!("\n== LM head backward, M = {M}, V = {V} (bf16 path {isa:?}, int8 path {isa8:?}) ==");
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!("load average: {}", load.trim());
     for d in [256, 512] {
         let dy: Vec<f32> =
             bytes(M * V, 9).into_iter().map(|v| f32::from(v) / 1e4 - 0.0128).collect();
@@ -538,22 +543,42 @@ fn lm_head_summary() {
                 let (a, b) = (StridedF32::width_major(&dy, V), StridedF32::depth_major(&w, d));
                 p.install(|| gemm_bf16_with(isa, &mut dx, (M, d, V), a, b, false)).expect("dX")
             });
+            let (mut wq, mut ws) = (vec![0i8; V * d], vec![0f32; V]);
+            let dx8_secs = best_secs(Duration::from_millis(1500), || {
+                p.install(|| {
+                    quantize_activations_absmax_with(qisa, &w, d, &mut wq, &mut ws)?;
+                    let rows = ALayout::RowMajor;
+                    product_i8_with(isa8, rows, &dy, V, M, &wq, &ws, d, &mut dx, false)
+                })
+                .expect("dX int8")
+            });
             let mut dw = vec![0f32; V * d];
             let dw_secs = best_secs(Duration::from_millis(1500), || {
                 let (a, b) = (StridedF32::depth_major(&dy, V), StridedF32::depth_major(&x, d));
                 p.install(|| gemm_bf16_with(isa, &mut dw, (V, d, M), a, b, false)).expect("dW")
             });
+            let (mut xq, mut xs) = (vec![0i8; M * d], vec![0f32; M]);
+            let dw8_secs = best_secs(Duration::from_millis(1500), || {
+                p.install(|| {
+                    quantize_activations_absmax_with(qisa, &x, d, &mut xq, &mut xs)?;
+                    grad_weight_i8_with(isa8, &dy, M, V, &xq, &xs, d, &mut dw, false)
+                })
+                .expect("dW int8")
+            });
             let f32_secs = best_secs(Duration::from_millis(1500), || {
                 p.install(|| gemm_f32_atb(&dy, &x, &mut dw, V, d, threads))
             });
+            let g =
+                |secs: f64| format!("{:>6.1} GFLOP/s ({:.2} ms)", flop / secs / 1e9, secs * 1e3);
             println!(
-                "  d {d:>3} t{threads}: bf16 dX {:>6.1} GFLOP/s ({:.2} ms), bf16 dW {:>6.1} ({:.2} ms), f32 dW {:>6.1} ({:.2} ms)",
-                flop / dx_secs / 1e9,
-                dx_secs * 1e3,
-                flop / dw_secs / 1e9,
-                dw_secs * 1e3,
-                flop / f32_secs / 1e9,
-                f32_secs * 1e3
+                "  d {d:>3} t{threads}: dX bf16 {}, int8 {} {:.2}x | dW bf16 {}, int8 {} {:.2}x | f32 dW {}",
+                g(dx_secs),
+                g(dx8_secs),
+                dx_secs / dx8_secs,
+                g(dw_secs),
+                g(dw8_secs),
+                dw_secs / dw8_secs,
+                g(f32_secs)
             );
         }
     }

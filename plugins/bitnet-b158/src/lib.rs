@@ -18,5 +18,5 @@ pub mod quant;
 #[cfg(test)]
 mod testutil;
 
-pub use kernel::{BitNetB158Config, BitNetKernel, Precision, WeightGrad};
+pub use kernel::{BitNetB158Config, BitNetKernel, HeadGrad, Precision, WeightGrad};
 pub use layers::bitlinear::QuantMode;

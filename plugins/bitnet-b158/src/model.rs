@@ -4,7 +4,7 @@
 //! [`crate::layout::model_layout`]); every activation the backward pass needs lives in a
 //! [`Workspace`] that is allocated once per batch shape and reused step after step.
 
-use crate::kernel::{Precision, WeightGrad};
+use crate::kernel::{HeadGrad, Precision, WeightGrad};
 use crate::kernels::PackedTernary;
 use crate::kernels::bf16::grad_weight_bf16;
 use crate::kernels::bf16_gemm::{StridedBf16, StridedF32, gemm_bf16};
@@ -172,8 +172,13 @@ pub(crate) struct Workspace {
     xn_f: Vec<f32>,
     /// Logits, then their gradient in place (fp32 precision).
     logits: Vec<f32>,
-    /// Mixed precision: the logits' gradient in bf16 (sized on the first pass with gradients).
+    /// Mixed precision with the bf16 head backward: the logits' gradient in bf16 (sized on the
+    /// first pass with gradients).
     dlogits16: Vec<u16>,
+    /// Mixed precision with the int8 head weight gradient: the final normalized activations
+    /// per token, int8 (sized on first use).
+    xn_codes: Vec<i8>,
+    xn_scales: Vec<f32>,
     // Scratch.
     xn: Vec<f32>,
     tmp: Vec<f32>,
@@ -207,6 +212,8 @@ impl Workspace {
             xn_f: vec![0.0; md],
             logits: vec![0.0; m * dims.vocab],
             dlogits16: Vec::new(),
+            xn_codes: Vec::new(),
+            xn_scales: Vec::new(),
             xn: vec![0.0; md],
             tmp: vec![0.0; md],
             heads: vec![0.0; md],
@@ -226,8 +233,9 @@ impl Workspace {
         }
     }
 
-    /// Logits of the last forward (their fp32 gradient after a forward with gradients in fp32
-    /// precision; scratch after one in mixed precision, whose gradient is in `dlogits16`).
+    /// Logits of the last forward (their fp32 gradient after a forward with gradients, except
+    /// with the bf16 head backward of mixed precision: scratch then, the gradient being in
+    /// `dlogits16`).
     pub(crate) fn logits(&self) -> &[f32] {
         &self.logits
     }
@@ -248,6 +256,7 @@ pub(crate) struct PassContext<'a> {
     pub eps: f32,
     pub precision: Precision,
     pub weight_grad: WeightGrad,
+    pub head_grad: HeadGrad,
 }
 
 impl PassContext<'_> {
@@ -617,11 +626,13 @@ pub(crate) fn forward(
     }
     let grad = match (with_grad, packed) {
         (false, _) => Grad::None,
-        // Mixed precision: the head's backward reads the gradient in bf16 only.
-        (true, true) => {
+        // Mixed precision: the bf16 head backward reads the gradient in bf16 only; the int8
+        // weight gradient quantizes it from fp32 in blocks.
+        (true, true) if cx.head_grad == HeadGrad::Bf16 => {
             ws.dlogits16.resize(m * vocab, 0);
             Grad::Bf16(&mut ws.dlogits16)
         }
+        (true, true) => Grad::F32,
         (true, false) => Grad::F32,
     };
     Ok(cross_entropy(&mut ws.logits, targets, vocab, grad).0)
@@ -641,7 +652,21 @@ pub(crate) fn backward(
     let ix = cx.index;
     // Head and final norm.
     let head = &p[ix.head.clone()];
-    if cx.packed() {
+    if cx.packed() && cx.head_grad == HeadGrad::Int8 {
+        // The gradient is in `ws.logits` (fp32). dxn[i][l] = sum_v dlogits[i][v] * W[v][l] on
+        // bf16 products; dW[v][l] = sum_i dlogits[i][v] * xn[i][l] on int8 products, `xn`
+        // quantized per token by absmax.
+        let dlogits = StridedF32::width_major(&ws.logits, vocab);
+        let w = StridedF32::depth_major(head, d);
+        gemm_bf16(&mut ws.dxn, (m, d, vocab), dlogits, w, false).map_err(gemm_error)?;
+        ws.xn_codes.resize(m * d, 0);
+        ws.xn_scales.resize(m, 0.0);
+        quantize_activations_absmax(&ws.xn_f, d, &mut ws.xn_codes, &mut ws.xn_scales)
+            .map_err(gemm_error)?;
+        let (xq, xs) = (&ws.xn_codes, &ws.xn_scales);
+        grad_weight_i8(&ws.logits, m, vocab, xq, xs, d, &mut g[ix.head.clone()], false)
+            .map_err(gemm_error)?;
+    } else if cx.packed() {
         // dxn[i][l] = sum_v dlogits[i][v] * W[v][l]; dW[v][l] = sum_i dlogits[i][v] * xn[i][l].
         let dlogits = StridedBf16::width_major(&ws.dlogits16, vocab);
         let w = StridedF32::depth_major(head, d);

@@ -93,6 +93,20 @@ pub fn grad_weight_i8(
     grad_weight_i8_with(isa, dy, m, n, x_q, x_scales, k, dw, accumulate)
 }
 
+/// How the fp32 operand `A` (`m` deep, `n` output rows) is laid out in memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ALayout {
+    /// `a[i * n + j]`: an output gradient `dY` (`m x n`, one row per token), as in a weight
+    /// gradient.
+    DepthMajor,
+    /// `a[j * m + i]`: one contiguous row of depth per output row, e.g. the logit gradient
+    /// (`tokens x vocab`) for the LM head's input gradient `dX = dlogits . W` with `W`
+    /// quantized per vocabulary row (measured in the kernel bench; the model keeps that product
+    /// on bf16, which was as fast at `d = 256`). The same blocks, codes and sums as
+    /// [`ALayout::DepthMajor`] on the transposed operand, so the same result bit for bit.
+    RowMajor,
+}
+
 /// The `A` block of a task: codes, scales and starting sums in the tile layouts of [`I8Tile`].
 #[derive(Default)]
 struct ABlock {
@@ -111,6 +125,24 @@ thread_local! {
 #[allow(clippy::too_many_arguments)]
 pub fn grad_weight_i8_with(
     isa: Isa,
+    dy: &[f32],
+    m: usize,
+    n: usize,
+    x_q: &[i8],
+    x_scales: &[f32],
+    k: usize,
+    dw: &mut [f32],
+    accumulate: bool,
+) -> Result<(), GemmError> {
+    product_i8_with(isa, ALayout::DepthMajor, dy, m, n, x_q, x_scales, k, dw, accumulate)
+}
+
+/// The product of [`grad_weight_i8`] on the given path, with `A` (`dy`, `m x n` logically,
+/// `m` deep) in either layout: `out[j][l] (+)= sum_i (A[i][j] / x_scales[i]) * x_q[i][l]`.
+#[allow(clippy::too_many_arguments)]
+pub fn product_i8_with(
+    isa: Isa,
+    layout: ALayout,
     dy: &[f32],
     m: usize,
     n: usize,
@@ -143,7 +175,7 @@ pub fn grad_weight_i8_with(
     for_each_row_band(dw, k, MR, 2, |out, j0| {
         A_BLOCK.with(|cell| {
             let mut ab = cell.borrow_mut();
-            run_task(isa, out, j0, (m, n, k), dy, &inv_s, &b, accumulate, &mut ab);
+            run_task((isa, layout), out, j0, (m, n, k), dy, &inv_s, &b, accumulate, &mut ab);
         })
     });
     B_PACK.with(|p| *p.borrow_mut() = b);
@@ -154,7 +186,7 @@ pub fn grad_weight_i8_with(
 /// [`KB`] token blocks.
 #[allow(clippy::too_many_arguments)]
 fn run_task(
-    isa: Isa,
+    (isa, layout): (Isa, ALayout),
     out: &mut [f32],
     j0: usize,
     (m, n, k): (usize, usize, usize),
@@ -172,7 +204,7 @@ fn run_task(
         let tiles = mn.div_ceil(MR);
         for b0 in (0..blocks).step_by(KB) {
             let bc = (blocks - b0).min(KB);
-            pack_a_best(isa, ab, dy, inv_s, (m, n), (j0 + m0, mn), (b0, bc));
+            pack_a_best((isa, layout), ab, dy, inv_s, (m, n), (j0 + m0, mn), (b0, bc));
             for panel in 0..panels {
                 let start = (panel * blocks + b0) * QUADS * NR;
                 let bslice = &b[start..start + bc * QUADS * NR];
@@ -204,10 +236,10 @@ fn run_task(
     }
 }
 
-/// [`pack_a`] compiled for AVX-512 on that path (the same scalar operations, so the same
-/// codes; the baseline x86-64 build only gets 4-lane SSE vectors).
+/// [`pack_a`] or [`pack_a_rows`], compiled for AVX-512 on that path (the same scalar
+/// operations, so the same codes; the baseline x86-64 build only gets 4-lane SSE vectors).
 fn pack_a_best(
-    isa: Isa,
+    (isa, layout): (Isa, ALayout),
     ab: &mut ABlock,
     dy: &[f32],
     inv_s: &[f32],
@@ -218,6 +250,7 @@ fn pack_a_best(
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
     unsafe fn pack_a_avx512(
+        layout: ALayout,
         ab: &mut ABlock,
         dy: &[f32],
         inv_s: &[f32],
@@ -225,13 +258,77 @@ fn pack_a_best(
         rows: (usize, usize),
         blocks: (usize, usize),
     ) {
-        pack_a(ab, dy, inv_s, dims, rows, blocks)
+        match layout {
+            ALayout::DepthMajor => pack_a(ab, dy, inv_s, dims, rows, blocks),
+            ALayout::RowMajor => pack_a_rows(ab, dy, inv_s, dims, rows, blocks),
+        }
     }
-    match isa {
+    match (isa, layout) {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: the path was checked available (AVX-512 F/BW/VL are part of it).
-        Isa::Avx512Vnni => unsafe { pack_a_avx512(ab, dy, inv_s, dims, rows, blocks) },
-        _ => pack_a(ab, dy, inv_s, dims, rows, blocks),
+        (Isa::Avx512Vnni, _) => unsafe { pack_a_avx512(layout, ab, dy, inv_s, dims, rows, blocks) },
+        (_, ALayout::DepthMajor) => pack_a(ab, dy, inv_s, dims, rows, blocks),
+        (_, ALayout::RowMajor) => pack_a_rows(ab, dy, inv_s, dims, rows, blocks),
+    }
+}
+
+/// Sizes `ab` for `rn` rows and `bc` token blocks (every element zero).
+#[inline(always)]
+fn reset_a_block(ab: &mut ABlock, rn: usize, bc: usize) {
+    let tiles = rn.div_ceil(MR);
+    ab.codes.clear();
+    ab.codes.resize(tiles * bc * QUADS * MR, 0);
+    ab.scales.clear();
+    ab.scales.resize(tiles * bc * MR, 0.0);
+    ab.inits.clear();
+    ab.inits.resize(tiles * bc * MR, 0);
+}
+
+/// [`pack_a`] for `A` stored [`ALayout::RowMajor`] (`dy[j * m + i]`): each row's block is 32
+/// contiguous values, scaled, reduced and coded in one pass (the same operations per element,
+/// so the same codes, scales and starting sums).
+#[inline(always)]
+fn pack_a_rows(
+    ab: &mut ABlock,
+    dy: &[f32],
+    inv_s: &[f32],
+    (m, _n): (usize, usize),
+    (j0, rn): (usize, usize),
+    (b0, bc): (usize, usize),
+) {
+    reset_a_block(ab, rn, bc);
+    let mut vals = [0f32; BLOCK];
+    for r in 0..rn {
+        let row = &dy[(j0 + r) * m..(j0 + r + 1) * m];
+        let (tile, lane) = (r / MR, r % MR);
+        for bl in 0..bc {
+            let i0 = (b0 + bl) * BLOCK;
+            let i1 = (i0 + BLOCK).min(m);
+            let live = i1 - i0;
+            let mut amax = 0f32;
+            for (v, (&x, &f)) in vals.iter_mut().zip(row[i0..i1].iter().zip(&inv_s[i0..i1])) {
+                *v = x * f;
+                let a = v.abs();
+                amax = if a > amax || a.is_nan() { a } else { amax };
+            }
+            let (scale, inverse) = block_scale(amax);
+            let at = (tile * bc + bl) * MR + lane;
+            ab.scales[at] = scale;
+            let mut sum = 0i32;
+            for (quad, four) in vals.chunks_exact(4).enumerate() {
+                let mut bytes = [0u8; 4];
+                for (t, (byte, &v)) in bytes.iter_mut().zip(four).enumerate() {
+                    if 4 * quad + t < live {
+                        let c = code(v, inverse);
+                        sum += i32::from(c);
+                        *byte = c as u8;
+                    }
+                }
+                ab.codes[(tile * bc + bl) * QUADS * MR + quad * MR + lane] =
+                    u32::from_le_bytes(bytes);
+            }
+            ab.inits[at] = -128 * sum;
+        }
     }
 }
 
@@ -247,13 +344,7 @@ fn pack_a(
     (j0, rn): (usize, usize),
     (b0, bc): (usize, usize),
 ) {
-    let tiles = rn.div_ceil(MR);
-    ab.codes.clear();
-    ab.codes.resize(tiles * bc * QUADS * MR, 0);
-    ab.scales.clear();
-    ab.scales.resize(tiles * bc * MR, 0.0);
-    ab.inits.clear();
-    ab.inits.resize(tiles * bc * MR, 0);
+    reset_a_block(ab, rn, bc);
     let mut amax = [0f32; MC];
     let mut inv = [0f32; MC];
     let mut sums = [0i32; MC];
@@ -490,6 +581,8 @@ mod tests {
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(48))]
         #[test]
+        /// Every path, thread count and layout of `A` gives the scalar twin's result bit for
+        /// bit, and that result is within the bound.
         fn paths_agree_bitwise_and_stay_within_the_bound(
             (m, n, k, dy, x, s) in case(), threads in 1usize..4, accumulate in any::<bool>(),
         ) {
@@ -512,13 +605,22 @@ mod tests {
                 prop_assert!(!want[i].is_nan());
                 prop_assert!(err <= bound[i] + 1e-6 * base.abs(), "scalar at {}: err {} > {}", i, err, bound[i]);
             }
+            let mut rows = vec![0.0f32; n * m];
+            for i in 0..m {
+                for j in 0..n {
+                    rows[j * m + i] = dy[i * n + j];
+                }
+            }
+            let layouts = [(ALayout::DepthMajor, &dy), (ALayout::RowMajor, &rows)];
             for isa in Isa::available_among(&I8_GRAD_PATHS) {
-                let mut got = start.clone();
-                pool(threads)
-                    .install(|| grad_weight_i8_with(isa, &dy, m, n, &x, &s, k, &mut got, accumulate))
-                    .expect("int8");
-                let same = got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits());
-                prop_assert!(same, "{:?} differs from the scalar twin", isa);
+                for (layout, a) in layouts {
+                    let mut got = start.clone();
+                    pool(threads)
+                        .install(|| product_i8_with(isa, layout, a, m, n, &x, &s, k, &mut got, accumulate))
+                        .expect("int8");
+                    let same = got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits());
+                    prop_assert!(same, "{:?} {:?} differs from the scalar twin", isa, layout);
+                }
             }
         }
     }

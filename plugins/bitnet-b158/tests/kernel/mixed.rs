@@ -1,7 +1,7 @@
 //! `precision = "mixed"` (int8 forward, SwitchBack int8 input gradients) against fp32.
 
 use crate::common::{kernel_and_params, tiny_config, tokens};
-use bitnet_b158::{BitNetKernel, Precision, WeightGrad};
+use bitnet_b158::{BitNetKernel, HeadGrad, Precision, WeightGrad};
 use bitnet_framework::model::{ModelConfig, ModelKernel, TokenBatch};
 
 fn wider() -> ModelConfig {
@@ -26,13 +26,22 @@ fn norms(kernel: &dyn ModelKernel, g: &[f32]) -> Vec<(String, f64)> {
         .collect()
 }
 
+/// The backward products compared: everything on int8 (the default), everything on bf16,
+/// and the int8 BitLinear weight gradient with the bf16 head.
+const BACKWARDS: [(WeightGrad, HeadGrad); 3] = [
+    (WeightGrad::Int8, HeadGrad::Int8),
+    (WeightGrad::Bf16, HeadGrad::Bf16),
+    (WeightGrad::Int8, HeadGrad::Bf16),
+];
+
 fn mixed_kernel(
     config: ModelConfig,
-    weight_grad: WeightGrad,
+    (weight_grad, head_grad): (WeightGrad, HeadGrad),
     seed: u64,
 ) -> (BitNetKernel, Vec<f32>) {
     let (mut kernel, params) = kernel_and_params(config, Precision::Mixed, seed);
     kernel.set_weight_grad(weight_grad);
+    kernel.set_head_grad(head_grad);
     (kernel, params)
 }
 
@@ -46,9 +55,9 @@ fn gradient_norms_within_2e_2_of_fp32() {
     let batch = TokenBatch { inputs: &inputs, targets: &targets, batch: b, seq_len: t };
     let mut g32 = vec![0.0; params.len()];
     let l32 = fp32.forward_backward(&params, &batch, &mut g32).expect("fp32");
-    let mut by_weight_grad = Vec::new();
-    for weight_grad in [WeightGrad::Int8, WeightGrad::Bf16] {
-        let (mut mixed, _) = mixed_kernel(config.clone(), weight_grad, 21);
+    let mut by_backward = Vec::new();
+    for backward in BACKWARDS {
+        let (mut mixed, _) = mixed_kernel(config.clone(), backward, 21);
         let mut gmx = vec![0.0; params.len()];
         let lmx = mixed.forward_backward(&params, &batch, &mut gmx).expect("mixed");
         // The int8 forward is the exact integer product; only the LM head's bf16 products move
@@ -57,16 +66,16 @@ fn gradient_norms_within_2e_2_of_fp32() {
         assert_eq!(mixed.forward_loss(&params, &batch).expect("eval"), lmx);
         let mut worst = 0.0f64;
         for ((name, a), (_, b)) in norms(&fp32, &g32).into_iter().zip(norms(&mixed, &gmx)) {
-            assert!((a - b).abs() <= 2e-2 * a, "{weight_grad:?} {name}: fp32 {a} vs mixed {b}");
+            assert!((a - b).abs() <= 2e-2 * a, "{backward:?} {name}: fp32 {a} vs mixed {b}");
             worst = worst.max((a - b).abs() / a);
         }
-        eprintln!("{weight_grad:?} weight gradient: worst gradient-norm deviation {worst:.2e}");
-        by_weight_grad.push(gmx);
+        eprintln!("{backward:?}: worst gradient-norm deviation from fp32 {worst:.2e}");
+        by_backward.push(gmx);
     }
-    // The two weight-gradient products differ only in the rounding of `dY / s`: each BitLinear
-    // weight gradient within 2e-2 of the other's norm, element by element.
-    let (g8, g16) = (&by_weight_grad[0], &by_weight_grad[1]);
-    let (probe, _) = mixed_kernel(config, WeightGrad::Int8, 21);
+    // The int8 and bf16 backward products differ only in the rounding of their operands: each
+    // gradient tensor within 2e-2 of the other's norm, element by element.
+    let (g8, g16) = (&by_backward[0], &by_backward[1]);
+    let (probe, _) = mixed_kernel(config, BACKWARDS[0], 21);
     let mut differs = false;
     for (spec, range) in probe.layout().iter() {
         let (a, b) = (&g8[range.clone()], &g16[range]);
@@ -74,12 +83,12 @@ fn gradient_norms_within_2e_2_of_fp32() {
         let norm = b.iter().map(|v| f64::from(*v).powi(2)).sum::<f64>().sqrt();
         assert!(
             diff <= 2e-2 * norm,
-            "{}: int8 and bf16 dW differ by {diff} (norm {norm})",
+            "{}: int8 and bf16 backward differ by {diff} (norm {norm})",
             spec.name
         );
         differs |= diff > 0.0;
     }
-    assert!(differs, "the int8 weight gradient was not used");
+    assert!(differs, "the int8 backward products were not used");
 }
 
 #[test]
@@ -92,13 +101,14 @@ fn loss_curve_tracks_fp32() {
     let batch = TokenBatch { inputs: &inputs, targets: &targets, batch: b, seq_len: t };
     let mut curves = Vec::new();
     let runs = [
-        (Precision::Fp32, WeightGrad::Int8),
-        (Precision::Mixed, WeightGrad::Int8),
-        (Precision::Mixed, WeightGrad::Bf16),
+        (Precision::Fp32, BACKWARDS[0]),
+        (Precision::Mixed, BACKWARDS[0]),
+        (Precision::Mixed, BACKWARDS[1]),
     ];
-    for (precision, weight_grad) in runs {
+    for (precision, (weight_grad, head_grad)) in runs {
         let (mut kernel, mut params) = kernel_and_params(config.clone(), precision, 8);
         kernel.set_weight_grad(weight_grad);
+        kernel.set_head_grad(head_grad);
         let mut grads = vec![0.0; params.len()];
         let mut mom = vec![0.0f32; params.len()];
         let mut curve = Vec::new();
@@ -114,11 +124,11 @@ fn loss_curve_tracks_fp32() {
     }
     let c32 = &curves[0];
     assert!(c32[39] < 0.5 * c32[0], "fp32 did not learn: {c32:?}");
-    for (cmx, (_, weight_grad)) in curves[1..].iter().zip(&runs[1..]) {
+    for (cmx, (_, backward)) in curves[1..].iter().zip(&runs[1..]) {
         for (i, (a, b)) in c32.iter().zip(cmx).enumerate() {
             assert!(
                 (a - b).abs() <= 0.1 * a.max(0.2),
-                "{weight_grad:?} step {i}: fp32 {a} vs mixed {b}\n{c32:?}\n{cmx:?}"
+                "{backward:?} step {i}: fp32 {a} vs mixed {b}\n{c32:?}\n{cmx:?}"
             );
         }
     }

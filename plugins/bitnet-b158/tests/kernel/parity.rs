@@ -1,6 +1,6 @@
 //! Parity with the PyTorch reference on the committed fixture (see `fixtures/make_fixture.py`).
 
-use bitnet_b158::{BitNetKernel, Precision, WeightGrad};
+use bitnet_b158::{BitNetKernel, HeadGrad, Precision, WeightGrad};
 use bitnet_framework::model::{ModelConfig, ModelKernel, TokenBatch};
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -37,14 +37,20 @@ fn fixture_params(fx: &Fixture, kernel: &BitNetKernel) -> Vec<f32> {
     params
 }
 
-/// Mixed precision against the reference, with either BitLinear weight-gradient product: the
-/// loss within 1e-3, gradient norms within 2e-2.
+/// Mixed precision against the reference, with the int8 or bf16 backward products (BitLinear
+/// weight gradient, LM head): the loss within 1e-3, gradient norms within 2e-2.
 #[test]
 fn mixed_precision_stays_within_2e_2_of_pytorch() {
     let fx = load();
-    for weight_grad in [WeightGrad::Int8, WeightGrad::Bf16] {
+    let backwards = [
+        (WeightGrad::Int8, HeadGrad::Int8),
+        (WeightGrad::Bf16, HeadGrad::Bf16),
+        (WeightGrad::Int8, HeadGrad::Bf16),
+    ];
+    for (weight_grad, head_grad) in backwards {
         let mut kernel = BitNetKernel::new(fx.config.clone(), 2, Precision::Mixed).expect("kernel");
         kernel.set_weight_grad(weight_grad);
+        kernel.set_head_grad(head_grad);
         let params = fixture_params(&fx, &kernel);
         let seq_len = fx.inputs.len() / fx.batch;
         let batch =
@@ -62,11 +68,11 @@ fn mixed_precision_stays_within_2e_2_of_pytorch() {
             worst = worst.max(rel(norm, want));
             assert!(
                 rel(norm, want) < 2e-2,
-                "{weight_grad:?} {}: grad norm {norm} vs torch {want}",
+                "{weight_grad:?}/{head_grad:?} {}: grad norm {norm} vs torch {want}",
                 spec.name
             );
         }
-        eprintln!("{weight_grad:?} weight gradient: worst gradient-norm deviation {worst:.2e}");
+        eprintln!("{weight_grad:?}/{head_grad:?}: worst gradient-norm deviation {worst:.2e}");
     }
 }
 
