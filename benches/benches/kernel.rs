@@ -7,7 +7,7 @@
 //! and fp32 register-only peaks beside it (the roofline's figures), and the bf16 LM head
 //! backward against the `gemm` crate. `-- summary` prints only those tables; `-- bf16-summary`
 //! only the bf16 ones (BitLinear weight gradient, bf16 and int8, and LM head backward, as % of
-//! the peaks).
+//! the peaks); `-- head-summary` only the LM head backward, bf16 against int8.
 //!
 //!     cargo bench -p bitnet-benches --bench kernel
 //!     cargo bench -p bitnet-benches --bench kernel -- --quick ternary   # a subset
@@ -634,13 +634,16 @@ criterion_group!(
 fn main() {
     let summary_only = std::env::args().any(|a| a == "summary");
     let bf16_only = std::env::args().any(|a| a == "bf16-summary");
-    if !summary_only && !bf16_only {
+    let head_only = std::env::args().any(|a| a == "head-summary");
+    if !summary_only && !bf16_only && !head_only {
         benches();
         criterion::Criterion::default().configure_from_args().final_summary();
     }
-    if !bf16_only {
+    if !bf16_only && !head_only {
         summary();
     }
-    grad_weight_summary();
+    if !head_only {
+        grad_weight_summary();
+    }
     lm_head_summary();
 }

@@ -69,7 +69,8 @@ fn gradient_norms_within_2e_2_of_fp32() {
             assert!((a - b).abs() <= 2e-2 * a, "{backward:?} {name}: fp32 {a} vs mixed {b}");
             worst = worst.max((a - b).abs() / a);
         }
-        eprintln!("{backward:?}: worst gradient-norm deviation from fp32 {worst:.2e}");
+        let dl = (l32 - lmx).abs() / l32.abs();
+        eprintln!("{backward:?}: loss off by {dl:.2e}, worst gradient-norm deviation {worst:.2e}");
         by_backward.push(gmx);
     }
     // The int8 and bf16 backward products differ only in the rounding of their operands: each

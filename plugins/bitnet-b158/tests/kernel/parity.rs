@@ -72,7 +72,10 @@ fn mixed_precision_stays_within_2e_2_of_pytorch() {
                 spec.name
             );
         }
-        eprintln!("{weight_grad:?}/{head_grad:?}: worst gradient-norm deviation {worst:.2e}");
+        let dl = rel(f64::from(loss), fx.loss);
+        eprintln!(
+            "{weight_grad:?}/{head_grad:?}: loss off by {dl:.2e}, worst gradient-norm deviation {worst:.2e}"
+        );
     }
 }
 
