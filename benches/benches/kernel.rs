@@ -7,7 +7,9 @@
 //! and fp32 register-only peaks beside it (the roofline's figures), and the bf16 LM head
 //! backward against the `gemm` crate. `-- summary` prints only those tables; `-- bf16-summary`
 //! only the bf16 ones (BitLinear weight gradient, bf16 and int8, and LM head backward, as % of
-//! the peaks); `-- head-summary` only the LM head backward, bf16 against int8.
+//! the peaks); `-- head-summary` only the LM head backward, bf16 against int8. `-- pack-summary`
+//! prints only the weight refresh (quantize and pack every BitLinear weight of a preset, fused
+//! kernel against the unfused path) as best-of-runs times.
 //!
 //!     cargo bench -p bitnet-benches --bench kernel
 //!     cargo bench -p bitnet-benches --bench kernel -- --quick ternary   # a subset
@@ -21,6 +23,7 @@ use bitnet_b158::kernels::quant::{
 use bitnet_b158::kernels::ternary::{
     TERNARY_PATHS, ternary_matmul_dequant_with, ternary_matmul_with,
 };
+use bitnet_b158::kernels::weight_pack::{WEIGHT_PACK_PATHS, quantize_pack_weights_with};
 use bitnet_b158::kernels::{GemmError, Isa, PackedTernary};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group};
 use std::hint::black_box;
@@ -406,6 +409,142 @@ fn bench_pack(c: &mut Criterion) {
     g.finish();
 }
 
+/// Latent weights of one tensor: roughly normal, std about 0.02 (the sum of four uniforms).
+fn latent_weights(len: usize, seed: u64) -> Vec<f32> {
+    bytes(4 * len, seed)
+        .chunks_exact(4)
+        .map(|b| (b.iter().map(|&v| f32::from(v)).sum::<f32>() - 510.0) / 7400.0)
+        .collect()
+}
+
+/// Every BitLinear weight of a preset with its packed buffers, as one training step refreshes
+/// them.
+struct PackCase {
+    name: &'static str,
+    weights: Vec<Vec<f32>>,
+    codes: Vec<Vec<i8>>,
+    forward: Vec<PackedTernary>,
+    transposed: Vec<PackedTernary>,
+}
+
+impl PackCase {
+    /// `layers` blocks of q, k, v, o (`d x d`), gate, up (`f x d`) and down (`d x f`).
+    fn new(name: &'static str, d: usize, f: usize, layers: usize) -> Self {
+        let block = [(d, d), (d, d), (d, d), (d, d), (f, d), (f, d), (d, f)];
+        let shapes: Vec<(usize, usize)> = (0..layers).flat_map(|_| block).collect();
+        let zeros = |&(n, k): &(usize, usize)| vec![0i8; n * k];
+        Self {
+            name,
+            weights: shapes
+                .iter()
+                .enumerate()
+                .map(|(i, &(n, k))| latent_weights(n * k, i as u64))
+                .collect(),
+            codes: shapes.iter().map(zeros).collect(),
+            forward: shapes
+                .iter()
+                .map(|s| PackedTernary::pack(&zeros(s), s.0, s.1).expect("pack"))
+                .collect(),
+            transposed: shapes
+                .iter()
+                .map(|s| PackedTernary::pack_transposed(&zeros(s), s.0, s.1).expect("pack"))
+                .collect(),
+        }
+    }
+
+    fn weights(&self) -> usize {
+        self.weights.iter().map(Vec::len).sum()
+    }
+
+    /// The fused quantize-and-pack on `isa`, tensor after tensor.
+    fn fused(&mut self, isa: Isa) {
+        for ((w, p), t) in self.weights.iter().zip(&mut self.forward).zip(&mut self.transposed) {
+            black_box(quantize_pack_weights_with(isa, w, p, Some(t)).expect("pack"));
+        }
+    }
+
+    /// The path the model took before the fused kernel: the chunked f64 absmean (in-order
+    /// chunk sums), `trit(w / (g + eps))` into codes, then `repack` and `repack_transposed`.
+    fn unfused(&mut self) {
+        use bitnet_framework::weights::ternary::{WEIGHT_EPS, trit};
+        use rayon::prelude::*;
+        let parts = self.weights.iter().zip(&mut self.codes);
+        for ((w, q), (p, t)) in parts.zip(self.forward.iter_mut().zip(&mut self.transposed)) {
+            let partial: Vec<f64> = w
+                .par_chunks(1 << 14)
+                .map(|c| c.iter().map(|v| f64::from(v.abs())).sum::<f64>())
+                .collect();
+            let g = (partial.iter().sum::<f64>() / w.len() as f64) as f32;
+            let div = g + WEIGHT_EPS;
+            for (qi, &v) in q.iter_mut().zip(w) {
+                *qi = trit(v / div);
+            }
+            p.repack(q).expect("repack");
+            t.repack_transposed(q).expect("repack");
+            black_box(g);
+        }
+    }
+}
+
+fn pack_cases() -> [PackCase; 2] {
+    [PackCase::new("small", 256, 1024, 4), PackCase::new("medium", 512, 2048, 12)]
+}
+
+/// Every BitLinear weight of the small and medium presets quantized and packed (forward and
+/// transposed), as one training step does, on one thread: the fused kernel and the unfused path
+/// it replaced.
+fn bench_pack_weights(c: &mut Criterion) {
+    let mut g = c.benchmark_group("pack-weights");
+    g.sample_size(10)
+        .measurement_time(Duration::from_secs(3))
+        .warm_up_time(Duration::from_millis(500));
+    let one = pool(1);
+    let isa = Isa::best_among(&WEIGHT_PACK_PATHS);
+    for mut case in pack_cases() {
+        g.throughput(Throughput::Elements(case.weights() as u64));
+        let id = format!("{}_t1", case.name);
+        g.bench_function(BenchmarkId::new(format!("fused-{isa:?}"), &id), |b| {
+            b.iter(|| one.install(|| case.fused(isa)))
+        });
+        g.bench_function(BenchmarkId::new("unfused", &id), |b| {
+            b.iter(|| one.install(|| case.unfused()))
+        });
+    }
+    g.finish();
+}
+
+/// Best-of-repeated-runs times of the weight refresh (less sensitive to a busy machine than
+/// criterion's means), every path of the fused kernel against the unfused path, 1 and 2
+/// threads.
+fn pack_summary() {
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!("\n== weight refresh: quantize + pack forward and transposed (best of runs) ==");
+    println!("load average: {}", load.trim());
+    for mut case in pack_cases() {
+        for threads in [1, 2] {
+            let p = pool(threads);
+            let budget = Duration::from_millis(1500);
+            let unfused = best_secs(budget, || p.install(|| case.unfused()));
+            let mut line = format!(
+                "  {:>6} t{threads} ({:.1}M weights): unfused {:>7.3} ms",
+                case.name,
+                case.weights() as f64 / 1e6,
+                unfused * 1e3
+            );
+            for isa in Isa::available_among(&WEIGHT_PACK_PATHS) {
+                let fused = best_secs(budget, || p.install(|| case.fused(isa)));
+                line += &format!(
+                    " | {isa:?} {:>7.3} ms ({:.2} ns/weight, {:.1}x)",
+                    fused * 1e3,
+                    fused * 1e9 / case.weights() as f64,
+                    unfused / fused
+                );
+            }
+            println!("{line}");
+        }
+    }
+}
+
 /// The `gemm` crate's f32 product `C (M x N) = A (M x K) . B^T` at the same shapes.
 fn bench_gemm_f32(c: &mut Criterion) {
     let mut g = c.benchmark_group("gemm_crate_f32");
@@ -627,11 +766,16 @@ criterion_group!(
     bench_ternary,
     bench_quant,
     bench_pack,
+    bench_pack_weights,
     bench_grad_weight,
     bench_gemm_f32
 );
 
 fn main() {
+    if std::env::args().any(|a| a == "pack-summary") {
+        pack_summary();
+        return;
+    }
     let summary_only = std::env::args().any(|a| a == "summary");
     let bf16_only = std::env::args().any(|a| a == "bf16-summary");
     let head_only = std::env::args().any(|a| a == "head-summary");

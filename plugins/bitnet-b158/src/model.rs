@@ -11,8 +11,8 @@ use crate::kernels::bf16_gemm::{StridedBf16, StridedF32, gemm_bf16};
 use crate::kernels::i8_grad::grad_weight_i8;
 use crate::kernels::quant::quantize_activations_absmax;
 use crate::kernels::ternary::{ternary_matmul_dequant, ternary_matmul_dequant_add};
+use crate::kernels::weight_pack::quantize_pack_weights;
 use crate::layers::attention::{attention_backward, attention_forward};
-use crate::layers::bitlinear::absmean_parallel;
 use crate::layers::bitlinear::{
     ActQuant, QuantMode, bitlinear_backward, bitlinear_forward, ternary_weights_into,
 };
@@ -22,7 +22,6 @@ use crate::layers::rmsnorm::{rmsnorm_backward, rmsnorm_forward, rmsnorm_forward_
 use crate::layers::rope::{RopeTables, merge_heads, split_heads};
 use crate::layers::swiglu::{swiglu_backward_in_place, swiglu_forward_quantize};
 use crate::matmul::{Threads, matmul_ab, matmul_abt, matmul_atb};
-use crate::quant::{WEIGHT_EPS, trit};
 use bitnet_framework::model::{IGNORE_INDEX, KernelError, ModelConfig, TokenBatch};
 use bitnet_framework::tensor::ParamLayout;
 use rayon::prelude::*;
@@ -332,7 +331,6 @@ impl BlockRanges {
 /// `dX = dY . W_q`), `gammas[i]` the absmean scale; `i = block * 7 + [q, k, v, o, gate, up, down]`.
 #[derive(Debug, Default)]
 pub(crate) struct PackedWeights {
-    codes: Vec<Vec<i8>>,
     forward: Vec<PackedTernary>,
     transposed: Vec<PackedTernary>,
     gammas: Vec<f32>,
@@ -342,9 +340,9 @@ fn gemm_error(e: crate::kernels::GemmError) -> KernelError {
     KernelError::Other(format!("ternary kernel: {e}"))
 }
 
-/// Quantizes and packs every BitLinear weight (in parallel over tensors). The ternary codes
-/// and the packed matrices are kept from step to step: after the first step, packing
-/// allocates nothing (the kernels' `repack*` fill the existing buffers).
+/// Quantizes and packs every BitLinear weight (in parallel over tensors, and within a tensor
+/// over its 64-output panels), each weight read once by the fused kernel. The packed matrices
+/// are kept from step to step: after the first step, packing fills the existing buffers.
 fn pack_weights(
     cx: &PassContext<'_>,
     p: &[f32],
@@ -354,23 +352,21 @@ fn pack_weights(
     let Dims { d, ffn: f, .. } = cx.dims;
     let shapes = [(d, d), (d, d), (d, d), (d, d), (f, d), (f, d), (d, f)];
     let jobs = cx.index.blocks.len() * LINEARS;
-    let fresh = out.codes.len() != jobs
-        || out.forward.len() != jobs
+    let fresh = out.forward.len() != jobs
         || out
             .forward
             .iter()
             .zip(shapes.iter().cycle())
             .any(|(pw, &(n, k))| pw.out_features() != n || pw.in_features() != k);
     if fresh {
-        out.codes.clear();
-        out.forward.clear();
         out.transposed.clear();
-        for b in &cx.index.blocks {
-            for (r, &(n, k)) in b.linear().into_iter().zip(&shapes) {
-                out.codes.push(vec![0i8; r.len()]);
-                out.forward.push(PackedTernary::pack(&vec![0i8; n * k], n, k).map_err(gemm_error)?);
-            }
-        }
+        out.forward = shapes
+            .iter()
+            .cycle()
+            .take(jobs)
+            .map(|&(n, k)| PackedTernary::pack(&vec![0i8; n * k], n, k))
+            .collect::<Result<_, _>>()
+            .map_err(gemm_error)?;
     }
     if with_transposed && out.transposed.len() != jobs {
         out.transposed = shapes
@@ -390,22 +386,11 @@ fn pack_weights(
     };
     ranges
         .into_par_iter()
-        .zip(out.codes.par_iter_mut())
         .zip(out.forward.par_iter_mut())
         .zip(transposed.into_par_iter())
         .zip(out.gammas.par_iter_mut())
-        .try_for_each(|((((range, q), fwd), tr), gamma)| {
-            let w = &p[range.clone()];
-            let g = absmean_parallel(w);
-            let div = g + WEIGHT_EPS;
-            for (qi, &v) in q.iter_mut().zip(w) {
-                *qi = trit(v / div);
-            }
-            fwd.repack(q).map_err(gemm_error)?;
-            if let Some(tr) = tr {
-                tr.repack_transposed(q).map_err(gemm_error)?;
-            }
-            *gamma = g;
+        .try_for_each(|(((range, fwd), tr), gamma)| {
+            *gamma = quantize_pack_weights(&p[range.clone()], fwd, tr).map_err(gemm_error)?;
             Ok(())
         })
 }

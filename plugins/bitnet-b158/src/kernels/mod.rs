@@ -4,8 +4,11 @@
 //! - [`quant`]: the per-tensor absmean ternary weight quantizer and the per-token absmax int8
 //!   activation quantizer (AVX-512 and scalar; bit-identical).
 //! - [`packed`]: [`PackedTernary`], ternary weights at 2 bits each in the panel layout the
-//!   matrix kernels consume; `repack`/`repack_transposed` refresh it in place each step
-//!   (AVX-512 gathers / byte transposes, with a scalar twin).
+//!   matrix kernels consume; `repack`/`repack_transposed` refill it in place from ternary
+//!   codes (AVX-512 gathers / byte transposes, with a scalar twin).
+//! - [`weight_pack`]: the step's weight refresh in one pass, absmean ternary quantisation of
+//!   the latent weights straight into both packings (AVX-512 and scalar; bit-identical to
+//!   quantizing, then `repack` and `repack_transposed`).
 //! - [`ternary`]: `int8 x packed ternary -> int32` products (the BitLinear forward, and the
 //!   SwitchBack-style input gradient `dX = dY_q . W_q` with the transposed packing), optionally
 //!   fused with the dequantisation `y = acc * g / s_row` (AVX-512 VNNI, AVX2 and scalar;
@@ -34,6 +37,7 @@ pub mod i8_grad;
 pub mod packed;
 pub mod quant;
 pub mod ternary;
+pub mod weight_pack;
 
 #[cfg(target_arch = "x86_64")]
 mod x86_bf16;
@@ -45,6 +49,8 @@ mod x86_i8_grad;
 mod x86_quant;
 #[cfg(target_arch = "x86_64")]
 mod x86_ternary;
+#[cfg(target_arch = "x86_64")]
+mod x86_weight_pack;
 
 pub use packed::PackedTernary;
 pub use quant::{quantize_activations_absmax, quantize_weights_absmean};

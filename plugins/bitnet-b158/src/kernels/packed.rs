@@ -26,7 +26,7 @@ pub const PACKED_GROUP_BYTES: usize = PANEL * GROUP / 4;
 pub const TILE_BYTES: usize = PANEL * GROUP;
 
 /// The code of a zero weight (used for padding).
-const ZERO_CODE: u8 = 1;
+pub(crate) const ZERO_CODE: u8 = 1;
 
 /// A ternary matrix packed at 2 bits per weight; see the module docs for the layout.
 #[derive(Clone, PartialEq, Eq)]
@@ -250,6 +250,13 @@ impl PackedTernary {
             }
         }
         Ok(p)
+    }
+
+    /// The packed bytes, to be rewritten in place in the same layout (the fused
+    /// quantize-and-pack of [`super::weight_pack`]); the writer keeps every code below 3 and
+    /// the padding at the zero code.
+    pub(crate) fn bytes_mut(&mut self) -> &mut [u8] {
+        &mut self.data
     }
 
     /// The packed bytes of a whole panel (`groups * 64` bytes).

@@ -8,6 +8,7 @@
 //! `N*K` values, negligible next to the `M*N*K` product).
 
 use crate::kernels::quant::quantize_row_best;
+use crate::kernels::weight_pack::absmean_chunked;
 use crate::matmul::{Threads, matmul_ab, matmul_abt, matmul_atb};
 use crate::quant::{WEIGHT_EPS, trit};
 use rayon::prelude::*;
@@ -79,16 +80,10 @@ impl ActQuant {
 
 const SUM_CHUNK: usize = 1 << 14;
 
-/// `mean|W|`, summed in f64 over fixed chunks so the result does not depend on the thread count.
+/// `mean|W|`, summed in f64 over fixed chunks so the result does not depend on the thread count
+/// (the kernel shared with the fused quantize-and-pack, so both paths get the same `g`).
 pub(crate) fn absmean_parallel(w: &[f32]) -> f32 {
-    if w.is_empty() {
-        return 0.0;
-    }
-    let partial: Vec<f64> = w
-        .par_chunks(SUM_CHUNK)
-        .map(|c| c.iter().map(|v| f64::from(v.abs())).sum::<f64>())
-        .collect();
-    (partial.iter().sum::<f64>() / w.len() as f64) as f32
+    absmean_chunked(w)
 }
 
 /// Writes the dequantized ternary weights `Q_w(W) = clamp(round(W / (g + 1e-5)), -1, 1) * g`
