@@ -22,6 +22,8 @@
 //!   (`bf16_tiles`).
 //! - [`exp`]: a vectorised `exp` (AVX-512 and a bit-identical scalar twin) and the softmax and
 //!   SwiGLU passes built on it.
+//! - [`attention`]: causal attention forward and backward per (batch, head), its small products
+//!   as register tiles fused with the softmax (AVX-512 and a bit-identical scalar twin).
 //!
 //! Every public entry point has a `*_with(isa, ...)` form that runs one given [`Isa`] path (for
 //! tests and benchmarks) and a plain form that runs the best path of this CPU.
@@ -29,6 +31,8 @@
 //! Threads: the matrix kernels split their work with rayon on the pool they are called from, so
 //! a caller that owns a `rayon::ThreadPool` runs them inside `pool.install(|| ...)`.
 
+pub mod attention;
+mod attention_rows;
 pub mod bf16;
 pub mod bf16_gemm;
 mod bf16_tiles;
@@ -39,6 +43,10 @@ pub mod quant;
 pub mod ternary;
 pub mod weight_pack;
 
+#[cfg(target_arch = "x86_64")]
+mod x86_attention;
+#[cfg(target_arch = "x86_64")]
+mod x86_attention_rows;
 #[cfg(target_arch = "x86_64")]
 mod x86_bf16;
 #[cfg(target_arch = "x86_64")]

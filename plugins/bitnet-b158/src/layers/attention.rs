@@ -1,150 +1,34 @@
 //! Causal scaled dot-product attention over head-major `[B, H, T, hd]` tensors, parallel over
-//! (batch, head). The probabilities `P` (`[B, H, T, T]`, lower triangle) are kept for backward.
+//! (batch, head). Only each row's softmax statistics are kept for backward, which recomputes
+//! the probabilities; the passes are in [`crate::kernels::attention`].
 
-use crate::kernels::exp::exp_affine_in_place;
-use crate::matmul::{View, matmul_views};
-use rayon::prelude::*;
-
-/// Query rows per causal block. Each (batch, head) is one task; its products run
-/// single-threaded inside it, split into row blocks of this size so that the blocks strictly
-/// above the diagonal, which the causal mask zeroes, are never computed (with `T = 128`, 3/4
-/// of the dense products). Masked entries inside a diagonal block are computed and zeroed.
-const BLOCK: usize = 64;
-
-/// The row blocks `(r0, r1)` of a sequence of `t_len` positions.
-fn blocks(t_len: usize) -> impl Iterator<Item = (usize, usize)> {
-    (0..t_len).step_by(BLOCK).map(move |r0| (r0, (r0 + BLOCK).min(t_len)))
-}
-
-/// `out[r0..r1, 0..r1] = a[r0..r1] . b[0..r1]^T` for every row block: the causal part of a
-/// `T x T` product of two `T x hd` row-major matrices (scores `Q K^T`, or `dP = dO V^T`).
-fn causal_abt(out: &mut [f32], a: &[f32], b: &[f32], (t_len, hd): (usize, usize)) {
-    for (r0, r1) in blocks(t_len) {
-        let av = View { data: &a[r0 * hd..], rs: hd, cs: 1 };
-        let bv = View { data: b, rs: 1, cs: hd };
-        matmul_views(&mut out[r0 * t_len..], t_len, av, bv, (r1 - r0, r1, hd), false);
-    }
-}
-
-/// `out = m . b` for a causal (lower-triangular) `T x T` matrix `m` and a `T x hd` matrix `b`:
-/// row block `(r0, r1)` sums over columns `0..r1` only (`O = P V`, `dQ = dS K`).
-fn causal_ab(out: &mut [f32], m: &[f32], b: &[f32], (t_len, hd): (usize, usize)) {
-    for (r0, r1) in blocks(t_len) {
-        let mv = View { data: &m[r0 * t_len..], rs: t_len, cs: 1 };
-        let bv = View { data: b, rs: hd, cs: 1 };
-        matmul_views(&mut out[r0 * hd..], hd, mv, bv, (r1 - r0, hd, r1), false);
-    }
-}
-
-/// `out = m^T . b` for a causal `T x T` matrix `m`: output block `(c0, c1)` sums over rows
-/// `c0..T` only (`dV = P^T dO`, `dK = dS^T Q`).
-fn causal_atb(out: &mut [f32], m: &[f32], b: &[f32], (t_len, hd): (usize, usize)) {
-    for (c0, c1) in blocks(t_len) {
-        let mv = View { data: &m[c0 * t_len + c0..], rs: 1, cs: t_len };
-        let bv = View { data: &b[c0 * hd..], rs: hd, cs: 1 };
-        matmul_views(&mut out[c0 * hd..], hd, mv, bv, (c1 - c0, hd, t_len - c0), false);
-    }
-}
-
-/// Writes the causal probabilities of one (batch, head) into `p` (`T x T`, zero above the
-/// diagonal). With `stats_out`, computes them and records each row's `(max, 1 / sum)`; with
-/// `stats_in`, recomputes them bit-identically from those (the scores come from the same
-/// single-threaded product).
-fn probabilities(
-    p: &mut [f32],
-    q: &[f32],
-    k: &[f32],
-    (t_len, hd): (usize, usize),
-    stats_out: Option<&mut [f32]>,
-    stats_in: Option<&[f32]>,
-) {
-    let scale = 1.0 / (hd as f32).sqrt();
-    causal_abt(p, q, k, (t_len, hd));
-    let mut stats_out = stats_out;
-    for (t, prow) in p.chunks_mut(t_len).enumerate() {
-        let (live, masked) = prow.split_at_mut(t + 1);
-        masked.fill(0.0);
-        if let Some(st) = stats_in {
-            let (max, inv) = (st[2 * t], st[2 * t + 1]);
-            exp_affine_in_place(live, scale, max, inv);
-            continue;
-        }
-        // `scale > 0` and rounding is monotonic: the largest scaled score is the scaled
-        // largest score, bit for bit.
-        let max = live.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s)) * scale;
-        let sum = exp_affine_in_place(live, scale, max, 1.0);
-        let inv = 1.0 / sum;
-        for s in live.iter_mut() {
-            *s *= inv;
-        }
-        if let Some(st) = stats_out.as_deref_mut() {
-            st[2 * t] = max;
-            st[2 * t + 1] = inv;
-        }
-    }
-}
+use crate::kernels::attention::{attention_backward_best, attention_forward_best};
 
 /// Forward: `out = softmax(q k^T / sqrt(hd) + causal mask) v`. Keeps only each row's softmax
 /// statistics in `stats` (`B*H*T*2`); `p_scratch` (`B*H*T*T`) holds the probabilities
-/// meanwhile. The products run on the GEMM micro-kernel by causal row blocks ([`BLOCK`]): only
-/// the masked entries of the diagonal blocks cost FLOPs.
+/// meanwhile.
 pub(crate) fn attention_forward(
     out: &mut [f32],
     p_scratch: &mut [f32],
     stats: &mut [f32],
-    (q, k, v): (&[f32], &[f32], &[f32]),
-    (t_len, hd): (usize, usize),
+    qkv: (&[f32], &[f32], &[f32]),
+    shape: (usize, usize),
 ) {
-    let block = t_len * hd;
-    out.par_chunks_mut(block)
-        .zip(p_scratch.par_chunks_mut(t_len * t_len))
-        .zip(stats.par_chunks_mut(2 * t_len))
-        .zip(q.par_chunks(block))
-        .zip(k.par_chunks(block).zip(v.par_chunks(block)))
-        .for_each(|((((o, p), st), q), (k, v))| {
-            probabilities(p, q, k, (t_len, hd), Some(st), None);
-            causal_ab(o, p, v, (t_len, hd));
-        });
+    attention_forward_best(out, p_scratch, stats, qkv, shape);
 }
 
 /// Backward: overwrites `dq`, `dk`, `dv` from `dout`, recomputing the probabilities from `q`,
-/// `k` and `stats`; `p_scratch` and `ds_scratch` hold `B*H*T*T` floats each.
-#[allow(clippy::too_many_arguments)]
+/// `k` and `stats` into `p_scratch` (`B*H*T*T`). `_ds_scratch` is no longer used: the score
+/// gradients of a head stay in a per-thread buffer.
 pub(crate) fn attention_backward(
-    (dq, dk, dv): (&mut [f32], &mut [f32], &mut [f32]),
-    (p_scratch, ds_scratch): (&mut [f32], &mut [f32]),
+    grads: (&mut [f32], &mut [f32], &mut [f32]),
+    (p_scratch, _ds_scratch): (&mut [f32], &mut [f32]),
     dout: &[f32],
     stats: &[f32],
-    (q, k, v): (&[f32], &[f32], &[f32]),
-    (t_len, hd): (usize, usize),
+    qkv: (&[f32], &[f32], &[f32]),
+    shape: (usize, usize),
 ) {
-    let scale = 1.0 / (hd as f32).sqrt();
-    let block = t_len * hd;
-    let tt = t_len * t_len;
-    dq.par_chunks_mut(block)
-        .zip(dk.par_chunks_mut(block))
-        .zip(dv.par_chunks_mut(block))
-        .zip(p_scratch.par_chunks_mut(tt).zip(ds_scratch.par_chunks_mut(tt)))
-        .zip(dout.par_chunks(block).zip(stats.par_chunks(2 * t_len)))
-        .zip(q.par_chunks(block).zip(k.par_chunks(block).zip(v.par_chunks(block))))
-        .for_each(|(((((dq, dk), dv), (p, ds)), (dout, st)), (q, (k, v)))| {
-            probabilities(p, q, k, (t_len, hd), None, Some(st));
-            // dV = P^T dO; dP = dO V^T; dS = P * (dP - rowsum(P * dP)) * scale.
-            causal_atb(dv, p, dout, (t_len, hd));
-            causal_abt(ds, dout, v, (t_len, hd));
-            // Row t is live on 0..=t; the rest (partly never computed) becomes exact zeros.
-            for (t, (dsrow, prow)) in ds.chunks_mut(t_len).zip(p.chunks(t_len)).enumerate() {
-                let (live, masked) = dsrow.split_at_mut(t + 1);
-                let sum: f32 = live.iter().zip(prow).map(|(d, p)| d * p).sum();
-                for (d, &pv) in live.iter_mut().zip(prow) {
-                    *d = pv * (*d - sum) * scale;
-                }
-                masked.fill(0.0);
-            }
-            // dQ = dS K; dK = dS^T Q.
-            causal_ab(dq, ds, k, (t_len, hd));
-            causal_atb(dk, ds, q, (t_len, hd));
-        });
+    attention_backward_best(grads, p_scratch, dout, stats, qkv, shape);
 }
 
 #[cfg(test)]
@@ -188,10 +72,10 @@ mod tests {
         assert_close(&dv, &numeric_grad(&v, |x| loss(&q, &k, x)), 2e-3);
     }
 
-    /// Several causal blocks (and a ragged last one) against dense f64 loops.
+    /// Many row tiles (and a ragged last one) against dense f64 loops.
     #[test]
     fn blocked_products_match_dense_attention() {
-        let (t, hd) = (2 * BLOCK + 7, 4);
+        let (t, hd) = (135, 4);
         let n = t * hd;
         let q = pseudo_random(n, 5, 1.0);
         let k = pseudo_random(n, 6, 1.0);
