@@ -191,7 +191,6 @@ pub(crate) struct Workspace {
     dk: Vec<f32>,
     dv: Vec<f32>,
     att_p: Vec<f32>,
-    att_ds: Vec<f32>,
     /// Mixed precision: the step's packed ternary weights and the quantized output gradient.
     packed: PackedWeights,
     dy_codes: Vec<i8>,
@@ -225,7 +224,6 @@ impl Workspace {
             dk: vec![0.0; md],
             dv: vec![0.0; md],
             att_p: vec![0.0; dims.batch * dims.heads * dims.seq * dims.seq],
-            att_ds: vec![0.0; dims.batch * dims.heads * dims.seq * dims.seq],
             packed: PackedWeights::default(),
             dy_codes: Vec::new(),
             dy_scales: Vec::new(),
@@ -768,7 +766,7 @@ pub(crate) fn backward(
         split_heads(&mut ws.heads, &ws.tmp, shape, None);
         attention_backward(
             (&mut ws.dq, &mut ws.dk, &mut ws.dv),
-            (&mut ws.att_p, &mut ws.att_ds),
+            &mut ws.att_p,
             &ws.heads,
             &la.att_stats,
             (&la.q, &la.k, &la.v),

@@ -18,11 +18,11 @@ pub(crate) fn attention_forward(
 }
 
 /// Backward: overwrites `dq`, `dk`, `dv` from `dout`, recomputing the probabilities from `q`,
-/// `k` and `stats` into `p_scratch` (`B*H*T*T`). `_ds_scratch` is no longer used: the score
-/// gradients of a head stay in a per-thread buffer.
+/// `k` and `stats` into `p_scratch` (`B*H*T*T`); the score gradients of a head stay in a
+/// per-thread buffer.
 pub(crate) fn attention_backward(
     grads: (&mut [f32], &mut [f32], &mut [f32]),
-    (p_scratch, _ds_scratch): (&mut [f32], &mut [f32]),
+    p_scratch: &mut [f32],
     dout: &[f32],
     stats: &[f32],
     qkv: (&[f32], &[f32], &[f32]),
@@ -56,15 +56,8 @@ mod tests {
         let mut st = vec![0.0; bh * t * 2];
         attention_forward(&mut o, &mut a, &mut st, (&q, &k, &v), (t, hd));
         let (mut dq, mut dk, mut dv) = (vec![0.0; n], vec![0.0; n], vec![0.0; n]);
-        let (mut p, mut ds) = (vec![0.0; bh * t * t], vec![0.0; bh * t * t]);
-        attention_backward(
-            (&mut dq, &mut dk, &mut dv),
-            (&mut p, &mut ds),
-            &dout,
-            &st,
-            (&q, &k, &v),
-            (t, hd),
-        );
+        let mut p = vec![0.0; bh * t * t];
+        attention_backward((&mut dq, &mut dk, &mut dv), &mut p, &dout, &st, (&q, &k, &v), (t, hd));
         // The recomputed probabilities are the forward's, bit for bit.
         assert_eq!(p, a);
         assert_close(&dq, &numeric_grad(&q, |x| loss(x, &k, &v)), 2e-3);
@@ -84,9 +77,9 @@ mod tests {
         let (mut o, mut a, mut st) = (vec![0.0; n], vec![f32::NAN; t * t], vec![0.0; 2 * t]);
         attention_forward(&mut o, &mut a, &mut st, (&q, &k, &v), (t, hd));
         let (mut dq, mut dk, mut dv) = (vec![0.0; n], vec![0.0; n], vec![0.0; n]);
-        let (mut p, mut ds) = (vec![f32::NAN; t * t], vec![f32::NAN; t * t]);
+        let mut p = vec![f32::NAN; t * t];
         let io = (&q[..], &k[..], &v[..]);
-        attention_backward((&mut dq, &mut dk, &mut dv), (&mut p, &mut ds), &dout, &st, io, (t, hd));
+        attention_backward((&mut dq, &mut dk, &mut dv), &mut p, &dout, &st, io, (t, hd));
         assert_eq!(p, a);
         // Dense reference in f64.
         let f = |x: &[f32], i: usize, j: usize| f64::from(x[i * hd + j]);
