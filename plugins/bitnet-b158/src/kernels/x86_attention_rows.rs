@@ -4,11 +4,10 @@
 //! exact semantics.
 
 use super::attention_rows::MR;
-use super::exp::{EXP_HI, EXP_LO, LANES, LN2_HI, LN2_LO, LOG2E, POLY};
+use super::exp::LANES;
 use super::x86_attention::{load_masked, mask_of, store_masked};
+use super::x86_exp::exp16;
 use std::arch::x86_64::*;
-
-const ROUND_NEAREST: i32 = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
 
 /// `attention_rows::sum_lanes`: lane `i` becomes `x[i] + x[i ^ s]` for `s = 8, 4, 2, 1`; then
 /// lane 0.
@@ -46,27 +45,6 @@ fn zero_tail(row: &mut [f32], live: usize) {
     }
 }
 
-/// `exp_scalar` on 16 lanes with the power of two applied by `vscalefps`: `y * 2^n` rounded
-/// once, which is what `exp_scalar`'s two exact-then-rounding multiplications give (and
-/// `x86_exp::exp16`'s), in fewer instructions.
-#[inline]
-#[target_feature(enable = "avx512f")]
-fn exp16_scalef(x: __m512) -> __m512 {
-    // max_ps(a, b) is `a > b ? a : b` and min_ps(a, b) `a < b ? a : b`: NaN in `b` passes.
-    let x = _mm512_max_ps(_mm512_set1_ps(EXP_LO), x);
-    let x = _mm512_min_ps(_mm512_set1_ps(EXP_HI), x);
-    let n = _mm512_roundscale_ps::<ROUND_NEAREST>(_mm512_mul_ps(x, _mm512_set1_ps(LOG2E)));
-    let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_HI), x);
-    let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_LO), r);
-    let z = _mm512_mul_ps(r, r);
-    let mut p = _mm512_set1_ps(POLY[0]);
-    for &c in &POLY[1..] {
-        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
-    }
-    let y = _mm512_add_ps(_mm512_fmadd_ps(p, z, r), _mm512_set1_ps(1.0));
-    _mm512_scalef_ps(y, n)
-}
-
 /// 16 lanes of `exp_scalar`, for the tests.
 ///
 /// # Safety
@@ -76,7 +54,7 @@ fn exp16_scalef(x: __m512) -> __m512 {
 pub(crate) unsafe fn exp16_for_test(x: [f32; LANES]) -> [f32; LANES] {
     let mut out = [0.0f32; LANES];
     // SAFETY: both arrays hold exactly 16 f32.
-    unsafe { _mm512_storeu_ps(out.as_mut_ptr(), exp16_scalef(_mm512_loadu_ps(x.as_ptr()))) };
+    unsafe { _mm512_storeu_ps(out.as_mut_ptr(), exp16(_mm512_loadu_ps(x.as_ptr()))) };
     out
 }
 
@@ -108,7 +86,7 @@ fn exp_row(row: &mut [f32], live: usize, scale: f32, max: f32) -> f32 {
         // neither read nor written.
         unsafe {
             let v = load_masked(mask, ptr.add(i));
-            let e = exp16_scalef(_mm512_sub_ps(_mm512_mul_ps(v, sc), sh));
+            let e = exp16(_mm512_sub_ps(_mm512_mul_ps(v, sc), sh));
             acc = _mm512_mask_add_ps(acc, mask, acc, e);
             store_masked(ptr.add(i), mask, e);
         }
@@ -186,7 +164,7 @@ pub(crate) unsafe fn softmax_rows_from_stats_avx512(
             // SAFETY: `mask` selects only elements below `live <= row.len()`.
             unsafe {
                 let v = load_masked(mask, ptr.add(j));
-                let e = exp16_scalef(_mm512_sub_ps(_mm512_mul_ps(v, sc), sh));
+                let e = exp16(_mm512_sub_ps(_mm512_mul_ps(v, sc), sh));
                 store_masked(ptr.add(j), mask, _mm512_mul_ps(e, iv));
             }
         }
@@ -354,7 +332,7 @@ unsafe fn softmax_pair<const R: usize, const NV: usize, const REPLAY: bool>(
     for (r, (e, sum)) in e.iter_mut().zip(&mut sum).enumerate() {
         let sh = _mm512_set1_ps(max[r]);
         for (v, e) in e.iter_mut().enumerate() {
-            *e = exp16_scalef(_mm512_sub_ps(_mm512_mul_ps(*e, sc), sh));
+            *e = exp16(_mm512_sub_ps(_mm512_mul_ps(*e, sc), sh));
             *sum = _mm512_mask_add_ps(*sum, live_mask(live[r], v), *sum, *e);
         }
     }

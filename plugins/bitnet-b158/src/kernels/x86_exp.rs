@@ -5,17 +5,12 @@ use std::arch::x86_64::*;
 
 const ROUND_NEAREST: i32 = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
 
-/// `2^k` per lane for `-126 <= k <= 127`.
+/// 16 lanes of `exp_scalar`: the same range reduction and polynomial, and the power of two
+/// applied by `vscalefps` (`y * 2^n` rounded once, which is what `exp_scalar`'s two exact
+/// multiplications then one rounding give; a sweep test in `attention_rows` holds it so).
 #[inline]
 #[target_feature(enable = "avx512f")]
-fn pow2(k: __m512i) -> __m512 {
-    _mm512_castsi512_ps(_mm512_slli_epi32::<23>(_mm512_add_epi32(k, _mm512_set1_epi32(127))))
-}
-
-/// 16 lanes of `exp_scalar`, operation for operation.
-#[inline]
-#[target_feature(enable = "avx512f")]
-fn exp16(x: __m512) -> __m512 {
+pub(crate) fn exp16(x: __m512) -> __m512 {
     // max_ps(a, b) is `a > b ? a : b` and min_ps(a, b) `a < b ? a : b`: NaN in `b` passes.
     let x = _mm512_max_ps(_mm512_set1_ps(EXP_LO), x);
     let x = _mm512_min_ps(_mm512_set1_ps(EXP_HI), x);
@@ -28,10 +23,7 @@ fn exp16(x: __m512) -> __m512 {
         p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
     }
     let y = _mm512_add_ps(_mm512_fmadd_ps(p, z, r), _mm512_set1_ps(1.0));
-    let n = _mm512_cvtps_epi32(n);
-    let n1 = _mm512_srai_epi32::<1>(n);
-    let n2 = _mm512_sub_epi32(n, n1);
-    _mm512_mul_ps(_mm512_mul_ps(y, pow2(n1)), pow2(n2))
+    _mm512_scalef_ps(y, n)
 }
 
 /// The mask of the first `min(rest, 16)` lanes.
