@@ -2,34 +2,14 @@
 //! (batch, head). Only each row's softmax statistics are kept for backward, which recomputes
 //! the probabilities; the passes are in [`crate::kernels::attention`].
 
-use crate::kernels::attention::{attention_backward_best, attention_forward_best};
-
-/// Forward: `out = softmax(q k^T / sqrt(hd) + causal mask) v`. Keeps only each row's softmax
-/// statistics in `stats` (`B*H*T*2`); `p_scratch` (`B*H*T*T`) holds the probabilities
-/// meanwhile.
-pub(crate) fn attention_forward(
-    out: &mut [f32],
-    p_scratch: &mut [f32],
-    stats: &mut [f32],
-    qkv: (&[f32], &[f32], &[f32]),
-    shape: (usize, usize),
-) {
-    attention_forward_best(out, p_scratch, stats, qkv, shape);
-}
-
-/// Backward: overwrites `dq`, `dk`, `dv` from `dout`, recomputing the probabilities from `q`,
-/// `k` and `stats` into `p_scratch` (`B*H*T*T`); the score gradients of a head stay in a
-/// per-thread buffer.
-pub(crate) fn attention_backward(
-    grads: (&mut [f32], &mut [f32], &mut [f32]),
-    p_scratch: &mut [f32],
-    dout: &[f32],
-    stats: &[f32],
-    qkv: (&[f32], &[f32], &[f32]),
-    shape: (usize, usize),
-) {
-    attention_backward_best(grads, p_scratch, dout, stats, qkv, shape);
-}
+// The layer is the kernel's pass on the best path of this CPU, under the layer's names:
+// forward writes `out = softmax(q k^T / sqrt(hd) + causal mask) v` and each row's softmax
+// statistics (`B*H*T*2`), `p_scratch` (`B*H*T*T`) holding the probabilities meanwhile;
+// backward overwrites `dq`, `dk`, `dv` from `dout`, recomputing the probabilities from `q`, `k`
+// and the statistics.
+pub(crate) use crate::kernels::attention::{
+    attention_backward_best as attention_backward, attention_forward_best as attention_forward,
+};
 
 #[cfg(test)]
 mod tests {
