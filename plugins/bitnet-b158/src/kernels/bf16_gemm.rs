@@ -15,9 +15,7 @@
 //! a reused thread-local buffer, `A` one block at a time.
 
 use super::bf16::{BF16_PATHS, NR, f32_to_bf16};
-use super::bf16_tiles::{
-    Bf16Lane, pack_a_depth_rows_unscaled, pack_a_lanes, pack_a_output_rows, pair, run_blocked,
-};
+use super::bf16_tiles::{Bf16Lane, pack_a_depth_rows_unscaled, pack_a_lanes, pair, run_blocked};
 use super::{GemmError, Isa, check_isa, check_len, checked_area};
 use rayon::prelude::*;
 use std::cell::RefCell;
@@ -133,7 +131,7 @@ pub fn gemm_bf16_with<A: LeftOperand>(
     bp.resize(b_len, 0);
     pack_b(b, depth, cols, &mut bp);
     run_blocked(isa, c, (rows, cols, pairs), &bp, accumulate, 4, |j0, rn, p0, pc, dst| {
-        a.pack_block(depth, j0, (rn, p0, pc), dst)
+        a.pack_block(isa, depth, j0, (rn, p0, pc), dst)
     });
     B_PACK.with(|p| *p.borrow_mut() = bp);
     Ok(())
@@ -148,7 +146,14 @@ pub trait LeftOperand: Copy + Sync {
     /// Packs the `A` block of output rows `j0 .. j0 + rn` and pairs `p0 .. p0 + pc` in the
     /// micro-kernel's `[tile][pair][MR]` lanes.
     #[doc(hidden)]
-    fn pack_block(&self, depth: usize, j0: usize, block: (usize, usize, usize), dst: &mut [u32]);
+    fn pack_block(
+        &self,
+        isa: Isa,
+        depth: usize,
+        j0: usize,
+        block: (usize, usize, usize),
+        dst: &mut [u32],
+    );
 }
 
 impl<T: Bf16Lane> LeftOperand for Strided<'_, T> {
@@ -158,6 +163,7 @@ impl<T: Bf16Lane> LeftOperand for Strided<'_, T> {
 
     fn pack_block(
         &self,
+        isa: Isa,
         depth: usize,
         j0: usize,
         (rn, p0, pc): (usize, usize, usize),
@@ -168,7 +174,7 @@ impl<T: Bf16Lane> LeftOperand for Strided<'_, T> {
         let data = self.data;
         if ds == 1 {
             // Each output row is contiguous along the depth: adjacent values are the pairs.
-            pack_a_output_rows(dst, dims, |r| &data[(j0 + r) * ws..(j0 + r) * ws + depth]);
+            T::pack_output_rows(isa, dst, dims, |r| &data[(j0 + r) * ws..(j0 + r) * ws + depth]);
         } else if ws == 1 {
             // Depth rows contiguous along the output rows: two rows interleaved per pair.
             pack_a_depth_rows_unscaled(dst, dims, |i| &data[i * ds + j0..i * ds + j0 + rn]);

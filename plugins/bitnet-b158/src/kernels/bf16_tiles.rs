@@ -44,12 +44,41 @@ pub(crate) fn a_lane(r: usize, p: usize, pc: usize) -> usize {
 pub trait Bf16Lane: Copy + Sync {
     /// The bf16 bit pattern of this element.
     fn bf16(self) -> u16;
+
+    /// [`pack_a_output_rows`] on the path `isa` (the same lanes on every path).
+    #[inline(always)]
+    fn pack_output_rows<'a>(
+        _isa: Isa,
+        dst: &mut [u32],
+        dims: (usize, usize, usize, usize),
+        row: impl Fn(usize) -> &'a [Self],
+    ) where
+        Self: 'a,
+    {
+        pack_a_output_rows(dst, dims, row)
+    }
 }
 
 impl Bf16Lane for f32 {
     #[inline(always)]
     fn bf16(self) -> u16 {
         f32_to_bf16(self)
+    }
+
+    #[inline(always)]
+    fn pack_output_rows<'a>(
+        isa: Isa,
+        dst: &mut [u32],
+        dims: (usize, usize, usize, usize),
+        row: impl Fn(usize) -> &'a [Self],
+    ) {
+        match isa {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: the driver only runs a path check_isa accepted (AVX-512 BF16 with F/BW/VL);
+            // `dst` holds the block's `rn.div_ceil(MR) * pc * MR` lanes.
+            Isa::Avx512Bf16 => unsafe { super::x86_bf16::pack_a_output_rows_f32(dst, dims, row) },
+            _ => pack_a_output_rows(dst, dims, row),
+        }
     }
 }
 
@@ -293,6 +322,13 @@ mod tests {
             let mut got = vec![0u32; len];
             pack_a_output_rows(&mut got, dims, |r| &t[(j0 + r) * depth..(j0 + r + 1) * depth]);
             assert_eq!(got, want_plain, "output rows {dims:?}");
+            for isa in Isa::available_among(&super::super::bf16::BF16_PATHS) {
+                let mut got = vec![0u32; len];
+                f32::pack_output_rows(isa, &mut got, dims, |r| {
+                    &t[(j0 + r) * depth..(j0 + r + 1) * depth]
+                });
+                assert_eq!(got, want_plain, "output rows on {isa:?}, {dims:?}");
+            }
             let mut got = vec![0u32; len];
             pack_a_lanes(&mut got, dims, |i, r| f32_to_bf16(data[i * width + j0 + r]));
             assert_eq!(got, want_plain, "lanes {dims:?}");
@@ -307,6 +343,36 @@ mod tests {
             let mut got = vec![0u32; len];
             pack_a_output_rows(&mut got, dims, |r| &t16[(j0 + r) * depth..(j0 + r + 1) * depth]);
             assert_eq!(got, want_plain, "bf16 output rows {dims:?}");
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+        #[test]
+        /// Every path rounds any fp32 bit pattern (NaNs, infinities, denormals, ties) as
+        /// `f32_to_bf16` does, at the lanes the micro-kernel reads.
+        fn output_row_packs_round_every_bit_pattern_alike(
+            bits in proptest::collection::vec(proptest::prelude::any::<u32>(), 7 * 37),
+            special in proptest::collection::vec(0usize..7, 7 * 37),
+        ) {
+            let (rn, depth) = (7usize, 37usize);
+            let table = [0x0000_0001u32, 0x8000_0003, 0x7F80_0000, 0xFF80_0001, 0x7FC0_0000, 0x3F80_8000, 0x3F81_8000];
+            let data: Vec<f32> = bits
+                .iter()
+                .zip(&special)
+                .enumerate()
+                .map(|(i, (&b, &s))| f32::from_bits(if i % 3 == 0 { table[s] } else { b }))
+                .collect();
+            let dims = (rn, 0, depth.div_ceil(2), depth);
+            let row = |r: usize| &data[r * depth..(r + 1) * depth];
+            let len = rn.div_ceil(MR) * dims.2 * MR;
+            let mut want = vec![0u32; len];
+            pack_a_output_rows(&mut want, dims, row);
+            for isa in Isa::available_among(&super::super::bf16::BF16_PATHS) {
+                let mut got = vec![0u32; len];
+                f32::pack_output_rows(isa, &mut got, dims, row);
+                proptest::prop_assert_eq!(&got, &want, "{:?}", isa);
+            }
         }
     }
 }

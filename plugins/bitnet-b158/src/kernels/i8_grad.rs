@@ -51,7 +51,7 @@ pub(crate) const NR: usize = 32;
 /// Token blocks per depth pass: the pass's slice of a packed panel is `KB * 32 * 32` bytes.
 const KB: usize = 16;
 /// Output rows per `A` block (a multiple of [`MR`]): `MC * KB * 32` bytes of codes (192 KiB).
-const MC: usize = 384;
+pub(crate) const MC: usize = 384;
 
 /// One micro-kernel call: `rows` rows of `dW` x the columns `l0 .. l0 + cols` of one panel,
 /// over `blocks` token blocks.
@@ -170,7 +170,7 @@ pub fn product_i8_with(
     let mut b = B_PACK.with(|p| std::mem::take(&mut *p.borrow_mut()));
     b.clear();
     b.resize(b_len, 0);
-    pack_b(x_q, m, k, &mut b);
+    pack_b(isa, x_q, m, k, &mut b);
     let inv_s: Vec<f32> = x_scales.iter().map(|&s| 1.0 / s).collect();
     for_each_row_band(dw, k, MR, 2, |out, j0| {
         A_BLOCK.with(|cell| {
@@ -236,8 +236,9 @@ fn run_task(
     }
 }
 
-/// [`pack_a`] or [`pack_a_rows`], compiled for AVX-512 on that path (the same scalar
-/// operations, so the same codes; the baseline x86-64 build only gets 4-lane SSE vectors).
+/// [`pack_a`] or [`pack_a_rows`]; on the AVX-512 path the hand-vectorized `pack_a_avx512`
+/// (the same operations per element, so the same codes, scales and sums) and `pack_a_rows`
+/// compiled for AVX-512 (the baseline x86-64 build only gets 4-lane SSE vectors).
 fn pack_a_best(
     (isa, layout): (Isa, ALayout),
     ab: &mut ABlock,
@@ -259,7 +260,21 @@ fn pack_a_best(
         blocks: (usize, usize),
     ) {
         match layout {
-            ALayout::DepthMajor => pack_a(ab, dy, inv_s, dims, rows, blocks),
+            ALayout::DepthMajor => {
+                reset_a_block(ab, rows.1, blocks.1);
+                let ABlock { codes, scales, inits } = ab;
+                // SAFETY: this function's own features; `reset_a_block` sized the slices.
+                unsafe {
+                    super::x86_i8_grad::pack_a_avx512(
+                        (codes, scales, inits),
+                        dy,
+                        inv_s,
+                        dims,
+                        rows,
+                        blocks,
+                    )
+                }
+            }
             ALayout::RowMajor => pack_a_rows(ab, dy, inv_s, dims, rows, blocks),
         }
     }
@@ -308,8 +323,7 @@ fn pack_a_rows(
             let mut amax = 0f32;
             for (v, (&x, &f)) in vals.iter_mut().zip(row[i0..i1].iter().zip(&inv_s[i0..i1])) {
                 *v = x * f;
-                let a = v.abs();
-                amax = if a > amax || a.is_nan() { a } else { amax };
+                amax = amax_step(amax, v.abs());
             }
             let (scale, inverse) = block_scale(amax);
             let at = (tile * bc + bl) * MR + lane;
@@ -360,9 +374,7 @@ fn pack_a(
         for i in i0..i1 {
             let (row, f) = (&dy[i * n + j0..i * n + j0 + rn], inv_s[i]);
             for (a, &v) in amax.iter_mut().zip(row) {
-                let x = (v * f).abs();
-                // `max` that keeps a NaN (a NaN gradient stays visible downstream).
-                *a = if x > *a || x.is_nan() { x } else { *a };
+                *a = amax_step(*a, (v * f).abs());
             }
         }
         for ((a, iv), r) in amax.iter().zip(inv.iter_mut()).zip(0..rn) {
@@ -407,11 +419,24 @@ fn pack_a(
     }
 }
 
+/// One step of a block's absmax over `x = |A|`: the larger value, or the canonical NaN once a
+/// NaN was seen (a NaN gradient stays visible downstream, with the same bits on every path).
+#[inline(always)]
+pub(crate) fn amax_step(amax: f32, x: f32) -> f32 {
+    if x.is_nan() || amax.is_nan() {
+        f32::NAN
+    } else if x > amax {
+        x
+    } else {
+        amax
+    }
+}
+
 /// The scale `c = amax / 127` of a block and the factor `127 / amax` its codes use (both 0 for
-/// an all-zero block).
+/// an all-zero block, both NaN for a block holding a NaN, so the NaN reaches `dW`).
 #[inline(always)]
 pub(crate) fn block_scale(amax: f32) -> (f32, f32) {
-    if amax > 0.0 { (amax / 127.0, 127.0 / amax) } else { (0.0, 0.0) }
+    if amax > 0.0 || amax.is_nan() { (amax / 127.0, 127.0 / amax) } else { (0.0, 0.0) }
 }
 
 /// The int8 code of `a` for a block with factor `inv`: `clamp(round_half_even(a * inv), -127,
@@ -424,27 +449,37 @@ pub(crate) fn code(a: f32, inv: f32) -> i8 {
 }
 
 /// Packs `X_q + 128` as `[panel][quad][NR]` lanes of four tokens' bytes (tokens past `m` and
-/// columns past `k` are 128, i.e. zero).
-fn pack_b(x_q: &[i8], m: usize, k: usize, b: &mut [u32]) {
+/// columns past `k` are 128, i.e. zero), one panel per task, on the given path.
+fn pack_b(isa: Isa, x_q: &[i8], m: usize, k: usize, b: &mut [u32]) {
     let quads = m.div_ceil(BLOCK) * QUADS;
-    b.par_chunks_mut(quads * NR).enumerate().for_each(|(panel, dst)| {
-        let l0 = panel * NR;
-        let cols = (k - l0).min(NR);
-        for (q, lane_row) in dst.chunks_exact_mut(NR).enumerate() {
-            lane_row.fill(0x8080_8080);
-            for t in 0..4 {
-                let i = 4 * q + t;
-                if i >= m {
-                    break;
-                }
-                let src = &x_q[i * k + l0..i * k + l0 + cols];
-                let clear = !(0xFFu32 << (8 * t));
-                for (d, &x) in lane_row.iter_mut().zip(src) {
-                    *d = (*d & clear) | (u32::from((x as u8) ^ 0x80) << (8 * t));
-                }
+    b.par_chunks_mut(quads * NR).enumerate().for_each(|(panel, dst)| match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: check_isa verified AVX-512 VNNI (with F/BW/VL); `dst` is one whole panel of
+        // `quads >= m / 4` lane rows and `panel * NR < k`.
+        Isa::Avx512Vnni => unsafe {
+            super::x86_i8_grad::pack_b_panel_avx512(x_q, m, k, panel * NR, dst)
+        },
+        _ => pack_b_panel(x_q, m, k, panel * NR, dst),
+    });
+}
+
+/// One panel of [`pack_b`] (columns `l0 .. l0 + NR`), element by element: the scalar twin.
+pub(crate) fn pack_b_panel(x_q: &[i8], m: usize, k: usize, l0: usize, dst: &mut [u32]) {
+    let cols = (k - l0).min(NR);
+    for (q, lane_row) in dst.chunks_exact_mut(NR).enumerate() {
+        lane_row.fill(0x8080_8080);
+        for t in 0..4 {
+            let i = 4 * q + t;
+            if i >= m {
+                break;
+            }
+            let src = &x_q[i * k + l0..i * k + l0 + cols];
+            let clear = !(0xFFu32 << (8 * t));
+            for (d, &x) in lane_row.iter_mut().zip(src) {
+                *d = (*d & clear) | (u32::from((x as u8) ^ 0x80) << (8 * t));
             }
         }
-    });
+    }
 }
 
 pub(crate) fn micro_kernel(isa: Isa, t: I8Tile<'_>) {
@@ -622,6 +657,66 @@ mod tests {
                     prop_assert!(same, "{:?} {:?} differs from the scalar twin", isa, layout);
                 }
             }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        #[test]
+        /// The AVX-512 packer of `X_q + 128` writes the scalar twin's lanes, for ragged token
+        /// counts (not a multiple of 4 or 32) and ragged last panels.
+        fn packed_x_matches_the_scalar_twin(
+            (m, k, x) in (1usize..80, 1usize..100)
+                .prop_flat_map(|(m, k)| (Just(m), Just(k), prop::collection::vec(any::<i8>(), m * k))),
+        ) {
+            let quads = m.div_ceil(BLOCK) * QUADS;
+            let len = k.div_ceil(NR) * quads * NR;
+            let mut want = vec![0u32; len];
+            for (panel, dst) in want.chunks_exact_mut(quads * NR).enumerate() {
+                pack_b_panel(&x, m, k, panel * NR, dst);
+            }
+            for isa in Isa::available_among(&I8_GRAD_PATHS) {
+                let mut got = vec![7u32; len];
+                pack_b(isa, &x, m, k, &mut got);
+                prop_assert_eq!(&got, &want, "{:?}", isa);
+            }
+            // Spot-check the definition: lane (panel, quad, column) holds tokens 4q..4q+4.
+            let at = |i: usize, l: usize| {
+                let (panel, c) = (l / NR, l % NR);
+                let lane = want[panel * quads * NR + (i / 4) * NR + c];
+                (lane >> (8 * (i % 4))) as u8
+            };
+            for i in 0..m {
+                for l in 0..k {
+                    prop_assert_eq!(at(i, l), (x[i * k + l] as u8) ^ 0x80);
+                }
+            }
+        }
+    }
+
+    /// A NaN in the output gradient reaches its row of `dW` on every path (the block's scale is
+    /// NaN), with the same bits as the scalar twin, and the other rows stay finite.
+    #[test]
+    fn a_nan_gradient_reaches_its_row_on_every_path() {
+        let (m, n, k) = (70usize, 20usize, 9usize);
+        let mut dy = crate::testutil::pseudo_random(m * n, 5, 1.0);
+        dy[40 * n + 7] = f32::NAN;
+        let x: Vec<i8> = (0..m * k).map(|i| (i % 255) as i8).collect();
+        let s: Vec<f32> = (0..m).map(|i| 1.0 + i as f32).collect();
+        let mut want = vec![0.0; n * k];
+        grad_weight_i8_with(Isa::Scalar, &dy, m, n, &x, &s, k, &mut want, false).expect("scalar");
+        for j in 0..n {
+            let row = &want[j * k..(j + 1) * k];
+            if j == 7 {
+                assert!(row.iter().all(|v| v.is_nan()), "row {j}: {row:?}");
+            } else {
+                assert!(row.iter().all(|v| v.is_finite()), "row {j}: {row:?}");
+            }
+        }
+        for isa in Isa::available_among(&I8_GRAD_PATHS) {
+            let mut got = vec![0.0; n * k];
+            grad_weight_i8_with(isa, &dy, m, n, &x, &s, k, &mut got, false).expect("int8");
+            assert!(got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()), "{isa:?}");
         }
     }
 

@@ -262,7 +262,8 @@ fn drive(
             let tiles: &mut [u8] =
                 unsafe { std::slice::from_raw_parts_mut(lines.as_mut_ptr().cast(), need * 64) };
             rowsums.clear();
-            rowsums.extend(x[rows.start * k..rows.end * k].chunks_exact(k.max(1)).map(row_sum));
+            let xr = &x[rows.start * k..rows.end * k];
+            rowsums.extend(xr.chunks_exact(k.max(1)).map(|row| row_sum(isa, row)));
             rowsums.resize(rows.len(), 0);
             for panel in panel_range {
                 unpack_panel(isa, w.packed_panel(panel), tiles);
@@ -303,7 +304,18 @@ fn drive(
     }
 }
 
-fn row_sum(row: &[i8]) -> i32 {
+/// The sum of one row of int8 activations (what the unsigned-offset products subtract).
+fn row_sum(isa: Isa, row: &[i8]) -> i32 {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the driver only runs a path check_isa accepted (VNNI implies F/BW).
+        Isa::Avx512Vnni => unsafe { super::x86_ternary::row_sum_avx512(row) },
+        _ => row_sum_scalar(row),
+    }
+}
+
+/// [`row_sum`] element by element: the scalar twin.
+pub(crate) fn row_sum_scalar(row: &[i8]) -> i32 {
     row.iter().map(|&v| i32::from(v)).sum()
 }
 
@@ -429,6 +441,23 @@ mod tests {
                 prop::collection::vec(1e-3f32..1e3, m),
             )
         })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        #[test]
+        /// Row sums on every path equal the scalar sum (rows of any length, extreme codes).
+        fn row_sums_match_the_scalar_twin(row in prop::collection::vec(any::<i8>(), 0..300)) {
+            let want = row_sum_scalar(&row);
+            prop_assert_eq!(want, row.iter().map(|&v| i64::from(v)).sum::<i64>() as i32);
+            for isa in Isa::available_among(&TERNARY_PATHS) {
+                prop_assert_eq!(row_sum(isa, &row), want, "{:?}", isa);
+            }
+            let extreme = vec![i8::MIN; row.len()];
+            for isa in Isa::available_among(&TERNARY_PATHS) {
+                prop_assert_eq!(row_sum(isa, &extreme), -128 * row.len() as i32, "{:?}", isa);
+            }
+        }
     }
 
     proptest! {

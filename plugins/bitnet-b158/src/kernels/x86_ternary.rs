@@ -415,3 +415,27 @@ pub(crate) unsafe fn pack_panel_transposed_avx512(
     }
     if bad == 0 { Some(full) } else { None }
 }
+
+/// The sum of a row of int8 codes, 64 bytes per step: `vpsadbw` sums the codes + 128 (a
+/// sign-bit flip) in eight 64-bit lanes, and the offset is subtracted once at the end (lanes
+/// past the row load as 0, i.e. 128 after the flip, and are counted in that offset).
+///
+/// # Safety
+/// The CPU must support AVX-512 F/BW.
+#[target_feature(enable = "avx512f,avx512bw")]
+pub(crate) unsafe fn row_sum_avx512(row: &[i8]) -> i32 {
+    let flip = _mm512_set1_epi8(i8::MIN);
+    let mut acc = _mm512_setzero_si512();
+    let chunks = row.len().div_ceil(64);
+    for c in 0..chunks {
+        let rest = row.len() - 64 * c;
+        let mask: __mmask64 = if rest >= 64 { !0 } else { (1u64 << rest) - 1 };
+        // SAFETY: the first byte 64 c is in bounds (c < chunks) and the mask covers only the
+        // row's bytes; masked lanes are not read.
+        let v = unsafe { _mm512_maskz_loadu_epi8(mask, row.as_ptr().add(64 * c)) };
+        let sad = _mm512_sad_epu8(_mm512_xor_si512(v, flip), _mm512_setzero_si512());
+        acc = _mm512_add_epi64(acc, sad);
+    }
+    // |sum| <= 128 * len fits an i32 for any row the kernels accept (k is an i32-sized depth).
+    (_mm512_reduce_add_epi64(acc) - 128 * 64 * chunks as i64) as i32
+}
