@@ -248,7 +248,17 @@ pub(crate) unsafe fn pack_a_avx512(
         amax[..groups].fill(_mm512_setzero_ps());
         seen_nan[..groups].fill(0);
         for i in i0..i0 + live {
+            // The rows of a token a few ahead (in this block or the next): each token's rows are
+            // a separate short run of memory (`n` floats apart), which the hardware prefetchers
+            // pick up late. Measured on the LM head's dW (`kernel -- head-summary`, d = 256,
+            // 1 thread): 12.3 ms without, 10.8-10.9 ms 2 to 16 tokens ahead.
+            let ahead = (i + PREFETCH_TOKENS < m)
+                .then(|| dy.as_ptr().wrapping_add((i + PREFETCH_TOKENS) * n + j0));
             for g in 0..groups {
+                if let Some(p) = ahead {
+                    // A prefetch never faults; the address is inside `dy` (token < m).
+                    _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(16 * g).cast());
+                }
                 let x = _mm512_abs_ps(scaled(i, g));
                 seen_nan[g] |= _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(x, x);
                 // `x > amax ? x : amax` for the lanes without a NaN.
@@ -307,6 +317,9 @@ pub(crate) unsafe fn pack_a_avx512(
         }
     }
 }
+
+/// How many tokens ahead pass 1 of `pack_a_avx512` prefetches.
+const PREFETCH_TOKENS: usize = 4;
 
 /// Groups of 16 rows in the largest `A` block (`i8_grad::MC` rows).
 const MAX_GROUPS: usize = super::i8_grad::MC / 16;
