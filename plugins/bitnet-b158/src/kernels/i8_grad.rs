@@ -56,12 +56,18 @@ pub(crate) const MC: usize = 384;
 /// One micro-kernel call: `rows` rows of `dW` x the columns `l0 .. l0 + cols` of one panel,
 /// over `blocks` token blocks.
 pub(crate) struct I8Tile<'a> {
-    /// Codes of the tile's rows, `[block][quad][MR]`: four tokens' int8 codes per lane.
+    /// Codes of the tile's rows, `[quad][MR]` per block, blocks `a_stride` lanes apart: four
+    /// tokens' int8 codes per lane.
     pub a: &'a [u32],
-    /// The scale `c` of each (block, row), `[block][MR]`.
+    /// The scale `c` of each (block, row), `[MR]` per block, blocks `s_stride` apart.
     pub scales: &'a [f32],
-    /// The starting int32 of each (block, row), `-128 * sum of the row's codes in the block`.
+    /// The starting int32 of each (block, row), `-128 * sum of the row's codes in the block`,
+    /// laid out as `scales`.
     pub inits: &'a [i32],
+    /// Lanes from one block's codes of the tile to the next block's.
+    pub a_stride: usize,
+    /// Entries from one block's scales (and starting sums) of the tile to the next block's.
+    pub s_stride: usize,
     /// The pass's slice of one packed panel of `X_q + 128`, `[block][quad][NR]`.
     pub b: &'a [u32],
     pub blocks: usize,
@@ -107,18 +113,29 @@ pub enum ALayout {
     RowMajor,
 }
 
-/// The `A` block of a task: codes, scales and starting sums in the tile layouts of [`I8Tile`].
+/// The whole quantized `A` of one product, block-major so each token block is one contiguous
+/// piece written by one task: `[block][tile][quad][MR]` codes, `[block][tile][MR]` scales and
+/// starting sums (tiles of [`MR`] output rows).
 #[derive(Default)]
-struct ABlock {
+struct APacked {
     codes: Vec<u32>,
     scales: Vec<f32>,
     inits: Vec<i32>,
 }
 
+/// The output slices one packer call fills: `[tile][block][quad][MR]` codes and
+/// `[tile][block][MR]` scales and starting sums for its rows and blocks.
+pub(crate) struct ASlices<'a> {
+    pub codes: &'a mut [u32],
+    pub scales: &'a mut [f32],
+    pub inits: &'a mut [i32],
+}
+
 thread_local! {
     /// `X_q + 128` packed `[panel][quad][NR]` (four tokens' bytes per lane).
     static B_PACK: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
-    static A_BLOCK: RefCell<ABlock> = RefCell::new(ABlock::default());
+    /// The quantized `A` of the running product.
+    static A_PACK: RefCell<APacked> = RefCell::new(APacked::default());
 }
 
 /// [`grad_weight_i8`] on the given path.
@@ -172,39 +189,84 @@ pub fn product_i8_with(
     b.resize(b_len, 0);
     pack_b(isa, x_q, m, k, &mut b);
     let inv_s: Vec<f32> = x_scales.iter().map(|&s| 1.0 / s).collect();
+    let mut a = A_PACK.with(|p| std::mem::take(&mut *p.borrow_mut()));
+    let tiles = n.div_ceil(MR);
+    let per_block = checked_area("int8 pack", tiles, MR)?;
+    let a_len = checked_area("int8 pack", checked_area("int8 pack", blocks, per_block)?, QUADS)?;
+    // Lanes of rows past `n` in the last tile are never read, so stale values may stay.
+    a.codes.resize(a_len, 0);
+    a.scales.resize(blocks * per_block, 0.0);
+    a.inits.resize(blocks * per_block, 0);
+    pack_all((isa, layout), &mut a, dy, &inv_s, (m, n));
     for_each_row_band(dw, k, MR, 2, |out, j0| {
-        A_BLOCK.with(|cell| {
-            let mut ab = cell.borrow_mut();
-            run_task((isa, layout), out, j0, (m, n, k), dy, &inv_s, &b, accumulate, &mut ab);
-        })
+        run_task(isa, out, j0, (m, n, k), &a, &b, accumulate);
     });
+    A_PACK.with(|p| *p.borrow_mut() = a);
     B_PACK.with(|p| *p.borrow_mut() = b);
     Ok(())
 }
 
-/// One task's band of output rows `j0 .. j0 + out.len() / k`, by blocks of [`MC`] rows and
-/// [`KB`] token blocks.
-#[allow(clippy::too_many_arguments)]
-fn run_task(
+/// Quantizes all of `A` into `a`, one token block per task: each block's rows are read along
+/// memory (a token's whole row of `dy` at a time) and coded while in cache.
+fn pack_all(
     (isa, layout): (Isa, ALayout),
+    a: &mut APacked,
+    dy: &[f32],
+    inv_s: &[f32],
+    (m, n): (usize, usize),
+) {
+    let tiles = n.div_ceil(MR);
+    let (code_len, scale_len) = (tiles * QUADS * MR, tiles * MR);
+    // Rows per packer call: what its per-row scratch holds.
+    let chunk = match isa {
+        Isa::Avx512Vnni => PACK_ROWS_AVX512,
+        _ => MC,
+    };
+    let APacked { codes, scales, inits } = a;
+    codes
+        .par_chunks_mut(code_len)
+        .zip(scales.par_chunks_mut(scale_len))
+        .zip(inits.par_chunks_mut(scale_len))
+        .enumerate()
+        .for_each(|(block, ((codes, scales), inits))| {
+            for j0 in (0..n).step_by(chunk) {
+                let rn = (n - j0).min(chunk);
+                let t0 = j0 / MR;
+                let out = ASlices {
+                    codes: &mut codes[t0 * QUADS * MR..],
+                    scales: &mut scales[t0 * MR..],
+                    inits: &mut inits[t0 * MR..],
+                };
+                pack_a_best((isa, layout), out, dy, inv_s, (m, n), (j0, rn), (block, 1));
+            }
+        });
+}
+
+/// Rows per call of the AVX-512 packer (a multiple of [`MR`] and 16).
+pub(crate) const PACK_ROWS_AVX512: usize = 1536;
+
+/// One task's band of output rows `j0 .. j0 + out.len() / k`, by blocks of [`MC`] rows and
+/// [`KB`] token blocks, on the packed `A`.
+fn run_task(
+    isa: Isa,
     out: &mut [f32],
     j0: usize,
     (m, n, k): (usize, usize, usize),
-    dy: &[f32],
-    inv_s: &[f32],
+    a: &APacked,
     b: &[u32],
     accumulate: bool,
-    ab: &mut ABlock,
 ) {
     let rn = out.len() / k;
     let blocks = m.div_ceil(BLOCK);
     let panels = k.div_ceil(NR);
+    let all_tiles = n.div_ceil(MR);
+    let (a_stride, s_stride) = (all_tiles * QUADS * MR, all_tiles * MR);
+    debug_assert_eq!(j0 % MR, 0);
     for m0 in (0..rn).step_by(MC) {
         let mn = (rn - m0).min(MC);
         let tiles = mn.div_ceil(MR);
         for b0 in (0..blocks).step_by(KB) {
             let bc = (blocks - b0).min(KB);
-            pack_a_best((isa, layout), ab, dy, inv_s, (m, n), (j0 + m0, mn), (b0, bc));
             for panel in 0..panels {
                 let start = (panel * blocks + b0) * QUADS * NR;
                 let bslice = &b[start..start + bc * QUADS * NR];
@@ -213,13 +275,19 @@ fn run_task(
                 for tile in 0..tiles {
                     let r = m0 + tile * MR;
                     let take = (mn - tile * MR).min(MR);
-                    let (ca, cs) = (tile * bc * QUADS * MR, tile * bc * MR);
+                    // The tile's lanes in the first block; later blocks follow at the strides.
+                    let at = b0 * all_tiles + (j0 + r) / MR;
+                    let (ca, cs) = (at * QUADS * MR, at * MR);
+                    let (a_end, s_end) =
+                        (ca + (bc - 1) * a_stride + QUADS * MR, cs + (bc - 1) * s_stride + MR);
                     micro_kernel(
                         isa,
                         I8Tile {
-                            a: &ab.codes[ca..ca + bc * QUADS * MR],
-                            scales: &ab.scales[cs..cs + bc * MR],
-                            inits: &ab.inits[cs..cs + bc * MR],
+                            a: &a.codes[ca..a_end],
+                            scales: &a.scales[cs..s_end],
+                            inits: &a.inits[cs..s_end],
+                            a_stride,
+                            s_stride,
                             b: bslice,
                             blocks: bc,
                             rows: take,
@@ -241,7 +309,7 @@ fn run_task(
 /// compiled for AVX-512 (the baseline x86-64 build only gets 4-lane SSE vectors).
 fn pack_a_best(
     (isa, layout): (Isa, ALayout),
-    ab: &mut ABlock,
+    ab: ASlices<'_>,
     dy: &[f32],
     inv_s: &[f32],
     dims: (usize, usize),
@@ -252,7 +320,7 @@ fn pack_a_best(
     #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
     unsafe fn pack_a_avx512(
         layout: ALayout,
-        ab: &mut ABlock,
+        ab: ASlices<'_>,
         dy: &[f32],
         inv_s: &[f32],
         dims: (usize, usize),
@@ -261,19 +329,8 @@ fn pack_a_best(
     ) {
         match layout {
             ALayout::DepthMajor => {
-                reset_a_block(ab, rows.1, blocks.1);
-                let ABlock { codes, scales, inits } = ab;
-                // SAFETY: this function's own features; `reset_a_block` sized the slices.
-                unsafe {
-                    super::x86_i8_grad::pack_a_avx512(
-                        (codes, scales, inits),
-                        dy,
-                        inv_s,
-                        dims,
-                        rows,
-                        blocks,
-                    )
-                }
+                // SAFETY: this function's own features; the caller sized the slices.
+                unsafe { super::x86_i8_grad::pack_a_avx512(ab, dy, inv_s, dims, rows, blocks) }
             }
             ALayout::RowMajor => pack_a_rows(ab, dy, inv_s, dims, rows, blocks),
         }
@@ -287,16 +344,16 @@ fn pack_a_best(
     }
 }
 
-/// Sizes `ab` for `rn` rows and `bc` token blocks (every element zero).
+/// Checks that `ab` holds the lanes of `rn` rows and `bc` token blocks.
 #[inline(always)]
-fn reset_a_block(ab: &mut ABlock, rn: usize, bc: usize) {
+fn check_a_slices(ab: &ASlices<'_>, rn: usize, bc: usize) {
     let tiles = rn.div_ceil(MR);
-    ab.codes.clear();
-    ab.codes.resize(tiles * bc * QUADS * MR, 0);
-    ab.scales.clear();
-    ab.scales.resize(tiles * bc * MR, 0.0);
-    ab.inits.clear();
-    ab.inits.resize(tiles * bc * MR, 0);
+    assert!(
+        ab.codes.len() >= tiles * bc * QUADS * MR
+            && ab.scales.len() >= tiles * bc * MR
+            && ab.inits.len() >= tiles * bc * MR,
+        "int8 A slices too short"
+    );
 }
 
 /// [`pack_a`] for `A` stored [`ALayout::RowMajor`] (`dy[j * m + i]`): each row's block is 32
@@ -304,14 +361,14 @@ fn reset_a_block(ab: &mut ABlock, rn: usize, bc: usize) {
 /// so the same codes, scales and starting sums).
 #[inline(always)]
 fn pack_a_rows(
-    ab: &mut ABlock,
+    ab: ASlices<'_>,
     dy: &[f32],
     inv_s: &[f32],
     (m, _n): (usize, usize),
     (j0, rn): (usize, usize),
     (b0, bc): (usize, usize),
 ) {
-    reset_a_block(ab, rn, bc);
+    check_a_slices(&ab, rn, bc);
     let mut vals = [0f32; BLOCK];
     for r in 0..rn {
         let row = &dy[(j0 + r) * m..(j0 + r + 1) * m];
@@ -348,17 +405,17 @@ fn pack_a_rows(
 
 /// Quantizes `A[i][j] = dy[i][j] / s_i` for rows `j0 .. j0 + rn` and token blocks
 /// `b0 .. b0 + bc` into `ab` (`[tile][block][quad][MR]` codes, `[tile][block][MR]` scales and
-/// starting sums). Tokens past `m` and rows past `rn` get code 0 and scale 0.
+/// starting sums). Tokens past `m` get code 0; the lanes of rows past `rn` are not written.
 #[inline(always)]
 fn pack_a(
-    ab: &mut ABlock,
+    ab: ASlices<'_>,
     dy: &[f32],
     inv_s: &[f32],
     (m, n): (usize, usize),
     (j0, rn): (usize, usize),
     (b0, bc): (usize, usize),
 ) {
-    reset_a_block(ab, rn, bc);
+    check_a_slices(&ab, rn, bc);
     let mut amax = [0f32; MC];
     let mut inv = [0f32; MC];
     let mut sums = [0i32; MC];
@@ -513,11 +570,11 @@ fn kernel_scalar(t: I8Tile<'_>) {
             let o = &mut t.out[r * t.k + t.l0 + c];
             let mut acc = if t.accumulate { *o } else { 0.0 };
             for bl in 0..t.blocks {
-                let q0 = bl * QUADS;
-                let a = (q0..q0 + QUADS).map(|q| t.a[q * MR + r]);
+                let (a0, q0, s0) = (bl * t.a_stride, bl * QUADS, bl * t.s_stride);
+                let a = (0..QUADS).map(|q| t.a[a0 + q * MR + r]);
                 let b = (q0..q0 + QUADS).map(|q| t.b[q * NR + c]);
-                let sum = block_sum(t.inits[bl * MR + r], a, b);
-                acc = t.scales[bl * MR + r].mul_add(sum as f32, acc);
+                let sum = block_sum(t.inits[s0 + r], a, b);
+                acc = t.scales[s0 + r].mul_add(sum as f32, acc);
             }
             *o = acc;
         }
@@ -690,6 +747,27 @@ mod tests {
                 for l in 0..k {
                     prop_assert_eq!(at(i, l), (x[i * k + l] as u8) ^ 0x80);
                 }
+            }
+        }
+    }
+
+    /// Output rows past one call of the AVX-512 packer (several row chunks per token block, a
+    /// ragged last tile) give the scalar twin's bits.
+    #[test]
+    fn wide_outputs_pack_in_chunks_alike() {
+        let (m, n, k) = (70usize, PACK_ROWS_AVX512 + 61, 7usize);
+        let dy = crate::testutil::pseudo_random(m * n, 8, 1.0);
+        let x: Vec<i8> = (0..m * k).map(|i| (i * 7 % 255) as i8).collect();
+        let s: Vec<f32> = (0..m).map(|i| 0.5 + i as f32).collect();
+        let mut want = vec![0.0; n * k];
+        grad_weight_i8_with(Isa::Scalar, &dy, m, n, &x, &s, k, &mut want, false).expect("scalar");
+        for isa in Isa::available_among(&I8_GRAD_PATHS) {
+            for threads in [1, 2] {
+                let mut got = vec![f32::NAN; n * k];
+                pool(threads)
+                    .install(|| grad_weight_i8_with(isa, &dy, m, n, &x, &s, k, &mut got, false))
+                    .expect("int8");
+                assert!(got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()), "{isa:?}");
             }
         }
     }

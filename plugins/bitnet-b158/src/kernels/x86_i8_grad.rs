@@ -1,6 +1,6 @@
 //! The AVX-512 VNNI micro-kernel of the block-scaled int8 weight gradient (see `i8_grad.rs`).
 
-use super::i8_grad::{BLOCK, I8Tile, MR, NR, QUADS};
+use super::i8_grad::{ASlices, BLOCK, I8Tile, MR, NR, QUADS};
 use std::arch::x86_64::*;
 
 /// `vpdpbusd` micro-kernel: up to 6 rows x one 32-column panel of `dW`, over `t.blocks` token
@@ -32,10 +32,11 @@ pub(crate) unsafe fn kernel_i8_grad(t: I8Tile<'_>) {
 unsafe fn rows_i8<const R: usize>(t: I8Tile<'_>) {
     let blocks = t.blocks;
     assert!(
-        t.a.len() >= blocks * QUADS * MR
+        blocks >= 1
+            && t.a.len() >= (blocks - 1) * t.a_stride + QUADS * MR
             && t.b.len() >= blocks * QUADS * NR
-            && t.scales.len() >= blocks * MR
-            && t.inits.len() >= blocks * MR,
+            && t.scales.len() >= (blocks - 1) * t.s_stride + MR
+            && t.inits.len() >= (blocks - 1) * t.s_stride + MR,
         "int8 gradient tile out of bounds"
     );
     assert!(t.cols <= NR && t.l0 + t.cols <= t.k && t.out.len() >= R * t.k, "int8 tile output");
@@ -65,25 +66,28 @@ unsafe fn rows_i8<const R: usize>(t: I8Tile<'_>) {
     let (ap, bp) = (t.a.as_ptr(), t.b.as_ptr());
     for bl in 0..blocks {
         let mut sums = [[_mm512_setzero_si512(); 2]; R];
+        let s0 = bl * t.s_stride;
         for (r, s) in sums.iter_mut().enumerate() {
-            let init = _mm512_set1_epi32(t.inits[bl * MR + r]);
+            let init = _mm512_set1_epi32(t.inits[s0 + r]);
             *s = [init, init];
         }
-        for q in bl * QUADS..(bl + 1) * QUADS {
-            // SAFETY: lanes q * 32 .. q * 32 + 32 of `b` and lane q * 6 + r (r < R <= 6) of `a`
-            // are in bounds (asserted above); unaligned loads are allowed.
+        for qq in 0..QUADS {
+            let q = bl * QUADS + qq;
+            // SAFETY: lanes q * 32 .. q * 32 + 32 of `b` and lane bl * a_stride + qq * 6 + r
+            // (r < R <= 6) of `a` are in bounds (asserted above); unaligned loads are allowed.
             unsafe {
                 let b = bp.add(q * NR);
                 let b = [_mm512_loadu_si512(b.cast()), _mm512_loadu_si512(b.add(16).cast())];
+                let a_q = ap.add(bl * t.a_stride + qq * MR);
                 for (r, s) in sums.iter_mut().enumerate() {
-                    let a = _mm512_set1_epi32(*ap.add(q * MR + r) as i32);
+                    let a = _mm512_set1_epi32(*a_q.add(r) as i32);
                     s[0] = _mm512_dpbusd_epi32(s[0], b[0], a);
                     s[1] = _mm512_dpbusd_epi32(s[1], b[1], a);
                 }
             }
         }
         for (r, (acc_r, s)) in acc.iter_mut().zip(&sums).enumerate() {
-            let c = _mm512_set1_ps(t.scales[bl * MR + r]);
+            let c = _mm512_set1_ps(t.scales[s0 + r]);
             acc_r[0] = _mm512_fmadd_ps(c, _mm512_cvtepi32_ps(s[0]), acc_r[0]);
             acc_r[1] = _mm512_fmadd_ps(c, _mm512_cvtepi32_ps(s[1]), acc_r[1]);
         }
@@ -199,11 +203,10 @@ unsafe fn store_tiled(
 /// scalar packer, so the same bits.
 ///
 /// # Safety
-/// The CPU must support AVX-512 F/BW/VL; the slices are sized by `reset_a_block` for `rn` rows
-/// and `bc` blocks; `dy` holds `m * n` values, `inv_s` `m`, and `j0 + rn <= n`.
+/// The CPU must support AVX-512 F/BW/VL; the slices hold `rn` rows and `bc` blocks; `dy` holds `m * n` values, `inv_s` `m`, and `j0 + rn <= n`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
 pub(crate) unsafe fn pack_a_avx512(
-    (codes, scales, inits): (&mut [u32], &mut [f32], &mut [i32]),
+    ASlices { codes, scales, inits }: ASlices<'_>,
     dy: &[f32],
     inv_s: &[f32],
     (m, n): (usize, usize),
@@ -321,8 +324,8 @@ pub(crate) unsafe fn pack_a_avx512(
 /// How many tokens ahead pass 1 of `pack_a_avx512` prefetches.
 const PREFETCH_TOKENS: usize = 4;
 
-/// Groups of 16 rows in the largest `A` block (`i8_grad::MC` rows).
-const MAX_GROUPS: usize = super::i8_grad::MC / 16;
+/// Groups of 16 rows in one call (`i8_grad::PACK_ROWS_AVX512` rows at most).
+const MAX_GROUPS: usize = super::i8_grad::PACK_ROWS_AVX512 / 16;
 
 /// The bits of `f32` lanes as `u32` lanes (for the tiled stores).
 fn scales_as_u32(s: &mut [f32]) -> &mut [u32] {
