@@ -185,21 +185,23 @@ pub fn product_i8_with(
     let b_len = checked_area("int8 pack", checked_area("int8 pack", panels, blocks)?, QUADS * NR)?;
     // Take the buffer out of the thread-local so tasks on this thread never see it borrowed.
     let mut b = B_PACK.with(|p| std::mem::take(&mut *p.borrow_mut()));
-    b.clear();
-    b.resize(b_len, 0);
-    pack_b(isa, x_q, m, k, &mut b);
+    // Every lane is written by the packer: grow only (no clearing, no shrinking, so products of
+    // alternating sizes do not rewrite the buffer each call).
+    grow(&mut b, b_len);
+    pack_b(isa, x_q, m, k, &mut b[..b_len]);
     let inv_s: Vec<f32> = x_scales.iter().map(|&s| 1.0 / s).collect();
     let mut a = A_PACK.with(|p| std::mem::take(&mut *p.borrow_mut()));
     let tiles = n.div_ceil(MR);
     let per_block = checked_area("int8 pack", tiles, MR)?;
     let a_len = checked_area("int8 pack", checked_area("int8 pack", blocks, per_block)?, QUADS)?;
-    // Lanes of rows past `n` in the last tile are never read, so stale values may stay.
-    a.codes.resize(a_len, 0);
-    a.scales.resize(blocks * per_block, 0.0);
-    a.inits.resize(blocks * per_block, 0);
+    // Grown only, as `b`; lanes of rows past `n` in the last tile are never read, so stale
+    // values may stay there.
+    grow(&mut a.codes, a_len);
+    grow(&mut a.scales, blocks * per_block);
+    grow(&mut a.inits, blocks * per_block);
     pack_all((isa, layout), &mut a, dy, &inv_s, (m, n));
     for_each_row_band(dw, k, MR, 2, |out, j0| {
-        run_task(isa, out, j0, (m, n, k), &a, &b, accumulate);
+        run_task(isa, out, j0, (m, n, k), &a, &b[..b_len], accumulate);
     });
     A_PACK.with(|p| *p.borrow_mut() = a);
     B_PACK.with(|p| *p.borrow_mut() = b);
@@ -222,11 +224,12 @@ fn pack_all(
         Isa::Avx512Vnni => PACK_ROWS_AVX512,
         _ => MC,
     };
+    let blocks = m.div_ceil(BLOCK);
     let APacked { codes, scales, inits } = a;
-    codes
+    codes[..blocks * code_len]
         .par_chunks_mut(code_len)
-        .zip(scales.par_chunks_mut(scale_len))
-        .zip(inits.par_chunks_mut(scale_len))
+        .zip(scales[..blocks * scale_len].par_chunks_mut(scale_len))
+        .zip(inits[..blocks * scale_len].par_chunks_mut(scale_len))
         .enumerate()
         .for_each(|(block, ((codes, scales), inits))| {
             for j0 in (0..n).step_by(chunk) {
@@ -240,6 +243,13 @@ fn pack_all(
                 pack_a_best((isa, layout), out, dy, inv_s, (m, n), (j0, rn), (block, 1));
             }
         });
+}
+
+/// Grows `v` to at least `len` elements (new ones zero); never shrinks it.
+fn grow<T: Clone + Default>(v: &mut Vec<T>, len: usize) {
+    if v.len() < len {
+        v.resize(len, T::default());
+    }
 }
 
 /// Rows per call of the AVX-512 packer (a multiple of [`MR`] and 16).
