@@ -129,7 +129,7 @@ pub fn gemm_bf16_with<A: LeftOperand>(
     let mut bp = B_PACK.with(|p| std::mem::take(&mut *p.borrow_mut()));
     bp.clear();
     bp.resize(b_len, 0);
-    pack_b(b, depth, cols, &mut bp);
+    pack_b(isa, b, depth, cols, &mut bp);
     run_blocked(isa, c, (rows, cols, pairs), &bp, accumulate, 4, |j0, rn, p0, pc, dst| {
         a.pack_block(isa, depth, j0, (rn, p0, pc), dst)
     });
@@ -184,10 +184,35 @@ impl<T: Bf16Lane> LeftOperand for Strided<'_, T> {
     }
 }
 
-/// Packs `b` (`depth x cols`) into bf16 pairs along the depth, one 64-column panel per task.
-fn pack_b(b: StridedF32<'_>, depth: usize, cols: usize, dst: &mut [u32]) {
+/// Packs `b` (`depth x cols`) into bf16 pairs along the depth, one 64-column panel per task;
+/// on the AVX-512 BF16 path compiled for AVX-512 (the same scalar operations, so the same lanes;
+/// the baseline x86-64 build only gets 4-lane SSE vectors for the conversion).
+fn pack_b(isa: Isa, b: StridedF32<'_>, depth: usize, cols: usize, dst: &mut [u32]) {
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+    unsafe fn panel_avx512(
+        b: StridedF32<'_>,
+        depth: usize,
+        cols: usize,
+        panel: usize,
+        dst: &mut [u32],
+    ) {
+        pack_b_panel(b, depth, cols, panel, dst)
+    }
     let pairs = depth.div_ceil(2);
-    dst.par_chunks_mut(pairs * NR).enumerate().for_each(|(panel, dst)| {
+    dst.par_chunks_mut(pairs * NR).enumerate().for_each(|(panel, dst)| match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: check_isa verified AVX-512 BF16 (with F/BW/VL).
+        Isa::Avx512Bf16 => unsafe { panel_avx512(b, depth, cols, panel, dst) },
+        _ => pack_b_panel(b, depth, cols, panel, dst),
+    });
+}
+
+/// One 64-column panel of [`pack_b`].
+#[inline(always)]
+fn pack_b_panel(b: StridedF32<'_>, depth: usize, cols: usize, panel: usize, dst: &mut [u32]) {
+    let pairs = depth.div_ceil(2);
+    {
         let l0 = panel * NR;
         let width = (cols - l0).min(NR);
         let lane = |i: usize, l: usize| if i < depth { b.bf16(i, l) } else { 0 };
@@ -230,7 +255,7 @@ fn pack_b(b: StridedF32<'_>, depth: usize, cols: usize, dst: &mut [u32]) {
                 }
             }
         }
-    });
+    }
 }
 
 #[cfg(test)]

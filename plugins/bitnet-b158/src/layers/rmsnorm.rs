@@ -22,6 +22,24 @@ fn sum_of_squares(x: &[f32]) -> f32 {
     acc.iter().sum()
 }
 
+/// `sum(a * b * c)` in 16 lane-ordered partial sums (a single running sum is a chain of
+/// dependent additions the compiler may not reorder, i.e. scalar code).
+fn sum_of_products(a: &[f32], b: &[f32], c: &[f32]) -> f32 {
+    let mut acc = [0.0f32; LANES];
+    let (ac, ar) = a.as_chunks::<LANES>();
+    let (bc, br) = b.as_chunks::<LANES>();
+    let (cc, cr) = c.as_chunks::<LANES>();
+    for ((x, y), z) in ac.iter().zip(bc).zip(cc) {
+        for l in 0..LANES {
+            acc[l] += x[l] * y[l] * z[l];
+        }
+    }
+    for (l, ((&x, &y), &z)) in ar.iter().zip(br).zip(cr).enumerate() {
+        acc[l] += x * y * z;
+    }
+    acc.iter().sum()
+}
+
 /// One row: writes `o` and returns its `rstd`.
 #[inline]
 fn rmsnorm_row(o: &mut [f32], xr: &[f32], w: &[f32], eps: f32) -> f32 {
@@ -83,11 +101,7 @@ pub(crate) fn rmsnorm_backward(
     let d = w.len();
     dx.par_chunks_mut(d).zip(dy.par_chunks(d)).zip(x.par_chunks(d)).zip(rstd.par_iter()).for_each(
         |(((dxr, dyr), xr), &rs)| {
-            let mut dot = 0.0f32;
-            for ((&dyi, &xi), &wi) in dyr.iter().zip(xr).zip(w) {
-                dot += dyi * wi * xi * rs;
-            }
-            let mean = dot / d as f32;
+            let mean = sum_of_products(dyr, w, xr) * rs / d as f32;
             for (((dxi, &dyi), &xi), &wi) in dxr.iter_mut().zip(dyr).zip(xr).zip(w) {
                 let v = rs * (dyi * wi - xi * rs * mean);
                 if accumulate {

@@ -58,6 +58,21 @@ impl RopeTables {
     }
 }
 
+/// `dst.copy_from_slice(src)` for a head's few dozen values: 16 at a time as fixed-size moves,
+/// which compile to vector loads and stores in place (a `memcpy` call per head row was 1.5-2% of
+/// a small training step).
+#[inline(always)]
+fn copy_short(dst: &mut [f32], src: &[f32]) {
+    let (dc, dr) = dst.as_chunks_mut::<16>();
+    let (sc, sr) = src.as_chunks::<16>();
+    for (d, s) in dc.iter_mut().zip(sc) {
+        *d = *s;
+    }
+    if !dr.is_empty() {
+        dr.copy_from_slice(sr);
+    }
+}
+
 /// Token-major `[B*T, H*hd]` to head-major `[B, H, T, hd]`, rotating each head when `rope` is given.
 pub(crate) fn split_heads(
     dst: &mut [f32],
@@ -70,7 +85,7 @@ pub(crate) fn split_heads(
         let (b, h) = (bh / n_heads, bh % n_heads);
         for (t, out) in chunk.chunks_mut(hd).enumerate() {
             let row = (b * t_len + t) * d + h * hd;
-            out.copy_from_slice(&src[row..row + hd]);
+            copy_short(out, &src[row..row + hd]);
             if let Some(r) = rope {
                 r.rotate(out, t);
             }
@@ -92,7 +107,7 @@ pub(crate) fn merge_heads(
             for h in 0..n_heads {
                 let from = ((b * n_heads + h) * t_len + t) * hd;
                 let out = &mut row[h * hd..(h + 1) * hd];
-                out.copy_from_slice(&src[from..from + hd]);
+                copy_short(out, &src[from..from + hd]);
                 if let Some(r) = rope {
                     r.rotate_back(out, t);
                 }
