@@ -54,6 +54,8 @@ mod x86_exp;
 #[cfg(target_arch = "x86_64")]
 mod x86_i8_grad;
 #[cfg(target_arch = "x86_64")]
+mod x86_lanes;
+#[cfg(target_arch = "x86_64")]
 mod x86_quant;
 #[cfg(target_arch = "x86_64")]
 mod x86_ternary;

@@ -3,13 +3,8 @@
 
 use super::attention_rows::{MR, NR, TileOperands};
 use super::exp::LANES;
+use super::x86_lanes::mask_of;
 use std::arch::x86_64::*;
-
-/// The mask of the first `min(rest, 16)` lanes.
-#[inline(always)]
-pub(crate) fn mask_of(rest: usize) -> __mmask16 {
-    if rest >= LANES { 0xFFFF } else { (1u16 << rest) - 1 }
-}
 
 /// The lanes of `p` that `mask` selects, zeros elsewhere. A plain load when all are selected:
 /// loads of data just stored are forwarded from full stores, not masked ones.

@@ -5,8 +5,9 @@
 
 use super::attention_rows::MR;
 use super::exp::LANES;
-use super::x86_attention::{load_masked, mask_of, store_masked};
+use super::x86_attention::{load_masked, store_masked};
 use super::x86_exp::exp16;
+use super::x86_lanes::mask_of;
 use std::arch::x86_64::*;
 
 /// `attention_rows::sum_lanes`: lane `i` becomes `x[i] + x[i ^ s]` for `s = 8, 4, 2, 1`; then

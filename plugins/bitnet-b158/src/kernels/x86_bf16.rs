@@ -1,6 +1,7 @@
 //! The AVX-512 BF16 micro-kernel of the weight gradient (see `bf16.rs`).
 
 use super::bf16::{Bf16Tile, MR, NR};
+use super::x86_lanes::mask_of;
 use std::arch::x86_64::*;
 
 /// `vdpbf16ps` micro-kernel: up to 6 rows x one 64-column panel of `dW`.
@@ -61,7 +62,7 @@ unsafe fn rows_bf16<const R: usize>(t: Bf16Tile<'_>) {
                 break;
             }
             let valid = (t.cols - c).min(16);
-            let mask: __mmask16 = if valid == 16 { 0xFFFF } else { (1u16 << valid) - 1 };
+            let mask = mask_of(valid);
             // SAFETY: the masked lanes are columns l0 + c .. l0 + c + valid <= k of row r < R of
             // `out` (asserted above); `out` is an exclusive borrow.
             unsafe {
@@ -140,7 +141,7 @@ pub(crate) unsafe fn pack_a_output_rows_f32<'a>(
         for c in 0..pc.div_ceil(8) {
             let f0 = 16 * c;
             let avail = (len - f0).min(16);
-            let load: __mmask16 = if avail == 16 { 0xFFFF } else { (1u16 << avail) - 1 };
+            let load = mask_of(avail);
             let conv = |r: usize| -> __m256i {
                 if srcs[r].is_empty() {
                     return _mm256_setzero_si256();
@@ -162,7 +163,7 @@ pub(crate) unsafe fn pack_a_output_rows_f32<'a>(
                 let v = _mm512_permutex2var_epi32(r01, low, r23);
                 let v = _mm512_mask_permutexvar_epi32(v, mask, high, r45);
                 let n = lanes - 16 * o;
-                let store: __mmask16 = if n >= 16 { 0xFFFF } else { (1u16 << n) - 1 };
+                let store = mask_of(n);
                 // SAFETY: lanes base + 48 c + 16 o .. + n are pairs 8 c .. 8 c + lanes / 6 < pc
                 // of this tile, inside the asserted length.
                 unsafe {

@@ -1,6 +1,7 @@
 //! AVX-512 exponential passes; the scalar twins in `exp.rs` define their exact semantics.
 
 use super::exp::{EXP_HI, EXP_LO, LANES, LN2_HI, LN2_LO, LOG2E, POLY, finish_lanes};
+use super::x86_lanes::mask_of;
 use std::arch::x86_64::*;
 
 const ROUND_NEAREST: i32 = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
@@ -24,12 +25,6 @@ pub(crate) fn exp16(x: __m512) -> __m512 {
     }
     let y = _mm512_add_ps(_mm512_fmadd_ps(p, z, r), _mm512_set1_ps(1.0));
     _mm512_scalef_ps(y, n)
-}
-
-/// The mask of the first `min(rest, 16)` lanes.
-#[inline(always)]
-fn mask_of(rest: usize) -> __mmask16 {
-    if rest >= LANES { 0xFFFF } else { (1u16 << rest) - 1 }
 }
 
 /// Lane-ordered partial sums to the final sum, as the scalar twin finishes them.

@@ -1,6 +1,7 @@
 //! The AVX-512 VNNI micro-kernel of the block-scaled int8 weight gradient (see `i8_grad.rs`).
 
 use super::i8_grad::{ASlices, BLOCK, I8Tile, MR, NR, QUADS};
+use super::x86_lanes::mask_of;
 use std::arch::x86_64::*;
 
 /// `vpdpbusd` micro-kernel: up to 6 rows x one 32-column panel of `dW`, over `t.blocks` token
@@ -40,16 +41,7 @@ unsafe fn rows_i8<const R: usize>(t: I8Tile<'_>) {
         "int8 gradient tile out of bounds"
     );
     assert!(t.cols <= NR && t.l0 + t.cols <= t.k && t.out.len() >= R * t.k, "int8 tile output");
-    let masks: [__mmask16; 2] = [
-        if t.cols >= 16 { 0xFFFF } else { (1u16 << t.cols) - 1 },
-        if t.cols >= 32 {
-            0xFFFF
-        } else if t.cols > 16 {
-            (1u16 << (t.cols - 16)) - 1
-        } else {
-            0
-        },
-    ];
+    let masks: [__mmask16; 2] = [mask_of(t.cols), mask_of(t.cols.saturating_sub(16))];
     let mut acc = [[_mm512_setzero_ps(); 2]; R];
     if t.accumulate {
         for (r, acc_r) in acc.iter_mut().enumerate() {
@@ -124,16 +116,7 @@ pub(crate) unsafe fn pack_b_panel_avx512(
 ) {
     assert!(l0 < k && x_q.len() >= m * k && dst.len().is_multiple_of(NR), "int8 pack panel");
     let cols = (k - l0).min(NR);
-    let masks: [__mmask16; 2] = [
-        if cols >= 16 { 0xFFFF } else { (1u16 << cols) - 1 },
-        if cols >= 32 {
-            0xFFFF
-        } else if cols > 16 {
-            (1u16 << (cols - 16)) - 1
-        } else {
-            0
-        },
-    ];
+    let masks: [__mmask16; 2] = [mask_of(cols), mask_of(cols.saturating_sub(16))];
     let flip = _mm_set1_epi8(i8::MIN);
     let row = |i: usize, h: usize| -> __m512i {
         let bytes = if i < m && masks[h] != 0 {
@@ -169,8 +152,8 @@ pub(crate) unsafe fn pack_b_panel_avx512(
 /// The CPU must support AVX-512 F; every `at(tile) + lane` of the rows is inside `dst`.
 #[inline]
 #[target_feature(enable = "avx512f")]
-unsafe fn store_tiled(
-    dst: &mut [u32],
+unsafe fn store_tiled<T: Lane32>(
+    dst: &mut [T],
     v: __m512i,
     r0: usize,
     valid: usize,
@@ -229,10 +212,6 @@ pub(crate) unsafe fn pack_a_avx512(
     let byte = _mm512_set1_epi32(0xFF);
     let groups = rn.div_ceil(16);
     assert!(groups <= MAX_GROUPS, "int8 A block of {rn} rows");
-    let mask_of = |g: usize| -> __mmask16 {
-        let valid = (rn - 16 * g).min(16);
-        if valid == 16 { 0xFFFF } else { (1u16 << valid) - 1 }
-    };
     // The block's absmax and code factor of each group of 16 rows.
     let mut amax = [_mm512_setzero_ps(); MAX_GROUPS];
     let mut inverse = [_mm512_setzero_ps(); MAX_GROUPS];
@@ -240,7 +219,9 @@ pub(crate) unsafe fn pack_a_avx512(
     // `dy[i][j0 + 16 g ..] * (1 / s_i)`, masked to the block's rows.
     let scaled = |i: usize, g: usize| -> __m512 {
         // SAFETY: token i < m, rows j0 + 16 g + (lanes below the mask) < j0 + rn <= n.
-        let v = unsafe { _mm512_maskz_loadu_ps(mask_of(g), dy.as_ptr().add(i * n + j0 + 16 * g)) };
+        let v = unsafe {
+            _mm512_maskz_loadu_ps(mask_of(rn - 16 * g), dy.as_ptr().add(i * n + j0 + 16 * g))
+        };
         _mm512_mul_ps(v, _mm512_set1_ps(inv_s[i]))
     };
     for bl in 0..bc {
@@ -278,7 +259,7 @@ pub(crate) unsafe fn pack_a_avx512(
             // SAFETY: rows r0 .. r0 + valid < rn of block bl, inside the slices sized for
             // `tiles` tiles and `bc` blocks (the same for the two stores below).
             unsafe {
-                store_tiled(scales_as_u32(scales), _mm512_castps_si512(scale), r0, valid, |tile| {
+                store_tiled(scales, _mm512_castps_si512(scale), r0, valid, |tile| {
                     (tile * bc + bl) * MR
                 })
             };
@@ -314,9 +295,7 @@ pub(crate) unsafe fn pack_a_avx512(
             }
             let init = _mm512_mullo_epi32(sums, _mm512_set1_epi32(-128));
             // SAFETY: as for the scales.
-            unsafe {
-                store_tiled(inits_as_u32(inits), init, r0, valid, |tile| (tile * bc + bl) * MR)
-            };
+            unsafe { store_tiled(inits, init, r0, valid, |tile| (tile * bc + bl) * MR) };
         }
     }
 }
@@ -327,15 +306,8 @@ const PREFETCH_TOKENS: usize = 4;
 /// Groups of 16 rows in one call (`i8_grad::PACK_ROWS_AVX512` rows at most).
 const MAX_GROUPS: usize = super::i8_grad::PACK_ROWS_AVX512 / 16;
 
-/// The bits of `f32` lanes as `u32` lanes (for the tiled stores).
-fn scales_as_u32(s: &mut [f32]) -> &mut [u32] {
-    // SAFETY: f32 and u32 have the same size and alignment, and every bit pattern is valid for
-    // both.
-    unsafe { std::slice::from_raw_parts_mut(s.as_mut_ptr().cast(), s.len()) }
-}
-
-/// The bits of `i32` lanes as `u32` lanes (for the tiled stores).
-fn inits_as_u32(s: &mut [i32]) -> &mut [u32] {
-    // SAFETY: as for `scales_as_u32`.
-    unsafe { std::slice::from_raw_parts_mut(s.as_mut_ptr().cast(), s.len()) }
-}
+/// A 32-bit lane type `store_tiled` may write vector lanes into (every bit pattern valid).
+trait Lane32: Copy {}
+impl Lane32 for u32 {}
+impl Lane32 for i32 {}
+impl Lane32 for f32 {}

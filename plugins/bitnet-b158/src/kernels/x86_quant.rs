@@ -1,6 +1,7 @@
 //! AVX-512 quantizers; the scalar twins in `quant.rs` define their exact semantics.
 
 use super::quant::{ABSMEAN_LANES, WEIGHT_EPS, act_scale, finish_absmean};
+use super::x86_lanes::mask_of;
 use std::arch::x86_64::*;
 
 const ROUND_NEAREST: i32 = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
@@ -50,7 +51,7 @@ pub(crate) unsafe fn quantize_weights_avx512(w: &[f32], q: &mut [i8]) -> f32 {
     let mut i = 0;
     while i < w.len() {
         let rest = w.len() - i;
-        let mask: __mmask16 = if rest >= 16 { 0xFFFF } else { (1u16 << rest) - 1 };
+        let mask = mask_of(rest);
         // SAFETY: `mask` selects only the `min(rest, 16)` in-bounds elements from index `i`;
         // masked-off lanes are neither read nor written.
         unsafe {
@@ -75,7 +76,7 @@ pub(crate) unsafe fn quantize_row_avx512(x: &[f32], q: &mut [i8]) -> f32 {
     let mut i = 0;
     while i < n {
         let rest = n - i;
-        let mask: __mmask16 = if rest >= 16 { 0xFFFF } else { (1u16 << rest) - 1 };
+        let mask = mask_of(rest);
         // SAFETY: the mask covers only in-bounds elements; masked lanes load 0, which never
         // exceeds the running absmax (>= 0).
         let v = unsafe { _mm512_maskz_loadu_ps(mask, x.as_ptr().add(i)) };
@@ -94,7 +95,7 @@ pub(crate) unsafe fn quantize_row_avx512(x: &[f32], q: &mut [i8]) -> f32 {
     let mut i = 0;
     while i < n {
         let rest = n - i;
-        let mask: __mmask16 = if rest >= 16 { 0xFFFF } else { (1u16 << rest) - 1 };
+        let mask = mask_of(rest);
         // SAFETY: the mask covers only the in-bounds elements of `x` and `q` from index `i`.
         unsafe {
             let v = _mm512_maskz_loadu_ps(mask, x.as_ptr().add(i));
