@@ -713,9 +713,11 @@ pub trait CoordinatorStore: Send + Sync {
 
     /// Appends tasks as Pending; returns their ids.
     fn add_tasks(&self, tasks: &[NewTask]) -> Result<Vec<u64>, StoreFailure>;
-    /// Atomically claims the oldest Pending task for `req.worker`, splitting it when larger
-    /// than `req.max_tokens` (the rest stays Pending as a new task). Increments its attempts;
-    /// the lease id is the new attempt count.
+    /// Atomically claims the oldest Pending task for `req.worker`. When it is larger than
+    /// `req.max_tokens` it is split: its head is claimed as a new task, and the rest stays
+    /// Pending in the old task's place in the queue, so claims walk the seeded slices in order
+    /// (an epoch's shards one after another, the next epoch after them). Increments the claimed
+    /// task's attempts; the lease id is the new attempt count.
     fn claim(&self, req: &ClaimRequest) -> Result<Option<TaskRecord>, StoreFailure>;
     /// A task by id.
     fn task(&self, id: u64) -> Result<Option<TaskRecord>, StoreFailure>;

@@ -15,6 +15,7 @@ pub type StoreFactory<'a> = &'a dyn Fn() -> Box<dyn CoordinatorStore>;
 /// Runs every check; panics with a message naming the failed property.
 pub fn run_store_suite(make: StoreFactory<'_>) {
     claims_split_and_lease(make());
+    split_claims_walk_the_queue_in_order(make());
     concurrent_claims_are_distinct(Arc::from(make()));
     completion_is_idempotent_per_lease(make());
     sweep_expires_leases_and_fails_after_attempts(make());
@@ -60,6 +61,7 @@ fn claims_split_and_lease(store: Box<dyn CoordinatorStore>) {
     let b = claim(&*store, "w2", 1000, 0).expect("rest is claimable");
     let t = store.task(b.task_id).expect("task").expect("exists");
     assert_eq!((t.offset, t.tokens), (30, 65), "remainder keeps its offset");
+    assert_ne!(a.task_id, b.task_id, "the split head and the rest are different tasks");
     assert!(claim(&*store, "w3", 1000, 0).is_none(), "empty queue");
     let c = store.counts().expect("counts");
     assert_eq!((c.pending, c.assigned, c.total_tokens), (0, 2, 95));
@@ -70,6 +72,33 @@ fn claims_split_and_lease(store: Box<dyn CoordinatorStore>) {
     assert_eq!(store.task(a.task_id).expect("t").expect("t").state, TaskState::Pending);
     let again = claim(&*store, "w2", 1000, 0).expect("released task is claimable");
     assert_eq!((again.task_id, again.lease), (a.task_id, 2), "lease id is the attempt count");
+}
+
+/// Seeded like a run whose budget is one epoch and a bit of two shards: shard `a`, shard `b`,
+/// then `a` again. Split claims must take `a` to its end, then `b`, then the second epoch,
+/// never one slice of each in turn (which would train the second epoch's slices right next to
+/// their first pass).
+fn split_claims_walk_the_queue_in_order(store: Box<dyn CoordinatorStore>) {
+    store
+        .add_tasks(&[
+            NewTask { shard: "a".into(), offset: 0, tokens: 30 },
+            NewTask { shard: "b".into(), offset: 0, tokens: 20 },
+            NewTask { shard: "a".into(), offset: 0, tokens: 10 },
+        ])
+        .expect("add tasks");
+    let mut order = Vec::new();
+    let mut ids = std::collections::HashSet::new();
+    while let Some(r) = claim(&*store, "w", 10, 0) {
+        let t = store.task(r.task_id).expect("task").expect("exists");
+        assert!(ids.insert(t.id), "task id {} claimed twice", t.id);
+        order.push((t.shard, t.offset, t.tokens));
+        assert!(order.len() <= 6, "the queue holds six slices of 10");
+    }
+    let want = [("a", 0), ("a", 10), ("a", 20), ("b", 0), ("b", 10), ("a", 0)];
+    let want: Vec<(String, u64, u64)> = want.iter().map(|&(s, o)| (s.to_string(), o, 10)).collect();
+    assert_eq!(order, want, "claims follow the queue: each split's rest comes next");
+    let c = store.counts().expect("counts");
+    assert_eq!((c.pending, c.assigned, c.total_tokens), (0, 6, 60));
 }
 
 fn concurrent_claims_are_distinct(store: Arc<dyn CoordinatorStore>) {

@@ -82,41 +82,26 @@ impl CoordinatorStore for MemoryStore {
             return Ok(None);
         };
         let size = slice_size(req.max_tokens, req.granularity);
-        let mut rest = None;
-        let claimed = {
-            let t = s.tasks.get_mut(&id).ok_or_else(|| StoreFailure("task vanished".into()))?;
-            if t.tokens > size {
-                rest = Some(NewTask {
-                    shard: t.shard.clone(),
-                    offset: t.offset + size,
-                    tokens: t.tokens - size,
-                });
-                t.tokens = size;
-            }
-            t.state = TaskState::Assigned;
-            t.worker = Some(req.worker.clone());
-            t.attempts += 1;
-            t.lease_deadline_ms = req.now_ms + req.lease_ms;
-            t.clone()
+        let t = s.tasks.get_mut(&id).ok_or_else(|| StoreFailure("task vanished".into()))?;
+        let mut claimed = TaskRecord {
+            state: TaskState::Assigned,
+            worker: Some(req.worker.clone()),
+            attempts: t.attempts + 1,
+            lease_deadline_ms: req.now_ms + req.lease_ms,
+            ..t.clone()
         };
-        if let Some(rest) = rest {
-            s.next_task += 1;
-            let rid = s.next_task;
-            s.tasks.insert(
-                rid,
-                TaskRecord {
-                    id: rid,
-                    shard: rest.shard,
-                    offset: rest.offset,
-                    tokens: rest.tokens,
-                    state: TaskState::Pending,
-                    worker: None,
-                    attempts: 0,
-                    lease_deadline_ms: 0,
-                    applied_version: 0,
-                },
-            );
+        if t.tokens <= size {
+            *t = claimed.clone();
+            return Ok(Some(claimed));
         }
+        // Split: the head is claimed as a new task and the rest keeps this one's place in the
+        // queue, so the next claim continues where this one stopped (see the trait's contract).
+        claimed.tokens = size;
+        t.offset += size;
+        t.tokens -= size;
+        s.next_task += 1;
+        claimed.id = s.next_task;
+        s.tasks.insert(claimed.id, claimed.clone());
         Ok(Some(claimed))
     }
 

@@ -268,22 +268,39 @@ impl CoordinatorStore for SqliteStore {
                 req.max_tokens,
                 req.granularity,
             );
-            if t.tokens > size {
-                tx.execute(
-                    "INSERT INTO tasks (shard, start, tokens, state) VALUES (?1, ?2, ?3, 'pending')",
-                    params![t.shard, i(t.offset + size), i(t.tokens - size)],
-                )
-                .map_err(fail)?;
-                t.tokens = size;
-            }
             t.state = TaskState::Assigned;
             t.worker = Some(req.worker.clone());
             t.attempts += 1;
             t.lease_deadline_ms = req.now_ms + req.lease_ms;
+            if t.tokens > size {
+                // Split: the head is claimed as a new task and the rest keeps this row's place
+                // in the queue, so the next claim continues where this one stopped.
+                tx.execute(
+                    "INSERT INTO tasks (shard, start, tokens, state, worker, attempts,
+                     lease_deadline_ms) VALUES (?1, ?2, ?3, 'assigned', ?4, ?5, ?6)",
+                    params![
+                        t.shard,
+                        i(t.offset),
+                        i(size),
+                        req.worker,
+                        i(t.attempts),
+                        i(t.lease_deadline_ms)
+                    ],
+                )
+                .map_err(fail)?;
+                tx.execute(
+                    "UPDATE tasks SET start = start + ?2, tokens = tokens - ?2 WHERE id = ?1",
+                    params![i(t.id), i(size)],
+                )
+                .map_err(fail)?;
+                t.id = u(tx.last_insert_rowid());
+                t.tokens = size;
+                return Ok(Some(t));
+            }
             tx.execute(
-                "UPDATE tasks SET tokens = ?2, state = 'assigned', worker = ?3, attempts = ?4,
-                 lease_deadline_ms = ?5 WHERE id = ?1",
-                params![i(t.id), i(t.tokens), req.worker, i(t.attempts), i(t.lease_deadline_ms)],
+                "UPDATE tasks SET state = 'assigned', worker = ?2, attempts = ?3,
+                 lease_deadline_ms = ?4 WHERE id = ?1",
+                params![i(t.id), req.worker, i(t.attempts), i(t.lease_deadline_ms)],
             )
             .map_err(fail)?;
             Ok(Some(t))

@@ -22,10 +22,18 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     println!("run `{}`: preset `{}`", config.name, config.preset);
     let m = &config.model;
     println!(
-        "model: d_model {} layers {} heads {} ffn_hidden {} seq_len {} vocab {}",
-        m.d_model, m.n_layers, m.n_heads, m.ffn_hidden, m.seq_len, m.vocab_size
+        "model: d_model {} layers {} heads {} ffn_hidden {} seq_len {}",
+        m.d_model, m.n_layers, m.n_heads, m.ffn_hidden, m.seq_len
     );
-    println!("parameters: {} in {} tensors", group_thousands(plan.parameters), plan.tensors);
+    // The preset's vocabulary is a placeholder: the run's model takes the tokenizer's size once
+    // the corpus is tokenized (printed again then).
+    println!(
+        "parameters: {} in {} tensors at the preset's vocabulary of {} (the tokenizer's size \
+         replaces it)",
+        group_thousands(plan.parameters),
+        plan.tensors,
+        m.vocab_size
+    );
     for s in &plan.slots {
         let origin =
             if s.origin == "built-in" { String::new() } else { format!(" [{}]", s.origin) };

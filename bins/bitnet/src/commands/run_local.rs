@@ -12,6 +12,7 @@ use bitnet_framework::config::RunConfig;
 use bitnet_framework::data::SourcePosition;
 use bitnet_framework::data::dir::{DataDir, Split};
 use bitnet_framework::registry::Registry;
+use bitnet_framework::run;
 use bitnet_framework::transport::{CoordinatorApi, Credentials, StatusReport, secrets};
 use bitnet_framework::worker::TaskTiming;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -134,6 +135,12 @@ pub fn worker_threads(config: &RunConfig) -> usize {
 pub fn run(args: &ConfigArgs, mut config: RunConfig, registry: &Registry) -> anyhow::Result<()> {
     prepare_data(&config, args)?;
     let corpus = open_corpus(&mut config, registry)?;
+    let plan = run::plan(&config, registry)?;
+    eprintln!(
+        "model: vocabulary {} (the tokenizer's), {} parameters",
+        config.model.vocab_size,
+        super::run::group_thousands(plan.parameters)
+    );
     let workers = config.run.local_workers.max(1);
     config.train.threads = worker_threads(&config);
     config.worker.exit_when_done = true;
