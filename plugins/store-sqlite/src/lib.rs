@@ -288,12 +288,13 @@ impl CoordinatorStore for SqliteStore {
                     ],
                 )
                 .map_err(fail)?;
+                let head = u(tx.last_insert_rowid());
                 tx.execute(
                     "UPDATE tasks SET start = start + ?2, tokens = tokens - ?2 WHERE id = ?1",
                     params![i(t.id), i(size)],
                 )
                 .map_err(fail)?;
-                t.id = u(tx.last_insert_rowid());
+                t.id = head;
                 t.tokens = size;
                 return Ok(Some(t));
             }

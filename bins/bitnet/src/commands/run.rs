@@ -25,8 +25,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         "model: d_model {} layers {} heads {} ffn_hidden {} seq_len {}",
         m.d_model, m.n_layers, m.n_heads, m.ffn_hidden, m.seq_len
     );
-    // The preset's vocabulary is a placeholder: the run's model takes the tokenizer's size once
-    // the corpus is tokenized (printed again then).
+    // The run's model takes the tokenizer's vocabulary once the corpus is tokenized (printed
+    // again then); until then the count is at the preset's.
     println!(
         "parameters: {} in {} tensors at the preset's vocabulary of {} (the tokenizer's size \
          replaces it)",

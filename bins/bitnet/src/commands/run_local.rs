@@ -135,11 +135,11 @@ pub fn worker_threads(config: &RunConfig) -> usize {
 pub fn run(args: &ConfigArgs, mut config: RunConfig, registry: &Registry) -> anyhow::Result<()> {
     prepare_data(&config, args)?;
     let corpus = open_corpus(&mut config, registry)?;
-    let plan = run::plan(&config, registry)?;
+    let parameters = run::build_kernel(&config, registry)?.layout().total_params();
     eprintln!(
         "model: vocabulary {} (the tokenizer's), {} parameters",
         config.model.vocab_size,
-        super::run::group_thousands(plan.parameters)
+        super::run::group_thousands(parameters)
     );
     let workers = config.run.local_workers.max(1);
     config.train.threads = worker_threads(&config);

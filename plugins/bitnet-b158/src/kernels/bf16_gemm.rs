@@ -212,47 +212,45 @@ fn pack_b(isa: Isa, b: StridedF32<'_>, depth: usize, cols: usize, dst: &mut [u32
 #[inline(always)]
 fn pack_b_panel(b: StridedF32<'_>, depth: usize, cols: usize, panel: usize, dst: &mut [u32]) {
     let pairs = depth.div_ceil(2);
-    {
-        let l0 = panel * NR;
-        let width = (cols - l0).min(NR);
-        let lane = |i: usize, l: usize| if i < depth { b.bf16(i, l) } else { 0 };
-        if b.depth_stride == 1 {
-            // Depth runs along memory (the LM head's weights in its forward): convert each
-            // column's whole depth in one vectorizable pass, then scatter its pairs down the
-            // panel.
-            let ws = b.width_stride;
-            let mut half = vec![0u16; 2 * pairs];
-            for c in 0..width {
-                let col = &b.data[(l0 + c) * ws..(l0 + c) * ws + depth];
-                for (h, &v) in half.iter_mut().zip(col) {
-                    *h = f32_to_bf16(v);
+    let l0 = panel * NR;
+    let width = (cols - l0).min(NR);
+    let lane = |i: usize, l: usize| if i < depth { b.bf16(i, l) } else { 0 };
+    if b.depth_stride == 1 {
+        // Depth runs along memory (the LM head's weights in its forward): convert each
+        // column's whole depth in one vectorizable pass, then scatter its pairs down the
+        // panel.
+        let ws = b.width_stride;
+        let mut half = vec![0u16; 2 * pairs];
+        for c in 0..width {
+            let col = &b.data[(l0 + c) * ws..(l0 + c) * ws + depth];
+            for (h, &v) in half.iter_mut().zip(col) {
+                *h = f32_to_bf16(v);
+            }
+            for (p, v) in half.chunks_exact(2).enumerate() {
+                dst[p * NR + c] = pair(v[0], v[1]);
+            }
+        }
+    } else if b.width_stride == 1 {
+        // Depth rows contiguous (the LM head's weights and inputs): two rows at a time, a
+        // loop the compiler vectorizes.
+        let ds = b.depth_stride;
+        let row = |i: usize| &b.data[i * ds + l0..i * ds + l0 + width];
+        for (p, out) in dst.chunks_exact_mut(NR).enumerate() {
+            let out = &mut out[..width];
+            if 2 * p + 1 < depth {
+                for ((d, &e), &o) in out.iter_mut().zip(row(2 * p)).zip(row(2 * p + 1)) {
+                    *d = pair(f32_to_bf16(e), f32_to_bf16(o));
                 }
-                for (p, v) in half.chunks_exact(2).enumerate() {
-                    dst[p * NR + c] = pair(v[0], v[1]);
+            } else {
+                for (d, &e) in out.iter_mut().zip(row(2 * p)) {
+                    *d = pair(f32_to_bf16(e), 0);
                 }
             }
-        } else if b.width_stride == 1 {
-            // Depth rows contiguous (the LM head's weights and inputs): two rows at a time, a
-            // loop the compiler vectorizes.
-            let ds = b.depth_stride;
-            let row = |i: usize| &b.data[i * ds + l0..i * ds + l0 + width];
-            for (p, out) in dst.chunks_exact_mut(NR).enumerate() {
-                let out = &mut out[..width];
-                if 2 * p + 1 < depth {
-                    for ((d, &e), &o) in out.iter_mut().zip(row(2 * p)).zip(row(2 * p + 1)) {
-                        *d = pair(f32_to_bf16(e), f32_to_bf16(o));
-                    }
-                } else {
-                    for (d, &e) in out.iter_mut().zip(row(2 * p)) {
-                        *d = pair(f32_to_bf16(e), 0);
-                    }
-                }
-            }
-        } else {
-            for (p, row) in dst.chunks_exact_mut(NR).enumerate() {
-                for (c, d) in row[..width].iter_mut().enumerate() {
-                    *d = pair(lane(2 * p, l0 + c), lane(2 * p + 1, l0 + c));
-                }
+        }
+    } else {
+        for (p, row) in dst.chunks_exact_mut(NR).enumerate() {
+            for (c, d) in row[..width].iter_mut().enumerate() {
+                *d = pair(lane(2 * p, l0 + c), lane(2 * p + 1, l0 + c));
             }
         }
     }
