@@ -8,13 +8,13 @@
 //! codecs' cost does not depend on where the values came from).
 
 use bitnet_framework::codec::GradientCodec;
-use bitnet_framework::config::{ConfigSources, load};
 use bitnet_framework::optim::{Optimizer, StepInfo};
 use bitnet_framework::registry::Registry;
 use bitnet_framework::store::WeightStore;
 use bitnet_framework::tensor::ParamLayout;
 use bitnet_framework::weights::WeightCodec;
 use bitnet_framework::{BuildContext, Slot};
+use bitnet_runtime::config::{ConfigSources, load};
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -178,8 +178,8 @@ fn weight_store(c: &mut Criterion) {
             &s.ctx.clone().with_run_dir(dir.path()),
         )
         .unwrap_or_else(|e| panic!("{e}"));
-    let blob = bitnet_framework::weights::write_blob(&s.layout, 0, &s.params)
-        .unwrap_or_else(|e| panic!("{e}"));
+    let blob =
+        bitnet_container::write_blob(&s.layout, 0, &s.params).unwrap_or_else(|e| panic!("{e}"));
     let mut group = c.benchmark_group("store_medium");
     group.sample_size(10).measurement_time(Duration::from_secs(20));
     let mut version = 0u64;

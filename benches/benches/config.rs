@@ -1,6 +1,6 @@
 //! Cost of assembling a run: layering the config and validating every slot.
 
-use bitnet_framework::config::{ConfigSources, load};
+use bitnet_runtime::config::{ConfigSources, load};
 use criterion::{Criterion, criterion_group, criterion_main};
 use std::hint::black_box;
 

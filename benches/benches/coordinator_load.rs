@@ -7,13 +7,13 @@
 //! Not a criterion bench: the figure is a latency distribution under concurrency, not the
 //! time of one operation.
 
-use bitnet_framework::config::{ConfigSources, load};
-use bitnet_framework::coordinator::assemble::{build_coordinator, build_store, build_transport};
-use bitnet_framework::coordinator::{Corpus, MemoryCorpus, seed};
-use bitnet_framework::data::shard::{ShardHeader, TokenDtype, VocabHash};
-use bitnet_framework::transport::{
-    CoordinatorApi, Credentials, Heartbeat, Registration, ServeContext, TaskRef, secrets,
-};
+use bitnet_framework::protocol::{CoordinatorApi, Heartbeat, Registration, TaskRef};
+use bitnet_framework::transport::Credentials;
+use bitnet_runtime::auth::{self as secrets};
+use bitnet_runtime::config::{ConfigSources, load};
+use bitnet_runtime::coordinator::{Corpus, MemoryCorpus, seed};
+use bitnet_runtime::data::shard::{ShardHeader, TokenDtype, VocabHash};
+use bitnet_runtime::run::assemble::{build_coordinator, build_store, build_transport};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -71,11 +71,12 @@ fn main() {
         build_coordinator(&config, &registry, Arc::clone(&store), corpus).expect("coordinator");
     let api: Arc<dyn CoordinatorApi> = Arc::clone(&coordinator) as Arc<dyn CoordinatorApi>;
     let transport = build_transport(&config, &registry).expect("transport");
-    let server = transport.serve(ServeContext { api, store: Arc::clone(&store) }).expect("serve");
+    let server = transport
+        .serve(bitnet_runtime::auth::serve_context(api, Arc::clone(&store)))
+        .expect("serve");
     let endpoint = server.endpoint();
     let (kernel, _) =
-        bitnet_framework::coordinator::assemble::kernel_and_context(&config, &registry)
-            .expect("kernel");
+        bitnet_runtime::run::assemble::kernel_and_context(&config, &registry).expect("kernel");
     let fingerprint = kernel.layout().fingerprint();
 
     let claims = Arc::new(Mutex::new(Vec::new()));

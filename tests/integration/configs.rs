@@ -1,6 +1,6 @@
 //! Every shipped config loads through the layering.
 
-use bitnet_framework::config::{ConfigSources, load};
+use bitnet_runtime::config::{ConfigSources, load};
 
 #[test]
 fn every_shipped_config_loads() {

@@ -3,10 +3,10 @@
 //! model through the packed-ternary inference path.
 
 use bitnet_framework::BuildContext;
-use bitnet_framework::data::dir::{DataDir, Split, write_split_shards};
-use bitnet_framework::data::loader::LoaderOptions;
 use bitnet_framework::model::{IGNORE_INDEX, ModelKernel};
 use bitnet_framework::tokenizer::Tokenizer;
+use bitnet_runtime::data::dir::{DataDir, Split, write_split_shards};
+use bitnet_runtime::data::loader::LoaderOptions;
 use bitnet_truckmate::eval::{evaluate_lines, mean_loss};
 
 fn pipeline(kind: &str) {

@@ -1,12 +1,12 @@
 //! The HTTP transport against a coordinator in this process: the auth matrix, body limits,
 //! malformed uploads, Range downloads, metrics, and a worker training over loopback.
 
-use bitnet_framework::coordinator::Coordinator;
-use bitnet_framework::coordinator::assemble::{build_transport, build_worker_parts};
-use bitnet_framework::transport::{
-    CoordinatorApi, Credentials, ServeContext, TaskSpec, TaskState, UploadMeta, now_ms,
-};
-use bitnet_framework::worker::Worker;
+use bitnet_framework::coordinator_store::TaskState;
+use bitnet_framework::protocol::{CoordinatorApi, TaskSpec, UploadMeta, now_ms};
+use bitnet_framework::transport::Credentials;
+use bitnet_runtime::coordinator::Coordinator;
+use bitnet_runtime::run::assemble::{build_transport, build_worker_parts};
+use bitnet_runtime::worker::Worker;
 use bitnet_tests::dist;
 use bitnet_transport_http::server::{SHA256_HEADER, UPLOAD_META_HEADER};
 use bitnet_transport_http::token::{Claims, sign};
@@ -34,14 +34,14 @@ fn bearer(http: &Client, base: &str, c: &Credentials) -> String {
 }
 
 fn register(c: &Coordinator, id: &str) {
-    let (kernel, _) = bitnet_framework::coordinator::assemble::kernel_and_context(
+    let (kernel, _) = bitnet_runtime::run::assemble::kernel_and_context(
         &dist::tiny_config(std::path::Path::new("."), &[]),
         &dist::registry(),
     )
     .expect("kernel");
     c.register(
         id,
-        bitnet_framework::transport::Registration {
+        bitnet_framework::protocol::Registration {
             threads: 1,
             tokens_per_sec: 1000.0,
             framework_version: "test".into(),
@@ -63,7 +63,7 @@ fn http_auth_limits_downloads_and_training() {
     let api: Arc<dyn CoordinatorApi> = Arc::clone(&c) as Arc<dyn CoordinatorApi>;
     let server = build_transport(&config, &registry)
         .expect("transport")
-        .serve(ServeContext { api, store: Arc::clone(c.store()) })
+        .serve(bitnet_runtime::auth::serve_context(api, Arc::clone(c.store())))
         .expect("serve");
     let base = server.endpoint();
     assert!(base.starts_with("http://127.0.0.1:"), "{base}");
@@ -105,7 +105,7 @@ fn http_auth_limits_downloads_and_training() {
     let task: TaskSpec = r.json().expect("task");
     let (v0, p0) = c.params().expect("params");
     let meta = serde_json::to_string(&UploadMeta {
-        task: bitnet_framework::transport::TaskRef { task_id: task.task_id, lease: task.lease },
+        task: bitnet_framework::protocol::TaskRef { task_id: task.task_id, lease: task.lease },
         base_version: task.weights_version,
         loss: 1.0,
         tokens: task.tokens,
@@ -157,7 +157,7 @@ fn http_auth_limits_downloads_and_training() {
     assert!(m.text().expect("text").contains("bitnet_weight_version"));
 
     // Rotation and revocation invalidate outstanding tokens at once.
-    let h = bitnet_framework::transport::secrets::hash_secret("rotated").expect("hash");
+    let h = bitnet_runtime::auth::hash_secret("rotated").expect("hash");
     c.store().rotate_client("w2", &h).expect("rotate");
     assert_eq!(http.get(format!("{base}/work")).bearer_auth(&t2).send().expect("w").status(), 401);
     c.store().revoke_client("w1").expect("revoke");
@@ -176,7 +176,7 @@ fn http_auth_limits_downloads_and_training() {
     // The task w1 holds returns only when its lease expires; hand it back for the test.
     c.store()
         .release(
-            bitnet_framework::transport::TaskRef { task_id: task.task_id, lease: task.lease },
+            bitnet_framework::protocol::TaskRef { task_id: task.task_id, lease: task.lease },
             "w1",
         )
         .expect("release");

@@ -1,7 +1,7 @@
 //! End to end with processes: `bitnet coordinator` and `bitnet worker` on 127.0.0.1 with the
 //! tiny preset, HTTP, SQLite and the fs weight store.
 
-use bitnet_framework::transport::{CoordinatorStore, TaskRecord, TaskState};
+use bitnet_framework::coordinator_store::{CoordinatorStore, TaskRecord, TaskState};
 use bitnet_store_sqlite::SqliteStore;
 use bitnet_tests::procs::{Proc, free_port, wait_for};
 use std::path::Path;

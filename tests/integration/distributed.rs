@@ -1,18 +1,19 @@
 //! The distributed runtime in one process: a coordinator served over the "in-process"
 //! transport and worker threads running the real kernel on the tiny preset.
 
-use bitnet_framework::config::RunConfig;
-use bitnet_framework::coordinator::Coordinator;
-use bitnet_framework::coordinator::assemble::{
+use bitnet_framework::coordinator_store::TaskState;
+use bitnet_framework::protocol::{
+    ApiError, CoordinatorApi, Heartbeat, Registration, TaskRef, TaskSpec, UpdateUpload,
+};
+use bitnet_framework::registry::Registry;
+use bitnet_framework::transport::{Credentials, ServerHandle};
+use bitnet_runtime::config::RunConfig;
+use bitnet_runtime::coordinator::Coordinator;
+use bitnet_runtime::run::assemble::{
     build_coordinator, build_store, build_transport, build_worker_parts, check_distributed,
     kernel_and_context,
 };
-use bitnet_framework::registry::Registry;
-use bitnet_framework::transport::{
-    ApiError, CoordinatorApi, Credentials, Heartbeat, Registration, ServeContext, ServerHandle,
-    TaskRef, TaskSpec, TaskState, UpdateUpload,
-};
-use bitnet_framework::worker::{PackedTask, Worker, WorkerReport, windows};
+use bitnet_runtime::worker::{PackedTask, Worker, WorkerReport, windows};
 use bitnet_tests::dist;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -21,7 +22,7 @@ fn serve(config: &RunConfig, registry: &Registry, c: &Arc<Coordinator>) -> Box<d
     let api: Arc<dyn CoordinatorApi> = Arc::clone(c) as Arc<dyn CoordinatorApi>;
     build_transport(config, registry)
         .expect("transport")
-        .serve(ServeContext { api, store: Arc::clone(c.store()) })
+        .serve(bitnet_runtime::auth::serve_context(api, Arc::clone(c.store())))
         .expect("serve")
 }
 
@@ -83,7 +84,7 @@ fn upload_of(task: &TaskSpec, payload: Vec<u8>) -> UpdateUpload {
     }
 }
 
-fn all_tasks(c: &Coordinator) -> Vec<bitnet_framework::transport::TaskRecord> {
+fn all_tasks(c: &Coordinator) -> Vec<bitnet_framework::coordinator_store::TaskRecord> {
     (1..10_000).map_while(|id| c.store().task(id).expect("task")).collect()
 }
 
@@ -188,13 +189,13 @@ fn malformed_oversized_and_foreign_uploads_leave_the_weights_unchanged() {
     let t = TaskRef { task_id: task.task_id, lease: task.lease };
     let up = |payload: Vec<u8>| upload_of(&task, payload);
     let err = c.upload("a", up(b"not an update".to_vec())).expect_err("malformed");
-    assert!(matches!(err, ApiError::Invalid(_)) && err.status() == 422, "{err}");
+    assert!(matches!(err, ApiError::Invalid(_)), "{err}");
     let err = c.upload("a", up(vec![0; 200_000])).expect_err("oversized");
-    assert_eq!(err.status(), 413, "{err}");
+    assert!(matches!(err, ApiError::TooLarge(_)), "{err}");
     let err = c.upload("b", up(vec![0; 10])).expect_err("another worker's task");
-    assert_eq!(err.status(), 403, "{err}");
+    assert!(matches!(err, ApiError::Forbidden(_)), "{err}");
     let stale = UpdateUpload { task: TaskRef { lease: 99, ..t }, ..up(vec![0; 10]) };
-    assert_eq!(c.upload("a", stale).expect_err("wrong lease").status(), 409);
+    assert!(matches!(c.upload("a", stale).expect_err("wrong lease"), ApiError::Conflict(_)));
     assert_eq!(c.params().expect("params"), (v0, p0), "weights untouched");
     assert_eq!(c.store().task(t.task_id).expect("t").expect("t").state, TaskState::Assigned);
     c.shutdown();
@@ -235,7 +236,7 @@ fn an_abandoned_task_is_re_leased_and_completed_by_another_worker() {
         seconds: 1.0,
         payload: vec![],
     };
-    assert_eq!(c.upload("dead", late).expect_err("late").status(), 403);
+    assert!(matches!(c.upload("dead", late).expect_err("late"), ApiError::Forbidden(_)));
     c.shutdown();
 }
 
@@ -314,19 +315,19 @@ fn revoked_and_rotated_clients_are_refused_at_once() {
     let transport = build_transport(&config, &registry).expect("transport");
     let creds = dist::add_client(&c, "w");
     let wrong = Credentials { client_secret: "nope".into(), ..creds.clone() };
-    assert_eq!(transport.connect(&server.endpoint(), wrong).err().map(|e| e.status()), Some(401));
+    assert!(matches!(transport.connect(&server.endpoint(), wrong), Err(ApiError::Unauthorized(_))));
     let mut client = transport.connect(&server.endpoint(), creds.clone()).expect("connect");
     let hb = Heartbeat { task: None, progress_tokens: 0, hand_back: false, draining: false };
     assert!(client.status().is_ok());
     c.store()
-        .rotate_client("w", &bitnet_framework::transport::secrets::hash_secret("new").expect("h"))
+        .rotate_client("w", &bitnet_runtime::auth::hash_secret("new").expect("h"))
         .expect("rotate");
-    assert_eq!(client.heartbeat(hb.clone()).expect_err("rotated").status(), 401);
-    assert_eq!(transport.connect(&server.endpoint(), creds).err().map(|e| e.status()), Some(401));
+    assert!(matches!(client.heartbeat(hb.clone()), Err(ApiError::Unauthorized(_))));
+    assert!(matches!(transport.connect(&server.endpoint(), creds), Err(ApiError::Unauthorized(_))));
     let fresh = Credentials { client_id: "w".into(), client_secret: "new".into() };
     let mut client = transport.connect(&server.endpoint(), fresh).expect("new secret works");
     c.store().revoke_client("w").expect("revoke");
-    assert_eq!(client.heartbeat(hb).expect_err("revoked").status(), 401);
+    assert!(matches!(client.heartbeat(hb), Err(ApiError::Unauthorized(_))));
     c.shutdown();
 }
 
@@ -371,7 +372,7 @@ fn diloco_refuses_a_lossy_weight_download() {
     let problems = check_distributed(&config, &registry);
     assert!(problems.iter().any(|p| p.contains("ternary") && p.contains("diloco")), "{problems:?}");
     let store = build_store(&config, &registry).expect("store");
-    let corpus: Arc<dyn bitnet_framework::coordinator::Corpus> =
+    let corpus: Arc<dyn bitnet_runtime::coordinator::Corpus> =
         Arc::new(dist::example_corpus(1, 10));
     let err = build_coordinator(&config, &registry, store, corpus).err().expect("refused");
     assert!(err.to_string().contains("lossy"), "{err}");
@@ -404,7 +405,7 @@ fn diloco_tasks_carry_the_runs_schedule_step_and_packing() {
 
 #[test]
 fn schedule_unit_tokens_sets_both_modes_schedule_index_and_length() {
-    use bitnet_framework::coordinator::assemble::schedule_steps;
+    use bitnet_runtime::coordinator::schedule_steps;
     let dir = bitnet_tests::temp_dir();
     let registry = dist::registry();
     let unit = ["train.token_budget=1000", "coordinator.schedule_unit_tokens=128"];
@@ -460,12 +461,12 @@ fn every_shipped_config_passes_the_distributed_checks() {
     let registry = dist::registry();
     let mut failures = Vec::new();
     for path in bitnet_tests::all_configs() {
-        let sources = bitnet_framework::config::ConfigSources {
+        let sources = bitnet_runtime::config::ConfigSources {
             file: Some(path.clone()),
             env: false,
             overrides: vec![],
         };
-        let config = bitnet_framework::config::load(&sources)
+        let config = bitnet_runtime::config::load(&sources)
             .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
             .config;
         for p in check_distributed(&config, &registry) {
@@ -525,8 +526,7 @@ fn updates_computed_on_one_version_are_averaged_into_one_step() {
     assert_eq!(next.weights_version, 1);
     // The step equals one optimizer step on the token-weighted mean of the two updates.
     let (kernel, ctx) = kernel_and_context(&config, &registry).expect("kernel");
-    let ctx =
-        ctx.with_total_steps(bitnet_framework::coordinator::assemble::schedule_steps(&config));
+    let ctx = ctx.with_total_steps(bitnet_runtime::coordinator::schedule_steps(&config));
     drop(kernel);
     let mut optimizer = registry
         .build::<dyn bitnet_framework::optim::Optimizer>(

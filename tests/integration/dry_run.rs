@@ -1,8 +1,8 @@
 //! `bitnet run --dry-run` of every shipped config: every slot resolves, options validate, the
 //! model builds.
 
-use bitnet_framework::config::{ConfigSources, load};
-use bitnet_framework::run;
+use bitnet_runtime::config::{ConfigSources, load};
+use bitnet_runtime::run;
 
 #[test]
 fn every_shipped_config_passes_dry_run() {
@@ -33,4 +33,31 @@ fn dry_run_reports_every_problem_at_once() {
     let text = err.to_string();
     assert!(text.contains("no-such-codec") && text.contains("no-such-policy"), "{text}");
     assert!(text.contains("slot `codec`") && text.contains("slot `staleness`"), "{text}");
+}
+
+#[test]
+fn dry_run_reports_problems_of_every_kind_with_where_each_key_was_set() {
+    let registry = bitnet_plugins::registry().expect("registry");
+    let dir = bitnet_tests::temp_dir();
+    let file = dir.path().join("two-problems.toml");
+    std::fs::write(&file, "[codec]\ntype = \"no-such-codec\"\n").expect("write config");
+    let loaded = load(&ConfigSources {
+        file: Some(file.clone()),
+        env: false,
+        overrides: vec!["coordinator.max_attempts=0".into(), "optimizer.nope=1".into()],
+    })
+    .expect("loads");
+    let err = run::plan_loaded(&loaded, &registry).expect_err("three problems");
+    let text = err.to_string();
+    assert_eq!(err.0.len(), 3, "{text}");
+    // The unknown plugin comes from the file, the other two from --set.
+    let codec = err.0.iter().find(|p| p.key == "codec").expect("codec problem");
+    assert!(codec.message.contains("no-such-codec"), "{text}");
+    let source = codec.source.as_deref().unwrap_or_default();
+    assert!(source.contains("two-problems.toml"), "{text}");
+    let attempts = err.0.iter().find(|p| p.key == "coordinator.max_attempts").expect("attempts");
+    assert!(attempts.message.contains("must be positive"), "{text}");
+    assert!(attempts.source.is_some(), "{text}");
+    let optimizer = err.0.iter().find(|p| p.key == "optimizer").expect("optimizer problem");
+    assert!(optimizer.message.contains("nope"), "{text}");
 }

@@ -1,9 +1,10 @@
 //! Dynamic plugins: the example library is built, loaded and used; a mismatched one is refused.
 
 use bitnet_framework::codec::GradientCodec;
-use bitnet_framework::dynamic::{self, DynamicError};
 use bitnet_framework::registry::{Registry, Slot};
+use bitnet_framework::staleness::{StalenessDecision, StalenessPolicy};
 use bitnet_framework::tensor::{ParamLayout, TensorRole, TensorSpec};
+use bitnet_runtime::dynamic::{self, DynamicError};
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
@@ -93,4 +94,47 @@ fn missing_library_and_non_plugin_are_clear_errors() {
         let err = dynamic::load(&mut registry, libm).expect_err("not a plugin");
         assert!(matches!(err, DynamicError::NoEntryPoint { .. }), "{err}");
     }
+}
+
+/// A plugin library built with `toml/preserve_order`, which this test binary is not: its
+/// `toml::Table` has another layout. ABI version 1 handed it the host's tables and crashed
+/// (`memory allocation of 853113467818545 bytes failed`); now options and defaults cross as
+/// TOML text, so it loads, reads its options and works.
+#[test]
+fn plugin_built_with_other_dependency_features_loads_and_works() {
+    let dir = bitnet_tests::build_workspace_artifact(&[
+        "-p",
+        "bitnet-dynamic-features",
+        "--features",
+        "bitnet-dynamic-features/preserve-order",
+    ]);
+    let lib = dir.join(format!(
+        "{}bitnet_dynamic_features{}",
+        std::env::consts::DLL_PREFIX,
+        std::env::consts::DLL_SUFFIX
+    ));
+    let mut registry = Registry::empty();
+    let added = dynamic::load(&mut registry, &lib).expect("loads despite other toml features");
+    assert_eq!(added, vec!["staleness/scaled".to_string()]);
+
+    let decl = registry.get(Slot::StalenessPolicy, "scaled").expect("registered");
+    let defaults = decl.default_config();
+    assert_eq!(defaults.get("factor").and_then(toml::Value::as_float), Some(0.5));
+    assert_eq!(defaults.get("max_staleness").and_then(toml::Value::as_integer), Some(3));
+
+    let ctx = bitnet_framework::BuildContext::new(bitnet_tests::tiny_model(16));
+    let options: toml::Table = toml::from_str("max_staleness = 2\nfactor = 0.25").expect("toml");
+    let policy = registry
+        .build::<dyn StalenessPolicy>("scaled", &options, &ctx)
+        .expect("build from the library");
+    assert_eq!(policy.decide(1), StalenessDecision::Accept { scale: 0.25 });
+    assert!(matches!(policy.decide(3), StalenessDecision::Reject { .. }));
+
+    // The library's own deserialiser still refuses unknown keys and its own bad values.
+    let typo: toml::Table = toml::from_str("factr = 0.25").expect("toml");
+    let err = registry.build::<dyn StalenessPolicy>("scaled", &typo, &ctx).err().expect("typo");
+    assert!(err.to_string().contains("factr"), "{err}");
+    let bad: toml::Table = toml::from_str("factor = 2.0").expect("toml");
+    let err = registry.build::<dyn StalenessPolicy>("scaled", &bad, &ctx).err().expect("range");
+    assert!(err.to_string().contains("factor must be in (0, 1]"), "{err}");
 }

@@ -1,6 +1,6 @@
 //! The presets' parameter counts at the reference vocabulary.
 
-use bitnet_framework::config::{ConfigSources, load};
+use bitnet_runtime::config::{ConfigSources, load};
 
 fn params_of(preset: &str) -> usize {
     let loaded = load(&ConfigSources {

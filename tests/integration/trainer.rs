@@ -1,13 +1,13 @@
 //! The single-process trainer with the real "bitnet-b158" kernel and the "adamw" optimizer,
 //! built by name from a run config as `bitnet train` builds them.
 
-use bitnet_framework::checkpoint::CheckpointFile;
-use bitnet_framework::config::{ComponentSpec, RunConfig};
 use bitnet_framework::model::ModelKernel;
 use bitnet_framework::optim::Optimizer;
 use bitnet_framework::registry::Registry;
-use bitnet_framework::run;
-use bitnet_framework::trainer::{
+use bitnet_runtime::checkpoint::CheckpointFile;
+use bitnet_runtime::config::{ComponentSpec, RunConfig};
+use bitnet_runtime::run;
+use bitnet_runtime::trainer::{
     TokenFileSource, TrainOptions, Trainer, latest_checkpoint, write_token_file,
 };
 use bitnet_tests::{temp_dir, tiny_model};

@@ -65,12 +65,15 @@ pub fn tiny_model(vocab_size: usize) -> bitnet_framework::model::ModelConfig {
 /// Distributed-runtime harness: tiny configs, learnable token shards, an in-process coordinator
 /// with registered clients.
 pub mod dist {
-    use bitnet_framework::config::{ConfigSources, RunConfig, load};
-    use bitnet_framework::coordinator::assemble::{build_coordinator, build_store};
-    use bitnet_framework::coordinator::{Coordinator, MemoryCorpus};
-    use bitnet_framework::data::shard::{ShardHeader, TokenDtype, VocabHash};
+    use bitnet_framework::protocol::Packing;
     use bitnet_framework::registry::Registry;
-    use bitnet_framework::transport::{Credentials, Packing, secrets};
+    use bitnet_framework::transport::Credentials;
+    use bitnet_runtime::auth::{self as secrets};
+    use bitnet_runtime::config::{ConfigSources, RunConfig, load};
+    use bitnet_runtime::coordinator::{Coordinator, MemoryCorpus};
+    use bitnet_runtime::data::shard::{ShardHeader, TokenDtype, VocabHash};
+    use bitnet_runtime::run::assemble::{build_coordinator, build_store};
+    use bitnet_runtime::run::service::seed_if_empty;
     use std::path::Path;
     use std::sync::Arc;
 
@@ -210,13 +213,8 @@ pub mod dist {
         chunk: u64,
     ) -> Arc<Coordinator> {
         let store = build_store(config, registry).expect("store");
-        let corpus: Arc<dyn bitnet_framework::coordinator::Corpus> = Arc::new(corpus);
-        let seeded = store.counts().expect("counts").total_tokens > 0;
-        if !seeded {
-            let tasks =
-                bitnet_framework::coordinator::seed::plan_tasks(&corpus.shards(), budget, chunk);
-            store.add_tasks(&tasks).expect("seed");
-        }
+        let corpus: Arc<dyn bitnet_runtime::coordinator::Corpus> = Arc::new(corpus);
+        seed_if_empty(store.as_ref(), corpus.as_ref(), budget, chunk).expect("seed");
         build_coordinator(config, registry, store, corpus).expect("coordinator")
     }
 }

@@ -141,7 +141,7 @@ pub fn export_inference(
     let mut bytes = safetensors::serialize(views, &Some(metadata))
         .map_err(|e| KernelError::Other(e.to_string()))?;
     // Same model, same bytes: exports can be compared and cached by hash.
-    bitnet_framework::weights::canonicalise_header(&mut bytes)
+    bitnet_container::canonicalise_header(&mut bytes)
         .map_err(|e| KernelError::Other(e.to_string()))?;
     Ok(bytes)
 }

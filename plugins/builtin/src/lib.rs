@@ -12,6 +12,10 @@ pub fn link() {
     // One use of a public item per crate is enough to keep its object files.
     std::hint::black_box(bitnet_b158::layout::model_layout as *const ());
     std::hint::black_box(
+        <bitnet_runtime::coordinator::memory::MemoryStoreConfig as PluginConfig>::build
+            as *const (),
+    );
+    std::hint::black_box(
         <bitnet_store_sqlite::SqliteStoreConfig as PluginConfig>::build as *const (),
     );
     std::hint::black_box(

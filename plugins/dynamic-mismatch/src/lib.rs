@@ -2,7 +2,9 @@
 //! against an older bitnet would. Loading it must fail with a version-mismatch error before any of
 //! its code beyond the declaration is trusted.
 
-use bitnet_framework::dynamic::{ABI_VERSION, DynamicPluginDeclaration, RUSTC_VERSION};
+use bitnet_framework::dynamic::{
+    ABI_VERSION, DynamicPluginDeclaration, FRAMEWORK_BUILD, RUSTC_VERSION,
+};
 use bitnet_framework::registry::PluginDecl;
 
 fn plugins() -> Vec<PluginDecl> {
@@ -13,6 +15,7 @@ static DECLARATION: DynamicPluginDeclaration = DynamicPluginDeclaration {
     abi_version: ABI_VERSION,
     framework_version: c"0.0.0-mismatch".as_ptr(),
     rustc_version: RUSTC_VERSION.as_ptr().cast(),
+    framework_build: FRAMEWORK_BUILD.as_ptr().cast(),
     plugins,
 };
 

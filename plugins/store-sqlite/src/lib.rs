@@ -8,12 +8,12 @@
 //! old telemetry pruned).
 
 use bitnet_framework::BuildContext;
-use bitnet_framework::registry::{BuildError, PluginConfig, Slot};
-use bitnet_framework::transport::{
-    ClaimRequest, ClientRecord, Completion, CoordinatorStore, LogRecord, NewTask, StoreFailure,
-    SweepPolicy, SweepReport, TaskCounts, TaskRecord, TaskRef, TaskState, TaskTelemetry,
-    WorkerCounts, WorkerRecord, WorkerState, now_ms,
+use bitnet_framework::coordinator_store::{
+    ClaimRequest, ClientRecord, Completion, CoordinatorStore, NewTask, StoreFailure, SweepPolicy,
+    SweepReport, TaskRecord, TaskState, TaskTelemetry, WorkerRecord, WorkerState,
 };
+use bitnet_framework::protocol::{LogRecord, TaskCounts, TaskRef, WorkerCounts, now_ms};
+use bitnet_framework::registry::{BuildError, PluginConfig, Slot};
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -21,7 +21,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 /// Weight of a new throughput measurement in the moving average (same as the memory store).
-const THROUGHPUT_EMA: f64 = bitnet_framework::coordinator::memory::THROUGHPUT_EMA;
+const THROUGHPUT_EMA: f64 = bitnet_framework::coordinator_store::queue::THROUGHPUT_EMA;
 
 /// Options of the sqlite store.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -264,7 +264,7 @@ impl CoordinatorStore for SqliteStore {
             else {
                 return Ok(None);
             };
-            let size = bitnet_framework::coordinator::memory::slice_size(
+            let size = bitnet_framework::coordinator_store::queue::slice_size(
                 req.max_tokens,
                 req.granularity,
             );
@@ -354,7 +354,7 @@ impl CoordinatorStore for SqliteStore {
             {
                 return Ok(Completion::AlreadyDone { applied_version: t.applied_version });
             }
-            Ok(Completion::Refused(bitnet_framework::coordinator::memory::refusal(
+            Ok(Completion::Refused(bitnet_framework::coordinator_store::queue::refusal(
                 &t, task, worker,
             )))
         })
@@ -665,7 +665,7 @@ mod tests {
     fn sqlite_store_passes_the_conformance_suite() {
         let dir = tempfile::tempdir().expect("temp dir");
         let n = AtomicUsize::new(0);
-        bitnet_framework::coordinator::conformance::run_store_suite(&|| {
+        bitnet_framework::coordinator_store::conformance::run_store_suite(&|| {
             let path = dir.path().join(format!("s{}.sqlite", n.fetch_add(1, Ordering::SeqCst)));
             Box::new(SqliteStore::open(&path, Duration::from_secs(5)).expect("open"))
         });

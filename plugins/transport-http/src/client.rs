@@ -3,10 +3,11 @@
 
 use crate::HttpConfig;
 use crate::server::{SHA256_HEADER, TokenResponse, UPLOAD_META_HEADER, VERSION_HEADER};
-use bitnet_framework::transport::{
-    ApiError, Blob, CoordinatorClient, Credentials, Heartbeat, HeartbeatReply, LogRecord,
-    Registered, Registration, StatusReport, TaskSpec, UpdateUpload, UploadReceipt,
+use bitnet_framework::protocol::{
+    ApiError, Blob, CoordinatorClient, Heartbeat, HeartbeatReply, LogRecord, Registered,
+    Registration, StatusReport, TaskSpec, UpdateUpload, UploadReceipt,
 };
+use bitnet_framework::transport::Credentials;
 use reqwest::StatusCode;
 use reqwest::blocking::{Client, RequestBuilder, Response};
 use serde::de::DeserializeOwned;
@@ -34,7 +35,7 @@ fn error_of(resp: Response) -> ApiError {
         .ok()
         .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_string))
         .unwrap_or(text);
-    ApiError::from_status(status, message)
+    crate::status::error_from_status(status, message)
 }
 
 fn json<T: DeserializeOwned>(resp: Response) -> Result<T, ApiError> {

@@ -11,13 +11,13 @@
 pub mod client;
 pub mod range;
 pub mod server;
+pub mod status;
 pub mod token;
 
 use bitnet_framework::BuildContext;
+use bitnet_framework::protocol::{ApiError, CoordinatorClient};
 use bitnet_framework::registry::{BuildError, PluginConfig, Slot};
-use bitnet_framework::transport::{
-    ApiError, CoordinatorClient, Credentials, ServeContext, ServerHandle, Transport,
-};
+use bitnet_framework::transport::{Credentials, ServeContext, ServerHandle, Transport};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 

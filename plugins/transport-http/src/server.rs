@@ -2,6 +2,7 @@
 
 use crate::HttpConfig;
 use crate::range::{RangeReply, parse as parse_range};
+use crate::status::status_of;
 use crate::token;
 use axum::Router;
 use axum::body::Bytes;
@@ -9,10 +10,10 @@ use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use bitnet_framework::transport::{
-    ApiError, Blob, CoordinatorApi, CoordinatorStore, Heartbeat, LogRecord, Registration,
-    ServeContext, ServerHandle, UpdateUpload, UploadMeta, secrets,
+use bitnet_framework::protocol::{
+    ApiError, Blob, CoordinatorApi, Heartbeat, LogRecord, Registration, UpdateUpload, UploadMeta,
 };
+use bitnet_framework::transport::{Authenticator, Credentials, ServeContext, ServerHandle};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
@@ -25,7 +26,7 @@ pub const SHA256_HEADER: &str = "x-bitnet-sha256";
 
 struct AppState {
     api: Arc<dyn CoordinatorApi>,
-    store: Arc<dyn CoordinatorStore>,
+    auth: Arc<dyn Authenticator>,
     key: Vec<u8>,
     ttl_secs: u64,
 }
@@ -48,8 +49,7 @@ struct ErrorBody {
 
 impl IntoResponse for HttpError {
     fn into_response(self) -> Response {
-        let status =
-            StatusCode::from_u16(self.0.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let status = status_of(&self.0);
         let mut r = (status, axum::Json(ErrorBody { error: self.0.to_string() })).into_response();
         if status == StatusCode::UNAUTHORIZED {
             r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
@@ -78,17 +78,10 @@ async fn authenticate(state: &Arc<AppState>, headers: &HeaderMap) -> Result<Stri
         .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
         .ok_or_else(|| ApiError::Unauthorized("missing bearer token".into()))?;
     let claims = token::verify(&state.key, token.trim()).map_err(ApiError::Unauthorized)?;
-    let store = Arc::clone(&state.store);
-    let id = claims.sub.clone();
-    let client = blocking(move || Ok(store.client(&id)?)).await?;
-    match client {
-        Some(c) if c.revoked => Err(ApiError::Unauthorized("client revoked".into())),
-        Some(c) if c.generation != claims.generation => {
-            Err(ApiError::Unauthorized("client key rotated; request a new token".into()))
-        }
-        Some(_) => Ok(claims.sub),
-        None => Err(ApiError::Unauthorized("unknown client".into())),
-    }
+    let auth = Arc::clone(&state.auth);
+    let (id, generation) = (claims.sub.clone(), claims.generation);
+    blocking(move || auth.check_session(&id, generation)).await?;
+    Ok(claims.sub)
 }
 
 /// `POST /connect/token` form fields (OAuth2 client credentials grant).
@@ -168,16 +161,9 @@ async fn issue_token(
         _ => basic_credentials(&headers)
             .ok_or_else(|| ApiError::Unauthorized("client credentials missing".into()))?,
     };
-    let store = Arc::clone(&state.store);
-    let client = blocking(move || {
-        let c = store.client(&id)?;
-        // Verify even for unknown ids, so timing does not tell which ids exist.
-        let hash = c.as_ref().map(|c| c.secret_hash.clone()).unwrap_or_default();
-        let ok = secrets::verify_secret(&secret, &hash);
-        Ok(c.filter(|c| ok && !c.revoked))
-    })
-    .await?
-    .ok_or_else(|| ApiError::Unauthorized("unknown client, wrong secret or revoked".into()))?;
+    let auth = Arc::clone(&state.auth);
+    let credentials = Credentials { client_id: id, client_secret: secret };
+    let client = blocking(move || auth.verify(&credentials)).await?;
     let (token, claims) = token::issue(&state.key, &client.id, client.generation, state.ttl_secs)
         .map_err(ApiError::Internal)?;
     Ok(axum::Json(TokenResponse {
@@ -379,7 +365,7 @@ pub fn start(config: &HttpConfig, key: Vec<u8>, ctx: ServeContext) -> Result<Htt
         .build()
         .map_err(|e| ApiError::Internal(format!("starting the HTTP runtime: {e}")))?;
     let state =
-        Arc::new(AppState { api: ctx.api, store: ctx.store, key, ttl_secs: config.token_ttl_secs });
+        Arc::new(AppState { api: ctx.api, auth: ctx.auth, key, ttl_secs: config.token_ttl_secs });
     let app = router(state, config);
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let thread = std::thread::Builder::new()

@@ -1,6 +1,6 @@
 //! JWTs (HS256) issued for OAuth2 client credentials, and the signing key file.
 
-use bitnet_framework::transport::now_ms;
+use bitnet_framework::protocol::now_ms;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};

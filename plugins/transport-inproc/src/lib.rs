@@ -2,18 +2,20 @@
 //! `configs/experiments/transport-inproc.toml` and fast tests.
 //!
 //! `serve` registers the coordinator under an `inproc://N` endpoint in a process-wide table;
-//! `connect` looks it up. Authentication is the same as over HTTP minus the token: the client
-//! secret is verified against its argon2 hash at connect time, and every call re-checks that the
-//! client is not revoked and its key generation has not moved (so rotation and revocation take
-//! effect at once).
+//! `connect` looks it up. Authentication is the coordinator's [`Authenticator`], as over HTTP
+//! minus the token: the client secret is verified at connect time, and every call re-checks that
+//! the client is not revoked and its key generation has not moved (so rotation and revocation
+//! take effect at once).
 
 use bitnet_framework::BuildContext;
-use bitnet_framework::registry::{BuildError, PluginConfig};
-use bitnet_framework::transport::{
-    ApiError, Blob, CoordinatorClient, Credentials, Heartbeat, HeartbeatReply, LogRecord,
-    Registered, Registration, ServeContext, ServerHandle, StatusReport, TaskSpec, Transport,
-    UpdateUpload, UploadReceipt, secrets,
+use bitnet_framework::protocol::{
+    ApiError, Blob, CoordinatorClient, Heartbeat, HeartbeatReply, LogRecord, Registered,
+    Registration, StatusReport, TaskSpec, UpdateUpload, UploadReceipt,
 };
+use bitnet_framework::registry::{BuildError, PluginConfig};
+#[cfg(doc)]
+use bitnet_framework::transport::Authenticator;
+use bitnet_framework::transport::{Credentials, ServeContext, ServerHandle, Transport};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -85,15 +87,7 @@ impl Transport for InProcTransport {
         let ctx = table()?.get(endpoint).cloned().ok_or_else(|| {
             ApiError::Transport(format!("no in-process coordinator at {endpoint}"))
         })?;
-        let client = ctx
-            .store
-            .client(&credentials.client_id)?
-            .ok_or_else(|| ApiError::Unauthorized("unknown client or wrong secret".into()))?;
-        if client.revoked
-            || !secrets::verify_secret(&credentials.client_secret, &client.secret_hash)
-        {
-            return Err(ApiError::Unauthorized("unknown client or wrong secret".into()));
-        }
+        let client = ctx.auth.verify(&credentials)?;
         Ok(Box::new(InProcClient { ctx, id: client.id, generation: client.generation }))
     }
 }
@@ -107,12 +101,8 @@ struct InProcClient {
 
 impl InProcClient {
     fn authorize(&self) -> Result<&str, ApiError> {
-        match self.ctx.store.client(&self.id)? {
-            Some(c) if !c.revoked && c.generation == self.generation => Ok(&self.id),
-            Some(c) if c.revoked => Err(ApiError::Unauthorized("client revoked".into())),
-            Some(_) => Err(ApiError::Unauthorized("client key rotated; reconnect".into())),
-            None => Err(ApiError::Unauthorized("client removed".into())),
-        }
+        self.ctx.auth.check_session(&self.id, self.generation)?;
+        Ok(&self.id)
     }
 }
 

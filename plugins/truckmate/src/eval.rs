@@ -11,9 +11,9 @@
 //! Loss and perplexity come separately from [`mean_loss`]: the mean cross-entropy per counted
 //! target over the split's packed windows, and `exp` of it.
 
-use bitnet_framework::data::{BatchBuffer, DataError};
 use bitnet_framework::model::{InferenceModel, KernelError, ModelKernel};
 use bitnet_framework::tokenizer::{Tokenizer, TokenizerError};
+use bitnet_runtime::data::{BatchBuffer, DataError};
 use serde::Serialize;
 use std::collections::BTreeMap;
 

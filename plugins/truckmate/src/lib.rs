@@ -5,12 +5,12 @@
 //! - [`eval`]: greedy decoding after `[INTENT]` and the intent, slot and JSON metrics.
 //!
 //! Files are laid out in a data directory as described in
-//! [`bitnet_framework::data::dir`]; [`write_corpus`] writes the three split files.
+//! [`bitnet_runtime::data::dir`]; [`write_corpus`] writes the three split files.
 
 pub mod corpus;
 pub mod eval;
 
-use bitnet_framework::data::{DataDir, DataError, Split};
+use bitnet_runtime::data::{DataDir, DataError, Split};
 
 /// Writes the corpus splits as `DIR/{train,validation,test}.txt`, one example per line.
 pub fn write_corpus(dir: &DataDir, corpus: &corpus::Corpus) -> Result<(), DataError> {

@@ -1,6 +1,6 @@
 //! Weight download codecs "fp32" and "ternary".
 //!
-//! - "fp32": the weights blob itself ([`bitnet_framework::weights::write_blob`]), lossless.
+//! - "fp32": the weights blob itself ([`bitnet_container::write_blob`]), lossless.
 //! - "ternary", for async-sgd workers, whose forward pass and straight-through backward only see
 //!   the quantized BitLinear weights: each BitLinear tensor is sent as its trits packed five to
 //!   a byte plus its absmean scale (about 1.6 bits per weight); every other tensor as f32. The
@@ -8,14 +8,16 @@
 //!   scale ([`ternary::dequantize_latent`]), so a worker computes the same forward and gradient
 //!   as with the fp32 download.
 
+use bitnet_container::Dtype;
+use bitnet_container::{
+    ContainerTensor, open_container, read_blob, read_f32_into, tensor, write_blob, write_container,
+};
 use bitnet_framework::registry::{BuildError, PluginConfig};
 use bitnet_framework::tensor::{ParamLayout, TensorRole};
 use bitnet_framework::weights::{
-    ContainerTensor, FP32, WeightCodec, Weights, WeightsError, check_params, f32_bytes,
-    open_container, read_blob, read_f32_into, tensor, ternary, write_blob, write_container,
+    FP32, WeightCodec, Weights, WeightsError, check_params, f32_bytes, ternary,
 };
 use bitnet_framework::{BuildContext, register_plugin};
-use safetensors::Dtype;
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
 
@@ -207,8 +209,8 @@ mod tests {
 
     mod fp32 {
         use super::super::*;
-        use bitnet_framework::weights::conformance::Fidelity;
-        bitnet_framework::weight_codec_conformance_tests!(
+        use bitnet_container::conformance::Fidelity;
+        bitnet_container::weight_codec_conformance_tests!(
             || Box::new(Fp32Weights) as Box<dyn WeightCodec>,
             Fidelity::Exact
         );
@@ -216,8 +218,8 @@ mod tests {
 
     mod ternary_codec {
         use super::super::*;
-        use bitnet_framework::weights::conformance::Fidelity;
-        bitnet_framework::weight_codec_conformance_tests!(
+        use bitnet_container::conformance::Fidelity;
+        bitnet_container::weight_codec_conformance_tests!(
             || Box::new(TernaryWeights) as Box<dyn WeightCodec>,
             Fidelity::TernaryEquivalent
         );

@@ -3,11 +3,11 @@
 
 use super::registry_for;
 use anyhow::Context;
-use bitnet_framework::config::ConfigSources;
 use bitnet_framework::model::ModelKernel;
 use bitnet_framework::optim::{Optimizer, StepInfo};
-use bitnet_framework::run;
 use bitnet_framework::tensor::TensorRole;
+use bitnet_runtime::config::ConfigSources;
+use bitnet_runtime::run;
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -77,7 +77,7 @@ fn train(args: TrainArgs) -> anyhow::Result<()> {
     }
     overrides.extend(args.overrides.iter().cloned());
     let sources = ConfigSources { file: None, env: false, overrides };
-    let config = bitnet_framework::config::load(&sources)?.config;
+    let config = bitnet_runtime::config::load(&sources)?.config;
     let registry = registry_for(&config)?;
     let mut kernel: Box<dyn ModelKernel> =
         run::build_kernel(&config, &registry).context("building the model kernel")?;

@@ -2,8 +2,8 @@
 
 use super::eval::{LoadedModel, load_model};
 use anyhow::Context;
-use bitnet_framework::config::ConfigSources;
-use bitnet_framework::trainer::latest_checkpoint;
+use bitnet_runtime::config::ConfigSources;
+use bitnet_runtime::trainer::latest_checkpoint;
 use bitnet_truckmate::eval::{clean_utterance, greedy_decode};
 use std::path::PathBuf;
 
@@ -29,7 +29,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Some(c) => c,
         None => {
             let sources = ConfigSources { file: args.config.clone(), env: true, overrides: vec![] };
-            let config = bitnet_framework::config::load(&sources)?.config;
+            let config = bitnet_runtime::config::load(&sources)?.config;
             let dir = config.run.dir.join("checkpoints");
             latest_checkpoint(&dir).with_context(|| {
                 format!("no checkpoint in {}: pass --checkpoint or train first", dir.display())

@@ -1,18 +1,16 @@
 //! `bitnet generate-corpus` and `bitnet tokenize-corpus`: the TruckMate data pipeline.
 //!
 //! Both work in the run config's `data.dir`, laid out as described in
-//! [`bitnet_framework::data::dir`]: `{train,validation,test}.txt`, `tokenizer-<type>.json`,
+//! [`bitnet_runtime::data::dir`]: `{train,validation,test}.txt`, `tokenizer-<type>.json`,
 //! `shards/<type>/<split>-NNNN.bin` (+ `.sha256`).
 
 use super::{ConfigArgs, registry_for};
 use anyhow::Context;
-use bitnet_framework::config::RunConfig;
-use bitnet_framework::data::dir::{DataDir, Split, write_split_shards};
-use bitnet_framework::data::loader::{LoaderOptions, PackedLoader};
-use bitnet_framework::data::shard::ShardReader;
 use bitnet_framework::registry::Registry;
-use bitnet_framework::run;
-use bitnet_framework::tokenizer::Tokenizer;
+use bitnet_runtime::config::RunConfig;
+use bitnet_runtime::data::dir::{DataDir, Split, write_split_shards};
+use bitnet_runtime::data::loader::{LoaderOptions, PackedLoader};
+use bitnet_runtime::data::shard::ShardReader;
 use bitnet_truckmate::corpus;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -60,36 +58,14 @@ pub struct TokenizeArgs {
     #[arg(long)]
     max_vocab: Option<usize>,
     /// Largest shard, in tokens (examples are never split across shards).
-    #[arg(long, default_value_t = 1 << 20)]
+    #[arg(long, default_value_t = DEFAULT_SHARD_TOKENS)]
     shard_tokens: usize,
 }
 
-/// Builds the config's tokenizer (untrained).
-pub fn build_tokenizer(
-    config: &RunConfig,
-    registry: &Registry,
-) -> anyhow::Result<Box<dyn Tokenizer>> {
-    registry
-        .build::<dyn Tokenizer>(
-            &config.tokenizer.kind,
-            &config.tokenizer.options,
-            &run::build_context(config),
-        )
-        .context("building the tokenizer")
-}
+/// Largest shard `tokenize-corpus` writes by default, in tokens.
+pub const DEFAULT_SHARD_TOKENS: usize = 1 << 20;
 
-/// Builds the config's tokenizer and loads it from the data dir.
-pub fn load_tokenizer(
-    config: &RunConfig,
-    registry: &Registry,
-) -> anyhow::Result<Box<dyn Tokenizer>> {
-    let mut tok = build_tokenizer(config, registry)?;
-    let path = DataDir::new(config.data.dir.clone()).tokenizer_file(&config.tokenizer.kind);
-    tok.load(&path).with_context(|| {
-        format!("loading {}: run `bitnet tokenize-corpus` first", path.display())
-    })?;
-    Ok(tok)
-}
+use bitnet_runtime::run::service::build_tokenizer;
 
 pub fn tokenize(args: TokenizeArgs) -> anyhow::Result<()> {
     let mut config = args.config.load()?.config;
@@ -97,6 +73,16 @@ pub fn tokenize(args: TokenizeArgs) -> anyhow::Result<()> {
         config.tokenizer.options.insert("max_vocab".into(), toml::Value::Integer(n as i64));
     }
     let registry = registry_for(&config)?;
+    tokenize_corpus(&config, &registry, args.shard_tokens)
+}
+
+/// Generates the corpus when it is missing, trains the config's tokenizer on the training
+/// split and writes checksummed shards of every split, printing a summary of each.
+pub fn tokenize_corpus(
+    config: &RunConfig,
+    registry: &Registry,
+    shard_tokens: usize,
+) -> anyhow::Result<()> {
     let dir = DataDir::new(config.data.dir.clone());
     let kind = config.tokenizer.kind.clone();
     if !dir.split_text(Split::Train).is_file() {
@@ -110,7 +96,7 @@ pub fn tokenize(args: TokenizeArgs) -> anyhow::Result<()> {
         );
     }
     let train = dir.read_split(Split::Train)?;
-    let mut tok = build_tokenizer(&config, &registry)?;
+    let mut tok = build_tokenizer(config, registry)?;
     tok.train(&mut train.iter().cloned()).context("training the tokenizer")?;
     let tok_path = dir.tokenizer_file(&kind);
     tok.save(&tok_path)?;
@@ -123,13 +109,12 @@ pub fn tokenize(args: TokenizeArgs) -> anyhow::Result<()> {
     let seq_len = config.model.seq_len;
     for split in Split::ALL {
         let lines = if split == Split::Train { train.clone() } else { dir.read_split(split)? };
-        let written =
-            write_split_shards(&dir, &kind, split, tok.as_ref(), &lines, args.shard_tokens)?;
+        let written = write_split_shards(&dir, &kind, split, tok.as_ref(), &lines, shard_tokens)?;
         let tokens: u64 = written.iter().map(|w| w.tokens).sum();
         let shards: Vec<Arc<ShardReader>> = dir.open_split(
             &kind,
             split,
-            &bitnet_framework::data::VocabHash::from_hex(&tok.content_hash())
+            &bitnet_runtime::data::VocabHash::from_hex(&tok.content_hash())
                 .map_err(anyhow::Error::msg)?,
         )?;
         let mut loader = PackedLoader::new(

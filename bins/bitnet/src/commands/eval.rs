@@ -1,15 +1,15 @@
 //! `bitnet eval`: loss, perplexity and TruckMate intent/slot accuracy of a checkpoint.
 
-use super::data::load_tokenizer;
 use super::registry_for;
 use anyhow::Context;
-use bitnet_framework::checkpoint::CheckpointFile;
-use bitnet_framework::config::RunConfig;
-use bitnet_framework::data::dir::{DataDir, Split};
-use bitnet_framework::data::loader::LoaderOptions;
 use bitnet_framework::model::ModelKernel;
-use bitnet_framework::run;
 use bitnet_framework::tokenizer::Tokenizer;
+use bitnet_runtime::checkpoint::CheckpointFile;
+use bitnet_runtime::config::RunConfig;
+use bitnet_runtime::data::dir::{DataDir, Split};
+use bitnet_runtime::data::loader::LoaderOptions;
+use bitnet_runtime::run;
+use bitnet_runtime::run::service::load_tokenizer;
 use bitnet_truckmate::eval::{EvalSummary, evaluate_lines_parallel, mean_loss};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::{Path, PathBuf};

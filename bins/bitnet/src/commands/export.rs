@@ -2,9 +2,9 @@
 
 use super::registry_for;
 use anyhow::Context;
-use bitnet_framework::checkpoint::{CheckpointFile, write_atomic};
-use bitnet_framework::config::RunConfig;
-use bitnet_framework::run;
+use bitnet_runtime::checkpoint::{CheckpointFile, write_atomic};
+use bitnet_runtime::config::RunConfig;
+use bitnet_runtime::run;
 use std::path::PathBuf;
 
 /// Write the inference weights of a checkpoint (for the BitNet kernel: BitLinear weights as

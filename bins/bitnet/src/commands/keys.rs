@@ -2,8 +2,9 @@
 
 use super::{ConfigArgs, registry_for};
 use anyhow::Context;
-use bitnet_framework::coordinator::assemble::build_store;
-use bitnet_framework::transport::{Credentials, secrets};
+use bitnet_framework::transport::Credentials;
+use bitnet_runtime::auth::{self as secrets};
+use bitnet_runtime::run::assemble::build_store;
 use std::path::PathBuf;
 
 /// Manage worker credentials (stored argon2-hashed; rotating or revoking a key invalidates
@@ -64,7 +65,7 @@ pub fn write_credentials(path: &std::path::Path, c: &Credentials) -> anyhow::Res
 
 fn store_of(
     config: &ConfigArgs,
-) -> anyhow::Result<std::sync::Arc<dyn bitnet_framework::transport::CoordinatorStore>> {
+) -> anyhow::Result<std::sync::Arc<dyn bitnet_framework::coordinator_store::CoordinatorStore>> {
     let config = config.load()?.config;
     let registry = registry_for(&config)?;
     Ok(build_store(&config, &registry)?)

@@ -16,8 +16,8 @@ pub mod train;
 pub mod worker;
 
 use anyhow::Context;
-use bitnet_framework::config::{ConfigSources, LoadedConfig, RunConfig};
 use bitnet_framework::registry::Registry;
+use bitnet_runtime::config::{ConfigSources, LoadedConfig, RunConfig};
 use std::path::PathBuf;
 
 /// Config file and overrides, shared by every subcommand that reads a run config.
@@ -41,7 +41,7 @@ impl ConfigArgs {
             env: !self.no_env,
             overrides: self.overrides.clone(),
         };
-        bitnet_framework::config::load(&sources).with_context(|| match &self.config {
+        bitnet_runtime::config::load(&sources).with_context(|| match &self.config {
             Some(p) => format!("loading {}", p.display()),
             None => "loading the embedded defaults".to_string(),
         })
@@ -52,7 +52,7 @@ impl ConfigArgs {
 pub fn registry_for(config: &RunConfig) -> anyhow::Result<Registry> {
     let mut registry = bitnet_plugins::registry()?;
     for path in &config.plugins.dynamic {
-        let added = bitnet_framework::dynamic::load(&mut registry, path)?;
+        let added = bitnet_runtime::dynamic::load(&mut registry, path)?;
         tracing::info!(library = %path.display(), plugins = ?added, "loaded dynamic plugin");
     }
     Ok(registry)

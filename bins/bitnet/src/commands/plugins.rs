@@ -17,7 +17,7 @@ pub struct Args {
 pub fn run(args: Args) -> anyhow::Result<()> {
     let mut registry = bitnet_plugins::registry()?;
     for lib in &args.dynamic {
-        bitnet_framework::dynamic::load(&mut registry, lib)?;
+        bitnet_runtime::dynamic::load(&mut registry, lib)?;
     }
     for slot in Slot::ALL {
         println!("{slot}:");

@@ -1,9 +1,8 @@
 //! `bitnet run`
 
 use super::{ConfigArgs, registry_for};
-use bitnet_framework::coordinator::TaskShape;
-use bitnet_framework::coordinator::assemble::{check_distributed, schedule_steps};
-use bitnet_framework::run;
+use bitnet_runtime::coordinator::{TaskShape, schedule_steps};
+use bitnet_runtime::run;
 
 /// Validate a run config, or run it.
 #[derive(Debug, clap::Args)]
@@ -16,9 +15,11 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let config = args.config.load()?.config;
-    let registry = registry_for(&config)?;
-    let plan = run::plan(&config, &registry)?;
+    let loaded = args.config.load()?;
+    let registry = registry_for(&loaded.config)?;
+    // Every problem at once, each with the file or variable its key came from.
+    let plan = run::plan_loaded(&loaded, &registry)?;
+    let config = loaded.config;
     println!("run `{}`: preset `{}`", config.name, config.preset);
     let m = &config.model;
     println!(
@@ -38,14 +39,6 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let origin =
             if s.origin == "built-in" { String::new() } else { format!(" [{}]", s.origin) };
         println!("  {:<18} {:<16} {}{origin}", s.key, s.plugin, s.description);
-    }
-    let problems = check_distributed(&config, &registry);
-    if !problems.is_empty() {
-        anyhow::bail!(
-            "the run is not valid ({} problem(s)):\n  - {}",
-            problems.len(),
-            problems.join("\n  - ")
-        );
     }
     let shape = TaskShape::from_train(&config.train, m.seq_len);
     println!("tasks: {}", config.coordinator.describe_tasks(&shape));
@@ -67,7 +60,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         println!("dry run: configuration is valid");
         return Ok(());
     }
-    super::run_local::run(&args.config, config, &registry)
+    super::run_local::run(config, &registry)
 }
 
 /// 6845696 -> "6,845,696".

@@ -3,28 +3,29 @@
 //! credentials; the corpus is generated and tokenized first if missing; the queue is seeded to
 //! the token budget; a live progress bar; a final checkpoint, `metrics.jsonl` and an evaluation.
 
-use super::ConfigArgs;
-use super::coordinator::{Service, open_corpus, stop_flag};
+use super::coordinator::stop_flag;
 use super::worker::run_worker;
 use anyhow::{Context, bail};
-use bitnet_framework::checkpoint::{self, CheckpointMeta};
-use bitnet_framework::config::RunConfig;
-use bitnet_framework::data::SourcePosition;
-use bitnet_framework::data::dir::{DataDir, Split};
+use bitnet_framework::protocol::{CoordinatorApi, StatusReport};
 use bitnet_framework::registry::Registry;
-use bitnet_framework::run;
-use bitnet_framework::transport::{CoordinatorApi, Credentials, StatusReport, secrets};
-use bitnet_framework::worker::TaskTiming;
+use bitnet_framework::transport::Credentials;
+use bitnet_runtime::auth::{self as secrets};
+use bitnet_runtime::checkpoint::{self, CheckpointMeta};
+use bitnet_runtime::config::RunConfig;
+use bitnet_runtime::data::SourcePosition;
+use bitnet_runtime::data::dir::{DataDir, Split};
+use bitnet_runtime::run;
+use bitnet_runtime::run::service::{CoordinatorService, open_corpus};
+use bitnet_runtime::worker::TaskTiming;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::Write;
 use std::path::PathBuf;
-use std::process::Command;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-/// Runs `bitnet tokenize-corpus` with the same config when the tokenizer or the train shards
-/// are missing (it generates the corpus first if that is missing too).
-fn prepare_data(config: &RunConfig, args: &ConfigArgs) -> anyhow::Result<()> {
+/// Generates and tokenizes the corpus (as `bitnet tokenize-corpus` does) when the tokenizer or
+/// the train shards are missing.
+fn prepare_data(config: &RunConfig, registry: &Registry) -> anyhow::Result<()> {
     let dir = DataDir::new(config.data.dir.clone());
     let kind = &config.tokenizer.kind;
     let have_shards = dir.shard_paths(kind, Split::Train).map(|p| !p.is_empty()).unwrap_or(false);
@@ -32,35 +33,12 @@ fn prepare_data(config: &RunConfig, args: &ConfigArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     eprintln!("preparing data in {} (generate, tokenize, shard)", dir.root().display());
-    let status = Command::new(std::env::current_exe()?)
-        .arg("tokenize-corpus")
-        .args(config_args(args))
-        .status()
-        .context("running `bitnet tokenize-corpus`")?;
-    if !status.success() {
-        bail!("`bitnet tokenize-corpus` failed ({status})");
-    }
-    Ok(())
-}
-
-/// The command-line form of `args`, for subcommands run as child processes.
-fn config_args(args: &ConfigArgs) -> Vec<String> {
-    let mut out = Vec::new();
-    if let Some(c) = &args.config {
-        out.push(c.display().to_string());
-    }
-    for o in &args.overrides {
-        out.push("--set".into());
-        out.push(o.clone());
-    }
-    if args.no_env {
-        out.push("--no-env".into());
-    }
-    out
+    super::data::tokenize_corpus(config, registry, super::data::DEFAULT_SHARD_TOKENS)
+        .context("preparing the data")
 }
 
 /// Credentials for local worker `i`: created, or rotated when the store already has them.
-fn local_credentials(service: &Service, i: usize) -> anyhow::Result<Credentials> {
+fn local_credentials(service: &CoordinatorService, i: usize) -> anyhow::Result<Credentials> {
     let id = format!("local-{i}");
     let secret = secrets::generate_secret();
     let hash = secrets::hash_secret(&secret).map_err(anyhow::Error::msg)?;
@@ -98,7 +76,7 @@ fn status_line(s: &StatusReport) -> String {
 
 fn write_checkpoint(
     config: &RunConfig,
-    service: &Service,
+    service: &CoordinatorService,
     status: &StatusReport,
 ) -> anyhow::Result<PathBuf> {
     let (version, params, optimizer) = service.coordinator.state()?;
@@ -113,7 +91,7 @@ fn write_checkpoint(
         run_config: toml::to_string(config).context("serialising the run config")?,
     };
     let path =
-        bitnet_framework::trainer::checkpoint_path(&config.run.dir.join("checkpoints"), version);
+        bitnet_runtime::trainer::checkpoint_path(&config.run.dir.join("checkpoints"), version);
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
@@ -132,8 +110,8 @@ pub fn worker_threads(config: &RunConfig) -> usize {
 }
 
 /// Trains `config` end to end on this machine.
-pub fn run(args: &ConfigArgs, mut config: RunConfig, registry: &Registry) -> anyhow::Result<()> {
-    prepare_data(&config, args)?;
+pub fn run(mut config: RunConfig, registry: &Registry) -> anyhow::Result<()> {
+    prepare_data(&config, registry)?;
     let corpus = open_corpus(&mut config, registry)?;
     let parameters = run::build_kernel(&config, registry)?.layout().total_params();
     eprintln!(
@@ -146,7 +124,7 @@ pub fn run(args: &ConfigArgs, mut config: RunConfig, registry: &Registry) -> any
     config.worker.exit_when_done = true;
     std::fs::create_dir_all(&config.run.dir)?;
     let stop = stop_flag()?;
-    let service = Service::start(&config, registry, corpus, true)?;
+    let service = CoordinatorService::start(&config, registry, corpus, true)?;
     let endpoint = service.server.endpoint();
     eprintln!(
         "coordinator on {endpoint} (weight version {}); starting {workers} local worker(s)",

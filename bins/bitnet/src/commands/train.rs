@@ -2,18 +2,18 @@
 
 use super::{ConfigArgs, registry_for};
 use anyhow::{Context, bail};
-use bitnet_framework::checkpoint::CheckpointFile;
-use bitnet_framework::config::{RunConfig, TrainMode};
-use bitnet_framework::data::BatchSource;
-use bitnet_framework::data::dir::{DataDir, Split};
-use bitnet_framework::data::loader::{LoaderOptions, PackedLoader};
-use bitnet_framework::data::shard::VocabHash;
 use bitnet_framework::model::ModelKernel;
 use bitnet_framework::optim::Optimizer;
 use bitnet_framework::registry::Registry;
-use bitnet_framework::run;
 use bitnet_framework::tokenizer::Tokenizer;
-use bitnet_framework::trainer::{
+use bitnet_runtime::checkpoint::CheckpointFile;
+use bitnet_runtime::config::{RunConfig, TrainMode};
+use bitnet_runtime::data::BatchSource;
+use bitnet_runtime::data::dir::{DataDir, Split};
+use bitnet_runtime::data::loader::{LoaderOptions, PackedLoader};
+use bitnet_runtime::data::shard::VocabHash;
+use bitnet_runtime::run;
+use bitnet_runtime::trainer::{
     StepMetrics, TokenFileSource, TrainObserver, TrainOptions, Trainer, latest_checkpoint,
 };
 use indicatif::{ProgressBar, ProgressStyle};

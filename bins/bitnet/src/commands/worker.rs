@@ -2,11 +2,11 @@
 
 use super::{ConfigArgs, registry_for};
 use anyhow::{Context, bail};
-use bitnet_framework::config::RunConfig;
-use bitnet_framework::coordinator::assemble::{build_transport, build_worker_parts};
 use bitnet_framework::registry::Registry;
 use bitnet_framework::transport::Credentials;
-use bitnet_framework::worker::{Worker, WorkerReport};
+use bitnet_runtime::config::RunConfig;
+use bitnet_runtime::run::assemble::{build_transport, build_worker_parts};
+use bitnet_runtime::worker::{Worker, WorkerReport};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -75,7 +75,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let registry = registry_for(&config)?;
     // The model's vocabulary is the tokenizer's, when the data dir is available here; otherwise
     // the config's (`--set model.vocab_size=N`). The coordinator refuses a mismatched layout.
-    if let Ok(tok) = super::data::load_tokenizer(&config, &registry) {
+    if let Ok(tok) = bitnet_runtime::run::service::load_tokenizer(&config, &registry) {
         config.model.vocab_size = tok.vocab_size();
     }
     let credentials = load_credentials(args.credentials.as_deref())?;

@@ -1,0 +1,101 @@
+//! `bitnet`: train BitNet b1.58 ternary language models on a fleet of CPU machines.
+//!
+//! The command line is a library so that a user's own crate can be its own `bitnet`, with
+//! plugins of its own linked in and no fork of this repository:
+//!
+//! ```ignore
+//! use my_plugin as _; // linking the crate registers its plugins
+//! fn main() -> std::process::ExitCode {
+//!     bitnet_cli::main()
+//! }
+//! ```
+//!
+//! `plugins/example-custom` is a compiled template of exactly that.
+
+pub mod commands;
+
+use clap::{Parser, Subcommand};
+
+/// Train BitNet b1.58 ternary language models on ordinary CPU machines.
+#[derive(Debug, Parser)]
+#[command(name = "bitnet", version, about, long_about = None, propagate_version = true)]
+struct Cli {
+    /// Log filter (tracing `EnvFilter` syntax), e.g. `info` or `bitnet=debug`.
+    #[arg(long, global = true, env = "BITNET_LOG", default_value = "info")]
+    log: String,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// List every registered plugin by slot.
+    Plugins(commands::plugins::Args),
+    /// Inspect run configurations.
+    #[command(subcommand)]
+    Config(commands::config::ConfigCommand),
+    /// Run a config: validate it (`--dry-run`) or train.
+    Run(commands::run::Args),
+    /// Serve a coordinator (queue, weights, auth) until Ctrl-C or SIGTERM.
+    Coordinator(commands::coordinator::Args),
+    /// Train for a coordinator until stopped.
+    Worker(commands::worker::Args),
+    /// Manage worker credentials (add, rotate, revoke, list).
+    #[command(subcommand)]
+    Keys(commands::keys::KeysCommand),
+    /// Add tasks covering the corpus (or a token budget) to a coordinator's queue.
+    SeedTasks(commands::seed_tasks::Args),
+    /// Train a model in this process (token shards or a plain token file).
+    Train(commands::train::Args),
+    /// Measure training throughput and peak memory.
+    #[command(subcommand)]
+    Bench(commands::bench::BenchCommand),
+    /// Write inference weights (packed ternary) from a training checkpoint.
+    Export(commands::export::Args),
+    /// Generate the synthetic TruckMate corpus.
+    GenerateCorpus(commands::data::GenerateArgs),
+    /// Train the config's tokenizer and write checksummed token shards.
+    TokenizeCorpus(commands::data::TokenizeArgs),
+    /// Loss, perplexity and intent/slot accuracy of a checkpoint on a held-out split.
+    Eval(commands::eval::Args),
+    /// Print the intent JSON the model decodes for an utterance.
+    Classify(commands::classify::Args),
+}
+
+/// Runs the `bitnet` command line: parses `std::env::args`, runs the command and returns the
+/// process exit code (errors are printed to stderr). Every built-in plugin is linked, plus any
+/// plugin crate the calling binary links.
+pub fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(&cli.log)
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match cli.command {
+        Command::Plugins(args) => commands::plugins::run(args),
+        Command::Config(cmd) => commands::config::run(cmd),
+        Command::Run(args) => commands::run::run(args),
+        Command::Coordinator(args) => commands::coordinator::run(args),
+        Command::Worker(args) => commands::worker::run(args),
+        Command::Keys(cmd) => commands::keys::run(cmd),
+        Command::SeedTasks(args) => commands::seed_tasks::run(args),
+        Command::Train(args) => commands::train::run(args),
+        Command::Bench(cmd) => commands::bench::run(cmd),
+        Command::Export(args) => commands::export::run(args),
+        Command::GenerateCorpus(args) => commands::data::generate(args),
+        Command::TokenizeCorpus(args) => commands::data::tokenize(args),
+        Command::Eval(args) => commands::eval::run(args),
+        Command::Classify(args) => commands::classify::run(args),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

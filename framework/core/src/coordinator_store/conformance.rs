@@ -1,0 +1,248 @@
+//! The conformance suite every [`CoordinatorStore`] runs in its tests:
+//! `run_store_suite(&|| Box::new(MyStore::open(...)))`. The factory returns a fresh, empty
+//! store each call.
+
+use super::{
+    ClaimRequest, Completion, CoordinatorStore, NewTask, SweepPolicy, TaskState, TaskTelemetry,
+    WorkerRecord, WorkerState,
+};
+use crate::protocol::{LogRecord, TaskRef};
+use std::collections::HashSet;
+use std::sync::Arc;
+
+/// A factory of fresh, empty stores.
+pub type StoreFactory<'a> = &'a dyn Fn() -> Box<dyn CoordinatorStore>;
+
+/// Runs every check; panics with a message naming the failed property.
+pub fn run_store_suite(make: StoreFactory<'_>) {
+    claims_split_and_lease(make());
+    split_claims_walk_the_queue_in_order(make());
+    concurrent_claims_are_distinct(Arc::from(make()));
+    completion_is_idempotent_per_lease(make());
+    sweep_expires_leases_and_fails_after_attempts(make());
+    recovery_returns_unsnapshotted_work(make());
+    workers_and_throughput(make());
+    clients_rotate_and_revoke(make());
+    telemetry_and_logs(make());
+}
+
+fn claim(store: &dyn CoordinatorStore, worker: &str, max: u64, now: u64) -> Option<TaskRef> {
+    let req = ClaimRequest {
+        worker: worker.into(),
+        now_ms: now,
+        max_tokens: max,
+        granularity: 10,
+        lease_ms: 1000,
+    };
+    store.claim(&req).expect("claim").map(|t| TaskRef { task_id: t.id, lease: t.attempts })
+}
+
+fn worker(id: &str, now: u64) -> WorkerRecord {
+    WorkerRecord {
+        id: id.into(),
+        state: WorkerState::Active,
+        threads: 1,
+        calibrated_tps: 100.0,
+        measured_tps: 0.0,
+        last_seen_ms: now,
+    }
+}
+
+fn claims_split_and_lease(store: Box<dyn CoordinatorStore>) {
+    let ids = store
+        .add_tasks(&[NewTask { shard: "s0".into(), offset: 0, tokens: 95 }])
+        .expect("add tasks");
+    assert_eq!(ids.len(), 1);
+    // 35 rounds down to 30: a whole number of granules; the rest stays pending.
+    let a = claim(&*store, "w1", 35, 0).expect("first claim");
+    let t = store.task(a.task_id).expect("task").expect("exists");
+    assert_eq!((t.offset, t.tokens, t.state), (0, 30, TaskState::Assigned), "split claim");
+    assert_eq!(t.worker.as_deref(), Some("w1"));
+    assert_eq!(t.lease_deadline_ms, 1000);
+    let b = claim(&*store, "w2", 1000, 0).expect("rest is claimable");
+    let t = store.task(b.task_id).expect("task").expect("exists");
+    assert_eq!((t.offset, t.tokens), (30, 65), "remainder keeps its offset");
+    assert_ne!(a.task_id, b.task_id, "the split head and the rest are different tasks");
+    assert!(claim(&*store, "w3", 1000, 0).is_none(), "empty queue");
+    let c = store.counts().expect("counts");
+    assert_eq!((c.pending, c.assigned, c.total_tokens), (0, 2, 95));
+    assert!(store.renew_lease(a, "w1", 5000).expect("renew"), "holder renews");
+    assert!(!store.renew_lease(a, "w2", 9000).expect("renew"), "another worker cannot");
+    assert_eq!(store.task(a.task_id).expect("t").expect("t").lease_deadline_ms, 5000);
+    assert!(store.release(a, "w1").expect("release"), "holder releases");
+    assert_eq!(store.task(a.task_id).expect("t").expect("t").state, TaskState::Pending);
+    let again = claim(&*store, "w2", 1000, 0).expect("released task is claimable");
+    assert_eq!((again.task_id, again.lease), (a.task_id, 2), "lease id is the attempt count");
+}
+
+/// Seeded like a run whose budget is one epoch and a bit of two shards: shard `a`, shard `b`,
+/// then `a` again. Split claims must take `a` to its end, then `b`, then the second epoch,
+/// never one slice of each in turn (which would train the second epoch's slices right next to
+/// their first pass).
+fn split_claims_walk_the_queue_in_order(store: Box<dyn CoordinatorStore>) {
+    store
+        .add_tasks(&[
+            NewTask { shard: "a".into(), offset: 0, tokens: 30 },
+            NewTask { shard: "b".into(), offset: 0, tokens: 20 },
+            NewTask { shard: "a".into(), offset: 0, tokens: 10 },
+        ])
+        .expect("add tasks");
+    let mut order = Vec::new();
+    let mut ids = std::collections::HashSet::new();
+    while let Some(r) = claim(&*store, "w", 10, 0) {
+        let t = store.task(r.task_id).expect("task").expect("exists");
+        assert!(ids.insert(t.id), "task id {} claimed twice", t.id);
+        order.push((t.shard, t.offset, t.tokens));
+        assert!(order.len() <= 6, "the queue holds six slices of 10");
+    }
+    let want = [("a", 0), ("a", 10), ("a", 20), ("b", 0), ("b", 10), ("a", 0)];
+    let want: Vec<(String, u64, u64)> = want.iter().map(|&(s, o)| (s.to_string(), o, 10)).collect();
+    assert_eq!(order, want, "claims follow the queue: each split's rest comes next");
+    let c = store.counts().expect("counts");
+    assert_eq!((c.pending, c.assigned, c.total_tokens), (0, 6, 60));
+}
+
+fn concurrent_claims_are_distinct(store: Arc<dyn CoordinatorStore>) {
+    let tasks: Vec<NewTask> =
+        (0..40).map(|i| NewTask { shard: "s".into(), offset: i * 10, tokens: 10 }).collect();
+    store.add_tasks(&tasks).expect("add");
+    let handles: Vec<_> = (0..4)
+        .map(|w| {
+            let store = Arc::clone(&store);
+            std::thread::spawn(move || {
+                let mut got = Vec::new();
+                while let Some(t) = claim(&*store, &format!("w{w}"), 10, 0) {
+                    got.push(t.task_id);
+                }
+                got
+            })
+        })
+        .collect();
+    let mut seen = HashSet::new();
+    for h in handles {
+        for id in h.join().expect("claimer thread") {
+            assert!(seen.insert(id), "task {id} claimed twice");
+        }
+    }
+    assert_eq!(seen.len(), 40, "every task claimed exactly once");
+}
+
+fn completion_is_idempotent_per_lease(store: Box<dyn CoordinatorStore>) {
+    store.add_tasks(&[NewTask { shard: "s".into(), offset: 0, tokens: 10 }]).expect("add");
+    let t = claim(&*store, "w1", 10, 0).expect("claim");
+    assert!(
+        matches!(store.complete(t, "w2", 1).expect("complete"), Completion::Refused(_)),
+        "another worker cannot complete"
+    );
+    let stale = TaskRef { task_id: t.task_id, lease: t.lease + 1 };
+    assert!(matches!(store.complete(stale, "w1", 1).expect("c"), Completion::Refused(_)));
+    assert_eq!(store.complete(t, "w1", 7).expect("complete"), Completion::Completed);
+    assert_eq!(
+        store.complete(t, "w1", 8).expect("retry"),
+        Completion::AlreadyDone { applied_version: 7 },
+        "a retried upload changes nothing"
+    );
+    let rec = store.task(t.task_id).expect("t").expect("t");
+    assert_eq!((rec.state, rec.applied_version), (TaskState::Done, 7));
+    assert!(!store.release(t, "w1").expect("release"), "done tasks are not released");
+    assert!(matches!(
+        store.complete(TaskRef { task_id: 999, lease: 1 }, "w1", 1).expect("c"),
+        Completion::Refused(_)
+    ));
+}
+
+fn sweep_expires_leases_and_fails_after_attempts(store: Box<dyn CoordinatorStore>) {
+    store.add_tasks(&[NewTask { shard: "s".into(), offset: 0, tokens: 10 }]).expect("add");
+    let policy =
+        SweepPolicy { worker_timeout_ms: 10_000, telemetry_retention_ms: 1_000, max_attempts: 2 };
+    let t = claim(&*store, "w1", 10, 0).expect("claim");
+    let r = store.sweep(500, &policy).expect("sweep");
+    assert_eq!(r.leases_expired, 0, "lease still valid at 500");
+    let r = store.sweep(1001, &policy).expect("sweep");
+    assert_eq!(r.leases_expired, 1);
+    assert_eq!(store.task(t.task_id).expect("t").expect("t").state, TaskState::Pending);
+    assert!(matches!(store.complete(t, "w1", 1).expect("c"), Completion::Refused(_)));
+    let t2 = claim(&*store, "w2", 10, 2000).expect("re-leased");
+    assert_eq!(t2.lease, 2);
+    let r = store.sweep(4000, &policy).expect("sweep");
+    assert_eq!(r.tasks_failed, 1, "second expiry at max_attempts = 2 fails the task");
+    assert_eq!(store.counts().expect("c").failed, 1);
+}
+
+fn recovery_returns_unsnapshotted_work(store: Box<dyn CoordinatorStore>) {
+    let tasks: Vec<NewTask> =
+        (0..4).map(|i| NewTask { shard: "s".into(), offset: i * 10, tokens: 10 }).collect();
+    store.add_tasks(&tasks).expect("add");
+    for v in 1..=3 {
+        let t = claim(&*store, "w", 10, 0).expect("claim");
+        assert_eq!(store.complete(t, "w", v).expect("c"), Completion::Completed);
+    }
+    claim(&*store, "w", 10, 0).expect("fourth is in flight");
+    let moved = store.reset_after_recovery(2).expect("reset");
+    assert_eq!(moved, 2, "the update of version 3 and the in-flight task return");
+    let c = store.counts().expect("counts");
+    assert_eq!((c.done, c.pending, c.assigned), (2, 2, 0));
+}
+
+fn workers_and_throughput(store: Box<dyn CoordinatorStore>) {
+    store.upsert_worker(&worker("a", 0)).expect("upsert");
+    store.upsert_worker(&worker("b", 0)).expect("upsert");
+    assert_eq!(store.worker("a").expect("w").expect("w").throughput(), 100.0, "calibrated");
+    store.record_throughput("a", 200.0).expect("tps");
+    assert_eq!(store.worker("a").expect("w").expect("w").throughput(), 200.0, "measured");
+    store.record_throughput("a", 100.0).expect("tps");
+    let tps = store.worker("a").expect("w").expect("w").measured_tps;
+    assert!(tps > 100.0 && tps < 200.0, "moving average, got {tps}");
+    store.upsert_worker(&worker("a", 0)).expect("re-register keeps the measurement");
+    assert!(store.worker("a").expect("w").expect("w").measured_tps > 100.0);
+    store.touch_worker("a", 50_000, false).expect("touch");
+    store.touch_worker("b", 1_000, true).expect("touch");
+    assert_eq!(store.worker("b").expect("w").expect("w").state, WorkerState::Draining);
+    let policy = SweepPolicy { worker_timeout_ms: 10_000, ..SweepPolicy::default() };
+    let r = store.sweep(20_000, &policy).expect("sweep");
+    assert_eq!(r.workers_gone, 1, "b was silent for 19 s");
+    let c = store.worker_counts().expect("counts");
+    assert_eq!((c.active, c.draining, c.gone), (1, 0, 1));
+    assert!(store.worker("zz").expect("w").is_none());
+}
+
+fn clients_rotate_and_revoke(store: Box<dyn CoordinatorStore>) {
+    let c = store.add_client("w1", "hash-1").expect("add");
+    assert_eq!((c.generation, c.revoked), (1, false));
+    assert!(store.add_client("w1", "x").is_err(), "duplicate id refused");
+    let c = store.rotate_client("w1", "hash-2").expect("rotate");
+    assert_eq!((c.generation, c.secret_hash.as_str()), (2, "hash-2"));
+    let c = store.revoke_client("w1").expect("revoke");
+    assert_eq!((c.generation, c.revoked), (3, true));
+    assert_eq!(store.client("w1").expect("c"), Some(c));
+    assert!(store.revoke_client("nobody").is_err());
+    store.add_client("w0", "h").expect("add");
+    let ids: Vec<String> = store.clients().expect("list").into_iter().map(|c| c.id).collect();
+    assert_eq!(ids, ["w0", "w1"], "sorted by id");
+}
+
+fn telemetry_and_logs(store: Box<dyn CoordinatorStore>) {
+    for i in 0..3u64 {
+        store
+            .record_telemetry(&TaskTelemetry {
+                task_id: i,
+                worker: "w".into(),
+                loss: 1.0 + i as f32,
+                tokens: 10,
+                tokens_per_sec: 5.0,
+                staleness: 0,
+                accepted: true,
+                version: i + 1,
+                ts_ms: i * 1000,
+            })
+            .expect("telemetry");
+    }
+    let recent = store.recent_telemetry(2).expect("recent");
+    assert_eq!(recent.iter().map(|r| r.task_id).collect::<Vec<_>>(), [2, 1], "newest first");
+    let policy = SweepPolicy { telemetry_retention_ms: 2500, ..SweepPolicy::default() };
+    let r = store.sweep(3000, &policy).expect("sweep");
+    assert_eq!(r.telemetry_pruned, 1, "only the row older than 2.5 s is pruned");
+    let rec = LogRecord { ts_ms: 1, level: "info".into(), message: "hello".into() };
+    store.append_logs("w", &[rec.clone(), rec]).expect("logs");
+    assert_eq!(store.log_count().expect("count"), 2);
+}

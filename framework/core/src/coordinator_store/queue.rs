@@ -1,0 +1,45 @@
+//! Queue rules every coordinator store applies the same way: how a claim splits a task, why a
+//! completion is refused, how throughput estimates move.
+
+use super::{TaskRecord, TaskState};
+use crate::protocol::TaskRef;
+
+/// Weight of a new throughput measurement in the moving average.
+pub const THROUGHPUT_EMA: f64 = 0.5;
+
+/// The size of the slice a claim takes: `max_tokens` rounded down to a multiple of
+/// `granularity`, at least one granule.
+pub fn slice_size(max_tokens: u64, granularity: u64) -> u64 {
+    let g = granularity.max(1);
+    (max_tokens / g).max(1) * g
+}
+
+/// Whether `task` (as stored in `t`) is currently leased to `worker` under that lease.
+pub fn is_held(t: &TaskRecord, task: TaskRef, worker: &str) -> bool {
+    t.state == TaskState::Assigned
+        && t.attempts == task.lease
+        && t.worker.as_deref() == Some(worker)
+}
+
+/// Why a completion of `task` by `worker` is refused, given the task as stored.
+pub fn refusal(t: &TaskRecord, task: TaskRef, worker: &str) -> String {
+    if t.worker.as_deref() != Some(worker) {
+        format!("task {} is not leased to `{worker}`", t.id)
+    } else if t.attempts != task.lease {
+        format!("lease {} of task {} is no longer current (now {})", task.lease, t.id, t.attempts)
+    } else {
+        format!("task {} is {}, not assigned", t.id, t.state.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slices_are_whole_granules() {
+        assert_eq!(slice_size(1000, 128), 896);
+        assert_eq!(slice_size(10, 128), 128, "at least one granule");
+        assert_eq!(slice_size(10, 0), 10, "granularity 0 means 1");
+    }
+}

@@ -1,0 +1,193 @@
+//! The coordinator core, independent of any transport: it owns the master weights and the
+//! optimizer, leases tasks sized to each worker's measured throughput, applies uploaded updates
+//! through the staleness policy, snapshots off the request path and recovers from the newest
+//! valid snapshot.
+//!
+//! Durable state is split in two: weights and optimizer state live in snapshots in the
+//! [`WeightStore`]; the queue, workers, keys and telemetry live in the [`CoordinatorStore`].
+//! A task's update counts only once it is in a snapshot: on restart, every task Done with a
+//! version newer than the snapshot goes back to Pending, so nothing is lost or applied twice.
+
+pub mod blob;
+pub mod corpus;
+pub mod memory;
+mod metrics;
+pub mod round;
+pub mod seed;
+
+mod api;
+mod recovery;
+mod rounds;
+mod scheduling;
+mod serving;
+mod settings;
+mod snapshots;
+
+pub use corpus::{Corpus, DirCorpus, MemoryCorpus};
+pub use recovery::Recovery;
+pub use scheduling::{TaskShape, schedule_steps};
+pub use settings::{CoordinatorSection, lossy_diloco};
+
+use rounds::rate;
+use settings::secs_to_ms;
+use snapshots::{SnapshotJob, prune_snapshots};
+
+use crate::config::{TrainMode, TrainSection};
+use bitnet_framework::codec::GradientCodec;
+use bitnet_framework::coordinator_store::{
+    ClaimRequest, Completion, CoordinatorStore, SweepPolicy, TaskTelemetry, WorkerRecord,
+    WorkerState,
+};
+use bitnet_framework::optim::{Optimizer, StepInfo};
+use bitnet_framework::protocol::{
+    ApiError, Blob, CoordinatorApi, Heartbeat, HeartbeatReply, LogRecord, Packing, Registered,
+    Registration, StatusReport, TaskRef, TaskSpec, UpdateUpload, UploadReceipt, now_ms,
+};
+use bitnet_framework::staleness::{StalenessDecision, StalenessPolicy};
+use bitnet_framework::store::{WeightStore, sha256_hex};
+use bitnet_framework::tensor::ParamLayout;
+use bitnet_framework::weights::WeightCodec;
+use metrics::Metrics;
+use round::{Entry, Round};
+use serde::{Deserialize, Serialize};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// Errors starting a coordinator.
+#[derive(Debug, thiserror::Error)]
+pub enum CoordinatorError {
+    /// A component failed.
+    #[error("{0}")]
+    Component(String),
+    /// The configuration is inconsistent.
+    #[error("invalid coordinator configuration: {0}")]
+    Config(String),
+}
+
+/// The components a coordinator is assembled from.
+pub struct CoordinatorParts {
+    /// Layout of the model's parameter arena.
+    pub layout: ParamLayout,
+    /// Parameters to start from when no snapshot exists.
+    pub initial_params: Vec<f32>,
+    /// The optimizer (DiLoCo: the outer optimizer).
+    pub optimizer: Box<dyn Optimizer>,
+    /// Staleness policy.
+    pub staleness: Box<dyn StalenessPolicy>,
+    /// Gradient codec (decoding only).
+    pub codec: Box<dyn GradientCodec>,
+    /// How weights are encoded for download.
+    pub weight_codec: Box<dyn WeightCodec>,
+    /// Where snapshots go.
+    pub snapshots: Arc<dyn WeightStore>,
+    /// Queue, workers, keys, telemetry.
+    pub store: Arc<dyn CoordinatorStore>,
+    /// The training corpus served to workers.
+    pub corpus: Arc<dyn Corpus>,
+}
+
+struct ModelState {
+    params: Vec<f32>,
+    optimizer: Box<dyn Optimizer>,
+    version: u64,
+    updates_since_snapshot: u64,
+    last_snapshot: Instant,
+    recent: VecDeque<(f32, u64, u64)>,
+    /// Updates waiting for their round's step.
+    round: Round,
+    /// Tokens in applied updates since the run began (drives the schedules).
+    tokens_applied: u64,
+}
+
+/// The coordinator. Share it as `Arc<Coordinator>`; it implements [`CoordinatorApi`].
+pub struct Coordinator {
+    settings: CoordinatorSection,
+    shape: TaskShape,
+    layout: ParamLayout,
+    fingerprint: String,
+    store: Arc<dyn CoordinatorStore>,
+    corpus: Arc<dyn Corpus>,
+    codec: Box<dyn GradientCodec>,
+    weight_codec: Box<dyn WeightCodec>,
+    staleness: Box<dyn StalenessPolicy>,
+    model: Mutex<ModelState>,
+    /// Signalled (with `model`) whenever a round closes.
+    round_closed: Condvar,
+    served: Mutex<VecDeque<Blob>>,
+    /// Held while a weight version is encoded, so each version is encoded once even when
+    /// many claims arrive together (encoding the medium preset takes tens of milliseconds).
+    encoding: Mutex<()>,
+    snapshot_tx: Mutex<Option<mpsc::Sender<SnapshotJob>>>,
+    snapshot_version: Arc<AtomicU64>,
+    snapshots: Arc<dyn WeightStore>,
+    snapshot_thread: Mutex<Option<JoinHandle<()>>>,
+    maintenance: Mutex<Option<JoinHandle<()>>>,
+    stopping: Arc<AtomicBool>,
+    metrics: Metrics,
+    recovery: Recovery,
+}
+
+/// Served weight versions kept for workers still downloading an older one.
+const SERVED_VERSIONS: usize = 4;
+/// Applied updates the status's loss and throughput average over.
+const RECENT_UPDATES: usize = 16;
+/// Longest a claim waits for the claiming worker's round to close before answering "no task"
+/// (the worker then polls again).
+const CLAIM_WAIT: Duration = Duration::from_secs(10);
+/// Largest log batch accepted in one call.
+pub const MAX_LOG_BATCH: usize = 10_000;
+
+fn lock<'a, T>(m: &'a Mutex<T>, what: &str) -> Result<MutexGuard<'a, T>, ApiError> {
+    m.lock().map_err(|_| ApiError::Internal(format!("{what} lock poisoned")))
+}
+
+impl Coordinator {
+    /// What recovery did at start-up.
+    pub fn recovery(&self) -> &Recovery {
+        &self.recovery
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn CoordinatorStore> {
+        &self.store
+    }
+
+    /// The corpus.
+    pub fn corpus(&self) -> &Arc<dyn Corpus> {
+        &self.corpus
+    }
+
+    /// Current weight version.
+    pub fn version(&self) -> u64 {
+        self.model.lock().map(|m| m.version).unwrap_or(0)
+    }
+
+    /// A copy of the current parameters and their version.
+    pub fn params(&self) -> Result<(u64, Vec<f32>), ApiError> {
+        let m = lock(&self.model, "model")?;
+        Ok((m.version, m.params.clone()))
+    }
+
+    /// The current version, parameters and optimizer state (for checkpoints).
+    pub fn state(
+        &self,
+    ) -> Result<(u64, Vec<f32>, bitnet_framework::optim::OptimizerState), ApiError> {
+        let m = lock(&self.model, "model")?;
+        Ok((m.version, m.params.clone(), m.optimizer.save_state()))
+    }
+
+    /// The parameter layout.
+    pub fn layout(&self) -> &ParamLayout {
+        &self.layout
+    }
+}
+
+impl Drop for Coordinator {
+    fn drop(&mut self) {
+        self.stopping.store(true, Ordering::SeqCst);
+    }
+}

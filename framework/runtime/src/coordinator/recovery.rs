@@ -1,0 +1,177 @@
+//! Starting a coordinator: recovery from the newest valid snapshot, then the snapshot and
+//! maintenance threads.
+
+use super::*;
+
+/// What recovery found at start-up.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Recovery {
+    /// Version resumed from (0 = fresh start).
+    pub version: u64,
+    /// Snapshots refused as corrupt or unreadable, with the reason.
+    pub skipped: Vec<(u64, String)>,
+    /// Tasks returned to Pending.
+    pub tasks_reset: u64,
+}
+
+impl Coordinator {
+    /// Recovers from the newest valid snapshot (or starts at version 0 and writes one), returns
+    /// lost work to the queue and starts the snapshot and maintenance threads.
+    pub fn start(
+        parts: CoordinatorParts,
+        settings: CoordinatorSection,
+        mut shape: TaskShape,
+    ) -> Result<Arc<Self>, CoordinatorError> {
+        let mut problems = settings.validate_for(&shape);
+        if shape.mode == TrainMode::Diloco && !parts.weight_codec.is_lossless() {
+            problems.push(lossy_diloco(parts.weight_codec.wire_id()));
+        }
+        if !problems.is_empty() {
+            return Err(CoordinatorError::Config(problems.join("; ")));
+        }
+        let CoordinatorParts {
+            layout,
+            initial_params,
+            mut optimizer,
+            staleness,
+            codec,
+            weight_codec,
+            snapshots,
+            store,
+            corpus,
+        } = parts;
+        shape.packing = corpus.packing();
+        let fingerprint = layout.fingerprint();
+        let n = layout.total_params();
+        if initial_params.len() != n {
+            return Err(CoordinatorError::Config(format!(
+                "initial parameters have {} values, the layout {n}",
+                initial_params.len()
+            )));
+        }
+        let comp = |e: &dyn std::fmt::Display| CoordinatorError::Component(e.to_string());
+        let mut skipped = Vec::new();
+        let mut resumed = None;
+        let mut versions = snapshots.list_versions().map_err(|e| comp(&e))?;
+        versions.sort_by_key(|m| std::cmp::Reverse(m.version));
+        for meta in versions {
+            let attempt = snapshots
+                .get_version(meta.version)
+                .map_err(|e| e.to_string())
+                .and_then(|b| blob::decode_snapshot(&b, &fingerprint, n).map_err(|e| e.to_string()))
+                .and_then(|s| {
+                    if s.version == meta.version {
+                        Ok(s)
+                    } else {
+                        Err(format!("holds version {}", s.version))
+                    }
+                });
+            match attempt {
+                Ok(snap) => match optimizer.load_state(snap.optimizer.clone()) {
+                    Ok(()) => {
+                        resumed = Some(snap);
+                        break;
+                    }
+                    Err(e) => skipped.push((meta.version, e.to_string())),
+                },
+                Err(reason) => {
+                    tracing::warn!(version = meta.version, %reason, "skipping unusable snapshot");
+                    skipped.push((meta.version, reason));
+                }
+            }
+        }
+        let (params, version, write_initial) = match resumed {
+            Some(s) => (s.params, s.version, false),
+            None => (initial_params, 0, true),
+        };
+        let tasks_reset = store.reset_after_recovery(version).map_err(|e| comp(&e))?;
+        // After the reset, the Done tasks are exactly the updates in the snapshot.
+        let tokens_applied = store.counts().map_err(|e| comp(&e))?.done_tokens;
+        if write_initial {
+            let blob = blob::encode_snapshot(0, &fingerprint, &params, &optimizer.save_state());
+            match snapshots.put_version(0, &blob) {
+                Ok(_) | Err(bitnet_framework::store::StoreError::Exists(_)) => {}
+                Err(e) => return Err(comp(&e)),
+            }
+        }
+        tracing::info!(version, tasks_reset, skipped = skipped.len(), "coordinator recovered");
+        let (tx, rx) = mpsc::channel::<SnapshotJob>();
+        let snapshot_version = Arc::new(AtomicU64::new(version));
+        let snapshot_thread = {
+            let snapshots = Arc::clone(&snapshots);
+            let done = Arc::clone(&snapshot_version);
+            let fp = fingerprint.clone();
+            let keep = settings.keep_snapshots;
+            std::thread::Builder::new()
+                .name("bitnet-snapshot".into())
+                .spawn(move || {
+                    for job in rx {
+                        let blob = blob::encode_snapshot(job.version, &fp, &job.params, &job.optimizer);
+                        match snapshots.put_version(job.version, &blob) {
+                            Ok(_) | Err(bitnet_framework::store::StoreError::Exists(_)) => {
+                                done.fetch_max(job.version, Ordering::SeqCst);
+                                tracing::debug!(version = job.version, "snapshot written");
+                                prune_snapshots(snapshots.as_ref(), keep);
+                            }
+                            Err(e) => tracing::error!(version = job.version, error = %e, "snapshot failed"),
+                        }
+                    }
+                })
+                .map_err(|e| comp(&e))?
+        };
+        let coordinator = Arc::new(Self {
+            settings,
+            shape,
+            layout,
+            fingerprint,
+            store,
+            corpus,
+            codec,
+            weight_codec,
+            staleness,
+            model: Mutex::new(ModelState {
+                params,
+                optimizer,
+                version,
+                updates_since_snapshot: 0,
+                last_snapshot: Instant::now(),
+                recent: VecDeque::new(),
+                round: Round::default(),
+                tokens_applied,
+            }),
+            round_closed: Condvar::new(),
+            served: Mutex::new(VecDeque::new()),
+            encoding: Mutex::new(()),
+            snapshot_tx: Mutex::new(Some(tx)),
+            snapshot_version,
+            snapshots,
+            snapshot_thread: Mutex::new(Some(snapshot_thread)),
+            maintenance: Mutex::new(None),
+            stopping: Arc::new(AtomicBool::new(false)),
+            metrics: Metrics::default(),
+            recovery: Recovery { version, skipped, tasks_reset },
+        });
+        let weak = Arc::downgrade(&coordinator);
+        let stopping = Arc::clone(&coordinator.stopping);
+        let every = Duration::from_secs_f64(coordinator.settings.sweep_every_secs);
+        let handle = std::thread::Builder::new()
+            .name("bitnet-maintenance".into())
+            .spawn(move || {
+                let tick = Duration::from_millis(50).min(every);
+                let mut last = Instant::now();
+                while !stopping.load(Ordering::SeqCst) {
+                    std::thread::sleep(tick);
+                    if last.elapsed() < every {
+                        continue;
+                    }
+                    last = Instant::now();
+                    let Some(c) = weak.upgrade() else { break };
+                    c.maintain();
+                }
+            })
+            .map_err(|e| comp(&e))?;
+        *coordinator.maintenance.lock().map_err(|_| comp(&"maintenance lock poisoned"))? =
+            Some(handle);
+        Ok(coordinator)
+    }
+}

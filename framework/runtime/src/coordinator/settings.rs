@@ -1,0 +1,154 @@
+//! The `[coordinator]` section of a run config, and its validation.
+
+use super::*;
+
+/// The `[coordinator]` section of a run config.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CoordinatorSection {
+    /// Target wall-clock seconds of one task on the worker that claims it.
+    pub task_seconds: f64,
+    /// Lease = headroom x the task's expected duration (at least `min_lease_secs`).
+    pub lease_headroom: f64,
+    /// Shortest lease, seconds.
+    pub min_lease_secs: f64,
+    /// Workers heartbeat this often while working, seconds.
+    pub heartbeat_secs: f64,
+    /// Snapshot after this many applied updates (0 = only by time).
+    pub snapshot_every_updates: u64,
+    /// Snapshot at least this often while updates arrive, seconds (0 = only by count).
+    pub snapshot_every_secs: f64,
+    /// Snapshots kept in the weight store: after each one is written, all but the newest
+    /// `keep_snapshots` are deleted (0 = keep all). More than one lets recovery fall back when
+    /// the newest turns out corrupt.
+    pub keep_snapshots: usize,
+    /// A worker silent this long is marked Gone, seconds.
+    pub worker_timeout_secs: f64,
+    /// A task whose lease expires this many times is Failed.
+    pub max_attempts: u64,
+    /// Largest accepted update upload, bytes.
+    pub max_upload_bytes: u64,
+    /// The maintenance thread (lease sweeper, timed snapshots) wakes this often, seconds.
+    pub sweep_every_secs: f64,
+    /// Telemetry older than this is pruned, seconds.
+    pub telemetry_retention_secs: f64,
+    /// Seeded tasks are at most this many tokens (claims split them further).
+    pub seed_chunk_tokens: u64,
+    /// async-sgd: a claimed task holds at most this many tokens, whatever `task_seconds` asks
+    /// for (0 = no cap). Each task is one optimizer step on the coordinator, so a cap of about
+    /// one single-process batch (`batch_size x seq_len` tokens) gives as many steps per token
+    /// as `bitnet train`; the default (600 s tasks) suits fleets where weight downloads and
+    /// uploads are expensive.
+    pub max_task_tokens: u64,
+    /// Average the updates computed on one weight version into a single optimizer step (a
+    /// synchronous round) instead of applying each on arrival. A round closes when every task
+    /// leased on its version has reported, been handed back or lost its lease, or
+    /// `round_wait_secs` after its first update. A worker whose update waits in the open round
+    /// waits in its next claim until the round closes, so while every worker is alive no update
+    /// is stale. false = fully asynchronous (each update is one step, stale by about the number
+    /// of other workers).
+    pub sync_rounds: bool,
+    /// Longest an open round waits for missing updates after its first one, seconds.
+    pub round_wait_secs: f64,
+    /// Example tokens per step of the learning-rate schedules of a run with a token budget
+    /// (the coordinator's optimizer in async-sgd, the workers' inner optimizer in diloco;
+    /// DiLoCo's outer optimizer counts weight versions): the schedule's step index is tokens
+    /// applied / this, and it spans `token_budget / this` steps, so warm-up and decay happen at the same point of the data however many workers
+    /// share a round. Set it to the example tokens of one single-process batch to give a
+    /// distributed run `bitnet train`'s schedule. 0 = `max_task_tokens` in async-sgd (one step
+    /// per capped task), `batch_size x seq_len` in diloco.
+    pub schedule_unit_tokens: u64,
+}
+
+impl Default for CoordinatorSection {
+    fn default() -> Self {
+        Self {
+            task_seconds: 600.0,
+            lease_headroom: 3.0,
+            min_lease_secs: 30.0,
+            heartbeat_secs: 10.0,
+            snapshot_every_updates: 50,
+            snapshot_every_secs: 300.0,
+            keep_snapshots: 3,
+            worker_timeout_secs: 120.0,
+            max_attempts: 5,
+            max_upload_bytes: 512 << 20,
+            sweep_every_secs: 2.0,
+            telemetry_retention_secs: 7.0 * 24.0 * 3600.0,
+            seed_chunk_tokens: 1 << 20,
+            max_task_tokens: 0,
+            sync_rounds: true,
+            round_wait_secs: 120.0,
+            schedule_unit_tokens: 0,
+        }
+    }
+}
+
+impl CoordinatorSection {
+    /// Every inconsistent value, described.
+    pub fn validate(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        for (k, v) in [
+            ("task_seconds", self.task_seconds),
+            ("lease_headroom", self.lease_headroom),
+            ("heartbeat_secs", self.heartbeat_secs),
+            ("sweep_every_secs", self.sweep_every_secs),
+        ] {
+            if !(v.is_finite() && v > 0.0) {
+                p.push(format!("coordinator.{k} must be positive, is {v}"));
+            }
+        }
+        if self.lease_headroom < 1.0 {
+            p.push("coordinator.lease_headroom must be at least 1".into());
+        }
+        if !(self.round_wait_secs.is_finite() && self.round_wait_secs >= 0.0) {
+            p.push(format!(
+                "coordinator.round_wait_secs must be zero or positive, is {}",
+                self.round_wait_secs
+            ));
+        }
+        if self.max_attempts == 0 {
+            p.push("coordinator.max_attempts must be positive".into());
+        }
+        if self.seed_chunk_tokens == 0 {
+            p.push("coordinator.seed_chunk_tokens must be positive".into());
+        }
+        p
+    }
+
+    /// Every problem with this section for a run of `shape`: [`Self::validate`], plus a task
+    /// cap that cannot hold one window.
+    pub fn validate_for(&self, shape: &TaskShape) -> Vec<String> {
+        let mut p = self.validate();
+        if shape.mode == TrainMode::AsyncSgd
+            && self.max_task_tokens > 0
+            && self.max_task_tokens < shape.seq_len as u64
+        {
+            p.push(format!(
+                "coordinator.max_task_tokens = {} is less than one window of seq_len {} tokens",
+                self.max_task_tokens, shape.seq_len
+            ));
+        }
+        p
+    }
+
+    pub(super) fn sweep_policy(&self) -> SweepPolicy {
+        SweepPolicy {
+            worker_timeout_ms: secs_to_ms(self.worker_timeout_secs),
+            telemetry_retention_ms: secs_to_ms(self.telemetry_retention_secs),
+            max_attempts: self.max_attempts,
+        }
+    }
+}
+
+/// The error for DiLoCo with a lossy weight download.
+pub fn lossy_diloco(codec: &str) -> String {
+    format!(
+        "weight_codec `{codec}` is lossy, but train.mode = \"diloco\" needs the exact fp32 \
+         weights (its inner steps update the latent weights): use weight_codec.type = \"fp32\""
+    )
+}
+
+pub(super) fn secs_to_ms(s: f64) -> u64 {
+    if s.is_finite() && s > 0.0 { (s * 1000.0) as u64 } else { 0 }
+}

@@ -1,0 +1,152 @@
+//! Starting a coordinator: its tokenizer and corpus, its queue, recovery from the newest
+//! snapshot, and its server. `bitnet coordinator`, `bitnet run` and the test harness all start
+//! one through [`CoordinatorService::start`].
+
+use super::assemble::{AssembleError, build_coordinator, build_store, build_transport};
+use crate::config::RunConfig;
+use crate::coordinator::{Coordinator, Corpus, DirCorpus, seed};
+use crate::data::DataError;
+use crate::data::dir::{DataDir, Split};
+use bitnet_framework::coordinator_store::{CoordinatorStore, StoreFailure};
+use bitnet_framework::protocol::{ApiError, CoordinatorApi, Packing};
+use bitnet_framework::registry::Registry;
+use bitnet_framework::tokenizer::{Tokenizer, TokenizerError};
+use bitnet_framework::transport::ServerHandle;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// Why a coordinator could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// A component failed to build.
+    #[error(transparent)]
+    Assemble(#[from] AssembleError),
+    /// The coordinator store failed.
+    #[error(transparent)]
+    Store(#[from] StoreFailure),
+    /// The data directory is missing something or unreadable.
+    #[error(transparent)]
+    Data(#[from] DataError),
+    /// The tokenizer file could not be loaded.
+    #[error("loading {path}: {source}; run `bitnet tokenize-corpus` first")]
+    Tokenizer {
+        /// The tokenizer file.
+        path: PathBuf,
+        /// Cause.
+        source: TokenizerError,
+    },
+    /// No train shards to serve.
+    #[error("no train shards under {0}: run `bitnet tokenize-corpus` first")]
+    NoShards(PathBuf),
+    /// The shards are unreadable.
+    #[error("opening the train shards: {0}")]
+    Corpus(String),
+    /// The transport could not start serving.
+    #[error("starting the transport: {0}")]
+    Transport(ApiError),
+}
+
+/// Builds the config's tokenizer, untrained.
+pub fn build_tokenizer(
+    config: &RunConfig,
+    registry: &Registry,
+) -> Result<Box<dyn Tokenizer>, AssembleError> {
+    registry
+        .build::<dyn Tokenizer>(
+            &config.tokenizer.kind,
+            &config.tokenizer.options,
+            &super::build_context(config),
+        )
+        .map_err(|source| AssembleError::Build { key: "tokenizer", source })
+}
+
+/// Builds the config's tokenizer and loads it from the data directory.
+pub fn load_tokenizer(
+    config: &RunConfig,
+    registry: &Registry,
+) -> Result<Box<dyn Tokenizer>, ServiceError> {
+    let mut tok = build_tokenizer(config, registry)?;
+    let path = DataDir::new(config.data.dir.clone()).tokenizer_file(&config.tokenizer.kind);
+    tok.load(&path).map_err(|source| ServiceError::Tokenizer { path, source })?;
+    Ok(tok)
+}
+
+/// The train shards of the config's tokenizer, packed the way `bitnet train` packs them. Sets
+/// the model's vocabulary size to the tokenizer's.
+pub fn open_corpus(
+    config: &mut RunConfig,
+    registry: &Registry,
+) -> Result<Arc<DirCorpus>, ServiceError> {
+    let tokenizer = load_tokenizer(config, registry)?;
+    config.model.vocab_size = tokenizer.vocab_size();
+    let dir = DataDir::new(config.data.dir.clone());
+    let paths = dir.shard_paths(&config.tokenizer.kind, Split::Train)?;
+    if paths.is_empty() {
+        return Err(ServiceError::NoShards(dir.root().to_path_buf()));
+    }
+    // Tokenized shards hold [BOS]-delimited examples: workers pack them like `bitnet train`.
+    let specials = tokenizer.special_tokens();
+    let corpus = DirCorpus::open(&paths)
+        .map_err(ServiceError::Corpus)?
+        .with_packing(Packing { bos: specials.bos, pad: specials.pad });
+    Ok(Arc::new(corpus))
+}
+
+/// Seeds the queue with tasks covering `budget` tokens of `corpus` (0 = one epoch) in chunks of
+/// `chunk` tokens, when it holds no task yet. Returns the tasks added.
+pub fn seed_if_empty(
+    store: &dyn CoordinatorStore,
+    corpus: &dyn Corpus,
+    budget: u64,
+    chunk: u64,
+) -> Result<usize, StoreFailure> {
+    if store.counts()?.total_tokens > 0 {
+        return Ok(0);
+    }
+    let tasks = seed::plan_tasks(&corpus.shards(), budget, chunk);
+    store.add_tasks(&tasks)?;
+    Ok(tasks.len())
+}
+
+/// A started coordinator and its server.
+pub struct CoordinatorService {
+    /// The coordinator.
+    pub coordinator: Arc<Coordinator>,
+    /// The server; dropping it stops serving.
+    pub server: Box<dyn ServerHandle>,
+}
+
+impl CoordinatorService {
+    /// Assembles the coordinator of `config` (whose vocabulary size is already resolved),
+    /// seeds its queue to the token budget when `seed` and the queue is empty, recovers it from
+    /// the newest snapshot and serves it over the config's transport.
+    pub fn start(
+        config: &RunConfig,
+        registry: &Registry,
+        corpus: Arc<dyn Corpus>,
+        seed: bool,
+    ) -> Result<Self, ServiceError> {
+        let store = build_store(config, registry)?;
+        if seed {
+            let (budget, chunk) = (config.train.token_budget, config.coordinator.seed_chunk_tokens);
+            let n = seed_if_empty(store.as_ref(), corpus.as_ref(), budget, chunk)?;
+            if n > 0 {
+                tracing::info!(tasks = n, "seeded the queue");
+            }
+        }
+        let coordinator = build_coordinator(config, registry, Arc::clone(&store), corpus)?;
+        let r = coordinator.recovery();
+        tracing::info!(version = r.version, reset = r.tasks_reset, "recovered");
+        let api: Arc<dyn CoordinatorApi> = Arc::clone(&coordinator) as Arc<dyn CoordinatorApi>;
+        let server = build_transport(config, registry)?
+            .serve(crate::auth::serve_context(api, store))
+            .map_err(ServiceError::Transport)?;
+        Ok(Self { coordinator, server })
+    }
+
+    /// Stops serving, then snapshots and stops the coordinator.
+    pub fn stop(self) {
+        self.server.shutdown();
+        self.coordinator.shutdown();
+    }
+}

@@ -1,0 +1,779 @@
+//! The worker loop: calibrate by timing real training steps, register, then claim tasks,
+//! download and verify weights and shards (cached by version and hash), compute the update
+//! (async-sgd: the gradient over the task's tokens; diloco: H inner steps and the
+//! pseudo-gradient `theta_start - theta_end`), encode it with the codec and upload it, with
+//! heartbeats, log shipping, retries with backoff, and a stop flag (SIGTERM) that hands the
+//! current task back.
+//!
+//! A task's slice is packed into windows like the single-process loader packs its shards (see
+//! [`batches`]): the worker trains every example whose `[BOS]` lies in the slice, shuffled
+//! from `(train.seed, task id)`.
+//!
+//! DiLoCo's inner optimizer keeps its state (AdamW moments and step count) across the tasks a
+//! worker runs, as in the DiLoCo paper, so a worker's second round does not start from cold
+//! moments; its learning-rate schedule is indexed by the run's step ([`TaskSpec::schedule_step`]
+//! = tokens applied / the run's schedule unit, plus the step within the task; see
+//! `coordinator.schedule_unit_tokens`), so warm-up happens once per run and the decay ends with
+//! the token budget, however many workers share the run.
+
+pub mod batches;
+
+pub use batches::{PackedTask, TaskBatches, Windows, task_examples, windows};
+
+use crate::config::TrainMode;
+use crate::coordinator::corpus::decode_shard_tokens;
+use bitnet_framework::codec::GradientCodec;
+use bitnet_framework::model::{ModelKernel, TokenBatch};
+use bitnet_framework::optim::{Optimizer, StepInfo};
+use bitnet_framework::protocol::{
+    ApiError, CoordinatorClient, Heartbeat, LogRecord, Registration, TaskRef, TaskSpec,
+    UpdateUpload, now_ms,
+};
+use bitnet_framework::store::sha256_hex;
+use bitnet_framework::weights::WeightCodec;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+/// The `[worker]` section of a run config.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkerSection {
+    /// Timed training steps at start-up (after one warm-up step).
+    pub calibration_steps: usize,
+    /// Ship logs once this many records are buffered (and after every task).
+    pub log_batch: usize,
+    /// Wait this long before asking again when the queue is empty, ms.
+    pub idle_poll_ms: u64,
+    /// Exit once the queue is finished (no Pending or Assigned tasks).
+    pub exit_when_done: bool,
+    /// Retries of a failed request before giving up.
+    pub max_retries: u32,
+    /// First backoff, ms (doubles each retry, capped at 5 s).
+    pub retry_base_ms: u64,
+    /// Directory caching downloaded shards by hash; none = memory only.
+    pub cache_dir: Option<PathBuf>,
+}
+
+impl Default for WorkerSection {
+    fn default() -> Self {
+        Self {
+            calibration_steps: 3,
+            log_batch: 100,
+            idle_poll_ms: 1000,
+            exit_when_done: false,
+            max_retries: 8,
+            retry_base_ms: 200,
+            cache_dir: None,
+        }
+    }
+}
+
+/// Errors that stop a worker.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// The coordinator refused or could not be reached after retries.
+    #[error("coordinator: {0}")]
+    Api(#[from] ApiError),
+    /// The model kernel failed.
+    #[error("model kernel: {0}")]
+    Kernel(String),
+    /// A download did not verify, or a blob did not decode.
+    #[error("invalid download: {0}")]
+    Download(String),
+    /// The codec or optimizer failed.
+    #[error("{0}")]
+    Update(String),
+}
+
+/// The components a worker is assembled from.
+pub struct WorkerParts {
+    /// Authenticated client.
+    pub client: Box<dyn CoordinatorClient>,
+    /// Model kernel.
+    pub kernel: Box<dyn ModelKernel>,
+    /// Gradient codec (one instance per worker: it may carry an error-feedback residual).
+    pub codec: Box<dyn GradientCodec>,
+    /// Decodes weight downloads (the run's weight codec).
+    pub weight_codec: Box<dyn WeightCodec>,
+    /// DiLoCo's inner optimizer (its state persists across tasks); unused in async-sgd.
+    pub inner_optimizer: Option<Box<dyn Optimizer>>,
+}
+
+/// What a worker did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct WorkerReport {
+    /// Tokens/s measured by calibration.
+    pub calibrated_tps: f64,
+    /// Tasks whose update was accepted.
+    pub tasks_accepted: u64,
+    /// Tasks whose update was rejected (stale) or refused.
+    pub tasks_rejected: u64,
+    /// Tasks handed back or abandoned (lease lost).
+    pub tasks_abandoned: u64,
+    /// Tokens trained in accepted tasks.
+    pub tokens: u64,
+    /// Loss of the last task.
+    pub last_loss: Option<f32>,
+    /// DiLoCo inner optimizer steps taken (the inner optimizer's state spans them all).
+    pub inner_steps: u64,
+    /// Where the time of accepted tasks went, summed over them.
+    pub timing: TaskTiming,
+}
+
+/// Wall-clock seconds spent in each phase of a task, summed over tasks. Everything but
+/// `compute` is the per-task overhead of distribution.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct TaskTiming {
+    /// `GET /work` (the claim, including the coordinator encoding a new weight version).
+    pub claim: f64,
+    /// Weight download, checksum and decode (zero when the version was cached).
+    pub weights: f64,
+    /// Shard download and decode (zero when cached), and packing the slice.
+    pub data: f64,
+    /// Forward and backward passes (and DiLoCo's inner optimizer steps).
+    pub compute: f64,
+    /// Encoding the update with the gradient codec.
+    pub encode: f64,
+    /// `POST /gradient`: upload, and the coordinator's decode and optimizer step.
+    pub upload: f64,
+}
+
+impl TaskTiming {
+    /// Everything but compute.
+    pub fn overhead(&self) -> f64 {
+        self.claim + self.weights + self.data + self.encode + self.upload
+    }
+
+    /// Adds `o`'s times to these.
+    pub fn add(&mut self, o: &TaskTiming) {
+        self.claim += o.claim;
+        self.weights += o.weights;
+        self.data += o.data;
+        self.compute += o.compute;
+        self.encode += o.encode;
+        self.upload += o.upload;
+    }
+}
+
+/// A worker. Build with [`Worker::new`], then [`Worker::run`].
+pub struct Worker {
+    parts: WorkerParts,
+    settings: WorkerSection,
+    stop: Arc<AtomicBool>,
+    threads: usize,
+    seed: u64,
+    weights: Option<CachedWeights>,
+    shards: HashMap<String, Arc<Vec<u32>>>,
+    logs: Vec<LogRecord>,
+    /// Gradient arena, reused across tasks (sized to the layout on first use).
+    grads: Vec<f32>,
+    /// async-sgd's f64 accumulator of the task's gradient, reused across tasks.
+    acc: Vec<f64>,
+    report: WorkerReport,
+    heartbeat_every: Duration,
+}
+
+/// The weights a worker last downloaded, kept while tasks keep naming their version.
+struct CachedWeights {
+    version: u64,
+    sha256: String,
+    params: Vec<f32>,
+}
+
+/// A claimed task with what its compute needs: the weight version it starts from (held in the
+/// worker's cache) and its shard.
+struct PreparedTask {
+    spec: TaskSpec,
+    task: TaskRef,
+    /// The weight version the update is computed on.
+    base_version: u64,
+    /// The task's shard, whole (the task is a slice of it).
+    tokens: Arc<Vec<u32>>,
+}
+
+/// What a task's compute produced.
+struct ComputedUpdate {
+    /// The gradient (async-sgd) or pseudo-gradient (diloco).
+    update: Vec<f32>,
+    /// Mean training loss over the task.
+    loss: f32,
+}
+
+/// Why a task ended early.
+enum Interrupted {
+    Stop,
+    LeaseLost,
+}
+
+impl Worker {
+    /// A worker over `parts`; setting `stop` makes it hand back its task and return.
+    pub fn new(
+        parts: WorkerParts,
+        settings: WorkerSection,
+        threads: usize,
+        seed: u64,
+        stop: Arc<AtomicBool>,
+    ) -> Self {
+        Self {
+            parts,
+            settings,
+            stop,
+            threads,
+            seed,
+            weights: None,
+            shards: HashMap::new(),
+            logs: Vec::new(),
+            grads: Vec::new(),
+            acc: Vec::new(),
+            report: WorkerReport::default(),
+            heartbeat_every: Duration::from_secs(10),
+        }
+    }
+
+    /// What the worker has done so far.
+    pub fn report(&self) -> &WorkerReport {
+        &self.report
+    }
+
+    fn log(&mut self, level: &str, message: String) {
+        match level {
+            "error" => tracing::error!(worker = self.parts.client.worker_id(), "{message}"),
+            "warn" => tracing::warn!(worker = self.parts.client.worker_id(), "{message}"),
+            _ => tracing::info!(worker = self.parts.client.worker_id(), "{message}"),
+        }
+        self.logs.push(LogRecord { ts_ms: now_ms(), level: level.into(), message });
+    }
+
+    fn flush_logs(&mut self) {
+        if self.logs.is_empty() {
+            return;
+        }
+        let batch = std::mem::take(&mut self.logs);
+        if let Err(e) = self.retry(|c| c.logs(batch.clone())) {
+            tracing::warn!(error = %e, "could not ship logs");
+        }
+    }
+
+    fn stopped(&self) -> bool {
+        self.stop.load(Ordering::SeqCst)
+    }
+
+    /// Sleeps up to `d`, waking early when stopped.
+    fn nap(&self, d: Duration) {
+        let until = Instant::now() + d;
+        while !self.stopped() && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(20).min(d));
+        }
+    }
+
+    /// Calls `f` until it succeeds, retrying retryable errors with exponential backoff.
+    fn retry<T>(
+        &mut self,
+        mut f: impl FnMut(&mut dyn CoordinatorClient) -> Result<T, ApiError>,
+    ) -> Result<T, ApiError> {
+        let mut attempt = 0;
+        loop {
+            match f(&mut *self.parts.client) {
+                Ok(v) => return Ok(v),
+                Err(e) if e.is_retryable() && attempt < self.settings.max_retries => {
+                    let backoff = self.settings.retry_base_ms.saturating_mul(1 << attempt.min(16));
+                    let backoff = Duration::from_millis(backoff.min(5000));
+                    tracing::warn!(error = %e, attempt, ?backoff, "request failed; retrying");
+                    attempt += 1;
+                    self.nap(backoff);
+                    if self.stopped() {
+                        return Err(e);
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Times `steps` real forward and backward passes of the model on random tokens (after
+    /// one warm-up step) and returns training tokens per second.
+    pub fn calibrate(&mut self, batch: usize, seq_len: usize) -> Result<f64, WorkerError> {
+        let kernel = &mut self.parts.kernel;
+        let n = kernel.layout().total_params();
+        let vocab = kernel.config().vocab_size.max(1) as u64;
+        let mut params = vec![0.0f32; n];
+        kernel
+            .init_params(self.seed, &mut params)
+            .map_err(|e| WorkerError::Kernel(e.to_string()))?;
+        let mut grads = vec![0.0f32; n];
+        let mut state = self.seed | 1;
+        let mut next = || {
+            // xorshift64: any tokens will do, the cost does not depend on their values.
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % vocab) as u32
+        };
+        let inputs: Vec<u32> = (0..batch * seq_len).map(|_| next()).collect();
+        let targets: Vec<u32> = (0..batch * seq_len).map(|_| next()).collect();
+        let tb = TokenBatch { inputs: &inputs, targets: &targets, batch, seq_len };
+        let steps = self.settings.calibration_steps.max(1);
+        let mut timed = Duration::ZERO;
+        for i in 0..=steps {
+            let t = Instant::now();
+            kernel
+                .forward_backward(&params, &tb, &mut grads)
+                .map_err(|e| WorkerError::Kernel(e.to_string()))?;
+            if i > 0 {
+                timed += t.elapsed();
+            }
+        }
+        let tps = (steps * batch * seq_len) as f64 / timed.as_secs_f64().max(1e-9);
+        self.report.calibrated_tps = tps;
+        Ok(tps)
+    }
+
+    /// Calibrates, registers and works until the stop flag is set (or, with
+    /// `exit_when_done`, until the queue is finished).
+    pub fn run(&mut self, batch: usize, seq_len: usize) -> Result<WorkerReport, WorkerError> {
+        let tps = self.calibrate(batch, seq_len)?;
+        let registration = Registration {
+            threads: self.threads,
+            tokens_per_sec: tps,
+            framework_version: env!("CARGO_PKG_VERSION").into(),
+            layout_fingerprint: self.parts.kernel.layout().fingerprint(),
+        };
+        let registered = self.retry(|c| c.register(registration.clone()))?;
+        self.heartbeat_every = Duration::from_millis(registered.heartbeat_ms.max(100));
+        self.log(
+            "info",
+            format!("registered: calibrated {tps:.0} tokens/s, mode {:?}", registered.mode),
+        );
+        let result = self.work_loop();
+        self.flush_logs();
+        let draining =
+            Heartbeat { task: None, progress_tokens: 0, hand_back: false, draining: true };
+        if let Err(e) = self.parts.client.heartbeat(draining) {
+            tracing::debug!(error = %e, "final heartbeat failed");
+        }
+        result.map(|()| self.report.clone())
+    }
+
+    fn work_loop(&mut self) -> Result<(), WorkerError> {
+        while !self.stopped() {
+            let t = Instant::now();
+            match self.retry(|c| c.claim())? {
+                Some(task) => self.run_task(task, t.elapsed().as_secs_f64())?,
+                None => {
+                    if self.settings.exit_when_done {
+                        let status = self.retry(|c| c.status())?;
+                        if status.tasks.finished() {
+                            self.log("info", "queue finished; exiting".into());
+                            return Ok(());
+                        }
+                    }
+                    self.flush_logs();
+                    self.nap(Duration::from_millis(self.settings.idle_poll_ms));
+                }
+            }
+            if self.logs.len() >= self.settings.log_batch {
+                self.flush_logs();
+            }
+        }
+        Ok(())
+    }
+
+    /// Weights of `version` (verified against `sha`), from cache or downloaded; falls back to
+    /// the newest version when that one is no longer served.
+    fn fetch_weights(&mut self, version: u64, sha: &str) -> Result<u64, WorkerError> {
+        if let Some(cached) = &self.weights
+            && cached.version == version
+            && cached.sha256 == sha
+        {
+            return Ok(version);
+        }
+        let blob = match self.retry(|c| c.weights(version)) {
+            Ok(b) => b,
+            Err(ApiError::NotFound(_)) => self.retry(|c| c.weights(u64::MAX))?,
+            Err(e) => return Err(e.into()),
+        };
+        let found = sha256_hex(&blob.bytes);
+        if found != blob.sha256 || (blob.version == version && found != sha) {
+            return Err(WorkerError::Download(format!(
+                "weights version {} failed verification: sha256 {found}",
+                blob.version
+            )));
+        }
+        let weights = self
+            .parts
+            .weight_codec
+            .decode(self.parts.kernel.layout(), &blob.bytes)
+            .map_err(|e| WorkerError::Download(e.to_string()))?;
+        if weights.version != blob.version {
+            return Err(WorkerError::Download(format!(
+                "blob served as version {} holds version {}",
+                blob.version, weights.version
+            )));
+        }
+        self.weights =
+            Some(CachedWeights { version: weights.version, sha256: found, params: weights.params });
+        Ok(weights.version)
+    }
+
+    fn shard_path(&self, sha: &str) -> Option<PathBuf> {
+        self.settings.cache_dir.as_ref().map(|d| d.join("shards").join(format!("{sha}.bin")))
+    }
+
+    fn fetch_shard(&mut self, name: &str, sha: &str) -> Result<Arc<Vec<u32>>, WorkerError> {
+        if let Some(t) = self.shards.get(sha) {
+            return Ok(Arc::clone(t));
+        }
+        let cached = self.shard_path(sha).and_then(|p| std::fs::read(p).ok());
+        let bytes = match cached.filter(|b| sha256_hex(b) == sha) {
+            Some(b) => b,
+            None => {
+                let blob = self.retry(|c| c.corpus(name))?;
+                let found = sha256_hex(&blob.bytes);
+                if found != sha {
+                    return Err(WorkerError::Download(format!(
+                        "shard `{name}` failed verification: sha256 {found}, expected {sha}"
+                    )));
+                }
+                let bytes = blob.bytes.as_ref().clone();
+                if let Some(p) = self.shard_path(sha) {
+                    let tmp = p.with_extension("tmp");
+                    let written = p
+                        .parent()
+                        .map(std::fs::create_dir_all)
+                        .transpose()
+                        .and_then(|_| std::fs::write(&tmp, &bytes))
+                        .and_then(|_| std::fs::rename(&tmp, &p));
+                    if let Err(e) = written {
+                        tracing::warn!(error = %e, "could not cache shard");
+                    }
+                }
+                bytes
+            }
+        };
+        let tokens = Arc::new(decode_shard_tokens(&bytes).map_err(WorkerError::Download)?);
+        // Keep a handful of shards; a worker usually walks them in order.
+        if self.shards.len() >= 4 {
+            self.shards.clear();
+        }
+        self.shards.insert(sha.to_string(), Arc::clone(&tokens));
+        Ok(tokens)
+    }
+
+    fn heartbeat(
+        &mut self,
+        task: TaskRef,
+        progress: u64,
+        hand_back: bool,
+    ) -> Result<bool, WorkerError> {
+        let hb =
+            Heartbeat { task: Some(task), progress_tokens: progress, hand_back, draining: false };
+        Ok(self.retry(|c| c.heartbeat(hb.clone()))?.lease_valid)
+    }
+
+    /// One task: prepare (weights and batches), compute, submit.
+    fn run_task(&mut self, task: TaskSpec, claim_secs: f64) -> Result<(), WorkerError> {
+        let started = Instant::now();
+        let mut timing = TaskTiming { claim: claim_secs, ..TaskTiming::default() };
+        let prepared = self.prepare(task, &mut timing)?;
+        let phase = Instant::now();
+        let batches = self.batches(&prepared);
+        timing.data += phase.elapsed().as_secs_f64();
+        let phase = Instant::now();
+        let computed = self.compute(&prepared, batches);
+        timing.compute = phase.elapsed().as_secs_f64();
+        let computed = match computed? {
+            Ok(c) => c,
+            Err(Interrupted::Stop) => {
+                self.heartbeat(prepared.task, 0, true)?;
+                self.report.tasks_abandoned += 1;
+                self.log("info", format!("stopping: handed task {} back", prepared.task.task_id));
+                return Ok(());
+            }
+            Err(Interrupted::LeaseLost) => {
+                self.report.tasks_abandoned += 1;
+                let id = prepared.task.task_id;
+                self.log("warn", format!("lease on task {id} lost; abandoned"));
+                return Ok(());
+            }
+        };
+        self.submit(&prepared, computed, &mut timing, started)?;
+        self.flush_logs();
+        Ok(())
+    }
+
+    /// Downloads (or reuses) the task's weights and shard.
+    fn prepare(
+        &mut self,
+        task: TaskSpec,
+        timing: &mut TaskTiming,
+    ) -> Result<PreparedTask, WorkerError> {
+        let phase = Instant::now();
+        let task_ref = TaskRef { task_id: task.task_id, lease: task.lease };
+        let base_version = self.fetch_weights(task.weights_version, &task.weights_sha256)?;
+        timing.weights = phase.elapsed().as_secs_f64();
+        let phase = Instant::now();
+        let tokens = self.fetch_shard(&task.shard, &task.shard_sha256)?;
+        timing.data = phase.elapsed().as_secs_f64();
+        Ok(PreparedTask { spec: task, task: task_ref, base_version, tokens })
+    }
+
+    /// Cuts the task's slice of its shard into batches: packed examples, or plain windows.
+    fn batches<'a>(&mut self, prepared: &'a PreparedTask) -> TaskBatches<'a> {
+        let (task, tokens) = (&prepared.spec, prepared.tokens.as_slice());
+        let start = usize::try_from(task.offset).unwrap_or(usize::MAX).min(tokens.len());
+        let end = usize::try_from(task.offset.saturating_add(task.tokens))
+            .unwrap_or(usize::MAX)
+            .min(tokens.len());
+        match task.packing {
+            Some(packing) => {
+                let packed = PackedTask::new(
+                    tokens,
+                    start,
+                    end,
+                    packing,
+                    task.seq_len,
+                    task.batch_size,
+                    (self.seed, task.task_id),
+                );
+                if packed.skipped() > 0 {
+                    self.log(
+                        "warn",
+                        format!(
+                            "task {}: {} example(s) longer than seq_len {} skipped",
+                            task.task_id,
+                            packed.skipped(),
+                            task.seq_len
+                        ),
+                    );
+                }
+                match task.mode {
+                    TrainMode::AsyncSgd => TaskBatches::Packed(packed),
+                    // H inner steps: the coordinator cut H * batch * seq_len example tokens
+                    // (fewer for the shard's last slice, which gets proportionally fewer steps).
+                    TrainMode::Diloco => {
+                        let per_step = (task.batch_size * task.seq_len).max(1) as u64;
+                        let steps = task.tokens.div_ceil(per_step).max(1);
+                        TaskBatches::Packed(packed.in_steps(steps as usize))
+                    }
+                }
+            }
+            // One token past the slice gives its last window a target.
+            None => TaskBatches::Plain(windows(
+                &tokens[start..(end + 1).min(tokens.len())],
+                task.seq_len,
+                task.batch_size,
+            )),
+        }
+    }
+
+    /// Trains on the task's batches: a gradient (async-sgd) or pseudo-gradient (diloco).
+    fn compute(
+        &mut self,
+        prepared: &PreparedTask,
+        batches: TaskBatches<'_>,
+    ) -> Result<Result<ComputedUpdate, Interrupted>, WorkerError> {
+        let result = match prepared.spec.mode {
+            TrainMode::AsyncSgd => self.gradient(prepared.task, batches),
+            TrainMode::Diloco => self.pseudo_gradient(&prepared.spec, prepared.task, batches),
+        };
+        Ok(result?.map(|(update, loss)| ComputedUpdate { update, loss }))
+    }
+
+    /// Encodes and uploads the update, and records what the coordinator answered.
+    fn submit(
+        &mut self,
+        prepared: &PreparedTask,
+        computed: ComputedUpdate,
+        timing: &mut TaskTiming,
+        started: Instant,
+    ) -> Result<(), WorkerError> {
+        let task = &prepared.spec;
+        let loss = computed.loss;
+        let phase = Instant::now();
+        let payload = self
+            .parts
+            .codec
+            .encode(self.parts.kernel.layout(), &computed.update)
+            .map_err(|e| WorkerError::Update(format!("encoding the update: {e}")))?;
+        timing.encode = phase.elapsed().as_secs_f64();
+        let seconds = started.elapsed().as_secs_f64();
+        let upload = UpdateUpload {
+            task: prepared.task,
+            base_version: prepared.base_version,
+            loss,
+            tokens: task.tokens,
+            seconds,
+            payload,
+        };
+        let phase = Instant::now();
+        let uploaded = self.retry(|c| c.upload(upload.clone()));
+        timing.upload = phase.elapsed().as_secs_f64();
+        match uploaded {
+            Ok(r) if r.accepted => {
+                self.report.tasks_accepted += 1;
+                self.report.timing.add(timing);
+                self.report.tokens += task.tokens;
+                self.report.last_loss = Some(loss);
+                self.log(
+                    "info",
+                    format!(
+                        "task {} done: loss {loss:.4}, {} tokens in {seconds:.2}s (compute {:.3}s, \
+                         overhead {:.3}s), staleness {}, version {:?}",
+                        task.task_id,
+                        task.tokens,
+                        timing.compute,
+                        timing.overhead(),
+                        r.staleness,
+                        r.applied_version
+                    ),
+                );
+            }
+            Ok(r) => {
+                self.report.tasks_rejected += 1;
+                self.log(
+                    "warn",
+                    format!("task {} rejected: {}", task.task_id, r.reason.unwrap_or_default()),
+                );
+            }
+            Err(e @ (ApiError::Conflict(_) | ApiError::Invalid(_) | ApiError::TooLarge(_))) => {
+                self.report.tasks_rejected += 1;
+                self.log("warn", format!("task {} upload refused: {e}", task.task_id));
+            }
+            Err(e) => return Err(e.into()),
+        }
+        Ok(())
+    }
+
+    /// Checks the stop flag and heartbeats when due.
+    fn checkpoint(
+        &mut self,
+        task: TaskRef,
+        progress: u64,
+        last_beat: &mut Instant,
+    ) -> Result<Option<Interrupted>, WorkerError> {
+        if self.stopped() {
+            return Ok(Some(Interrupted::Stop));
+        }
+        if last_beat.elapsed() >= self.heartbeat_every {
+            *last_beat = Instant::now();
+            if !self.heartbeat(task, progress, false)? {
+                return Ok(Some(Interrupted::LeaseLost));
+            }
+        }
+        Ok(None)
+    }
+
+    /// async-sgd: the mean gradient over every counted target of the task's batches.
+    fn gradient(
+        &mut self,
+        task_ref: TaskRef,
+        batches: TaskBatches<'_>,
+    ) -> Result<Result<(Vec<f32>, f32), Interrupted>, WorkerError> {
+        let Some(cached) = self.weights.take() else {
+            return Err(WorkerError::Download("no weights".into()));
+        };
+        let params = &cached.params;
+        let n = params.len();
+        let mut acc = std::mem::take(&mut self.acc);
+        acc.clear();
+        acc.resize(n, 0.0);
+        let mut grads = std::mem::take(&mut self.grads);
+        grads.resize(n, 0.0);
+        let mut loss_sum = 0.0f64;
+        let mut counted = 0usize;
+        let mut last_beat = Instant::now();
+        let mut progress = 0u64;
+        let mut outcome = Ok(());
+        for batch in batches {
+            if let Some(i) = self.checkpoint(task_ref, progress, &mut last_beat)? {
+                outcome = Err(i);
+                break;
+            }
+            let view = batch.view();
+            let c = view.counted_targets();
+            if c == 0 {
+                continue;
+            }
+            let loss = self
+                .parts
+                .kernel
+                .forward_backward(params, &view, &mut grads)
+                .map_err(|e| WorkerError::Kernel(e.to_string()))?;
+            // The kernel returns the mean over this batch's targets; weight by their count so
+            // the result is the mean over the whole slice.
+            for (a, g) in acc.iter_mut().zip(&grads) {
+                *a += f64::from(*g) * c as f64;
+            }
+            loss_sum += f64::from(loss) * c as f64;
+            counted += c;
+            progress += (view.batch * view.seq_len) as u64;
+        }
+        self.weights = Some(cached);
+        self.grads = grads;
+        let denom = counted.max(1) as f64;
+        let update = outcome.map(|()| acc.iter().map(|a| (a / denom) as f32).collect());
+        self.acc = acc;
+        Ok(update.map(|u| (u, (loss_sum / denom) as f32)))
+    }
+
+    /// diloco: one inner optimizer step per batch of the task from the downloaded weights, then
+    /// `theta_start - theta_end`.
+    fn pseudo_gradient(
+        &mut self,
+        task: &TaskSpec,
+        task_ref: TaskRef,
+        batches: TaskBatches<'_>,
+    ) -> Result<Result<(Vec<f32>, f32), Interrupted>, WorkerError> {
+        let Some(CachedWeights { params: start, .. }) = self.weights.as_ref() else {
+            return Err(WorkerError::Download("no weights".into()));
+        };
+        let mut theta = start.clone();
+        let mut grads = std::mem::take(&mut self.grads);
+        grads.resize(theta.len(), 0.0);
+        let mut loss_sum = 0.0f64;
+        let mut steps = 0usize;
+        let mut last_beat = Instant::now();
+        let mut progress = 0u64;
+        for batch in batches {
+            if let Some(i) = self.checkpoint(task_ref, progress, &mut last_beat)? {
+                self.grads = grads;
+                return Ok(Err(i));
+            }
+            let view = batch.view();
+            if view.counted_targets() == 0 {
+                continue;
+            }
+            let loss = self
+                .parts
+                .kernel
+                .forward_backward(&theta, &view, &mut grads)
+                .map_err(|e| WorkerError::Kernel(e.to_string()))?;
+            let inner = self
+                .parts
+                .inner_optimizer
+                .as_mut()
+                .ok_or_else(|| WorkerError::Update("diloco needs an inner optimizer".into()))?;
+            let step = task.schedule_step.saturating_add(steps as u64);
+            inner
+                .step(&mut theta, &grads, StepInfo { step, lr_scale: 1.0 })
+                .map_err(|e| WorkerError::Update(format!("inner step: {e}")))?;
+            self.report.inner_steps += 1;
+            loss_sum += f64::from(loss);
+            steps += 1;
+            progress += (view.batch * view.seq_len) as u64;
+        }
+        self.grads = grads;
+        let Some(CachedWeights { params: start, .. }) = self.weights.as_ref() else {
+            return Err(WorkerError::Download("no weights".into()));
+        };
+        // theta becomes the pseudo-gradient theta_start - theta_end, in place.
+        for (e, s) in theta.iter_mut().zip(start) {
+            *e = s - *e;
+        }
+        Ok(Ok((theta, (loss_sum / steps.max(1) as f64) as f32)))
+    }
+}
