@@ -8,6 +8,7 @@ use bitnet_framework::tokenizer::Tokenizer;
 use bitnet_runtime::data::dir::{DataDir, Split, write_split_shards};
 use bitnet_runtime::data::loader::LoaderOptions;
 use bitnet_truckmate::eval::{evaluate_lines, mean_loss};
+use bitnet_truckmate::eval_set;
 
 fn pipeline(kind: &str) {
     let tmp = bitnet_tests::temp_dir();
@@ -73,6 +74,27 @@ fn pipeline(kind: &str) {
     assert_eq!((tally.examples, calls), (4, 4));
     assert!(tally.intent_correct + tally.invalid_json <= 4);
     assert!((0.0..=1.0).contains(&tally.invalid_json_rate()));
+
+    // The hand-written set goes through the same decoder, two models sharing the lines.
+    let set = eval_set::parse_eval_set(include_str!(
+        "../../plugins/truckmate/data/handwritten-eval.jsonl"
+    ))
+    .expect("the shipped set parses");
+    let items = &set[..6];
+    let mut models = vec![
+        kernel.load_inference(&weights).expect("model 1"),
+        kernel.load_inference(&weights).expect("model 2"),
+    ];
+    let decoded = std::sync::atomic::AtomicUsize::new(0);
+    let outputs = eval_set::decode_all(&mut models, reloaded.as_ref(), items, 96, &|| {
+        decoded.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    })
+    .expect("decode");
+    assert_eq!((outputs.len(), decoded.into_inner()), (6, 6));
+    let report = eval_set::score_outputs(items, &outputs);
+    assert_eq!(report.tally.examples, 6);
+    assert_eq!(report.confusion.values().flat_map(|m| m.values()).sum::<u64>(), 6);
+    assert!(report.misses.iter().all(|m| m.line <= 6 && !m.expected.is_empty()), "{report:?}");
 }
 
 #[test]

@@ -349,12 +349,6 @@ impl ApiError {
     }
 }
 
-impl From<crate::coordinator_store::StoreFailure> for ApiError {
-    fn from(e: crate::coordinator_store::StoreFailure) -> Self {
-        ApiError::Internal(e.to_string())
-    }
-}
-
 /// What a coordinator serves. Every worker-facing call names the authenticated worker; the
 /// transport authenticates before calling.
 pub trait CoordinatorApi: Send + Sync {

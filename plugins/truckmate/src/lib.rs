@@ -9,6 +9,7 @@
 
 pub mod corpus;
 pub mod eval;
+pub mod eval_set;
 
 use bitnet_runtime::data::{DataDir, DataError, Split};
 

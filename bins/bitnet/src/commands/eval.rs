@@ -11,6 +11,7 @@ use bitnet_runtime::data::loader::LoaderOptions;
 use bitnet_runtime::run;
 use bitnet_runtime::run::service::load_tokenizer;
 use bitnet_truckmate::eval::{EvalSummary, evaluate_lines_parallel, mean_loss};
+use bitnet_truckmate::eval_set::{self, SetReport};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::{Path, PathBuf};
 
@@ -41,6 +42,15 @@ pub struct Args {
     /// Also write the JSON summary to this file.
     #[arg(long, value_name = "FILE")]
     out: Option<PathBuf>,
+    /// Evaluate a hand-written set instead of a split: one JSON object a line,
+    /// `{"utterance": "...", "intent": "...", "slots": {...}}` (intent `none` for out of domain),
+    /// e.g. plugins/truckmate/data/handwritten-eval.jsonl. Reports per-intent figures and a
+    /// confusion matrix.
+    #[arg(long, value_name = "FILE")]
+    set: Option<PathBuf>,
+    /// With --set: list every miss (line, utterance, expected, predicted) on stderr.
+    #[arg(long, requires = "set")]
+    show_errors: bool,
 }
 
 /// A checkpoint's model, ready to evaluate.
@@ -218,7 +228,68 @@ pub fn summary_line(v: &serde_json::Value) -> String {
     )
 }
 
+/// Scores a checkpoint on a hand-written eval set (see [`bitnet_truckmate::eval_set`]).
+pub fn evaluate_set(
+    checkpoint: &Path,
+    set: &Path,
+    data_dir: Option<&Path>,
+) -> anyhow::Result<(serde_json::Value, SetReport)> {
+    let meta = std::fs::metadata(set).with_context(|| format!("reading {}", set.display()))?;
+    anyhow::ensure!(
+        meta.len() <= eval_set::MAX_FILE_BYTES as u64,
+        "{} is {} bytes; an eval set holds at most {}",
+        set.display(),
+        meta.len(),
+        eval_set::MAX_FILE_BYTES
+    );
+    let text =
+        std::fs::read_to_string(set).with_context(|| format!("reading {}", set.display()))?;
+    let items = eval_set::parse_eval_set(&text).with_context(|| format!("{}", set.display()))?;
+    let LoadedModel { config, kernel, params, tokenizer, step, tokens } =
+        load_model(checkpoint, data_dir)?;
+    let weights = kernel.export_inference(&params)?;
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, items.len());
+    let mut models =
+        (0..threads).map(|_| kernel.load_inference(&weights)).collect::<Result<Vec<_>, _>>()?;
+    let pb = bar(items.len() as u64, "decode ");
+    let outputs = eval_set::decode_all(
+        &mut models,
+        tokenizer.as_ref(),
+        &items,
+        config.model.seq_len,
+        &|| pb.inc(1),
+    )?;
+    pb.finish_and_clear();
+    let report = eval_set::score_outputs(&items, &outputs);
+    let summary = EvalSummary::new("set", &report.tally, None);
+    let mut value = serde_json::to_value(&summary)?;
+    if let Some(obj) = value.as_object_mut() {
+        obj.insert("set".into(), set.display().to_string().into());
+        obj.insert("checkpoint".into(), checkpoint.display().to_string().into());
+        obj.insert("step".into(), step.into());
+        obj.insert("tokens_trained".into(), tokens.into());
+        obj.insert("misses".into(), report.misses.len().into());
+        obj.insert("confusion".into(), serde_json::to_value(&report.confusion)?);
+        for key in ["split", "loss", "perplexity", "loss_targets"] {
+            obj.remove(key);
+        }
+    }
+    Ok((value, report))
+}
+
 pub fn run(args: Args) -> anyhow::Result<()> {
+    if let Some(set) = &args.set {
+        let (value, report) = evaluate_set(&args.checkpoint, set, args.data_dir.as_deref())?;
+        if args.show_errors {
+            for m in &report.misses {
+                eprintln!(
+                    "line {}: \"{}\"\n  expected  {}\n  predicted {}",
+                    m.line, m.utterance, m.expected, m.predicted
+                );
+            }
+        }
+        return print_summary(&value, args.out.as_deref());
+    }
     let options = EvalOptions {
         data_dir: args.data_dir.clone(),
         split: args.split,
@@ -227,9 +298,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         batch: args.batch,
     };
     let value = evaluate_checkpoint(&args.checkpoint, &options)?;
-    let text = serde_json::to_string_pretty(&value)?;
+    print_summary(&value, args.out.as_deref())
+}
+
+/// Prints the JSON summary, and writes it to `out` when given.
+fn print_summary(value: &serde_json::Value, out: Option<&Path>) -> anyhow::Result<()> {
+    let text = serde_json::to_string_pretty(value)?;
     println!("{text}");
-    if let Some(out) = &args.out {
+    if let Some(out) = out {
         std::fs::write(out, format!("{text}\n"))
             .with_context(|| format!("writing {}", out.display()))?;
     }

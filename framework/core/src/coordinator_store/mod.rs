@@ -1,7 +1,7 @@
 //! The `CoordinatorStore` slot: the coordinator's durable state other than weights (the work
 //! queue, workers, client keys, telemetry and logs), and the queue arithmetic every store shares.
 
-use crate::protocol::{LogRecord, TaskCounts, TaskRef, WorkerCounts};
+use crate::protocol::{ApiError, LogRecord, TaskCounts, TaskRef, WorkerCounts};
 use serde::{Deserialize, Serialize};
 
 #[cfg(any(test, feature = "conformance"))]
@@ -241,6 +241,13 @@ pub enum Completion {
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("coordinator store: {0}")]
 pub struct StoreFailure(pub String);
+
+/// A store failure answers a protocol call as an internal error.
+impl From<StoreFailure> for ApiError {
+    fn from(e: StoreFailure) -> Self {
+        ApiError::Internal(e.to_string())
+    }
+}
 
 /// The `CoordinatorStore` slot: the coordinator's durable state other than weights.
 ///

@@ -20,23 +20,21 @@ mod recovery;
 mod rounds;
 mod scheduling;
 mod serving;
-mod settings;
 mod snapshots;
 
+pub use crate::config::CoordinatorSection;
 pub use corpus::{Corpus, DirCorpus, MemoryCorpus};
 pub use recovery::Recovery;
-pub use scheduling::{TaskShape, schedule_steps};
-pub use settings::{CoordinatorSection, lossy_diloco};
+pub use scheduling::{TaskShape, lossy_diloco, schedule_steps};
 
+use crate::config::coordinator::secs_to_ms;
 use rounds::rate;
-use settings::secs_to_ms;
 use snapshots::{SnapshotJob, prune_snapshots};
 
 use crate::config::{TrainMode, TrainSection};
 use bitnet_framework::codec::GradientCodec;
 use bitnet_framework::coordinator_store::{
-    ClaimRequest, Completion, CoordinatorStore, SweepPolicy, TaskTelemetry, WorkerRecord,
-    WorkerState,
+    ClaimRequest, Completion, CoordinatorStore, TaskTelemetry, WorkerRecord, WorkerState,
 };
 use bitnet_framework::optim::{Optimizer, StepInfo};
 use bitnet_framework::protocol::{
@@ -49,7 +47,6 @@ use bitnet_framework::tensor::ParamLayout;
 use bitnet_framework::weights::WeightCodec;
 use metrics::Metrics;
 use round::{Entry, Round};
-use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;

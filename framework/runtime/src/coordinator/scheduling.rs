@@ -67,6 +67,22 @@ impl Coordinator {
 }
 
 impl CoordinatorSection {
+    /// Every problem with this section for a run of `shape`: [`Self::validate`], plus a task
+    /// cap that cannot hold one window.
+    pub fn validate_for(&self, shape: &TaskShape) -> Vec<String> {
+        let mut p = self.validate();
+        if shape.mode == TrainMode::AsyncSgd
+            && self.max_task_tokens > 0
+            && self.max_task_tokens < shape.seq_len as u64
+        {
+            p.push(format!(
+                "coordinator.max_task_tokens = {} is less than one window of seq_len {} tokens",
+                self.max_task_tokens, shape.seq_len
+            ));
+        }
+        p
+    }
+
     /// One line describing how tasks are sized for a run of `shape` (for `--dry-run`).
     pub fn describe_tasks(&self, shape: &TaskShape) -> String {
         let batch = shape.batch_tokens();
@@ -125,4 +141,12 @@ pub fn schedule_steps(config: &RunConfig) -> u64 {
         (TrainMode::AsyncSgd, cap) => budget.div_ceil(cap),
         (TrainMode::Diloco, _) => budget.div_ceil(batch),
     }
+}
+
+/// The error for DiLoCo with a lossy weight download.
+pub fn lossy_diloco(codec: &str) -> String {
+    format!(
+        "weight_codec `{codec}` is lossy, but train.mode = \"diloco\" needs the exact fp32 \
+         weights (its inner steps update the latent weights): use weight_codec.type = \"fp32\""
+    )
 }

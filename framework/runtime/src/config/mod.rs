@@ -4,6 +4,12 @@
 //! Every slot is a [`ComponentSpec`]: `type = "<plugin name>"` plus that plugin's options, which
 //! the plugin itself validates when it is built.
 
+pub mod coordinator;
+pub mod worker;
+
+pub use coordinator::CoordinatorSection;
+pub use worker::WorkerSection;
+
 use bitnet_framework::model::ModelConfig;
 use bitnet_framework::preset;
 use figment::providers::{Env, Format, Serialized, Toml};
@@ -154,9 +160,9 @@ pub struct RunConfig {
     /// `bitnet run` settings.
     pub run: RunSection,
     /// Coordinator settings (task sizing, leases, snapshots).
-    pub coordinator: crate::coordinator::CoordinatorSection,
+    pub coordinator: CoordinatorSection,
     /// Worker settings (calibration, retries, caches).
-    pub worker: crate::worker::WorkerSection,
+    pub worker: WorkerSection,
     /// Dynamic plugins.
     pub plugins: PluginsSection,
 }

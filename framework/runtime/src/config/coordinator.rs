@@ -1,6 +1,7 @@
 //! The `[coordinator]` section of a run config, and its validation.
 
-use super::*;
+use bitnet_framework::coordinator_store::SweepPolicy;
+use serde::{Deserialize, Serialize};
 
 /// The `[coordinator]` section of a run config.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -116,23 +117,7 @@ impl CoordinatorSection {
         p
     }
 
-    /// Every problem with this section for a run of `shape`: [`Self::validate`], plus a task
-    /// cap that cannot hold one window.
-    pub fn validate_for(&self, shape: &TaskShape) -> Vec<String> {
-        let mut p = self.validate();
-        if shape.mode == TrainMode::AsyncSgd
-            && self.max_task_tokens > 0
-            && self.max_task_tokens < shape.seq_len as u64
-        {
-            p.push(format!(
-                "coordinator.max_task_tokens = {} is less than one window of seq_len {} tokens",
-                self.max_task_tokens, shape.seq_len
-            ));
-        }
-        p
-    }
-
-    pub(super) fn sweep_policy(&self) -> SweepPolicy {
+    pub(crate) fn sweep_policy(&self) -> SweepPolicy {
         SweepPolicy {
             worker_timeout_ms: secs_to_ms(self.worker_timeout_secs),
             telemetry_retention_ms: secs_to_ms(self.telemetry_retention_secs),
@@ -141,14 +126,6 @@ impl CoordinatorSection {
     }
 }
 
-/// The error for DiLoCo with a lossy weight download.
-pub fn lossy_diloco(codec: &str) -> String {
-    format!(
-        "weight_codec `{codec}` is lossy, but train.mode = \"diloco\" needs the exact fp32 \
-         weights (its inner steps update the latent weights): use weight_codec.type = \"fp32\""
-    )
-}
-
-pub(super) fn secs_to_ms(s: f64) -> u64 {
+pub(crate) fn secs_to_ms(s: f64) -> u64 {
     if s.is_finite() && s > 0.0 { (s * 1000.0) as u64 } else { 0 }
 }

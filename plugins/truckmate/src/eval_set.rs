@@ -1,0 +1,307 @@
+//! Hand-written evaluation sets: utterances written the way drivers speak, one JSON object a
+//! line, `{"utterance": "...", "intent": "...", "slots": {...}}` (intent `none` for an utterance
+//! that is none of the intents). They are never trained on; `bitnet eval --set FILE` decodes
+//! each utterance with a checkpoint's model and scores it like a held-out split, with per-intent
+//! figures, a confusion matrix and the list of misses.
+//!
+//! The file is untrusted input: its size, line count and utterance length are bounded, and every
+//! malformed line is refused with its line number.
+
+use crate::eval::{Outcome, Tally, clean_utterance, greedy_decode, score};
+use bitnet_framework::model::InferenceModel;
+use bitnet_framework::tokenizer::Tokenizer;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Largest eval-set file read, in bytes.
+pub const MAX_FILE_BYTES: usize = 16 << 20;
+/// Most lines in one set.
+pub const MAX_LINES: usize = 100_000;
+/// Longest utterance, in characters.
+pub const MAX_UTTERANCE_CHARS: usize = 1_000;
+/// The intent of an utterance that is none of the assistant's intents.
+pub const NONE_INTENT: &str = "none";
+
+/// Why an eval set was refused.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum EvalSetError {
+    /// The file is larger than [`MAX_FILE_BYTES`] or has more than [`MAX_LINES`] lines.
+    #[error("the eval set is too large ({0}); limits: {MAX_FILE_BYTES} bytes, {MAX_LINES} lines")]
+    TooLarge(String),
+    /// A line is not a labelled utterance.
+    #[error("line {line}: {message}")]
+    Line {
+        /// 1-based line number.
+        line: usize,
+        /// What is wrong.
+        message: String,
+    },
+    /// The set has no utterance.
+    #[error("the eval set holds no utterance")]
+    Empty,
+}
+
+/// One line of an eval set as written.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Record {
+    utterance: String,
+    intent: String,
+    #[serde(default)]
+    slots: BTreeMap<String, String>,
+}
+
+/// A labelled utterance of an eval set.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LabelledUtterance {
+    /// 1-based line in the file.
+    pub line: usize,
+    /// The utterance as written.
+    pub utterance: String,
+    /// Expected intent (`none` for out of domain).
+    pub intent: String,
+    /// Expected slots, canonical values.
+    pub slots: BTreeMap<String, String>,
+}
+
+impl LabelledUtterance {
+    /// The expected answer JSON, in the corpus' form (sorted keys).
+    pub fn answer_json(&self) -> String {
+        serde_json::json!({ "intent": self.intent, "slots": self.slots }).to_string()
+    }
+}
+
+/// Parses an eval set. Blank lines are skipped; every other line must be one labelled
+/// utterance. (An empty utterance is written as `"utterance": ""`.)
+pub fn parse_eval_set(text: &str) -> Result<Vec<LabelledUtterance>, EvalSetError> {
+    if text.len() > MAX_FILE_BYTES {
+        return Err(EvalSetError::TooLarge(format!("{} bytes", text.len())));
+    }
+    let mut items = Vec::new();
+    for (i, raw) in text.lines().enumerate() {
+        let line = i + 1;
+        if line > MAX_LINES {
+            return Err(EvalSetError::TooLarge(format!("more than {MAX_LINES} lines")));
+        }
+        if raw.trim().is_empty() {
+            continue;
+        }
+        let bad = |message: String| EvalSetError::Line { line, message };
+        let r: Record = serde_json::from_str(raw).map_err(|e| bad(e.to_string()))?;
+        if r.utterance.chars().count() > MAX_UTTERANCE_CHARS {
+            return Err(bad(format!("utterance longer than {MAX_UTTERANCE_CHARS} characters")));
+        }
+        let intent = r.intent.trim();
+        if intent.is_empty() || !intent.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
+            return Err(bad(format!("intent `{}` is not a lower-case name", r.intent)));
+        }
+        if intent == NONE_INTENT && !r.slots.is_empty() {
+            return Err(bad("an utterance of intent `none` has no slots".into()));
+        }
+        items.push(LabelledUtterance {
+            line,
+            utterance: r.utterance,
+            intent: intent.to_string(),
+            slots: r.slots,
+        });
+    }
+    if items.is_empty() {
+        return Err(EvalSetError::Empty);
+    }
+    Ok(items)
+}
+
+/// An utterance the model got wrong (intent or slots).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Miss {
+    /// Line in the set.
+    pub line: usize,
+    /// The utterance.
+    pub utterance: String,
+    /// The expected answer.
+    pub expected: String,
+    /// What the model wrote.
+    pub predicted: String,
+}
+
+/// Everything `bitnet eval --set` reports.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct SetReport {
+    /// Overall and per-intent counts.
+    pub tally: Tally,
+    /// Expected intent -> predicted intent (`(invalid)` for unparseable output) -> count.
+    pub confusion: BTreeMap<String, BTreeMap<String, u64>>,
+    /// Every utterance with a wrong intent or wrong slots, in file order.
+    pub misses: Vec<Miss>,
+}
+
+/// The intent a model output names, or `(invalid)`.
+fn predicted_intent(output: &str) -> String {
+    serde_json::from_str::<serde_json::Value>(output.trim())
+        .ok()
+        .and_then(|v| v.get("intent").and_then(|s| s.as_str()).map(str::to_string))
+        .unwrap_or_else(|| "(invalid)".to_string())
+}
+
+/// Scores model outputs (`outputs[i]` for `items[i]`).
+pub fn score_outputs(items: &[LabelledUtterance], outputs: &[String]) -> SetReport {
+    let mut report = SetReport::default();
+    for (item, output) in items.iter().zip(outputs) {
+        let expected = item.answer_json();
+        let outcome: Outcome = score(&expected, output);
+        report.tally.add(&item.intent, outcome);
+        *report
+            .confusion
+            .entry(item.intent.clone())
+            .or_default()
+            .entry(predicted_intent(output))
+            .or_default() += 1;
+        if !(outcome.intent_correct && outcome.slots_exact) {
+            report.misses.push(Miss {
+                line: item.line,
+                utterance: item.utterance.clone(),
+                expected,
+                predicted: output.trim().to_string(),
+            });
+        }
+    }
+    report
+}
+
+/// Decodes every utterance (cleaned the way corpus utterances are) greedily, one thread per
+/// model, each on a contiguous share; `progress` is called after each utterance. Outputs are in
+/// the order of `items`.
+pub fn decode_all(
+    models: &mut [Box<dyn InferenceModel>],
+    tok: &dyn Tokenizer,
+    items: &[LabelledUtterance],
+    max_len: usize,
+    progress: &(dyn Fn() + Sync),
+) -> Result<Vec<String>, crate::eval::EvalError> {
+    if items.is_empty() || models.is_empty() {
+        return Ok(Vec::new());
+    }
+    let share = items.len().div_ceil(models.len());
+    let parts: Vec<Result<Vec<String>, crate::eval::EvalError>> = std::thread::scope(|s| {
+        let handles: Vec<_> = models
+            .iter_mut()
+            .zip(items.chunks(share))
+            .map(|(model, chunk)| {
+                s.spawn(move || {
+                    let mut out = Vec::with_capacity(chunk.len());
+                    for item in chunk {
+                        let utterance = clean_utterance(&item.utterance);
+                        out.push(greedy_decode(model.as_mut(), tok, &utterance, max_len)?);
+                        progress();
+                    }
+                    Ok(out)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
+            .collect()
+    });
+    let mut outputs = Vec::with_capacity(items.len());
+    for part in parts {
+        outputs.extend(part?);
+    }
+    Ok(outputs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_lines_and_refuses_bad_ones_by_number() {
+        let text = "{\"utterance\": \"fuel at exit 12\", \"intent\": \"find_poi\", \"slots\": \
+                    {\"exit\": \"12\", \"poi_type\": \"fuel\"}}\n\n\
+                    {\"utterance\": \"how about them cowboys\", \"intent\": \"none\"}\n";
+        let items = parse_eval_set(text).expect("parses");
+        assert_eq!(items.len(), 2);
+        assert_eq!((items[0].line, items[1].line), (1, 3));
+        assert_eq!(
+            items[0].answer_json(),
+            r#"{"intent":"find_poi","slots":{"exit":"12","poi_type":"fuel"}}"#
+        );
+        assert_eq!(items[1].answer_json(), r#"{"intent":"none","slots":{}}"#);
+
+        let cases = [
+            ("not json", 1, "expected"),
+            ("{\"utterance\": \"x\"}", 1, "missing field `intent`"),
+            ("{\"utterance\": \"x\", \"intent\": \"a\", \"extra\": 1}", 1, "unknown field"),
+            ("{\"utterance\": \"x\", \"intent\": \"Navigate!\"}", 1, "not a lower-case name"),
+            (
+                "{\"utterance\": \"x\", \"intent\": \"none\", \"slots\": {\"a\": \"b\"}}",
+                1,
+                "no slots",
+            ),
+            ("{\"utterance\": 5, \"intent\": \"a\"}", 1, "invalid type"),
+        ];
+        for (line, n, want) in cases {
+            let text = format!("{{\"utterance\": \"ok\", \"intent\": \"a\"}}\n{line}\n");
+            match parse_eval_set(&text) {
+                Err(EvalSetError::Line { line, message }) => {
+                    assert_eq!(line, n + 1, "{message}");
+                    assert!(message.contains(want), "{message} lacks {want}");
+                }
+                other => panic!("{line}: {other:?}"),
+            }
+        }
+        let long = format!("{{\"utterance\": \"{}\", \"intent\": \"a\"}}", "a".repeat(1001));
+        assert!(matches!(parse_eval_set(&long), Err(EvalSetError::Line { .. })));
+        assert_eq!(parse_eval_set("\n \n"), Err(EvalSetError::Empty));
+    }
+
+    #[test]
+    fn scoring_counts_confusions_and_lists_misses() {
+        let items = parse_eval_set(
+            "{\"utterance\": \"a\", \"intent\": \"stop_trip\"}\n\
+             {\"utterance\": \"b\", \"intent\": \"navigate\", \"slots\": {\"city\": \"reno\"}}\n\
+             {\"utterance\": \"c\", \"intent\": \"none\"}\n\
+             {\"utterance\": \"d\", \"intent\": \"none\"}\n",
+        )
+        .expect("parses");
+        let outputs = [
+            r#"{"intent":"stop_trip","slots":{}}"#,
+            r#"{"intent":"navigate","slots":{"city":"elko"}}"#,
+            r#"{"intent":"navigate","slots":{}}"#,
+            "garbage",
+        ]
+        .map(String::from);
+        let r = score_outputs(&items, &outputs);
+        assert_eq!(r.tally.examples, 4);
+        assert_eq!(r.tally.intent_correct, 2, "stop_trip and navigate");
+        // Slots are scored on their own: line 3 wrote the right (empty) slots, wrong intent.
+        assert_eq!(r.tally.slots_exact, 2, "lines 1 and 3");
+        assert_eq!(r.confusion["none"]["navigate"], 1);
+        assert_eq!(r.confusion["none"]["(invalid)"], 1);
+        assert_eq!(r.confusion["navigate"]["navigate"], 1);
+        assert_eq!(r.misses.iter().map(|m| m.line).collect::<Vec<_>>(), vec![2, 3, 4]);
+    }
+
+    #[test]
+    fn the_shipped_hand_written_set_is_well_formed() {
+        let text = include_str!("../data/handwritten-eval.jsonl");
+        let items = parse_eval_set(text).expect("the shipped set parses");
+        let intents: std::collections::BTreeSet<&str> =
+            crate::corpus::INTENTS.iter().map(|(name, _)| *name).collect();
+        let mut per_intent: BTreeMap<&str, usize> = BTreeMap::new();
+        for item in &items {
+            assert!(
+                item.intent == NONE_INTENT || intents.contains(item.intent.as_str()),
+                "line {}: unknown intent {}",
+                item.line,
+                item.intent
+            );
+            *per_intent.entry(item.intent.as_str()).or_default() += 1;
+        }
+        for name in &intents {
+            assert!(per_intent.get(name).copied().unwrap_or(0) >= 20, "{name}: {per_intent:?}");
+        }
+        assert!(per_intent.get(NONE_INTENT).copied().unwrap_or(0) >= 50, "{per_intent:?}");
+        assert!(items.len() >= 350, "{}", items.len());
+    }
+}
