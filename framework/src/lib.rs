@@ -18,6 +18,7 @@ pub mod context;
 pub mod coordinator;
 pub mod data;
 pub mod dynamic;
+pub mod isa;
 pub mod model;
 pub mod optim;
 pub mod preset;

@@ -48,6 +48,14 @@ mod x86_attention;
 #[cfg(target_arch = "x86_64")]
 mod x86_attention_rows;
 #[cfg(target_arch = "x86_64")]
+mod x86_avx2_attention;
+#[cfg(target_arch = "x86_64")]
+mod x86_avx2_bf16;
+#[cfg(target_arch = "x86_64")]
+mod x86_avx2_exp;
+#[cfg(target_arch = "x86_64")]
+mod x86_avx2_i8_grad;
+#[cfg(target_arch = "x86_64")]
 mod x86_bf16;
 #[cfg(target_arch = "x86_64")]
 mod x86_exp;
@@ -62,6 +70,7 @@ mod x86_ternary;
 #[cfg(target_arch = "x86_64")]
 mod x86_weight_pack;
 
+pub use bitnet_framework::isa::{self, IsaLevel};
 pub use packed::PackedTernary;
 pub use quant::{quantize_activations_absmax, quantize_weights_absmean};
 pub use ternary::{ternary_matmul, ternary_matmul_dequant, ternary_matmul_dequant_add};
@@ -87,8 +96,23 @@ impl Isa {
     pub const ALL: [Isa; 5] =
         [Isa::Scalar, Isa::Avx2, Isa::Avx512, Isa::Avx512Vnni, Isa::Avx512Bf16];
 
-    /// Whether this CPU can run the path (runtime detection).
+    /// The level of the process-wide cap ([`bitnet_framework::isa`]) this path belongs to.
+    pub fn level(self) -> IsaLevel {
+        match self {
+            Isa::Scalar => IsaLevel::Scalar,
+            Isa::Avx2 => IsaLevel::Avx2,
+            Isa::Avx512 | Isa::Avx512Vnni | Isa::Avx512Bf16 => IsaLevel::Avx512,
+        }
+    }
+
+    /// Whether the path may run: this CPU has it and it is within the process's instruction-set
+    /// cap (`BITNET_ISA` or the kernel's `isa` option, see [`bitnet_framework::isa`]).
     pub fn is_available(self) -> bool {
+        self.level() <= isa::cap() && self.cpu_has()
+    }
+
+    /// Whether this CPU can run the path (runtime detection, ignoring the cap).
+    pub fn cpu_has(self) -> bool {
         match self {
             Isa::Scalar => true,
             #[cfg(target_arch = "x86_64")]
@@ -100,9 +124,9 @@ impl Isa {
                     && is_x86_feature_detected!("avx512vl")
             }
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx512Vnni => Isa::Avx512.is_available() && is_x86_feature_detected!("avx512vnni"),
+            Isa::Avx512Vnni => Isa::Avx512.cpu_has() && is_x86_feature_detected!("avx512vnni"),
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx512Bf16 => Isa::Avx512.is_available() && is_x86_feature_detected!("avx512bf16"),
+            Isa::Avx512Bf16 => Isa::Avx512.cpu_has() && is_x86_feature_detected!("avx512bf16"),
             #[cfg(not(target_arch = "x86_64"))]
             _ => false,
         }
@@ -150,8 +174,12 @@ pub enum GemmError {
     /// Packed ternary bytes are not in the canonical layout.
     #[error("invalid packed ternary data: {0}")]
     InvalidPacked(String),
-    /// The kernel has no such path, or this CPU cannot run it.
-    #[error("{kernel}: path {isa:?} is not implemented or not available on this CPU")]
+    /// The kernel has no such path, this CPU cannot run it, or it is above the instruction-set
+    /// cap.
+    #[error(
+        "{kernel}: path {isa:?} is not implemented, not available on this CPU, or above the \
+         instruction-set cap (BITNET_ISA / the kernel's isa option)"
+    )]
     UnsupportedIsa {
         /// Kernel name.
         kernel: &'static str,

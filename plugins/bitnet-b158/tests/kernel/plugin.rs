@@ -29,3 +29,34 @@ fn registered_as_bitnet_b158_with_its_options() {
         .expect_err("unknown precision");
     assert!(matches!(err, BuildError::InvalidOptions { .. }), "{err}");
 }
+
+/// The `isa` option: a known level is accepted by serde, an unknown one is refused as an
+/// invalid option, and a level this CPU lacks is refused at build time naming what it lacks.
+/// (Only `auto` is built successfully here: a lower cap would apply to the whole test process.)
+#[test]
+fn the_isa_option_caps_the_kernels_and_refuses_what_the_cpu_lacks() {
+    use bitnet_framework::isa::IsaLevel;
+    let _ = bitnet_b158::BitNetB158Config::default();
+    let registry = Registry::builtin().expect("registry");
+    let ctx = BuildContext::new(crate::common::tiny_config());
+    registry
+        .build::<dyn ModelKernel>("bitnet-b158", &options("threads = 1\nisa = \"auto\""), &ctx)
+        .expect("auto builds");
+    let err = registry
+        .build::<dyn ModelKernel>("bitnet-b158", &options("isa = \"sse9\""), &ctx)
+        .map(|_| ())
+        .expect_err("unknown isa");
+    assert!(matches!(err, BuildError::InvalidOptions { .. }), "{err}");
+    for level in IsaLevel::ALL.into_iter().filter(|l| !l.is_supported()) {
+        let text = format!("threads = 1\nisa = \"{}\"", level.name());
+        let err = registry
+            .build::<dyn ModelKernel>("bitnet-b158", &options(&text), &ctx)
+            .map(|_| ())
+            .expect_err("a level this CPU lacks");
+        let msg = err.to_string();
+        assert!(matches!(err, BuildError::Failed { .. }), "{msg}");
+        for feature in level.missing_features() {
+            assert!(msg.contains(feature), "{msg}");
+        }
+    }
+}
