@@ -35,13 +35,13 @@ pub(crate) unsafe fn kernel_i8_grad_avx2(t: I8Tile<'_>) {
     }
 }
 
-/// The signed bytes 0 and 2 (`even`) and 1 and 3 (`odd`) of a lane of codes, each
-/// sign-extended to 16 bits, as the two 32-bit lanes `vpmaddwd` multiplies by.
-#[inline(always)]
-fn split_codes(a: u32) -> (u32, u32) {
-    let b = a.to_le_bytes();
-    let w = |x: u8| u32::from(i16::from(x as i8) as u16);
-    (w(b[0]) | (w(b[2]) << 16), w(b[1]) | (w(b[3]) << 16))
+/// The mask of the first `rest` (at most 8) 32-bit lanes.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn lane_mask_i32(rest: usize) -> __m256i {
+    let m = mask8(rest);
+    // SAFETY: `m` holds exactly 8 i32.
+    unsafe { _mm256_loadu_si256(m.as_ptr().cast()) }
 }
 
 #[inline]
@@ -57,15 +57,23 @@ unsafe fn rows_avx2<const R: usize>(t: I8Tile<'_>) {
         "int8 tile out of bounds"
     );
     assert!(t.cols <= NR && t.l0 + t.cols <= t.k && t.out.len() >= R * t.k, "int8 tile output");
-    // The tile's codes split once: `[block][quad][even R, odd R]`, broadcast from memory below.
-    let mut wide = [0u32; 2 * MR * QUADS * KB];
+    // The tile's codes split once, eight lanes at a time (six rows used):
+    // `[block][quad][even 8, odd 8]`, broadcast from memory below.
+    let mut wide = [0u32; 16 * QUADS * KB];
+    let six = lane_mask_i32(MR);
     for bl in 0..blocks {
         for q in 0..QUADS {
-            for r in 0..R {
-                let (even, odd) = split_codes(t.a[bl * t.a_stride + q * MR + r]);
-                let at = (bl * QUADS + q) * 2 * R;
-                wide[at + r] = even;
-                wide[at + R + r] = odd;
+            // SAFETY: lanes bl * a_stride + q * 6 .. + 6 of `a` are in bounds (asserted above;
+            // q * 6 + 6 <= QUADS * 6); masked-off lanes are not read. `wide` holds 16 lanes at
+            // (bl * QUADS + q) * 16 (bl < KB).
+            unsafe {
+                let v =
+                    _mm256_maskload_epi32(t.a.as_ptr().add(bl * t.a_stride + q * MR).cast(), six);
+                let even = _mm256_srai_epi16(_mm256_slli_epi16(v, 8), 8);
+                let odd = _mm256_srai_epi16(v, 8);
+                let w = wide.as_mut_ptr().add((bl * QUADS + q) * 16);
+                _mm256_storeu_si256(w.cast(), even);
+                _mm256_storeu_si256(w.add(8).cast(), odd);
             }
         }
     }
@@ -90,16 +98,16 @@ unsafe fn rows_avx2<const R: usize>(t: I8Tile<'_>) {
             }
             for q in 0..QUADS {
                 // SAFETY: lanes (bl * QUADS + q) * 32 + c .. + 8 <= blocks * QUADS * 32 of `b`
-                // (c + 8 <= 32) and entries (bl * QUADS + q) * 2R .. + 2R of `wide` are in
+                // (c + 8 <= 32) and entries (bl * QUADS + q) * 16 .. + 16 of `wide` are in
                 // bounds (asserted above); unaligned loads are allowed.
                 unsafe {
                     let bv = _mm256_loadu_si256(bp.add((bl * QUADS + q) * NR + c).cast());
                     let b_even = _mm256_and_si256(bv, low_bytes);
                     let b_odd = _mm256_and_si256(_mm256_srli_epi32(bv, 8), low_bytes);
-                    let w = wp.add((bl * QUADS + q) * 2 * R);
+                    let w = wp.add((bl * QUADS + q) * 16);
                     for (r, acc) in iacc.iter_mut().enumerate() {
                         let ae = _mm256_set1_epi32(*w.add(r) as i32);
-                        let ao = _mm256_set1_epi32(*w.add(R + r) as i32);
+                        let ao = _mm256_set1_epi32(*w.add(8 + r) as i32);
                         let s = _mm256_add_epi32(
                             _mm256_madd_epi16(b_even, ae),
                             _mm256_madd_epi16(b_odd, ao),
