@@ -90,6 +90,7 @@ impl PluginConfig for AdamWConfig {
     type Component = dyn Optimizer;
 
     fn build(self, ctx: &BuildContext) -> Result<Box<dyn Optimizer>, BuildError> {
+        arena::check_isa_env().map_err(|m| BuildError::failed(Slot::Optimizer, "adamw", m))?;
         AdamW::new(self, ctx)
             .map(|o| Box::new(o) as Box<dyn Optimizer>)
             .map_err(|m| BuildError::failed(Slot::Optimizer, "adamw", m))
@@ -139,7 +140,6 @@ impl AdamW {
         if !problems.is_empty() {
             return Err(problems.join("; "));
         }
-        arena::check_isa_env()?;
         let layout = ctx.require_layout()?;
         let n = layout.total_params();
         let total_steps = if config.total_steps > 0 { config.total_steps } else { ctx.total_steps };

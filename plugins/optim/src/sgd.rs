@@ -33,6 +33,7 @@ impl PluginConfig for SgdConfig {
     type Component = dyn Optimizer;
 
     fn build(self, ctx: &BuildContext) -> Result<Box<dyn Optimizer>, BuildError> {
+        arena::check_isa_env().map_err(|m| BuildError::failed(Slot::Optimizer, "sgd", m))?;
         Sgd::new(self, ctx)
             .map(|o| Box::new(o) as Box<dyn Optimizer>)
             .map_err(|m| BuildError::failed(Slot::Optimizer, "sgd", m))
@@ -53,7 +54,6 @@ pub struct Sgd {
 impl Sgd {
     /// Builds the optimizer for the context's layout.
     pub fn new(config: SgdConfig, ctx: &BuildContext) -> Result<Self, String> {
-        arena::check_isa_env()?;
         let mut problems = Vec::new();
         if !(config.lr.is_finite() && config.lr > 0.0) {
             problems.push(format!("lr must be positive, got {}", config.lr));

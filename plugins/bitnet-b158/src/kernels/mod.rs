@@ -2,31 +2,38 @@
 //! detection and a portable scalar twin.
 //!
 //! - [`quant`]: the per-tensor absmean ternary weight quantizer and the per-token absmax int8
-//!   activation quantizer (AVX-512 and scalar; bit-identical).
+//!   activation quantizer (AVX-512, AVX2 and scalar; bit-identical).
 //! - [`packed`]: [`PackedTernary`], ternary weights at 2 bits each in the panel layout the
 //!   matrix kernels consume; `repack`/`repack_transposed` refill it in place from ternary
 //!   codes (AVX-512 gathers / byte transposes, with a scalar twin).
 //! - [`weight_pack`]: the step's weight refresh in one pass, absmean ternary quantisation of
-//!   the latent weights straight into both packings (AVX-512 and scalar; bit-identical to
+//!   the latent weights straight into both packings (AVX-512, AVX2 and scalar; bit-identical to
 //!   quantizing, then `repack` and `repack_transposed`).
 //! - [`ternary`]: `int8 x packed ternary -> int32` products (the BitLinear forward, and the
 //!   SwitchBack-style input gradient `dX = dY_q . W_q` with the transposed packing), optionally
 //!   fused with the dequantisation `y = acc * g / s_row` (AVX-512 VNNI, AVX2 and scalar;
 //!   bit-identical).
 //! - [`bf16`]: the weight gradient `dW = dY^T . X` with bf16 products and fp32 accumulation
-//!   (AVX-512 BF16 and a scalar twin within a documented tolerance).
+//!   (AVX-512 BF16, AVX2 + FMA and a scalar twin within a documented tolerance).
 //! - [`i8_grad`]: the same weight gradient on the int8 units, `dY / s` quantized per 32-token
-//!   block (AVX-512 VNNI and a bit-identical scalar twin, within a documented bound of exact).
+//!   block (AVX-512 VNNI, AVX2 `vpmaddwd` and a bit-identical scalar twin, within a documented
+//!   bound of exact).
 //! - [`bf16_gemm`]: a general strided product of fp32 (or already bf16) operands on the same
 //!   bf16 micro-kernel (the mixed-precision LM head); both run through one depth-blocked driver
 //!   (`bf16_tiles`).
-//! - [`exp`]: a vectorised `exp` (AVX-512 and a bit-identical scalar twin) and the softmax and
+//! - [`exp`]: a vectorised `exp` (AVX-512, AVX2 and a bit-identical scalar twin) and the softmax and
 //!   SwiGLU passes built on it.
 //! - [`attention`]: causal attention forward and backward per (batch, head), its small products
-//!   as register tiles fused with the softmax (AVX-512 and a bit-identical scalar twin).
+//!   as register tiles fused with the softmax (AVX-512, AVX2 and a bit-identical scalar twin).
 //!
 //! Every public entry point has a `*_with(isa, ...)` form that runs one given [`Isa`] path (for
-//! tests and benchmarks) and a plain form that runs the best path of this CPU.
+//! tests and benchmarks) and a plain form that runs the best path of this CPU within the
+//! process's instruction-set cap ([`bitnet_framework::isa`]: `BITNET_ISA=auto|scalar|avx2|avx512`
+//! or the kernel option `isa`). The cap applies to the `*_with` forms too (a path above it is
+//! refused), so `BITNET_ISA=scalar cargo test` runs every kernel test on the scalar twins only.
+//! The AVX2 paths live in the `x86_avx2_*` files, the AVX-512 ones in the other `x86_*` files.
+//! (The fp32 products of `Precision::Fp32` run on the `gemm` crate, which picks its own path and
+//! is not capped.)
 //!
 //! Threads: the matrix kernels split their work with rayon on the pool they are called from, so
 //! a caller that owns a `rayon::ThreadPool` runs them inside `pool.install(|| ...)`.
