@@ -26,6 +26,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let config =
         ModelConfig { d_model, n_layers, n_heads, ffn_hidden, seq_len, ..ModelConfig::default() };
     let mut kernel = BitNetKernel::new(config.clone(), threads, precision)?;
+    eprintln!("instruction set: {}", bitnet_framework::isa::describe());
     let mut params = vec![0.0; kernel.layout().total_params()];
     kernel.init_params(1, &mut params)?;
     let mut grads = vec![0.0; params.len()];

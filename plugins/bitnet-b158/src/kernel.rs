@@ -8,6 +8,7 @@ use crate::layout::model_layout;
 use crate::matmul::Threads;
 use crate::model::{self, ParamIndex, PassContext, Workspace, check_batch};
 use bitnet_framework::context::BuildContext;
+use bitnet_framework::isa::{self, IsaChoice, IsaLevel};
 use bitnet_framework::model::{InferenceModel, KernelError, ModelConfig, ModelKernel, TokenBatch};
 use bitnet_framework::registry::{BuildError, PluginConfig, Slot};
 use bitnet_framework::tensor::{ParamLayout, TensorRole};
@@ -81,6 +82,35 @@ pub enum HeadGrad {
     Bf16,
 }
 
+/// The instruction-set cap of the kernel option `isa` (see [`bitnet_framework::isa`]): every
+/// kernel and the optimizer's SIMD paths stay at or below it. Combined with `BITNET_ISA` (the
+/// lower wins); a level this CPU lacks is refused at build time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IsaOption {
+    /// The best level this CPU runs.
+    #[default]
+    Auto,
+    /// Portable Rust only.
+    Scalar,
+    /// AVX2 and FMA at most.
+    Avx2,
+    /// AVX-512 (with VNNI and BF16 where the CPU has them).
+    Avx512,
+}
+
+impl IsaOption {
+    /// The framework's form of the option.
+    pub fn choice(self) -> IsaChoice {
+        match self {
+            IsaOption::Auto => IsaChoice::Auto,
+            IsaOption::Scalar => IsaChoice::Level(IsaLevel::Scalar),
+            IsaOption::Avx2 => IsaChoice::Level(IsaLevel::Avx2),
+            IsaOption::Avx512 => IsaChoice::Level(IsaLevel::Avx512),
+        }
+    }
+}
+
 /// Options of the "bitnet-b158" kernel.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -93,6 +123,8 @@ pub struct BitNetB158Config {
     pub weight_grad: WeightGrad,
     /// Arithmetic of the LM head's weight gradient in mixed precision.
     pub head_grad: HeadGrad,
+    /// Instruction-set cap of every kernel (and the optimizer's SIMD paths), with `BITNET_ISA`.
+    pub isa: IsaOption,
 }
 
 impl Default for BitNetB158Config {
@@ -102,6 +134,7 @@ impl Default for BitNetB158Config {
             precision: Precision::Mixed,
             weight_grad: WeightGrad::Int8,
             head_grad: HeadGrad::Int8,
+            isa: IsaOption::Auto,
         }
     }
 }
@@ -110,6 +143,9 @@ impl PluginConfig for BitNetB158Config {
     type Component = dyn ModelKernel;
 
     fn build(self, ctx: &BuildContext) -> Result<Box<dyn ModelKernel>, BuildError> {
+        let refuse = |e: isa::IsaError| BuildError::failed(Slot::ModelKernel, "bitnet-b158", e);
+        let level = isa::resolve(self.isa.choice(), "kernel option `isa`").map_err(refuse)?;
+        isa::set_cap(level).map_err(refuse)?;
         let threads = if self.threads > 0 { self.threads } else { ctx.effective_threads() };
         let mut kernel = BitNetKernel::new(ctx.model.clone(), threads, self.precision)
             .map_err(|e| BuildError::failed(Slot::ModelKernel, "bitnet-b158", e))?;

@@ -4,6 +4,7 @@
 use crate::arena::{self, CHUNK, DecayMap, Workers};
 use crate::schedule::{Schedule, ScheduleKind};
 use bitnet_framework::BuildContext;
+use bitnet_framework::isa::{self, IsaLevel};
 use bitnet_framework::optim::{OptimError, Optimizer, OptimizerState, StepInfo, StepReport};
 use bitnet_framework::registry::{BuildError, PluginConfig, Slot};
 use rayon::prelude::*;
@@ -89,6 +90,7 @@ impl PluginConfig for AdamWConfig {
     type Component = dyn Optimizer;
 
     fn build(self, ctx: &BuildContext) -> Result<Box<dyn Optimizer>, BuildError> {
+        arena::check_isa_env().map_err(|m| BuildError::failed(Slot::Optimizer, "adamw", m))?;
         AdamW::new(self, ctx)
             .map(|o| Box::new(o) as Box<dyn Optimizer>)
             .map_err(|m| BuildError::failed(Slot::Optimizer, "adamw", m))
@@ -270,10 +272,28 @@ impl Optimizer for AdamW {
 /// One run of elements that share a weight-decay factor.
 fn adamw_run(p: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32], c: &Coeffs, keep: f32) {
     #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx512f") {
-        // SAFETY: the CPU supports AVX-512F (checked just above).
+    if isa::allows(IsaLevel::Avx512) {
+        // SAFETY: `allows` checked the CPU supports AVX-512 F/BW/VL.
         return unsafe { adamw_run_avx512(p, m, v, g, c, keep) };
     }
+    #[cfg(target_arch = "x86_64")]
+    if isa::allows(IsaLevel::Avx2) {
+        // SAFETY: `allows` checked the CPU supports AVX2 and FMA.
+        return unsafe { adamw_run_avx2(p, m, v, g, c, keep) };
+    }
+    adamw_run_portable(p, m, v, g, c, keep)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn adamw_run_avx2(
+    p: &mut [f32],
+    m: &mut [f32],
+    v: &mut [f32],
+    g: &[f32],
+    c: &Coeffs,
+    keep: f32,
+) {
     adamw_run_portable(p, m, v, g, c, keep)
 }
 
@@ -519,11 +539,24 @@ mod tests {
         let g: Vec<f32> = (0..1001).map(|i| ((i * 31 % 101) as f32 - 50.0) * 0.01).collect();
         let init: Vec<f32> = (0..1001).map(|i| (i % 7) as f32 * 0.1).collect();
         let (mut p1, mut m1, mut v1) = (init.clone(), init.clone(), init.clone());
-        let (mut p2, mut m2, mut v2) = (init.clone(), init.clone(), init);
+        let (mut p2, mut m2, mut v2) = (init.clone(), init.clone(), init.clone());
         adamw_run(&mut p1, &mut m1, &mut v1, &g, &c, c.keep);
         adamw_run_portable(&mut p2, &mut m2, &mut v2, &g, &c, c.keep);
         assert_eq!(p1, p2);
-        assert_eq!((m1, v1), (m2, v2));
+        assert_eq!((m1, v1), (m2.clone(), v2.clone()));
+        // Every SIMD build this CPU runs, whatever the cap, bit for bit.
+        #[cfg(target_arch = "x86_64")]
+        for level in [IsaLevel::Avx2, IsaLevel::Avx512].into_iter().filter(|l| l.is_supported()) {
+            let (mut p3, mut m3, mut v3) = (init.clone(), init.clone(), init.clone());
+            // SAFETY: the CPU supports the level (checked by the filter above).
+            unsafe {
+                match level {
+                    IsaLevel::Avx2 => adamw_run_avx2(&mut p3, &mut m3, &mut v3, &g, &c, c.keep),
+                    _ => adamw_run_avx512(&mut p3, &mut m3, &mut v3, &g, &c, c.keep),
+                }
+            }
+            assert_eq!((&p3, &m3, &v3), (&p2, &m2, &v2), "{level}");
+        }
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Chunked, parallel passes over a flat parameter arena.
 
+use bitnet_framework::isa::{self, IsaChoice, IsaLevel};
 use bitnet_framework::tensor::ParamLayout;
 use rayon::prelude::*;
 use std::ops::Range;
@@ -106,11 +107,28 @@ pub(crate) fn sum_squares(workers: &Workers, x: &[f32], partials: &mut Vec<f64>)
 
 fn sum_squares_chunk(x: &[f32]) -> f64 {
     #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx512f") {
-        // SAFETY: the CPU supports AVX-512F (checked just above).
+    if isa::allows(IsaLevel::Avx512) {
+        // SAFETY: `allows` checked the CPU supports AVX-512 F/BW/VL.
         return unsafe { sum_squares_avx512(x) };
     }
+    #[cfg(target_arch = "x86_64")]
+    if isa::allows(IsaLevel::Avx2) {
+        // SAFETY: `allows` checked the CPU supports AVX2 and FMA.
+        return unsafe { sum_squares_avx2(x) };
+    }
     sum_squares_portable(x)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn sum_squares_avx2(x: &[f32]) -> f64 {
+    sum_squares_portable(x)
+}
+
+/// Refuses a `BITNET_ISA` that names an unknown level or one this CPU lacks (the SIMD paths
+/// follow the process-wide cap of [`bitnet_framework::isa`]).
+pub(crate) fn check_isa_env() -> Result<(), String> {
+    isa::resolve(IsaChoice::Auto, "the optimizer").map(|_| ()).map_err(|e| e.to_string())
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -166,5 +184,18 @@ mod tests {
         assert_eq!(one.to_bits(), two.to_bits());
         let exact: f64 = x.iter().map(|&v| f64::from(v) * f64::from(v)).sum();
         assert!((one - exact).abs() <= 1e-9 * exact);
+        // Every SIMD build this CPU runs, whatever the cap, bit for bit.
+        let portable = sum_squares_portable(&x);
+        #[cfg(target_arch = "x86_64")]
+        for level in [IsaLevel::Avx2, IsaLevel::Avx512].into_iter().filter(|l| l.is_supported()) {
+            // SAFETY: the CPU supports the level (checked by the filter above).
+            let got = unsafe {
+                match level {
+                    IsaLevel::Avx2 => sum_squares_avx2(&x),
+                    _ => sum_squares_avx512(&x),
+                }
+            };
+            assert_eq!(got.to_bits(), portable.to_bits(), "{level}");
+        }
     }
 }

@@ -6,8 +6,9 @@
 //! - `"sgd"` ([`SgdConfig`]): momentum SGD, optionally Nesterov; DiLoCo's outer optimizer.
 //!
 //! Both work over the whole flat arena in chunks: element loops the compiler vectorises (with an
-//! AVX-512 build chosen at run time where the CPU has it; the results are bit-identical to the
-//! portable build because neither contracts nor reorders floating-point operations), spread over
+//! AVX-512 or AVX2 build chosen at run time where the CPU has it, within the process-wide cap of
+//! [`bitnet_framework::isa`] (`BITNET_ISA`); the results are bit-identical to the portable build
+//! because neither contracts nor reorders floating-point operations), spread over
 //! an owned rayon pool for big arenas. Reductions (the gradient norm) are summed per chunk into a
 //! fixed array and then in order, so results never depend on the thread count.
 

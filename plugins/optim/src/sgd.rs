@@ -2,6 +2,7 @@
 
 use crate::arena::{self, CHUNK, DecayMap, Workers};
 use bitnet_framework::BuildContext;
+use bitnet_framework::isa::{self, IsaLevel};
 use bitnet_framework::optim::{OptimError, Optimizer, OptimizerState, StepInfo, StepReport};
 use bitnet_framework::registry::{BuildError, PluginConfig, Slot};
 use rayon::prelude::*;
@@ -32,6 +33,7 @@ impl PluginConfig for SgdConfig {
     type Component = dyn Optimizer;
 
     fn build(self, ctx: &BuildContext) -> Result<Box<dyn Optimizer>, BuildError> {
+        arena::check_isa_env().map_err(|m| BuildError::failed(Slot::Optimizer, "sgd", m))?;
         Sgd::new(self, ctx)
             .map(|o| Box::new(o) as Box<dyn Optimizer>)
             .map_err(|m| BuildError::failed(Slot::Optimizer, "sgd", m))
@@ -164,10 +166,21 @@ struct Coeffs {
 
 fn sgd_run(p: &mut [f32], b: &mut [f32], g: &[f32], k: &Coeffs, wd: f32) {
     #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx512f") {
-        // SAFETY: the CPU supports AVX-512F (checked just above).
+    if isa::allows(IsaLevel::Avx512) {
+        // SAFETY: `allows` checked the CPU supports AVX-512 F/BW/VL.
         return unsafe { sgd_run_avx512(p, b, g, k, wd) };
     }
+    #[cfg(target_arch = "x86_64")]
+    if isa::allows(IsaLevel::Avx2) {
+        // SAFETY: `allows` checked the CPU supports AVX2 and FMA.
+        return unsafe { sgd_run_avx2(p, b, g, k, wd) };
+    }
+    sgd_run_portable(p, b, g, k, wd)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn sgd_run_avx2(p: &mut [f32], b: &mut [f32], g: &[f32], k: &Coeffs, wd: f32) {
     sgd_run_portable(p, b, g, k, wd)
 }
 
@@ -219,6 +232,33 @@ mod tests {
 
     fn info(step: u64, lr_scale: f32) -> StepInfo {
         StepInfo { step, lr_scale }
+    }
+
+    #[test]
+    fn every_simd_build_matches_the_portable_loop() {
+        let g: Vec<f32> = (0..1001).map(|i| ((i * 31 % 101) as f32 - 50.0) * 0.01).collect();
+        let init: Vec<f32> = (0..1001).map(|i| (i % 7) as f32 * 0.1).collect();
+        for nesterov in [false, true] {
+            let k = Coeffs { lr: 0.3, momentum: 0.9, nesterov, weight_decay: 0.01 };
+            let (mut p0, mut b0) = (init.clone(), init.clone());
+            sgd_run_portable(&mut p0, &mut b0, &g, &k, 0.01);
+            let (mut p1, mut b1) = (init.clone(), init.clone());
+            sgd_run(&mut p1, &mut b1, &g, &k, 0.01);
+            assert_eq!((&p1, &b1), (&p0, &b0));
+            #[cfg(target_arch = "x86_64")]
+            for level in [IsaLevel::Avx2, IsaLevel::Avx512].into_iter().filter(|l| l.is_supported())
+            {
+                let (mut p2, mut b2) = (init.clone(), init.clone());
+                // SAFETY: the CPU supports the level (checked by the filter above).
+                unsafe {
+                    match level {
+                        IsaLevel::Avx2 => sgd_run_avx2(&mut p2, &mut b2, &g, &k, 0.01),
+                        _ => sgd_run_avx512(&mut p2, &mut b2, &g, &k, 0.01),
+                    }
+                }
+                assert_eq!((&p2, &b2), (&p0, &b0), "{level}");
+            }
+        }
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! The row-block passes of causal attention (`super::attention`), each with its scalar twin
-//! and a dispatch to the AVX-512 kernels (`x86_attention`, `x86_attention_rows`): register-tile
+//! and a dispatch to the AVX-512 kernels (`x86_attention`, `x86_attention_rows`) and the AVX2
+//! ones (`x86_avx2_attention`; no fused row kernels, the blocked passes): register-tile
 //! products, the softmax of score rows (recording or replaying its statistics), the score
 //! gradient rows, and the transposes and copies around them.
 //!
@@ -51,6 +52,10 @@ pub(crate) fn tile_row(
         // SAFETY: the path is only chosen when this CPU has AVX-512 F (checked by `check_isa` /
         // `best_among`); the asserts above are the bounds `tile_row_avx512` requires.
         Isa::Avx512 => unsafe { super::x86_attention::tile_row_avx512(c, ldc, (rows, cols), &t) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the path is only chosen when this CPU has AVX2 and FMA; the asserts above are
+        // the bounds `tile_row_avx2` requires.
+        Isa::Avx2 => unsafe { super::x86_avx2_attention::tile_row_avx2(c, ldc, (rows, cols), &t) },
         _ => {
             for r in 0..rows {
                 for j in 0..cols {
@@ -67,6 +72,7 @@ pub(crate) fn tile_row(
 
 /// The sum of 16 partial sums as the SIMD path reduces them: lane `i` becomes
 /// `x[i] + x[i ^ s]` for `s = 8, 4, 2, 1`, and lane 0 is the result.
+#[inline]
 pub(crate) fn sum_lanes(mut x: [f32; LANES]) -> f32 {
     for s in [8, 4, 2, 1] {
         let y = x;
@@ -85,6 +91,7 @@ fn max_like_simd(v: f32, m: f32) -> f32 {
 
 /// The maximum of 16 partial maxima in the tree of [`sum_lanes`], lane `i` becoming
 /// `max_like_simd(x[i ^ s], x[i])`.
+#[inline]
 pub(crate) fn max_lanes(mut x: [f32; LANES]) -> f32 {
     for s in [8, 4, 2, 1] {
         let y = x;
@@ -180,6 +187,18 @@ pub(crate) fn softmax_rows(
         (Isa::Avx512, Stats::Replay(st)) => unsafe {
             super::x86_attention_rows::softmax_rows_from_stats_avx512(rows, (r0, t_len), scale, st)
         },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX2 and FMA are available (see `tile_row`); the row count was checked above.
+        (Isa::Avx2, Stats::Record(st)) => unsafe {
+            assert!(st.len() >= 2 * (rows.len() / t_len), "softmax statistics");
+            super::x86_avx2_attention::softmax_rows_avx2(rows, (r0, t_len), scale, st)
+        },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        (Isa::Avx2, Stats::Replay(st)) => unsafe {
+            assert!(st.len() >= 2 * (rows.len() / t_len), "softmax statistics");
+            super::x86_avx2_attention::softmax_rows_from_stats_avx2(rows, (r0, t_len), scale, st)
+        },
         (_, Stats::Record(st)) => {
             for (i, (row, st)) in
                 rows.chunks_exact_mut(t_len).zip(st.chunks_exact_mut(2)).enumerate()
@@ -213,6 +232,11 @@ pub(crate) fn softmax_grad_rows(
         Isa::Avx512 => unsafe {
             super::x86_attention_rows::softmax_grad_rows_avx512(ds, p, (r0, t_len), scale)
         },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX2 and FMA are available (see `tile_row`); the shapes were checked above.
+        Isa::Avx2 => unsafe {
+            super::x86_avx2_attention::softmax_grad_rows_avx2(ds, p, (r0, t_len), scale)
+        },
         _ => {
             let rows = ds.chunks_exact_mut(t_len).zip(p.chunks_exact(t_len));
             for (i, (d, p)) in rows.enumerate() {
@@ -235,12 +259,16 @@ pub(crate) fn transpose_into(
         #[cfg(target_arch = "x86_64")]
         // SAFETY: AVX-512 F is available (see `tile_row`); both lengths are `rows * cols`.
         Isa::Avx512 => unsafe { super::x86_attention::transpose_avx512(dst, src, (rows, cols)) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX2 and FMA are available (see `tile_row`); both lengths are `rows * cols`.
+        Isa::Avx2 => unsafe { super::x86_avx2_attention::transpose_avx2(dst, src, (rows, cols)) },
         _ => transpose_scalar(dst, src, (rows, cols), (0, 0)),
     }
 }
 
 /// The part of `transpose_into` from row `r_from` or column `c_from` on (what the 16 x 16
 /// blocks of the SIMD path leave over; both `(0, 0)` for the whole matrix).
+#[inline]
 pub(crate) fn transpose_scalar(
     dst: &mut [f32],
     src: &[f32],

@@ -185,7 +185,7 @@ impl<T: Bf16Lane> LeftOperand for Strided<'_, T> {
 }
 
 /// Packs `b` (`depth x cols`) into bf16 pairs along the depth, one 64-column panel per task;
-/// on the AVX-512 BF16 path compiled for AVX-512 (the same scalar operations, so the same lanes;
+/// on the AVX-512 BF16 and AVX2 paths compiled for those (the same scalar operations, so the same lanes;
 /// the baseline x86-64 build only gets 4-lane SSE vectors for the conversion).
 fn pack_b(isa: Isa, b: StridedF32<'_>, depth: usize, cols: usize, dst: &mut [u32]) {
     #[cfg(target_arch = "x86_64")]
@@ -199,11 +199,25 @@ fn pack_b(isa: Isa, b: StridedF32<'_>, depth: usize, cols: usize, dst: &mut [u32
     ) {
         pack_b_panel(b, depth, cols, panel, dst)
     }
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn panel_avx2(
+        b: StridedF32<'_>,
+        depth: usize,
+        cols: usize,
+        panel: usize,
+        dst: &mut [u32],
+    ) {
+        pack_b_panel(b, depth, cols, panel, dst)
+    }
     let pairs = depth.div_ceil(2);
     dst.par_chunks_mut(pairs * NR).enumerate().for_each(|(panel, dst)| match isa {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: check_isa verified AVX-512 BF16 (with F/BW/VL).
         Isa::Avx512Bf16 => unsafe { panel_avx512(b, depth, cols, panel, dst) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: check_isa verified AVX2 and FMA.
+        Isa::Avx2 => unsafe { panel_avx2(b, depth, cols, panel, dst) },
         _ => pack_b_panel(b, depth, cols, panel, dst),
     });
 }

@@ -25,7 +25,8 @@
 //! products per `vpdpbusd` against 32 bf16 per `vdpbf16ps`), plus one conversion and one fma per
 //! 32 tokens and output vector, and a quarter of the bytes of the packed `X_q`.
 //!
-//! Paths: [`Isa::Avx512Vnni`] (6 x 32 register tile) and [`Isa::Scalar`]. Work is split over rows
+//! Paths: [`Isa::Avx512Vnni`] (6 x 32 register tile), [`Isa::Avx2`] (`vpmaddwd` on bytes
+//! widened to 16 bits, 6 x 8 register tile; bit-identical too) and [`Isa::Scalar`]. Work is split over rows
 //! of `dW` on the current rayon pool and blocked GotoBLAS style: an `A` block of at most [`MC`]
 //! rows by [`KB`] token blocks is quantized and laid out right before use, while the matching
 //! `KB * 32 x 32` slice of a packed `X_q` panel (16 KiB) stays in L1 across its tiles.
@@ -38,7 +39,7 @@ use rayon::prelude::*;
 use std::cell::RefCell;
 
 /// Paths of the int8 weight gradient.
-pub const I8_GRAD_PATHS: [Isa; 2] = [Isa::Scalar, Isa::Avx512Vnni];
+pub const I8_GRAD_PATHS: [Isa; 3] = [Isa::Scalar, Isa::Avx2, Isa::Avx512Vnni];
 
 /// Tokens per scale of the quantized `dY / s`.
 pub const BLOCK: usize = 32;
@@ -49,7 +50,7 @@ pub(crate) const MR: usize = 6;
 /// Columns of `dW` per panel (two vectors of 16 lanes).
 pub(crate) const NR: usize = 32;
 /// Token blocks per depth pass: the pass's slice of a packed panel is `KB * 32 * 32` bytes.
-const KB: usize = 16;
+pub(crate) const KB: usize = 16;
 /// Output rows per `A` block (a multiple of [`MR`]): `MC * KB * 32` bytes of codes (192 KiB).
 pub(crate) const MC: usize = 384;
 
@@ -345,10 +346,30 @@ fn pack_a_best(
             ALayout::RowMajor => pack_a_rows(ab, dy, inv_s, dims, rows, blocks),
         }
     }
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn pack_a_avx2(
+        layout: ALayout,
+        ab: ASlices<'_>,
+        dy: &[f32],
+        inv_s: &[f32],
+        dims: (usize, usize),
+        rows: (usize, usize),
+        blocks: (usize, usize),
+    ) {
+        match layout {
+            ALayout::DepthMajor => pack_a(ab, dy, inv_s, dims, rows, blocks),
+            ALayout::RowMajor => pack_a_rows(ab, dy, inv_s, dims, rows, blocks),
+        }
+    }
     match (isa, layout) {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: the path was checked available (AVX-512 F/BW/VL are part of it).
         (Isa::Avx512Vnni, _) => unsafe { pack_a_avx512(layout, ab, dy, inv_s, dims, rows, blocks) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the path was checked available (AVX2 and FMA); the scalar packers compiled
+        // for them (the same operations per element, so the same codes, scales and sums).
+        (Isa::Avx2, _) => unsafe { pack_a_avx2(layout, ab, dy, inv_s, dims, rows, blocks) },
         (_, ALayout::DepthMajor) => pack_a(ab, dy, inv_s, dims, rows, blocks),
         (_, ALayout::RowMajor) => pack_a_rows(ab, dy, inv_s, dims, rows, blocks),
     }
@@ -518,6 +539,11 @@ pub(crate) fn code(a: f32, inv: f32) -> i8 {
 /// Packs `X_q + 128` as `[panel][quad][NR]` lanes of four tokens' bytes (tokens past `m` and
 /// columns past `k` are 128, i.e. zero), one panel per task, on the given path.
 fn pack_b(isa: Isa, x_q: &[i8], m: usize, k: usize, b: &mut [u32]) {
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn panel_avx2(x_q: &[i8], m: usize, k: usize, l0: usize, dst: &mut [u32]) {
+        pack_b_panel(x_q, m, k, l0, dst)
+    }
     let quads = m.div_ceil(BLOCK) * QUADS;
     b.par_chunks_mut(quads * NR).enumerate().for_each(|(panel, dst)| match isa {
         #[cfg(target_arch = "x86_64")]
@@ -526,11 +552,15 @@ fn pack_b(isa: Isa, x_q: &[i8], m: usize, k: usize, b: &mut [u32]) {
         Isa::Avx512Vnni => unsafe {
             super::x86_i8_grad::pack_b_panel_avx512(x_q, m, k, panel * NR, dst)
         },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: check_isa verified AVX2 and FMA (the scalar panel, compiled for them).
+        Isa::Avx2 => unsafe { panel_avx2(x_q, m, k, panel * NR, dst) },
         _ => pack_b_panel(x_q, m, k, panel * NR, dst),
     });
 }
 
 /// One panel of [`pack_b`] (columns `l0 .. l0 + NR`), element by element: the scalar twin.
+#[inline(always)]
 pub(crate) fn pack_b_panel(x_q: &[i8], m: usize, k: usize, l0: usize, dst: &mut [u32]) {
     let cols = (k - l0).min(NR);
     for (q, lane_row) in dst.chunks_exact_mut(NR).enumerate() {
@@ -555,6 +585,10 @@ pub(crate) fn micro_kernel(isa: Isa, t: I8Tile<'_>) {
         // SAFETY: check_isa verified AVX-512 VNNI (with F/BW/VL); the tile's slices are in
         // bounds by construction (rows <= MR, cols <= NR, sizes from the block count).
         Isa::Avx512Vnni => unsafe { super::x86_i8_grad::kernel_i8_grad(t) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: check_isa verified AVX2 and FMA; the driver passes at most KB blocks, and the
+        // tile's slices are in bounds as above.
+        Isa::Avx2 => unsafe { super::x86_avx2_i8_grad::kernel_i8_grad_avx2(t) },
         _ => kernel_scalar(t),
     }
 }

@@ -2,31 +2,38 @@
 //! detection and a portable scalar twin.
 //!
 //! - [`quant`]: the per-tensor absmean ternary weight quantizer and the per-token absmax int8
-//!   activation quantizer (AVX-512 and scalar; bit-identical).
+//!   activation quantizer (AVX-512, AVX2 and scalar; bit-identical).
 //! - [`packed`]: [`PackedTernary`], ternary weights at 2 bits each in the panel layout the
 //!   matrix kernels consume; `repack`/`repack_transposed` refill it in place from ternary
 //!   codes (AVX-512 gathers / byte transposes, with a scalar twin).
 //! - [`weight_pack`]: the step's weight refresh in one pass, absmean ternary quantisation of
-//!   the latent weights straight into both packings (AVX-512 and scalar; bit-identical to
+//!   the latent weights straight into both packings (AVX-512, AVX2 and scalar; bit-identical to
 //!   quantizing, then `repack` and `repack_transposed`).
 //! - [`ternary`]: `int8 x packed ternary -> int32` products (the BitLinear forward, and the
 //!   SwitchBack-style input gradient `dX = dY_q . W_q` with the transposed packing), optionally
 //!   fused with the dequantisation `y = acc * g / s_row` (AVX-512 VNNI, AVX2 and scalar;
 //!   bit-identical).
 //! - [`bf16`]: the weight gradient `dW = dY^T . X` with bf16 products and fp32 accumulation
-//!   (AVX-512 BF16 and a scalar twin within a documented tolerance).
+//!   (AVX-512 BF16, AVX2 + FMA and a scalar twin within a documented tolerance).
 //! - [`i8_grad`]: the same weight gradient on the int8 units, `dY / s` quantized per 32-token
-//!   block (AVX-512 VNNI and a bit-identical scalar twin, within a documented bound of exact).
+//!   block (AVX-512 VNNI, AVX2 `vpmaddwd` and a bit-identical scalar twin, within a documented
+//!   bound of exact).
 //! - [`bf16_gemm`]: a general strided product of fp32 (or already bf16) operands on the same
 //!   bf16 micro-kernel (the mixed-precision LM head); both run through one depth-blocked driver
 //!   (`bf16_tiles`).
-//! - [`exp`]: a vectorised `exp` (AVX-512 and a bit-identical scalar twin) and the softmax and
+//! - [`exp`]: a vectorised `exp` (AVX-512, AVX2 and a bit-identical scalar twin) and the softmax and
 //!   SwiGLU passes built on it.
 //! - [`attention`]: causal attention forward and backward per (batch, head), its small products
-//!   as register tiles fused with the softmax (AVX-512 and a bit-identical scalar twin).
+//!   as register tiles fused with the softmax (AVX-512, AVX2 and a bit-identical scalar twin).
 //!
 //! Every public entry point has a `*_with(isa, ...)` form that runs one given [`Isa`] path (for
-//! tests and benchmarks) and a plain form that runs the best path of this CPU.
+//! tests and benchmarks) and a plain form that runs the best path of this CPU within the
+//! process's instruction-set cap ([`bitnet_framework::isa`]: `BITNET_ISA=auto|scalar|avx2|avx512`
+//! or the kernel option `isa`). The cap applies to the `*_with` forms too (a path above it is
+//! refused), so `BITNET_ISA=scalar cargo test` runs every kernel test on the scalar twins only.
+//! The AVX2 paths live in the `x86_avx2_*` files, the AVX-512 ones in the other `x86_*` files.
+//! (The fp32 products of `Precision::Fp32` run on the `gemm` crate, which picks its own path and
+//! is not capped.)
 //!
 //! Threads: the matrix kernels split their work with rayon on the pool they are called from, so
 //! a caller that owns a `rayon::ThreadPool` runs them inside `pool.install(|| ...)`.
@@ -48,6 +55,14 @@ mod x86_attention;
 #[cfg(target_arch = "x86_64")]
 mod x86_attention_rows;
 #[cfg(target_arch = "x86_64")]
+mod x86_avx2_attention;
+#[cfg(target_arch = "x86_64")]
+mod x86_avx2_bf16;
+#[cfg(target_arch = "x86_64")]
+mod x86_avx2_exp;
+#[cfg(target_arch = "x86_64")]
+mod x86_avx2_i8_grad;
+#[cfg(target_arch = "x86_64")]
 mod x86_bf16;
 #[cfg(target_arch = "x86_64")]
 mod x86_exp;
@@ -62,6 +77,7 @@ mod x86_ternary;
 #[cfg(target_arch = "x86_64")]
 mod x86_weight_pack;
 
+pub use bitnet_framework::isa::{self, IsaLevel};
 pub use packed::PackedTernary;
 pub use quant::{quantize_activations_absmax, quantize_weights_absmean};
 pub use ternary::{ternary_matmul, ternary_matmul_dequant, ternary_matmul_dequant_add};
@@ -87,8 +103,23 @@ impl Isa {
     pub const ALL: [Isa; 5] =
         [Isa::Scalar, Isa::Avx2, Isa::Avx512, Isa::Avx512Vnni, Isa::Avx512Bf16];
 
-    /// Whether this CPU can run the path (runtime detection).
+    /// The level of the process-wide cap ([`bitnet_framework::isa`]) this path belongs to.
+    pub fn level(self) -> IsaLevel {
+        match self {
+            Isa::Scalar => IsaLevel::Scalar,
+            Isa::Avx2 => IsaLevel::Avx2,
+            Isa::Avx512 | Isa::Avx512Vnni | Isa::Avx512Bf16 => IsaLevel::Avx512,
+        }
+    }
+
+    /// Whether the path may run: this CPU has it and it is within the process's instruction-set
+    /// cap (`BITNET_ISA` or the kernel's `isa` option, see [`bitnet_framework::isa`]).
     pub fn is_available(self) -> bool {
+        self.level() <= isa::cap() && self.cpu_has()
+    }
+
+    /// Whether this CPU can run the path (runtime detection, ignoring the cap).
+    pub fn cpu_has(self) -> bool {
         match self {
             Isa::Scalar => true,
             #[cfg(target_arch = "x86_64")]
@@ -100,9 +131,9 @@ impl Isa {
                     && is_x86_feature_detected!("avx512vl")
             }
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx512Vnni => Isa::Avx512.is_available() && is_x86_feature_detected!("avx512vnni"),
+            Isa::Avx512Vnni => Isa::Avx512.cpu_has() && is_x86_feature_detected!("avx512vnni"),
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx512Bf16 => Isa::Avx512.is_available() && is_x86_feature_detected!("avx512bf16"),
+            Isa::Avx512Bf16 => Isa::Avx512.cpu_has() && is_x86_feature_detected!("avx512bf16"),
             #[cfg(not(target_arch = "x86_64"))]
             _ => false,
         }
@@ -150,8 +181,12 @@ pub enum GemmError {
     /// Packed ternary bytes are not in the canonical layout.
     #[error("invalid packed ternary data: {0}")]
     InvalidPacked(String),
-    /// The kernel has no such path, or this CPU cannot run it.
-    #[error("{kernel}: path {isa:?} is not implemented or not available on this CPU")]
+    /// The kernel has no such path, this CPU cannot run it, or it is above the instruction-set
+    /// cap.
+    #[error(
+        "{kernel}: path {isa:?} is not implemented, not available on this CPU, or above the \
+         instruction-set cap (BITNET_ISA / the kernel's isa option)"
+    )]
     UnsupportedIsa {
         /// Kernel name.
         kernel: &'static str,

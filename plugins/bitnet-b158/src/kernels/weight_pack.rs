@@ -18,7 +18,7 @@
 //!   `w <= -u`. Two comparisons per weight replace the division, with the same answer for every
 //!   input, NaN and infinities included (see `plus_one_threshold`).
 //!
-//! Paths: [`Isa::Scalar`] and [`Isa::Avx512`] (F/BW/VL), bit-identical. Work is split over the
+//! Paths: [`Isa::Scalar`], [`Isa::Avx2`] (the twin compiled for AVX2) and [`Isa::Avx512`] (F/BW/VL), bit-identical. Work is split over the
 //! 64-output panels of the forward packing on the current rayon pool.
 
 use super::packed::{GROUP, PACKED_GROUP_BYTES, PANEL, ZERO_CODE};
@@ -28,7 +28,7 @@ use rayon::prelude::*;
 use std::marker::PhantomData;
 
 /// Paths the fused quantize-and-pack and the absmean implement.
-pub const WEIGHT_PACK_PATHS: [Isa; 2] = [Isa::Scalar, Isa::Avx512];
+pub const WEIGHT_PACK_PATHS: [Isa; 3] = [Isa::Scalar, Isa::Avx2, Isa::Avx512];
 
 /// Values per absmean chunk: each chunk is summed in order in f64, the chunk sums in order after
 /// (so the scale does not depend on the thread count).
@@ -63,8 +63,41 @@ fn abs_sum_on(isa: Isa, w: &[f32]) -> f64 {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: callers checked that this CPU has AVX-512 F/BW/VL.
         Isa::Avx512 => unsafe { super::x86_weight_pack::abs_sum_avx512(w) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: callers checked that this CPU has AVX2 and FMA.
+        Isa::Avx2 => unsafe { abs_sum_avx2(w) },
         _ => abs_sum_scalar(w),
     }
+}
+
+/// The AVX2 path of the absolute sum: the scalar twin compiled for AVX2 and FMA (the same
+/// operations in the same order, so bit-identical).
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn abs_sum_avx2(w: &[f32]) -> f64 {
+    abs_sum_scalar(w)
+}
+
+/// The AVX2 path of the panel kernel: the scalar twin compiled for AVX2 and FMA (the same
+/// operations, so the same bytes).
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn pack_panel_avx2(
+    w: &[f32],
+    n_out: usize,
+    n_in: usize,
+    u: f32,
+    panel: usize,
+    dst: &mut [u8],
+    tr: Option<&TransposedBlocks<'_>>,
+) {
+    pack_panel_scalar(w, n_out, n_in, u, panel, dst, tr)
 }
 
 /// The in-order f64 sum of `|w|` the model has always used per chunk (the reference).
@@ -78,6 +111,7 @@ pub(crate) fn abs_sum_from(s: f64, w: &[f32]) -> f64 {
 }
 
 /// Scalar twin of the fast absmean block sum: the same blocks and the same exactness test.
+#[inline]
 pub(crate) fn abs_sum_scalar(w: &[f32]) -> f64 {
     if w.is_empty() {
         return abs_sum_in_order(w);
@@ -268,6 +302,9 @@ pub(crate) fn pack_scaled(
             // of `tr`.
             unsafe { super::x86_weight_pack::pack_panel_avx512(w, n_out, n_in, u, panel, dst, tr) }
         }
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the caller checked AVX2 and FMA; the slices are those of the scalar twin.
+        Isa::Avx2 => unsafe { pack_panel_avx2(w, n_out, n_in, u, panel, dst, tr) },
         _ => pack_panel_scalar(w, n_out, n_in, u, panel, dst, tr),
     });
 }
@@ -283,6 +320,7 @@ pub(crate) const TILE_ROWS: usize = 16;
 /// `4 gi + kk` is bit `2 t` of forward byte `16 v + 4 r + kk` of group `16 tile + gi`, and its
 /// row `4 q + kk`, column `16 v' + 4 t + r` is bit `2 t` of byte `16 v' + 4 r + kk` of the
 /// transposed block (panel `tile`, group `(64 panel + 16 v) / 4 + q`).
+#[inline(always)]
 fn pack_panel_scalar(
     w: &[f32],
     n_out: usize,

@@ -205,6 +205,10 @@ pub(crate) unsafe fn kernel_avx2(t: &Tile<'_>) {
     }
 }
 
+/// Groups whose `maddubs` pair sums the AVX2 kernel adds in 16 bits before widening:
+/// `32 * 512 = 16384 <= i16::MAX`.
+const I16_GROUPS: usize = 32;
+
 #[inline]
 #[target_feature(enable = "avx2")]
 unsafe fn avx2_rows<const R: usize>(t: &Tile<'_>) {
@@ -222,29 +226,38 @@ unsafe fn avx2_rows<const R: usize>(t: &Tile<'_>) {
             break;
         }
         let mut acc = [[_mm256_setzero_si256(); 4]; R];
-        for g in 0..groups {
-            // SAFETY: group g < groups of the buffer spans 256 bytes, this half is 128 of
-            // them; full groups read 4 in-bounds bytes of each row (see `vnni_rows`).
-            unsafe {
-                let b = tp.add(g * TILE_BYTES + 128 * half);
-                let b = [
-                    _mm256_loadu_si256(b.cast()),
-                    _mm256_loadu_si256(b.add(32).cast()),
-                    _mm256_loadu_si256(b.add(64).cast()),
-                    _mm256_loadu_si256(b.add(96).cast()),
-                ];
-                for (r, acc_r) in acc.iter_mut().enumerate() {
-                    let lane = if g < full {
-                        xp.add(r * k + GROUP * g).cast::<i32>().read_unaligned()
-                    } else {
-                        tail_group(&rows[r * k..(r + 1) * k], full)
-                    };
-                    let a = _mm256_set1_epi32(lane);
-                    for (acc_rv, &bv) in acc_r.iter_mut().zip(&b) {
-                        // Codes are 0..=2, so the pairwise i16 sums (|.| <= 512) never saturate.
-                        let pairs = _mm256_maddubs_epi16(bv, a);
-                        *acc_rv = _mm256_add_epi32(*acc_rv, _mm256_madd_epi16(pairs, ones));
+        // Codes are 0..=2, so each pairwise i16 sum of `maddubs` is at most 512 in magnitude
+        // and 32 groups of them (16384) still fit an i16: sum 32 groups in 16 bits, then widen
+        // once (exact integers either way).
+        for g0 in (0..groups).step_by(I16_GROUPS) {
+            let mut acc16 = [[_mm256_setzero_si256(); 4]; R];
+            for g in g0..(g0 + I16_GROUPS).min(groups) {
+                // SAFETY: group g < groups of the buffer spans 256 bytes, this half is 128 of
+                // them; full groups read 4 in-bounds bytes of each row (see `vnni_rows`).
+                unsafe {
+                    let b = tp.add(g * TILE_BYTES + 128 * half);
+                    let b = [
+                        _mm256_loadu_si256(b.cast()),
+                        _mm256_loadu_si256(b.add(32).cast()),
+                        _mm256_loadu_si256(b.add(64).cast()),
+                        _mm256_loadu_si256(b.add(96).cast()),
+                    ];
+                    for (r, acc_r) in acc16.iter_mut().enumerate() {
+                        let lane = if g < full {
+                            xp.add(r * k + GROUP * g).cast::<i32>().read_unaligned()
+                        } else {
+                            tail_group(&rows[r * k..(r + 1) * k], full)
+                        };
+                        let a = _mm256_set1_epi32(lane);
+                        for (acc_rv, &bv) in acc_r.iter_mut().zip(&b) {
+                            *acc_rv = _mm256_add_epi16(*acc_rv, _mm256_maddubs_epi16(bv, a));
+                        }
                     }
+                }
+            }
+            for (acc_r, acc16_r) in acc.iter_mut().zip(&acc16) {
+                for (acc_rv, &pairs) in acc_r.iter_mut().zip(acc16_r) {
+                    *acc_rv = _mm256_add_epi32(*acc_rv, _mm256_madd_epi16(pairs, ones));
                 }
             }
         }

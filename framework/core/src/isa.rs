@@ -1,0 +1,326 @@
+//! The instruction-set cap every SIMD path of the process honours.
+//!
+//! Kernels and optimizers pick their fastest path at run time; this module caps that choice at
+//! one [`IsaLevel`] for the whole process, like `ATEN_CPU_CAPABILITY` in PyTorch or
+//! `ONEDNN_MAX_CPU_ISA` in oneDNN, so every path can be run (and tested, and measured) on one
+//! machine. The cap comes from the `BITNET_ISA` environment variable (`auto`, `scalar`, `avx2`
+//! or `avx512`) and from a plugin option; [`resolve`] combines them (the lower one wins) and
+//! refuses a level this CPU lacks, naming the missing features, and [`set_cap`] makes it the
+//! process's cap. A process that never sets it reads `BITNET_ISA` on first use.
+//!
+//! Self-contained (std only) so that any plugin can depend on it without the kernels.
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU8, Ordering};
+
+/// The environment variable that caps the instruction set.
+pub const ENV_VAR: &str = "BITNET_ISA";
+
+/// An instruction-set level: every path of a level also runs on the levels above it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum IsaLevel {
+    /// Portable Rust, any CPU.
+    Scalar,
+    /// x86-64 AVX2 with FMA.
+    Avx2,
+    /// x86-64 AVX-512 F, BW and VL (kernels also use VNNI and BF16 where the CPU has them).
+    Avx512,
+}
+
+impl IsaLevel {
+    /// Every level, lowest first.
+    pub const ALL: [IsaLevel; 3] = [IsaLevel::Scalar, IsaLevel::Avx2, IsaLevel::Avx512];
+
+    /// The name `BITNET_ISA` and the plugin options use.
+    pub fn name(self) -> &'static str {
+        match self {
+            IsaLevel::Scalar => "scalar",
+            IsaLevel::Avx2 => "avx2",
+            IsaLevel::Avx512 => "avx512",
+        }
+    }
+
+    /// The CPU features the level needs (x86 feature names).
+    pub fn required_features(self) -> &'static [&'static str] {
+        match self {
+            IsaLevel::Scalar => &[],
+            IsaLevel::Avx2 => &["avx2", "fma"],
+            IsaLevel::Avx512 => &["avx512f", "avx512bw", "avx512vl"],
+        }
+    }
+
+    /// The required features this CPU lacks (empty when it runs the level).
+    pub fn missing_features(self) -> Vec<&'static str> {
+        self.required_features().iter().copied().filter(|f| !cpu_has(f)).collect()
+    }
+
+    /// Whether this CPU runs the level (runtime detection, ignoring the cap).
+    pub fn is_supported(self) -> bool {
+        self.missing_features().is_empty()
+    }
+
+    fn from_u8(v: u8) -> Option<IsaLevel> {
+        IsaLevel::ALL.get(usize::from(v)).copied()
+    }
+}
+
+impl fmt::Display for IsaLevel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A requested cap: a level, or `auto` (the best level this CPU runs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum IsaChoice {
+    /// The best level this CPU runs.
+    #[default]
+    Auto,
+    /// At most this level.
+    Level(IsaLevel),
+}
+
+impl FromStr for IsaChoice {
+    type Err = IsaError;
+
+    fn from_str(s: &str) -> Result<Self, IsaError> {
+        let t = s.trim();
+        if t.eq_ignore_ascii_case("auto") || t.is_empty() {
+            return Ok(IsaChoice::Auto);
+        }
+        IsaLevel::ALL
+            .iter()
+            .find(|l| t.eq_ignore_ascii_case(l.name()))
+            .map(|&l| IsaChoice::Level(l))
+            .ok_or_else(|| IsaError::Unknown(s.to_string()))
+    }
+}
+
+impl fmt::Display for IsaChoice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            IsaChoice::Auto => f.write_str("auto"),
+            IsaChoice::Level(l) => f.write_str(l.name()),
+        }
+    }
+}
+
+/// Why a cap was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IsaError {
+    /// The name is not `auto`, `scalar`, `avx2` or `avx512`.
+    Unknown(String),
+    /// This CPU lacks features the level needs.
+    Unsupported {
+        /// Where the request came from (`BITNET_ISA`, or a plugin option).
+        source: String,
+        /// The requested level.
+        level: IsaLevel,
+        /// The features this CPU lacks.
+        missing: Vec<&'static str>,
+    },
+}
+
+impl fmt::Display for IsaError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            IsaError::Unknown(s) => {
+                write!(f, "unknown instruction set {s:?}: expected auto, scalar, avx2 or avx512")
+            }
+            IsaError::Unsupported { source, level, missing } => write!(
+                f,
+                "{source} asks for {level}, but this CPU lacks {} (best available: {})",
+                missing.join(", "),
+                detect()
+            ),
+        }
+    }
+}
+
+impl std::error::Error for IsaError {}
+
+/// Whether this CPU has the x86 feature `name` (one of [`IsaLevel::required_features`]).
+fn cpu_has(name: &str) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        match name {
+            "avx2" => std::is_x86_feature_detected!("avx2"),
+            "fma" => std::is_x86_feature_detected!("fma"),
+            "avx512f" => std::is_x86_feature_detected!("avx512f"),
+            "avx512bw" => std::is_x86_feature_detected!("avx512bw"),
+            "avx512vl" => std::is_x86_feature_detected!("avx512vl"),
+            "avx512vnni" => std::is_x86_feature_detected!("avx512vnni"),
+            "avx512bf16" => std::is_x86_feature_detected!("avx512bf16"),
+            _ => false,
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = name;
+        false
+    }
+}
+
+/// The best level this CPU runs.
+pub fn detect() -> IsaLevel {
+    IsaLevel::ALL.iter().rev().copied().find(|l| l.is_supported()).unwrap_or(IsaLevel::Scalar)
+}
+
+/// The level `choice` stands for on this CPU, or an error naming what it lacks. `source` says
+/// where the request came from, for the message.
+pub fn check(choice: IsaChoice, source: &str) -> Result<IsaLevel, IsaError> {
+    match choice {
+        IsaChoice::Auto => Ok(detect()),
+        IsaChoice::Level(level) => {
+            let missing = level.missing_features();
+            if missing.is_empty() {
+                Ok(level)
+            } else {
+                Err(IsaError::Unsupported { source: source.to_string(), level, missing })
+            }
+        }
+    }
+}
+
+/// The choice `BITNET_ISA` makes (`auto` when unset), or an error for an unknown name.
+pub fn env_choice() -> Result<IsaChoice, IsaError> {
+    match std::env::var(ENV_VAR) {
+        Ok(v) => v.parse(),
+        Err(_) => Ok(IsaChoice::Auto),
+    }
+}
+
+/// The cap of a plugin option `option` (named `source` in messages) combined with
+/// `BITNET_ISA`: the lower of the two, after checking each runs on this CPU.
+pub fn resolve(option: IsaChoice, source: &str) -> Result<IsaLevel, IsaError> {
+    let from_env = check(env_choice()?, ENV_VAR)?;
+    let from_option = check(option, source)?;
+    Ok(from_env.min(from_option))
+}
+
+/// Not yet set: [`cap`] reads `BITNET_ISA` on first use.
+const UNSET: u8 = u8::MAX;
+static CAP: AtomicU8 = AtomicU8::new(UNSET);
+
+/// Makes `level` the process's cap, after checking this CPU runs it.
+pub fn set_cap(level: IsaLevel) -> Result<(), IsaError> {
+    check(IsaChoice::Level(level), "the instruction-set cap")?;
+    CAP.store(level as u8, Ordering::Relaxed);
+    Ok(())
+}
+
+/// The process's cap: the last [`set_cap`], else what `BITNET_ISA` asks for. A process that
+/// never called [`set_cap`] and has an unusable `BITNET_ISA` (plugins refuse it at build time
+/// with [`resolve`]) gets a one-line warning on stderr and the best level this CPU runs at or
+/// below the request.
+pub fn cap() -> IsaLevel {
+    if let Some(level) = IsaLevel::from_u8(CAP.load(Ordering::Relaxed)) {
+        return level;
+    }
+    let level = match env_choice().and_then(|c| check(c, ENV_VAR)) {
+        Ok(level) => level,
+        Err(e) => {
+            let fallback = match env_choice() {
+                Ok(IsaChoice::Level(asked)) => asked.min(detect()),
+                _ => detect(),
+            };
+            eprintln!("warning: {e}; using {fallback}");
+            fallback
+        }
+    };
+    // Racing first readers compute the same value; only one warning matters.
+    let _ = CAP.compare_exchange(UNSET, level as u8, Ordering::Relaxed, Ordering::Relaxed);
+    IsaLevel::from_u8(CAP.load(Ordering::Relaxed)).unwrap_or(level)
+}
+
+/// Whether paths of `level` may run: within the cap and supported by this CPU.
+#[inline]
+pub fn allows(level: IsaLevel) -> bool {
+    level <= cap() && level.is_supported()
+}
+
+/// The active path in words, for run headers and benchmarks: `"avx512 (vnni, bf16)"`,
+/// `"avx2 (fma)"` or `"scalar"`, followed by `" [capped; the CPU has avx512]"` when the CPU
+/// could do more.
+pub fn describe() -> String {
+    let level = cap();
+    let mut s = match level {
+        IsaLevel::Scalar => "scalar".to_string(),
+        IsaLevel::Avx2 => "avx2 (fma)".to_string(),
+        IsaLevel::Avx512 => {
+            let extras: Vec<&str> = [("avx512vnni", "vnni"), ("avx512bf16", "bf16")]
+                .iter()
+                .filter(|(f, _)| cpu_has(f))
+                .map(|&(_, short)| short)
+                .collect();
+            if extras.is_empty() {
+                "avx512".to_string()
+            } else {
+                format!("avx512 ({})", extras.join(", "))
+            }
+        }
+    };
+    let best = detect();
+    if level < best {
+        s.push_str(&format!(" [capped; the CPU has {best}]"));
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_parse_case_insensitively_and_unknown_ones_are_refused() {
+        assert_eq!("auto".parse::<IsaChoice>(), Ok(IsaChoice::Auto));
+        assert_eq!("AVX2".parse::<IsaChoice>(), Ok(IsaChoice::Level(IsaLevel::Avx2)));
+        assert_eq!(" scalar ".parse::<IsaChoice>(), Ok(IsaChoice::Level(IsaLevel::Scalar)));
+        assert_eq!("avx512".parse::<IsaChoice>(), Ok(IsaChoice::Level(IsaLevel::Avx512)));
+        let err = "sse9".parse::<IsaChoice>().expect_err("unknown");
+        assert!(err.to_string().contains("sse9") && err.to_string().contains("avx512"));
+        for level in IsaLevel::ALL {
+            assert_eq!(level.name().parse::<IsaChoice>(), Ok(IsaChoice::Level(level)));
+        }
+    }
+
+    #[test]
+    fn levels_are_ordered_and_detection_is_consistent() {
+        assert!(IsaLevel::Scalar < IsaLevel::Avx2 && IsaLevel::Avx2 < IsaLevel::Avx512);
+        assert!(IsaLevel::Scalar.is_supported());
+        let best = detect();
+        for level in IsaLevel::ALL {
+            assert_eq!(level.is_supported(), level <= best, "{level}");
+            assert_eq!(check(IsaChoice::Level(level), "test").is_ok(), level <= best);
+        }
+        assert_eq!(check(IsaChoice::Auto, "test"), Ok(best));
+    }
+
+    #[test]
+    fn a_missing_level_names_its_missing_features() {
+        for level in IsaLevel::ALL.into_iter().filter(|l| !l.is_supported()) {
+            let err = check(IsaChoice::Level(level), "kernel option isa").expect_err("missing");
+            let msg = err.to_string();
+            assert!(msg.contains("kernel option isa") && msg.contains(level.name()), "{msg}");
+            for f in level.missing_features() {
+                assert!(msg.contains(f), "{msg}");
+            }
+        }
+    }
+
+    /// The only test that touches the process-wide cap (tests run in parallel).
+    #[test]
+    fn the_cap_follows_set_cap_and_describe_names_it() {
+        for level in IsaLevel::ALL.into_iter().filter(|l| l.is_supported()) {
+            set_cap(level).expect("supported");
+            assert_eq!(cap(), level);
+            assert!(allows(IsaLevel::Scalar) && allows(level));
+            assert!(IsaLevel::ALL.iter().all(|&l| allows(l) == (l <= level)));
+            assert!(describe().starts_with(level.name()), "{}", describe());
+        }
+        if !IsaLevel::Avx512.is_supported() {
+            assert!(set_cap(IsaLevel::Avx512).is_err());
+        }
+    }
+}

@@ -1,0 +1,129 @@
+//! The AVX2 micro-kernel of the int8 weight gradient (see `i8_grad.rs`).
+//!
+//! AVX2 has no `vpdpbusd`, and `vpmaddubsw` saturates its 16-bit pair sums (255 * 127 * 2 does
+//! not fit), so the bytes are widened to 16 bits instead: the unsigned `X_q + 128` bytes of a
+//! lane split into tokens (0, 2) and (1, 3) by masks and shifts, the signed codes of `A` into the
+//! same pairs, sign-extended, and `vpmaddwd` adds each pair of exact products into an int32.
+//! Every block sum is therefore the same exact integer as the scalar twin's, and the blocks are
+//! combined with the same fused multiply-adds in the same order: bit-identical.
+
+use super::i8_grad::{I8Tile, KB, MR, NR, QUADS};
+use super::x86_avx2_bf16::mask8;
+use std::arch::x86_64::*;
+
+/// Micro-kernel: up to 6 rows x one 32-column panel, 8 columns at a time, over the tile's
+/// token blocks.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA; `1 <= t.rows <= 6`, `t.blocks <= KB`, `t.a` holds
+/// `(blocks - 1) * a_stride + QUADS * 6` lanes, `t.scales` and `t.inits` hold
+/// `(blocks - 1) * s_stride + 6` entries, `t.b` holds `blocks * QUADS * 32` lanes,
+/// `t.cols <= 32`, `t.l0 + t.cols <= t.k` and `t.out` holds `rows * k` floats.
+#[target_feature(enable = "avx2,fma")]
+pub(crate) unsafe fn kernel_i8_grad_avx2(t: I8Tile<'_>) {
+    // SAFETY: forwarded from this function's contract.
+    unsafe {
+        match t.rows {
+            6 => rows_avx2::<6>(t),
+            5 => rows_avx2::<5>(t),
+            4 => rows_avx2::<4>(t),
+            3 => rows_avx2::<3>(t),
+            2 => rows_avx2::<2>(t),
+            1 => rows_avx2::<1>(t),
+            r => unreachable!("the driver never asks for {r} rows"),
+        }
+    }
+}
+
+/// The mask of the first `rest` (at most 8) 32-bit lanes.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn lane_mask_i32(rest: usize) -> __m256i {
+    let m = mask8(rest);
+    // SAFETY: `m` holds exactly 8 i32.
+    unsafe { _mm256_loadu_si256(m.as_ptr().cast()) }
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn rows_avx2<const R: usize>(t: I8Tile<'_>) {
+    let blocks = t.blocks;
+    assert!((1..=KB).contains(&blocks), "int8 tile block count");
+    assert!(
+        t.a.len() >= (blocks - 1) * t.a_stride + QUADS * MR
+            && t.scales.len() >= (blocks - 1) * t.s_stride + MR
+            && t.inits.len() >= (blocks - 1) * t.s_stride + MR
+            && t.b.len() >= blocks * QUADS * NR,
+        "int8 tile out of bounds"
+    );
+    assert!(t.cols <= NR && t.l0 + t.cols <= t.k && t.out.len() >= R * t.k, "int8 tile output");
+    // The tile's codes split once, eight lanes at a time (six rows used):
+    // `[block][quad][even 8, odd 8]`, broadcast from memory below.
+    let mut wide = [0u32; 16 * QUADS * KB];
+    let six = lane_mask_i32(MR);
+    for bl in 0..blocks {
+        for q in 0..QUADS {
+            // SAFETY: lanes bl * a_stride + q * 6 .. + 6 of `a` are in bounds (asserted above;
+            // q * 6 + 6 <= QUADS * 6); masked-off lanes are not read. `wide` holds 16 lanes at
+            // (bl * QUADS + q) * 16 (bl < KB).
+            unsafe {
+                let v =
+                    _mm256_maskload_epi32(t.a.as_ptr().add(bl * t.a_stride + q * MR).cast(), six);
+                let even = _mm256_srai_epi16(_mm256_slli_epi16(v, 8), 8);
+                let odd = _mm256_srai_epi16(v, 8);
+                let w = wide.as_mut_ptr().add((bl * QUADS + q) * 16);
+                _mm256_storeu_si256(w.cast(), even);
+                _mm256_storeu_si256(w.add(8).cast(), odd);
+            }
+        }
+    }
+    let (wp, bp) = (wide.as_ptr(), t.b.as_ptr());
+    let low_bytes = _mm256_set1_epi32(0x00FF_00FF);
+    for c in (0..t.cols).step_by(8) {
+        let m = mask8(t.cols - c);
+        // SAFETY: `m` is 8 lanes.
+        let mask = unsafe { _mm256_loadu_si256(m.as_ptr().cast()) };
+        let mut facc = [_mm256_setzero_ps(); R];
+        if t.accumulate {
+            for (r, f) in facc.iter_mut().enumerate() {
+                // SAFETY: the masked lanes are columns l0 + c .. l0 + min(c + 8, cols) <= k of
+                // row r < R of `out` (asserted above).
+                *f = unsafe { _mm256_maskload_ps(t.out.as_ptr().add(r * t.k + t.l0 + c), mask) };
+            }
+        }
+        for bl in 0..blocks {
+            let mut iacc = [_mm256_setzero_si256(); R];
+            for (r, acc) in iacc.iter_mut().enumerate() {
+                *acc = _mm256_set1_epi32(t.inits[bl * t.s_stride + r]);
+            }
+            for q in 0..QUADS {
+                // SAFETY: lanes (bl * QUADS + q) * 32 + c .. + 8 <= blocks * QUADS * 32 of `b`
+                // (c + 8 <= 32) and entries (bl * QUADS + q) * 16 .. + 16 of `wide` are in
+                // bounds (asserted above); unaligned loads are allowed.
+                unsafe {
+                    let bv = _mm256_loadu_si256(bp.add((bl * QUADS + q) * NR + c).cast());
+                    let b_even = _mm256_and_si256(bv, low_bytes);
+                    let b_odd = _mm256_and_si256(_mm256_srli_epi32(bv, 8), low_bytes);
+                    let w = wp.add((bl * QUADS + q) * 16);
+                    for (r, acc) in iacc.iter_mut().enumerate() {
+                        let ae = _mm256_set1_epi32(*w.add(r) as i32);
+                        let ao = _mm256_set1_epi32(*w.add(8 + r) as i32);
+                        let s = _mm256_add_epi32(
+                            _mm256_madd_epi16(b_even, ae),
+                            _mm256_madd_epi16(b_odd, ao),
+                        );
+                        *acc = _mm256_add_epi32(*acc, s);
+                    }
+                }
+            }
+            for (r, (f, &acc)) in facc.iter_mut().zip(&iacc).enumerate() {
+                let scale = _mm256_set1_ps(t.scales[bl * t.s_stride + r]);
+                *f = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(acc), *f);
+            }
+        }
+        for (r, &f) in facc.iter().enumerate() {
+            // SAFETY: as the masked load above; `out` is an exclusive borrow.
+            unsafe { _mm256_maskstore_ps(t.out.as_mut_ptr().add(r * t.k + t.l0 + c), mask, f) };
+        }
+    }
+}
