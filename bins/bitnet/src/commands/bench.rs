@@ -183,6 +183,8 @@ fn train(args: TrainArgs) -> anyhow::Result<()> {
         (step_median - optimizer_median) * 1e3,
         optimizer_median * 1e3
     );
+    // The kernel's build set the process-wide cap (its `isa` option and BITNET_ISA).
+    println!("instruction set: {}", bitnet_framework::isa::describe());
     let (loss_first, loss_last) = (losses[0], losses[losses.len() - 1]);
     println!(
         "RESULT preset={} B={} threads={}: median step {:.1} ms (min {:.1}, max {:.1}) -> {:.1} tokens/s, \

@@ -26,6 +26,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         "model: d_model {} layers {} heads {} ffn_hidden {} seq_len {}",
         m.d_model, m.n_layers, m.n_heads, m.ffn_hidden, m.seq_len
     );
+    // Planning built the kernel, which set the instruction-set cap.
+    println!("instruction set: {}", bitnet_framework::isa::describe());
     // The run's model takes the tokenizer's vocabulary once the corpus is tokenized (printed
     // again then); until then the count is at the preset's.
     println!(
