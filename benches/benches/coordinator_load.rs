@@ -89,7 +89,7 @@ fn main() {
             let id = format!("sim-{i}");
             let secret = secrets::generate_secret();
             store.add_client(&id, &secrets::hash_secret(&secret).expect("hash")).expect("client");
-            let creds = Credentials { client_id: id, client_secret: secret };
+            let creds = Credentials { client_id: id, client_secret: secret, ca_certificate: None };
             let transport = build_transport(&config, &registry).expect("transport");
             let (endpoint, fingerprint) = (endpoint.clone(), fingerprint.clone());
             let (claims, beats, errors) = (claims.clone(), beats.clone(), errors.clone());

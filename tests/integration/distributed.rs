@@ -73,7 +73,7 @@ fn packed_loss(config: &RunConfig, registry: &Registry, params: &[f32], tokens: 
 }
 
 /// The upload of `payload` for `task`, computed on the task's weights over all its tokens.
-fn upload_of(task: &TaskSpec, payload: Vec<u8>) -> UpdateUpload {
+pub(crate) fn upload_of(task: &TaskSpec, payload: Vec<u8>) -> UpdateUpload {
     UpdateUpload {
         task: TaskRef { task_id: task.task_id, lease: task.lease },
         base_version: task.weights_version,
@@ -161,14 +161,25 @@ fn diloco_update_lowers_the_loss_on_its_data() {
     c.shutdown();
 }
 
-fn register(c: &Coordinator, config: &RunConfig, registry: &Registry, id: &str) {
+pub(crate) fn register(c: &Coordinator, config: &RunConfig, registry: &Registry, id: &str) {
+    register_at(c, config, registry, id, 1000.0);
+}
+
+/// Registers `id` calibrated at `tokens_per_sec`.
+pub(crate) fn register_at(
+    c: &Coordinator,
+    config: &RunConfig,
+    registry: &Registry,
+    id: &str,
+    tokens_per_sec: f64,
+) {
     let (kernel, _) = kernel_and_context(config, registry).expect("kernel");
     dist::add_client(c, id);
     c.register(
         id,
         Registration {
             threads: 1,
-            tokens_per_sec: 1000.0,
+            tokens_per_sec,
             framework_version: "test".into(),
             layout_fingerprint: kernel.layout().fingerprint(),
         },
@@ -324,7 +335,8 @@ fn revoked_and_rotated_clients_are_refused_at_once() {
         .expect("rotate");
     assert!(matches!(client.heartbeat(hb.clone()), Err(ApiError::Unauthorized(_))));
     assert!(matches!(transport.connect(&server.endpoint(), creds), Err(ApiError::Unauthorized(_))));
-    let fresh = Credentials { client_id: "w".into(), client_secret: "new".into() };
+    let fresh =
+        Credentials { client_id: "w".into(), client_secret: "new".into(), ca_certificate: None };
     let mut client = transport.connect(&server.endpoint(), fresh).expect("new secret works");
     c.store().revoke_client("w").expect("revoke");
     assert!(matches!(client.heartbeat(hb), Err(ApiError::Unauthorized(_))));
@@ -477,7 +489,7 @@ fn every_shipped_config_passes_the_distributed_checks() {
 }
 
 /// Encodes `update` with the run's gradient codec.
-fn encode_update(config: &RunConfig, registry: &Registry, update: &[f32]) -> Vec<u8> {
+pub(crate) fn encode_update(config: &RunConfig, registry: &Registry, update: &[f32]) -> Vec<u8> {
     let (kernel, ctx) = kernel_and_context(config, registry).expect("kernel");
     let mut codec = registry
         .build::<dyn bitnet_framework::codec::GradientCodec>(
@@ -493,13 +505,17 @@ fn encode_update(config: &RunConfig, registry: &Registry, update: &[f32]) -> Vec
 fn updates_computed_on_one_version_are_averaged_into_one_step() {
     let dir = bitnet_tests::temp_dir();
     let registry = dist::registry();
-    let config = dist::tiny_config(dir.path(), &["codec.type=fp32"]);
-    let c = dist::start_coordinator(&config, &registry, dist::pattern_corpus(1, 512), 0, 64);
+    // Tasks sized to 0.192 s of work: a (1000 tokens/s) gets three 64-token batches, b
+    // (334 tokens/s) one, so the round weighs their updates 3:1.
+    let config =
+        dist::tiny_config(dir.path(), &["codec.type=fp32", "coordinator.task_seconds=0.192"]);
+    let c = dist::start_coordinator(&config, &registry, dist::pattern_corpus(1, 512), 0, 192);
     register(&c, &config, &registry, "a");
-    register(&c, &config, &registry, "b");
+    register_at(&c, &config, &registry, "b", 334.0);
     let ta = c.claim("a").expect("claim").expect("task a");
     let tb = c.claim("b").expect("claim").expect("task b");
     assert_eq!((ta.weights_version, tb.weights_version), (0, 0));
+    assert_eq!((ta.tokens, tb.tokens), (192, 64));
     let (_, p0) = c.params().expect("params");
     let ga: Vec<f32> = (0..p0.len()).map(|i| ((i % 7) as f32 - 3.0) * 1e-3).collect();
     let gb: Vec<f32> = (0..p0.len()).map(|i| ((i % 5) as f32 - 2.0) * 2e-3).collect();
@@ -507,7 +523,7 @@ fn updates_computed_on_one_version_are_averaged_into_one_step() {
         tokens,
         ..upload_of(t, encode_update(&config, &registry, g))
     };
-    let (wa, wb) = (48u64, 16u64);
+    let (wa, wb) = (ta.tokens, tb.tokens);
     let first = c.upload("a", upload(&ta, &ga, wa)).expect("upload a");
     assert!(first.accepted && first.applied_version.is_none(), "{first:?}");
     assert_eq!(c.version(), 0, "the round waits for b");

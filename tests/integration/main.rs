@@ -7,6 +7,8 @@ mod dist_process;
 mod distributed;
 mod dry_run;
 mod dynamic;
+mod http_hardening;
 mod presets;
 mod registry;
 mod trainer;
+mod trust;

@@ -200,7 +200,7 @@ pub mod dist {
         let secret = secrets::generate_secret();
         let hash = secrets::hash_secret(&secret).expect("hash");
         coordinator.store().add_client(id, &hash).expect("add client");
-        Credentials { client_id: id.into(), client_secret: secret }
+        Credentials { client_id: id.into(), client_secret: secret, ca_certificate: None }
     }
 
     /// A coordinator for `config` over `corpus`, with its queue seeded for `budget` tokens

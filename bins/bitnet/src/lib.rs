@@ -41,6 +41,9 @@ enum Command {
     Coordinator(commands::coordinator::Args),
     /// Train for a coordinator until stopped.
     Worker(commands::worker::Args),
+    /// Make TLS certificates for a coordinator (a private CA and a server certificate).
+    #[command(subcommand)]
+    Certs(commands::certs::CertsCommand),
     /// Manage worker credentials (add, rotate, revoke, list).
     #[command(subcommand)]
     Keys(commands::keys::KeysCommand),
@@ -81,6 +84,7 @@ pub fn main() -> std::process::ExitCode {
         Command::Run(args) => commands::run::run(args),
         Command::Coordinator(args) => commands::coordinator::run(args),
         Command::Worker(args) => commands::worker::run(args),
+        Command::Certs(cmd) => commands::certs::run(cmd),
         Command::Keys(cmd) => commands::keys::run(cmd),
         Command::SeedTasks(args) => commands::seed_tasks::run(args),
         Command::Train(args) => commands::train::run(args),

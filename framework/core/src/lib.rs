@@ -20,6 +20,7 @@ pub mod codec;
 pub mod context;
 pub mod coordinator_store;
 pub mod dynamic;
+pub mod files;
 pub mod isa;
 pub mod model;
 pub mod optim;

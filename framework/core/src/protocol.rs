@@ -331,6 +331,14 @@ pub enum ApiError {
     /// The body is larger than allowed.
     #[error("payload too large: {0}")]
     TooLarge(String),
+    /// Too many requests (a rate limit, a locked-out client): wait `retry_after_secs`.
+    #[error("too many requests: {reason} (retry after {retry_after_secs} s)")]
+    TooMany {
+        /// What was limited.
+        reason: String,
+        /// Seconds to wait before trying again.
+        retry_after_secs: u64,
+    },
     /// Try again later.
     #[error("unavailable: {0}")]
     Unavailable(String),
@@ -345,7 +353,13 @@ pub enum ApiError {
 impl ApiError {
     /// Whether retrying the same request may succeed.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, ApiError::Unavailable(_) | ApiError::Transport(_) | ApiError::Internal(_))
+        matches!(
+            self,
+            ApiError::Unavailable(_)
+                | ApiError::Transport(_)
+                | ApiError::Internal(_)
+                | ApiError::TooMany { .. }
+        )
     }
 }
 
@@ -371,6 +385,11 @@ pub trait CoordinatorApi: Send + Sync {
     fn status(&self) -> Result<StatusReport, ApiError>;
     /// Prometheus text exposition of the coordinator's metrics.
     fn metrics(&self) -> String;
+    /// Largest upload body this coordinator can accept, bytes (`None`: no limit of its own).
+    /// Transports refuse larger bodies before reading them.
+    fn upload_limit(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// What a worker calls; one client per worker, authenticated as that worker.

@@ -15,6 +15,10 @@ pub struct Credentials {
     pub client_id: String,
     /// Client secret.
     pub client_secret: String,
+    /// PEM certificate of the CA that signed the coordinator's TLS certificate: when set, a
+    /// transport trusts that CA alone (pinning) instead of the system's roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_certificate: Option<String>,
 }
 
 impl std::fmt::Debug for Credentials {

@@ -4,7 +4,11 @@
 
 use argon2::Argon2;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use bitnet_framework::coordinator_store::{ClientRecord, CoordinatorStore};
+use bitnet_framework::protocol::{ApiError, CoordinatorApi};
+use bitnet_framework::transport::{Authenticator, Credentials, ServeContext};
 use rand::RngCore;
+use std::sync::Arc;
 
 /// A new random secret: 32 bytes, hex.
 pub fn generate_secret() -> String {
@@ -36,18 +40,21 @@ pub fn verify_secret(secret: &str, hash: &str) -> bool {
         .unwrap_or(false)
 }
 
-use bitnet_framework::coordinator_store::{ClientRecord, CoordinatorStore};
-use bitnet_framework::protocol::ApiError;
-use bitnet_framework::protocol::CoordinatorApi;
-use bitnet_framework::transport::{Authenticator, Credentials, ServeContext};
-use std::sync::Arc;
-
 /// What a transport needs to serve `api`: the API, authenticated against `store`'s client keys.
 pub fn serve_context(
     api: Arc<dyn CoordinatorApi>,
     store: Arc<dyn CoordinatorStore>,
 ) -> ServeContext {
     ServeContext { api, auth: Arc::new(StoreAuthenticator::new(store)) }
+}
+
+/// The hash unknown client ids are verified against: a random secret's, made once.
+fn decoy_hash() -> Result<&'static str, ApiError> {
+    static DECOY: std::sync::OnceLock<Result<String, String>> = std::sync::OnceLock::new();
+    DECOY
+        .get_or_init(|| hash_secret(&generate_secret()))
+        .as_deref()
+        .map_err(|e| ApiError::Internal(e.clone()))
 }
 
 /// The [`Authenticator`] of a coordinator: secrets and revocations from its store.
@@ -65,8 +72,12 @@ impl StoreAuthenticator {
 impl Authenticator for StoreAuthenticator {
     fn verify(&self, credentials: &Credentials) -> Result<ClientRecord, ApiError> {
         let client = self.store.client(&credentials.client_id)?;
-        // Verify even for unknown ids, so timing does not tell which ids exist.
-        let hash = client.as_ref().map(|c| c.secret_hash.as_str()).unwrap_or_default();
+        // An unknown id is verified against a real hash of a random secret, so it costs the
+        // same argon2 work as a known one and timing does not tell which ids exist.
+        let hash = match &client {
+            Some(c) => c.secret_hash.as_str(),
+            None => decoy_hash()?,
+        };
         let ok = verify_secret(&credentials.client_secret, hash);
         client
             .filter(|c| ok && !c.revoked)
@@ -98,5 +109,22 @@ mod tests {
         assert!(!verify_secret("wrong", &h));
         assert!(!verify_secret(&s, "not a hash"));
         assert_ne!(hash_secret(&s).expect("hash"), h, "fresh salt");
+    }
+
+    #[test]
+    fn unknown_ids_cost_a_real_verification_and_are_refused() {
+        let store: Arc<dyn CoordinatorStore> =
+            Arc::new(crate::coordinator::memory::MemoryStore::new());
+        let auth = StoreAuthenticator::new(Arc::clone(&store));
+        let hash = decoy_hash().expect("decoy");
+        assert!(hash.starts_with("$argon2"), "the decoy is a real argon2 hash: {hash}");
+        let creds = |id: &str| Credentials {
+            client_id: id.into(),
+            client_secret: "guess".into(),
+            ca_certificate: None,
+        };
+        assert!(matches!(auth.verify(&creds("nobody")), Err(ApiError::Unauthorized(_))));
+        store.add_client("w", &hash_secret("right").expect("hash")).expect("add");
+        assert!(matches!(auth.verify(&creds("w")), Err(ApiError::Unauthorized(_))));
     }
 }

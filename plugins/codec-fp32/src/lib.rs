@@ -38,6 +38,11 @@ impl GradientCodec for Fp32Codec {
         })
     }
 
+    fn max_encoded_len(&self, layout: &ParamLayout) -> Option<usize> {
+        let lens: Vec<usize> = layout.tensors().iter().map(|t| t.numel() * 4).collect();
+        Some(wire::payload_len(WIRE_ID, &lens))
+    }
+
     fn decode(&self, layout: &ParamLayout, bytes: &[u8]) -> Result<Vec<f32>, CodecError> {
         let sections = wire::open(bytes, WIRE_ID, WIRE_VERSION, layout)?;
         let mut out = vec![0.0f32; layout.total_params()];

@@ -188,6 +188,17 @@ impl GradientCodec for Int8Codec {
         }
         Ok(out)
     }
+
+    fn max_encoded_len(&self, layout: &ParamLayout) -> Option<usize> {
+        let lens: Vec<usize> = layout
+            .tensors()
+            .iter()
+            // The decoder accepts any block size the sender chose; blocks of one value (a
+            // scale per value) make the longest section.
+            .map(|t| Self::section_len(0, t.numel()).max(Self::section_len(1, t.numel())))
+            .collect();
+        Some(wire::payload_len(WIRE_ID, &lens))
+    }
 }
 
 impl Int8Codec {

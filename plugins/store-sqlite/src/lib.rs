@@ -8,9 +8,10 @@
 //! old telemetry pruned).
 
 use bitnet_framework::BuildContext;
+use bitnet_framework::coordinator_store::queue::completion;
 use bitnet_framework::coordinator_store::{
-    ClaimRequest, ClientRecord, Completion, CoordinatorStore, NewTask, StoreFailure, SweepPolicy,
-    SweepReport, TaskRecord, TaskState, TaskTelemetry, WorkerRecord, WorkerState,
+    ClaimRequest, ClientRecord, Completion, CoordinatorStore, Finished, NewTask, StoreFailure,
+    SweepPolicy, SweepReport, TaskRecord, TaskState, TaskTelemetry, WorkerRecord, WorkerState,
 };
 use bitnet_framework::protocol::{LogRecord, TaskCounts, TaskRef, WorkerCounts, now_ms};
 use bitnet_framework::registry::{BuildError, PluginConfig, Slot};
@@ -185,18 +186,15 @@ fn get_client(tx: &Connection, id: &str) -> Result<Option<ClientRecord>, StoreFa
     .map_err(fail)
 }
 
-fn is_held(t: &TaskRecord, task: TaskRef, worker: &str) -> bool {
-    t.state == TaskState::Assigned
-        && t.attempts == task.lease
-        && t.worker.as_deref() == Some(worker)
-}
-
 impl SqliteStore {
     /// Opens (creating if needed) the database at `path`.
     pub fn open(path: &Path, busy_timeout: Duration) -> Result<Self, StoreFailure> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| fail(format!("{}: {e}", dir.display())))?;
         }
+        // The database holds client secret hashes: owner-only, and never through a symlink.
+        bitnet_framework::files::create_private(path, false)
+            .map_err(|e| fail(format!("{}: {e}", path.display())))?;
         let conn = Connection::open(path).map_err(|e| fail(format!("{}: {e}", path.display())))?;
         conn.busy_timeout(busy_timeout).map_err(fail)?;
         let mode: String =
@@ -251,6 +249,18 @@ impl CoordinatorStore for SqliteStore {
 
     fn claim(&self, req: &ClaimRequest) -> Result<Option<TaskRecord>, StoreFailure> {
         self.write(|tx| {
+            if req.max_leases > 0 {
+                let held: i64 = tx
+                    .query_row(
+                        "SELECT COUNT(*) FROM tasks WHERE state = 'assigned' AND worker = ?1",
+                        [&req.worker],
+                        |r| r.get(0),
+                    )
+                    .map_err(fail)?;
+                if u(held) >= req.max_leases {
+                    return Ok(None);
+                }
+            }
             let Some(mut t) = tx
                 .query_row(
                     &format!(
@@ -331,32 +341,24 @@ impl CoordinatorStore for SqliteStore {
 
     fn complete(
         &self,
-        task: TaskRef,
-        worker: &str,
+        tasks: &[Finished],
         applied_version: u64,
-    ) -> Result<Completion, StoreFailure> {
+    ) -> Result<Vec<Completion>, StoreFailure> {
         self.write(|tx| {
-            let Some(t) = get_task(tx, task.task_id)? else {
-                return Ok(Completion::Refused(format!("task {} does not exist", task.task_id)));
-            };
-            if is_held(&t, task, worker) {
-                tx.execute(
-                    "UPDATE tasks SET state = 'done', applied_version = ?2, lease_deadline_ms = 0
-                     WHERE id = ?1",
-                    params![i(t.id), i(applied_version)],
-                )
-                .map_err(fail)?;
-                return Ok(Completion::Completed);
+            let mut out = Vec::with_capacity(tasks.len());
+            for f in tasks {
+                let c = completion(get_task(tx, f.task.task_id)?.as_ref(), f);
+                if c == Completion::Completed {
+                    tx.execute(
+                        "UPDATE tasks SET state = 'done', applied_version = ?2, lease_deadline_ms = 0
+                         WHERE id = ?1",
+                        params![i(f.task.task_id), i(applied_version)],
+                    )
+                    .map_err(fail)?;
+                }
+                out.push(c);
             }
-            if t.state == TaskState::Done
-                && t.attempts == task.lease
-                && t.worker.as_deref() == Some(worker)
-            {
-                return Ok(Completion::AlreadyDone { applied_version: t.applied_version });
-            }
-            Ok(Completion::Refused(bitnet_framework::coordinator_store::queue::refusal(
-                &t, task, worker,
-            )))
+            Ok(out)
         })
     }
 
@@ -441,11 +443,25 @@ impl CoordinatorStore for SqliteStore {
                     [i(now.saturating_sub(policy.telemetry_retention_ms))],
                 )
                 .map_err(fail)?;
+            let old_logs = tx
+                .execute(
+                    "DELETE FROM logs WHERE ts_ms < ?1",
+                    [i(now.saturating_sub(policy.log_retention_ms))],
+                )
+                .map_err(fail)?;
+            let excess_logs = tx
+                .execute(
+                    "DELETE FROM logs WHERE id IN (SELECT id FROM logs ORDER BY id DESC
+                     LIMIT -1 OFFSET ?1)",
+                    [i(policy.max_log_records)],
+                )
+                .map_err(fail)?;
             Ok(SweepReport {
                 leases_expired: expired as u64,
                 tasks_failed: failed as u64,
                 workers_gone: gone as u64,
                 telemetry_pruned: pruned as u64,
+                logs_pruned: (old_logs + excess_logs) as u64,
             })
         })
     }
@@ -685,13 +701,15 @@ mod tests {
                 max_tokens: 10,
                 granularity: 1,
                 lease_ms: 10,
+                max_leases: 0,
             };
             let t = s.claim(&req).expect("claim").expect("task");
             TaskRef { task_id: t.id, lease: t.attempts }
         };
         let s = SqliteStore::open(&path, Duration::from_secs(5)).expect("reopen");
         assert_eq!(s.task(t.task_id).expect("t").expect("t").state, TaskState::Assigned);
-        assert_eq!(s.complete(t, "w", 3).expect("c"), Completion::Completed);
+        let done = s.complete(&[Finished { task: t, worker: "w".into() }], 3).expect("c");
+        assert_eq!(done, [Completion::Completed]);
         assert!(s.client("w").expect("c").is_some());
     }
 
@@ -712,6 +730,7 @@ mod tests {
                     max_tokens: 1,
                     granularity: 1,
                     lease_ms: 1000,
+                    max_leases: 0,
                 };
                 let mut ids = Vec::new();
                 while let Some(t) = s.claim(&req).expect("claim") {

@@ -30,12 +30,17 @@ fn transport_err(e: reqwest::Error) -> ApiError {
 /// Turns a non-success response into the protocol error it carries.
 fn error_of(resp: Response) -> ApiError {
     let status = resp.status().as_u16();
+    let retry_after = resp
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
     let text = resp.text().unwrap_or_default();
     let message = serde_json::from_str::<serde_json::Value>(&text)
         .ok()
         .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_string))
         .unwrap_or(text);
-    crate::status::error_from_status(status, message)
+    crate::status::error_from_status(status, message, retry_after)
 }
 
 fn json<T: DeserializeOwned>(resp: Response) -> Result<T, ApiError> {
@@ -43,17 +48,43 @@ fn json<T: DeserializeOwned>(resp: Response) -> Result<T, ApiError> {
 }
 
 impl HttpClient {
-    /// A client of the coordinator at `base` (e.g. `http://127.0.0.1:8080`).
+    /// A client of the coordinator at `base` (e.g. `https://coordinator:8443`). With a CA
+    /// certificate in the credentials, that CA alone is trusted (pinned). Refuses a plain
+    /// `http://` coordinator that is not on loopback unless `allow_plain_http`: the secret
+    /// would cross the network in clear text.
     pub fn new(
         base: &str,
         credentials: Credentials,
         config: &HttpConfig,
     ) -> Result<Self, ApiError> {
-        let http = Client::builder()
+        let lower = base.to_ascii_lowercase();
+        if lower.starts_with("http://")
+            && !crate::tls::is_loopback_host(crate::tls::url_host(base))
+            && !config.allow_plain_http
+        {
+            return Err(ApiError::Invalid(format!(
+                "refusing to send credentials to {base} over plain HTTP; use https:// (the \
+                 coordinator's transport.tls_cert_file), or set transport.allow_plain_http = \
+                 true on a network you trust"
+            )));
+        }
+        if !lower.starts_with("http://") && !lower.starts_with("https://") {
+            return Err(ApiError::Invalid(format!(
+                "coordinator endpoint `{base}` must start with https:// or http://"
+            )));
+        }
+        let mut builder = Client::builder()
             .timeout(Duration::from_secs(config.request_timeout_secs.max(1)))
-            .connect_timeout(Duration::from_secs(10))
-            .build()
-            .map_err(transport_err)?;
+            .connect_timeout(Duration::from_secs(10));
+        if let Some(pem) = &credentials.ca_certificate {
+            let ca = reqwest::Certificate::from_pem(pem.as_bytes()).map_err(|e| {
+                ApiError::Invalid(format!(
+                    "the credentials' ca_certificate is not a PEM certificate: {e}"
+                ))
+            })?;
+            builder = builder.tls_built_in_root_certs(false).add_root_certificate(ca);
+        }
+        let http = builder.build().map_err(transport_err)?;
         Ok(Self {
             base: base.trim_end_matches('/').to_string(),
             credentials,

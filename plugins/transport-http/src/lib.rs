@@ -9,9 +9,12 @@
 //!   loop retries failed calls with backoff.
 
 pub mod client;
+pub mod guard;
+pub mod listener;
 pub mod range;
 pub mod server;
 pub mod status;
+pub mod tls;
 pub mod token;
 
 use bitnet_framework::BuildContext;
@@ -32,7 +35,8 @@ pub struct HttpConfig {
     /// File holding the JWT signing key (created with 32 random bytes if missing); relative
     /// paths are under the run directory.
     pub signing_key_file: PathBuf,
-    /// Largest request body of `POST /gradient`, bytes.
+    /// Largest request body of `POST /gradient`, bytes; the coordinator's own limit for the
+    /// run (the longest valid update of its model and codec) applies when smaller.
     pub max_upload_bytes: usize,
     /// Largest JSON request body of the other endpoints, bytes.
     pub max_json_bytes: usize,
@@ -42,6 +46,33 @@ pub struct HttpConfig {
     pub request_timeout_secs: u64,
     /// Client: refresh the token this many seconds before it expires.
     pub token_refresh_margin_secs: u64,
+    /// Server: PEM certificate chain; with `tls_key_file`, the coordinator serves HTTPS.
+    /// Relative paths are under the run directory. `bitnet certs init` makes both.
+    pub tls_cert_file: Option<PathBuf>,
+    /// Server: PEM private key of `tls_cert_file`.
+    pub tls_key_file: Option<PathBuf>,
+    /// Server: serve plain HTTP on a non-loopback address; client: send the secret over plain
+    /// HTTP to a non-loopback host. Off: both refuse (plain HTTP is for loopback only).
+    pub allow_plain_http: bool,
+    /// Server: a request's headers (and a TLS handshake) must arrive within this, seconds;
+    /// slower connections are closed.
+    pub header_read_timeout_secs: u64,
+    /// Server: a request that takes longer is answered 503, seconds.
+    pub server_request_timeout_secs: u64,
+    /// Server: open connections at most; more are closed as soon as they are accepted.
+    pub max_connections: usize,
+    /// Server: login attempts per minute from one IP address (429 past it).
+    pub logins_per_ip_per_minute: u32,
+    /// Server: login attempts per minute for one client id (429 past it).
+    pub logins_per_client_per_minute: u32,
+    /// Server: this many failed logins in a row lock a client id out (0 = never).
+    pub lockout_failures: u32,
+    /// Server: how long a lockout lasts, seconds.
+    pub lockout_secs: u64,
+    /// Server: password verifications running at once [default: the machine's cores].
+    pub max_concurrent_logins: Option<usize>,
+    /// Server: logins waiting for a verification slot; more are answered 503.
+    pub max_queued_logins: usize,
 }
 
 impl Default for HttpConfig {
@@ -55,6 +86,18 @@ impl Default for HttpConfig {
             server_threads: 2,
             request_timeout_secs: 600,
             token_refresh_margin_secs: 60,
+            tls_cert_file: None,
+            tls_key_file: None,
+            allow_plain_http: false,
+            header_read_timeout_secs: 10,
+            server_request_timeout_secs: 300,
+            max_connections: 4096,
+            logins_per_ip_per_minute: 600,
+            logins_per_client_per_minute: 30,
+            lockout_failures: 10,
+            lockout_secs: 300,
+            max_concurrent_logins: None,
+            max_queued_logins: 64,
         }
     }
 }
@@ -69,11 +112,13 @@ pub struct HttpTransport {
 impl HttpTransport {
     /// A transport with `config`, resolving the key file under `run_dir`.
     pub fn new(config: HttpConfig, run_dir: &std::path::Path) -> Self {
-        let key_path = if config.signing_key_file.is_absolute() {
-            config.signing_key_file.clone()
-        } else {
-            run_dir.join(&config.signing_key_file)
+        let under_run = |p: &std::path::Path| {
+            if p.is_absolute() { p.to_path_buf() } else { run_dir.join(p) }
         };
+        let key_path = under_run(&config.signing_key_file);
+        let mut config = config;
+        config.tls_cert_file = config.tls_cert_file.as_deref().map(under_run);
+        config.tls_key_file = config.tls_key_file.as_deref().map(under_run);
         Self { config, key_path }
     }
 }
@@ -81,11 +126,27 @@ impl HttpTransport {
 impl PluginConfig for HttpConfig {
     type Component = dyn Transport;
     fn build(self, ctx: &BuildContext) -> Result<Box<dyn Transport>, BuildError> {
-        if self.token_ttl_secs == 0 || self.max_upload_bytes == 0 || self.server_threads == 0 {
+        if self.token_ttl_secs == 0
+            || self.max_upload_bytes == 0
+            || self.server_threads == 0
+            || self.max_connections == 0
+            || self.logins_per_ip_per_minute == 0
+            || self.logins_per_client_per_minute == 0
+            || self.max_concurrent_logins == Some(0)
+        {
             return Err(BuildError::failed(
                 Slot::Transport,
                 "http",
-                "token_ttl_secs, max_upload_bytes and server_threads must be positive",
+                "token_ttl_secs, max_upload_bytes, server_threads, max_connections, \
+                 logins_per_ip_per_minute, logins_per_client_per_minute and \
+                 max_concurrent_logins must be positive",
+            ));
+        }
+        if self.tls_cert_file.is_some() != self.tls_key_file.is_some() {
+            return Err(BuildError::failed(
+                Slot::Transport,
+                "http",
+                "tls_cert_file and tls_key_file go together: set both or neither",
             ));
         }
         Ok(Box::new(HttpTransport::new(self, &ctx.run_dir)))
@@ -111,6 +172,7 @@ impl Transport for HttpTransport {
         credentials: Credentials,
     ) -> Result<Box<dyn CoordinatorClient>, ApiError> {
         let mut c = client::HttpClient::new(endpoint, credentials, &self.config)?;
+        // Refuses before the secret is sent, not after.
         c.refresh_token()?;
         Ok(Box::new(c))
     }

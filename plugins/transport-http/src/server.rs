@@ -1,13 +1,16 @@
 //! The coordinator's HTTP server.
 
 use crate::HttpConfig;
+use crate::guard::{GuardLimits, LoginGuard};
+use crate::listener::{ConnectionCounters, ConnectionLimits};
 use crate::range::{RangeReply, parse as parse_range};
 use crate::status::status_of;
 use crate::token;
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::body::Body;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Extension, Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::{Next, from_fn_with_state};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use bitnet_framework::protocol::{
@@ -15,7 +18,9 @@ use bitnet_framework::protocol::{
 };
 use bitnet_framework::transport::{Authenticator, Credentials, ServeContext, ServerHandle};
 use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// Header carrying an upload's metadata (JSON [`UploadMeta`]); the body is the payload.
 pub const UPLOAD_META_HEADER: &str = "x-bitnet-upload";
@@ -29,7 +34,18 @@ struct AppState {
     auth: Arc<dyn Authenticator>,
     key: Vec<u8>,
     ttl_secs: u64,
+    guard: LoginGuard,
+    /// Largest `POST /gradient` body: the coordinator's own limit for this run, or the config's.
+    upload_limit: usize,
+    connections: Arc<ConnectionCounters>,
 }
+
+/// The authenticated client of a request, put there by [`require_auth`].
+#[derive(Clone)]
+struct Caller(String);
+
+/// Largest `POST /connect/token` body: a form with an id and a secret.
+const MAX_LOGIN_BYTES: usize = 4 << 10;
 
 type Shared = State<Arc<AppState>>;
 
@@ -53,6 +69,9 @@ impl IntoResponse for HttpError {
         let mut r = (status, axum::Json(ErrorBody { error: self.0.to_string() })).into_response();
         if status == StatusCode::UNAUTHORIZED {
             r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if let ApiError::TooMany { retry_after_secs, .. } = self.0 {
+            r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
         }
         r
     }
@@ -82,6 +101,35 @@ async fn authenticate(state: &Arc<AppState>, headers: &HeaderMap) -> Result<Stri
     let (id, generation) = (claims.sub.clone(), claims.generation);
     blocking(move || auth.check_session(&id, generation)).await?;
     Ok(claims.sub)
+}
+
+/// Authenticates every protected request from its headers alone, before any handler reads
+/// its body: an unauthenticated upload costs no more than its headers.
+async fn require_auth(State(state): Shared, mut req: Request, next: Next) -> Response {
+    match authenticate(&state, req.headers()).await {
+        Ok(who) => {
+            req.extensions_mut().insert(Caller(who));
+            next.run(req).await
+        }
+        Err(e) => {
+            if matches!(e, ApiError::Unauthorized(_)) {
+                state.guard.counters.bad_tokens.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            HttpError(e).into_response()
+        }
+    }
+}
+
+/// Answers 503 when a request takes longer than the configured limit.
+async fn request_timeout(State(limit): State<Duration>, req: Request, next: Next) -> Response {
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(r) => r,
+        Err(_) => HttpError(ApiError::Unavailable(format!(
+            "the request took longer than {} s",
+            limit.as_secs_f64()
+        )))
+        .into_response(),
+    }
 }
 
 /// `POST /connect/token` form fields (OAuth2 client credentials grant).
@@ -146,6 +194,7 @@ fn base64_decode(s: &str) -> Option<Vec<u8>> {
 
 async fn issue_token(
     State(state): Shared,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     axum::Form(req): axum::Form<TokenRequest>,
 ) -> HttpResult<axum::Json<TokenResponse>> {
@@ -161,9 +210,24 @@ async fn issue_token(
         _ => basic_credentials(&headers)
             .ok_or_else(|| ApiError::Unauthorized("client credentials missing".into()))?,
     };
+    if id.len() > 256 || secret.len() > 1024 {
+        return Err(ApiError::Invalid("client id or secret too long".into()).into());
+    }
+    let ip = peer.ip();
+    state.guard.admit(ip, &id)?;
+    // Verification (argon2: ~19 MiB, a core for tens of ms) runs on a bounded number of slots.
+    let slot = state.guard.slot().await?;
     let auth = Arc::clone(&state.auth);
-    let credentials = Credentials { client_id: id, client_secret: secret };
-    let client = blocking(move || auth.verify(&credentials)).await?;
+    let credentials =
+        Credentials { client_id: id.clone(), client_secret: secret, ca_certificate: None };
+    let verified = blocking(move || {
+        let r = auth.verify(&credentials);
+        drop(slot);
+        r
+    })
+    .await;
+    state.guard.record(ip, &id, verified.is_ok());
+    let client = verified?;
     let (token, claims) = token::issue(&state.key, &client.id, client.generation, state.ttl_secs)
         .map_err(ApiError::Internal)?;
     Ok(axum::Json(TokenResponse {
@@ -175,17 +239,18 @@ async fn issue_token(
 
 async fn register(
     State(state): Shared,
-    headers: HeaderMap,
+    Extension(Caller(who)): Extension<Caller>,
     axum::Json(reg): axum::Json<Registration>,
 ) -> HttpResult<Response> {
-    let who = authenticate(&state, &headers).await?;
     let api = Arc::clone(&state.api);
     let r = blocking(move || api.register(&who, reg)).await?;
     Ok(axum::Json(r).into_response())
 }
 
-async fn work(State(state): Shared, headers: HeaderMap) -> HttpResult<Response> {
-    let who = authenticate(&state, &headers).await?;
+async fn work(
+    State(state): Shared,
+    Extension(Caller(who)): Extension<Caller>,
+) -> HttpResult<Response> {
     let api = Arc::clone(&state.api);
     Ok(match blocking(move || api.claim(&who)).await? {
         Some(task) => axum::Json(task).into_response(),
@@ -195,16 +260,30 @@ async fn work(State(state): Shared, headers: HeaderMap) -> HttpResult<Response> 
 
 async fn heartbeat(
     State(state): Shared,
-    headers: HeaderMap,
+    Extension(Caller(who)): Extension<Caller>,
     axum::Json(hb): axum::Json<Heartbeat>,
 ) -> HttpResult<Response> {
-    let who = authenticate(&state, &headers).await?;
     let api = Arc::clone(&state.api);
     Ok(axum::Json(blocking(move || api.heartbeat(&who, hb)).await?).into_response())
 }
 
-async fn gradient(State(state): Shared, headers: HeaderMap, body: Bytes) -> HttpResult<Response> {
-    let who = authenticate(&state, &headers).await?;
+async fn gradient(
+    State(state): Shared,
+    Extension(Caller(who)): Extension<Caller>,
+    headers: HeaderMap,
+    body: Body,
+) -> HttpResult<Response> {
+    let limit = state.upload_limit;
+    let too_large = |n: String| {
+        ApiError::TooLarge(format!("an update of {n} bytes exceeds this run's limit of {limit}"))
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if let Some(n) = declared.filter(|&n| n > limit as u64) {
+        return Err(too_large(n.to_string()).into());
+    }
     let meta: UploadMeta = headers
         .get(UPLOAD_META_HEADER)
         .and_then(|v| v.to_str().ok())
@@ -213,6 +292,15 @@ async fn gradient(State(state): Shared, headers: HeaderMap, body: Bytes) -> Http
             serde_json::from_str(v)
                 .map_err(|e| ApiError::Invalid(format!("{UPLOAD_META_HEADER}: {e}")))
         })?;
+    let body = axum::body::to_bytes(body, limit).await.map_err(|e| {
+        if std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
+            || e.to_string().contains("length limit")
+        {
+            too_large(format!("more than {limit}"))
+        } else {
+            ApiError::Invalid(format!("reading the update body: {e}"))
+        }
+    })?;
     let api = Arc::clone(&state.api);
     let upload = UpdateUpload::join(meta, body.to_vec());
     Ok(axum::Json(blocking(move || api.upload(&who, upload)).await?).into_response())
@@ -220,10 +308,9 @@ async fn gradient(State(state): Shared, headers: HeaderMap, body: Bytes) -> Http
 
 async fn logs(
     State(state): Shared,
-    headers: HeaderMap,
+    Extension(Caller(who)): Extension<Caller>,
     axum::Json(records): axum::Json<Vec<LogRecord>>,
 ) -> HttpResult<Response> {
-    let who = authenticate(&state, &headers).await?;
     let api = Arc::clone(&state.api);
     blocking(move || api.logs(&who, records)).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
@@ -262,7 +349,6 @@ async fn weights(
     headers: HeaderMap,
     Path(version): Path<String>,
 ) -> HttpResult<Response> {
-    authenticate(&state, &headers).await?;
     let v = if version == "latest" {
         u64::MAX
     } else {
@@ -280,7 +366,6 @@ async fn corpus(
     headers: HeaderMap,
     Path(shard): Path<String>,
 ) -> HttpResult<Response> {
-    authenticate(&state, &headers).await?;
     let api = Arc::clone(&state.api);
     let blob = blocking(move || api.corpus(&shard)).await?;
     Ok(ranged(blob, &headers))
@@ -291,27 +376,34 @@ async fn status(State(state): Shared) -> HttpResult<Response> {
     Ok(axum::Json(blocking(move || api.status()).await?).into_response())
 }
 
-async fn metrics(State(state): Shared, headers: HeaderMap) -> HttpResult<Response> {
-    authenticate(&state, &headers).await?;
+async fn metrics(State(state): Shared) -> HttpResult<Response> {
     let api = Arc::clone(&state.api);
-    let text = blocking(move || Ok(api.metrics())).await?;
+    let mut text = blocking(move || Ok(api.metrics())).await?;
+    text.push_str(&state.guard.counters.render());
+    text.push_str(&state.connections.render());
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
 }
 
 fn router(state: Arc<AppState>, config: &HttpConfig) -> Router {
     let json = DefaultBodyLimit::max(config.max_json_bytes);
-    Router::new()
-        .route("/connect/token", post(issue_token).layer(json))
+    let protected = Router::new()
         .route("/register", post(register).layer(json))
         .route("/work", get(work))
         .route("/heartbeat", post(heartbeat).layer(json))
-        .route("/gradient", post(gradient).layer(DefaultBodyLimit::max(config.max_upload_bytes)))
+        // The handler reads the body itself, with this run's limit, after authentication.
+        .route("/gradient", post(gradient).layer(DefaultBodyLimit::disable()))
         .route("/logs", post(logs).layer(json))
         .route("/weights/{version}", get(weights))
         .route("/corpus/{shard}", get(corpus))
+        .route("/metrics", get(metrics))
+        .route_layer(from_fn_with_state(Arc::clone(&state), require_auth));
+    let timeout = Duration::from_secs(config.server_request_timeout_secs.max(1));
+    Router::new()
+        .route("/connect/token", post(issue_token).layer(DefaultBodyLimit::max(MAX_LOGIN_BYTES)))
         .route("/health", get(|| async { "ok" }))
         .route("/status", get(status))
-        .route("/metrics", get(metrics))
+        .merge(protected)
+        .layer(from_fn_with_state(timeout, request_timeout))
         .with_state(state)
 }
 
@@ -351,8 +443,32 @@ impl Drop for HttpServer {
     }
 }
 
-/// Binds `config.bind` and serves `ctx` on a runtime of its own thread.
+/// Binds `config.bind` and serves `ctx` on a runtime of its own thread, over TLS when the
+/// config names a certificate and key.
 pub fn start(config: &HttpConfig, key: Vec<u8>, ctx: ServeContext) -> Result<HttpServer, ApiError> {
+    let tls = match (&config.tls_cert_file, &config.tls_key_file) {
+        (Some(cert), Some(key)) => Some(tokio_rustls::TlsAcceptor::from(
+            crate::tls::server_config(cert, key).map_err(ApiError::Internal)?,
+        )),
+        (None, None) => None,
+        _ => {
+            return Err(ApiError::Internal(
+                "transport.tls_cert_file and transport.tls_key_file go together".into(),
+            ));
+        }
+    };
+    if tls.is_none() && !crate::tls::is_loopback_host(&config.bind) {
+        if !config.allow_plain_http {
+            return Err(ApiError::Internal(format!(
+                "refusing to serve plain HTTP on {}: client secrets and tokens would cross the \
+                 network in clear text. Set transport.tls_cert_file and tls_key_file (`bitnet \
+                 certs init` makes them), or transport.allow_plain_http = true on a network \
+                 you trust",
+                config.bind
+            )));
+        }
+        tracing::warn!(bind = %config.bind, "serving plain HTTP beyond loopback (transport.allow_plain_http)");
+    }
     let listener = std::net::TcpListener::bind(&config.bind)
         .map_err(|e| ApiError::Internal(format!("binding {}: {e}", config.bind)))?;
     listener.set_nonblocking(true).map_err(|e| ApiError::Internal(e.to_string()))?;
@@ -364,9 +480,35 @@ pub fn start(config: &HttpConfig, key: Vec<u8>, ctx: ServeContext) -> Result<Htt
         .enable_all()
         .build()
         .map_err(|e| ApiError::Internal(format!("starting the HTTP runtime: {e}")))?;
-    let state =
-        Arc::new(AppState { api: ctx.api, auth: ctx.auth, key, ttl_secs: config.token_ttl_secs });
-    let app = router(state, config);
+    let upload_limit = ctx
+        .api
+        .upload_limit()
+        .map_or(config.max_upload_bytes, |l| config.max_upload_bytes.min(l as usize));
+    let threads = std::thread::available_parallelism().map_or(2, usize::from);
+    let guard = LoginGuard::new(GuardLimits {
+        logins_per_ip_per_minute: config.logins_per_ip_per_minute,
+        logins_per_client_per_minute: config.logins_per_client_per_minute,
+        lockout_failures: config.lockout_failures,
+        lockout: Duration::from_secs(config.lockout_secs),
+        verify_slots: config.max_concurrent_logins.unwrap_or(threads),
+        verify_queue: config.max_queued_logins,
+    });
+    let connections = Arc::new(ConnectionCounters::default());
+    let state = Arc::new(AppState {
+        api: ctx.api,
+        auth: ctx.auth,
+        key,
+        ttl_secs: config.token_ttl_secs,
+        guard,
+        upload_limit,
+        connections: Arc::clone(&connections),
+    });
+    let app = router(Arc::clone(&state), config);
+    let limits = ConnectionLimits {
+        max_connections: config.max_connections,
+        header_read_timeout: Duration::from_secs(config.header_read_timeout_secs.max(1)),
+        tls: tls.clone(),
+    };
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let thread = std::thread::Builder::new()
         .name("bitnet-http-server".into())
@@ -379,19 +521,21 @@ pub fn start(config: &HttpConfig, key: Vec<u8>, ctx: ServeContext) -> Result<Htt
                         return;
                     }
                 };
-                let served = axum::serve(listener, app)
-                    .with_graceful_shutdown(async move {
-                        let _ = rx.await;
-                    })
-                    .await;
-                if let Err(e) = served {
-                    tracing::error!(error = %e, "HTTP server stopped");
-                }
+                let pruner = tokio::spawn(async move {
+                    let mut tick = tokio::time::interval(Duration::from_secs(30));
+                    loop {
+                        tick.tick().await;
+                        state.guard.prune();
+                    }
+                });
+                crate::listener::serve(listener, app, limits, connections, rx).await;
+                pruner.abort();
             });
         })
         .map_err(|e| ApiError::Internal(e.to_string()))?;
-    tracing::info!(%addr, "coordinator listening");
-    Ok(HttpServer { endpoint: format!("http://{addr}"), stop: Some(tx), thread: Some(thread) })
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    tracing::info!(%addr, scheme, upload_limit, "coordinator listening");
+    Ok(HttpServer { endpoint: format!("{scheme}://{addr}"), stop: Some(tx), thread: Some(thread) })
 }
 
 #[cfg(test)]

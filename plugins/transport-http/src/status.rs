@@ -13,15 +13,20 @@ pub fn status_of(error: &ApiError) -> StatusCode {
         ApiError::Conflict(_) => StatusCode::CONFLICT,
         ApiError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
         ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+        ApiError::TooMany { .. } => StatusCode::TOO_MANY_REQUESTS,
         ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         ApiError::Transport(_) => StatusCode::BAD_GATEWAY,
     }
 }
 
-/// Rebuilds the error a server answered with `status` and `message`.
-pub fn error_from_status(status: u16, message: String) -> ApiError {
+/// Rebuilds the error a server answered with `status` and `message` (and, for 429, the
+/// `Retry-After` seconds).
+pub fn error_from_status(status: u16, message: String, retry_after_secs: Option<u64>) -> ApiError {
     match status {
+        429 => {
+            ApiError::TooMany { reason: message, retry_after_secs: retry_after_secs.unwrap_or(1) }
+        }
         401 => ApiError::Unauthorized(message),
         403 => ApiError::Forbidden(message),
         404 => ApiError::NotFound(message),
@@ -51,8 +56,11 @@ mod tests {
             ApiError::Internal("m".into()),
         ];
         for e in kinds {
-            assert_eq!(error_from_status(status_of(&e).as_u16(), "m".into()), e);
+            assert_eq!(error_from_status(status_of(&e).as_u16(), "m".into(), None), e);
         }
-        assert!(matches!(error_from_status(418, "m".into()), ApiError::Transport(_)));
+        let limited = ApiError::TooMany { reason: "m".into(), retry_after_secs: 7 };
+        assert_eq!(status_of(&limited).as_u16(), 429);
+        assert_eq!(error_from_status(429, "m".into(), Some(7)), limited);
+        assert!(matches!(error_from_status(418, "m".into(), None), ApiError::Transport(_)));
     }
 }

@@ -32,19 +32,9 @@ pub fn load_or_create_key(path: &Path) -> std::io::Result<Vec<u8>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e),
     }
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)?;
-    }
     let mut key = vec![0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut key);
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, &key)?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))?;
-    }
-    std::fs::rename(&tmp, path)?;
+    bitnet_framework::files::write_private(path, &key)?;
     Ok(key)
 }
 

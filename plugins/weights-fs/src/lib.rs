@@ -94,7 +94,15 @@ impl FsWeightStore {
     /// Writes `bytes` to a fresh temporary file and fsyncs it.
     fn write_temp(&self, final_name: &str, bytes: &[u8]) -> Result<PathBuf, StoreError> {
         let tmp = self.temp_path(final_name);
-        let mut f = File::create_new(&tmp).map_err(io_err(&tmp))?;
+        let mut options = fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        {
+            // Weights are the run's state: owner-only, like the coordinator's database.
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(0o600);
+        }
+        let mut f = options.open(&tmp).map_err(io_err(&tmp))?;
         f.write_all(bytes).map_err(io_err(&tmp))?;
         f.sync_all().map_err(io_err(&tmp))?;
         Ok(tmp)
@@ -126,25 +134,41 @@ impl WeightStore for FsWeightStore {
         // A poisoned lock only means another put panicked; the files are still consistent.
         let _guard = self.put_lock.lock().unwrap_or_else(|p| p.into_inner());
         let sidecar_path = self.dir.join(sidecar_name(version));
-        if sidecar_path.exists() {
-            return Err(StoreError::Exists(version));
-        }
+        // A committed version is never replaced, unless what is on disk no longer matches
+        // its own digest: then the newest snapshot would stay corrupt forever, so it is
+        // rewritten with the blob the caller has now.
+        let rewrite = if sidecar_path.exists() {
+            match self.get_version(version) {
+                Ok(_) => return Err(StoreError::Exists(version)),
+                Err(e @ (StoreError::Corrupt { .. } | StoreError::NotFound(_))) => {
+                    tracing::warn!("rewriting weight version {version}: {e}");
+                    true
+                }
+                Err(e) => return Err(e),
+            }
+        } else {
+            false
+        };
         let digest = sha256_hex(blob);
         let blob_final = self.dir.join(blob_name(version));
         let tmp_blob = self.write_temp(&blob_name(version), blob)?;
-        // Replaces only an uncommitted blob (no sidecar), left by a crash.
+        // Replaces only an uncommitted blob (no sidecar), left by a crash, or a corrupt one.
         fs::rename(&tmp_blob, &blob_final).map_err(io_err(&blob_final))?;
         let record = format!("{digest}  {}\n", blob_name(version));
         let tmp_sidecar = self.write_temp(&sidecar_name(version), record.as_bytes())?;
-        // hard_link refuses an existing target: the commit never replaces a version.
-        let linked = fs::hard_link(&tmp_sidecar, &sidecar_path);
-        let _ = fs::remove_file(&tmp_sidecar);
-        match linked {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                return Err(StoreError::Exists(version));
+        if rewrite {
+            fs::rename(&tmp_sidecar, &sidecar_path).map_err(io_err(&sidecar_path))?;
+        } else {
+            // hard_link refuses an existing target: the commit never replaces a version.
+            let linked = fs::hard_link(&tmp_sidecar, &sidecar_path);
+            let _ = fs::remove_file(&tmp_sidecar);
+            match linked {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                    return Err(StoreError::Exists(version));
+                }
+                Err(e) => return Err(io_err(&sidecar_path)(e)),
             }
-            Err(e) => return Err(io_err(&sidecar_path)(e)),
         }
         self.sync_dir()?;
         Ok(WeightMeta { version, sha256: digest, bytes: blob.len() as u64 })
@@ -282,6 +306,30 @@ mod tests {
         let text = fs::read_to_string(dir.path().join(sidecar_name(5))).expect("sidecar");
         assert_eq!(text, format!("{}  {}\n", meta.sha256, blob_name(5)));
         assert_eq!(meta.sha256, "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824");
+    }
+
+    #[test]
+    fn a_corrupt_version_is_rewritten_and_a_sound_one_never_is() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = FsWeightStore::open(dir.path()).expect("open");
+        store.put_version(3, b"first weights").expect("put");
+        assert!(matches!(store.put_version(3, b"other"), Err(StoreError::Exists(3))));
+        FsFaults(dir.path().to_path_buf()).corrupt_blob(3).expect("corrupt");
+        assert!(matches!(store.get_version(3), Err(StoreError::Corrupt { .. })));
+        store.put_version(3, b"rewritten").expect("a corrupt version is rewritten");
+        assert_eq!(store.get_version(3).expect("get"), b"rewritten");
+        assert!(matches!(store.put_version(3, b"again"), Err(StoreError::Exists(3))));
+        fs::remove_file(dir.path().join(blob_name(3))).expect("remove blob");
+        store.put_version(3, b"restored").expect("a missing blob is rewritten");
+        assert_eq!(store.get_version(3).expect("get"), b"restored");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            for name in [blob_name(3), sidecar_name(3)] {
+                let mode = fs::metadata(dir.path().join(&name)).expect("meta").permissions().mode();
+                assert_eq!(mode & 0o777, 0o600, "{name}");
+            }
+        }
     }
 
     #[test]

@@ -21,6 +21,10 @@ pub enum KeysCommand {
         /// Also write the credentials as JSON to this file (mode 0600), for `bitnet worker`.
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
+        /// CA certificate (PEM, from `bitnet certs init`) written into the credentials file, so
+        /// the worker trusts that CA alone.
+        #[arg(long, value_name = "PEM", requires = "out")]
+        ca: Option<PathBuf>,
     },
     /// Replace a client's secret and print the new one.
     Rotate {
@@ -32,6 +36,9 @@ pub enum KeysCommand {
         /// Also write the credentials as JSON to this file.
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
+        /// CA certificate (PEM) written into the credentials file (see `keys add --ca`).
+        #[arg(long, value_name = "PEM", requires = "out")]
+        ca: Option<PathBuf>,
     },
     /// Revoke a client.
     Revoke {
@@ -50,17 +57,9 @@ pub enum KeysCommand {
 
 /// Writes credentials as JSON, readable by the owner only.
 pub fn write_credentials(path: &std::path::Path, c: &Credentials) -> anyhow::Result<()> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)?;
-    }
-    std::fs::write(path, serde_json::to_string_pretty(c)?)
-        .with_context(|| format!("writing {}", path.display()))?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    }
-    Ok(())
+    // Owner-only from the first byte, and a symlink at `path` is replaced, never followed.
+    bitnet_framework::files::write_private(path, serde_json::to_string_pretty(c)?.as_bytes())
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 fn store_of(
@@ -74,15 +73,29 @@ fn store_of(
 fn issue(
     id: String,
     out: Option<PathBuf>,
+    ca: Option<PathBuf>,
     rotate: bool,
     config: &ConfigArgs,
 ) -> anyhow::Result<()> {
+    let ca_certificate = match ca {
+        Some(p) => {
+            let pem = std::fs::read_to_string(&p)
+                .with_context(|| format!("reading the CA certificate {}", p.display()))?;
+            anyhow::ensure!(
+                pem.contains("-----BEGIN CERTIFICATE-----"),
+                "{} is not a PEM certificate",
+                p.display()
+            );
+            Some(pem)
+        }
+        None => None,
+    };
     let store = store_of(config)?;
     let secret = secrets::generate_secret();
     let hash = secrets::hash_secret(&secret).map_err(anyhow::Error::msg)?;
     let record =
         if rotate { store.rotate_client(&id, &hash)? } else { store.add_client(&id, &hash)? };
-    let creds = Credentials { client_id: id, client_secret: secret };
+    let creds = Credentials { client_id: id, client_secret: secret, ca_certificate };
     println!("client_id     {}", creds.client_id);
     println!("client_secret {}", creds.client_secret);
     println!("generation    {}", record.generation);
@@ -95,10 +108,11 @@ fn issue(
 
 pub fn run(cmd: KeysCommand) -> anyhow::Result<()> {
     match cmd {
-        KeysCommand::Add { config, id, out } => {
-            issue(id.unwrap_or_else(|| secrets::generate_client_id("worker")), out, false, &config)
+        KeysCommand::Add { config, id, out, ca } => {
+            let id = id.unwrap_or_else(|| secrets::generate_client_id("worker"));
+            issue(id, out, ca, false, &config)
         }
-        KeysCommand::Rotate { config, id, out } => issue(id, out, true, &config),
+        KeysCommand::Rotate { config, id, out, ca } => issue(id, out, ca, true, &config),
         KeysCommand::Revoke { config, id } => {
             let r = store_of(&config)?.revoke_client(&id)?;
             println!("revoked {} (generation {})", r.id, r.generation);

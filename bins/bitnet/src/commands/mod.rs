@@ -1,6 +1,7 @@
 //! One module per subcommand.
 
 pub mod bench;
+pub mod certs;
 pub mod classify;
 pub mod config;
 pub mod coordinator;

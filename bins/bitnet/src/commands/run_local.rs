@@ -48,7 +48,7 @@ fn local_credentials(service: &CoordinatorService, i: usize) -> anyhow::Result<C
     } else {
         store.add_client(&id, &hash)?;
     }
-    Ok(Credentials { client_id: id, client_secret: secret })
+    Ok(Credentials { client_id: id, client_secret: secret, ca_certificate: None })
 }
 
 fn progress_bar(total: u64) -> ProgressBar {

@@ -42,7 +42,9 @@ pub fn load_credentials(file: Option<&Path>) -> anyhow::Result<Credentials> {
         });
     }
     match (std::env::var("BITNET_CLIENT_ID"), std::env::var("BITNET_CLIENT_SECRET")) {
-        (Ok(client_id), Ok(client_secret)) => Ok(Credentials { client_id, client_secret }),
+        (Ok(client_id), Ok(client_secret)) => {
+            Ok(Credentials { client_id, client_secret, ca_certificate: None })
+        }
         _ => bail!(
             "no credentials: pass --credentials FILE or set BITNET_CLIENT_ID and BITNET_CLIENT_SECRET"
         ),

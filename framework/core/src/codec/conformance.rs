@@ -135,11 +135,20 @@ fn assert_close(
     Ok(())
 }
 
-/// Decoding what a fresh codec encoded gives the update back within `tolerance`.
+/// Decoding what a fresh codec encoded gives the update back within `tolerance`, and the
+/// payload is no longer than the codec's [`GradientCodec::max_encoded_len`].
 pub fn round_trip(make: MakeCodec<'_>, tolerance: Tolerance) {
     check("round_trip", layout_and_update(), |(layout, update)| {
         let mut codec = make();
         let bytes = encode_ok(codec.as_mut(), &layout, &update)?;
+        if let Some(max) = codec.max_encoded_len(&layout)
+            && bytes.len() > max
+        {
+            return Err(TestCaseError::fail(format!(
+                "a payload of {} bytes exceeds max_encoded_len {max}",
+                bytes.len()
+            )));
+        }
         let decoded = codec
             .decode(&layout, &bytes)
             .map_err(|e| TestCaseError::fail(format!("decoding own payload failed: {e}")))?;

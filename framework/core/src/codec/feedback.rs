@@ -71,4 +71,8 @@ impl<C: GradientCodec> GradientCodec for ErrorFeedback<C> {
     fn decode(&self, layout: &ParamLayout, bytes: &[u8]) -> Result<Vec<f32>, CodecError> {
         self.inner.decode(layout, bytes)
     }
+
+    fn max_encoded_len(&self, layout: &ParamLayout) -> Option<usize> {
+        self.inner.max_encoded_len(layout)
+    }
 }

@@ -65,6 +65,15 @@ pub trait GradientCodec: Send + Sync {
     /// Decodes a payload into an arena-sized update, refusing anything malformed or non-finite.
     fn decode(&self, layout: &ParamLayout, bytes: &[u8]) -> Result<Vec<f32>, CodecError>;
 
+    /// The longest payload [`Self::decode`] accepts for `layout`, when the codec knows it. The
+    /// coordinator limits upload bodies to it (plus a little slack), so a request larger than
+    /// any valid update is refused before it is read. `None` (the default): unknown; only the
+    /// configured `coordinator.max_upload_bytes` applies.
+    fn max_encoded_len(&self, layout: &ParamLayout) -> Option<usize> {
+        let _ = layout;
+        None
+    }
+
     /// Encodes `values` like [`Self::encode`] and replaces each value with what the encoding
     /// lost, `value - decode(payload)` (what [`ErrorFeedback`] carries to the next update). The
     /// default encodes, decodes and subtracts; a codec may override it to do the same in one
@@ -123,5 +132,9 @@ impl<C: GradientCodec + ?Sized> GradientCodec for Box<C> {
         values: &mut [f32],
     ) -> Result<Vec<u8>, CodecError> {
         (**self).encode_keep_error(layout, values)
+    }
+
+    fn max_encoded_len(&self, layout: &ParamLayout) -> Option<usize> {
+        (**self).max_encoded_len(layout)
     }
 }

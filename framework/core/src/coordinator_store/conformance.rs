@@ -3,8 +3,8 @@
 //! store each call.
 
 use super::{
-    ClaimRequest, Completion, CoordinatorStore, NewTask, SweepPolicy, TaskState, TaskTelemetry,
-    WorkerRecord, WorkerState,
+    ClaimRequest, Completion, CoordinatorStore, Finished, NewTask, SweepPolicy, TaskState,
+    TaskTelemetry, WorkerRecord, WorkerState,
 };
 use crate::protocol::{LogRecord, TaskRef};
 use std::collections::HashSet;
@@ -24,6 +24,15 @@ pub fn run_store_suite(make: StoreFactory<'_>) {
     workers_and_throughput(make());
     clients_rotate_and_revoke(make());
     telemetry_and_logs(make());
+    leases_per_worker_are_capped(make());
+    a_round_completes_in_one_call(make());
+    logs_are_pruned_by_age_and_count(make());
+}
+
+fn complete_one(store: &dyn CoordinatorStore, t: TaskRef, worker: &str, v: u64) -> Completion {
+    let done = store.complete(&[Finished { task: t, worker: worker.into() }], v).expect("complete");
+    assert_eq!(done.len(), 1, "one outcome per task");
+    done.into_iter().next().expect("one outcome")
 }
 
 fn claim(store: &dyn CoordinatorStore, worker: &str, max: u64, now: u64) -> Option<TaskRef> {
@@ -33,6 +42,7 @@ fn claim(store: &dyn CoordinatorStore, worker: &str, max: u64, now: u64) -> Opti
         max_tokens: max,
         granularity: 10,
         lease_ms: 1000,
+        max_leases: 0,
     };
     store.claim(&req).expect("claim").map(|t| TaskRef { task_id: t.id, lease: t.attempts })
 }
@@ -131,14 +141,14 @@ fn completion_is_idempotent_per_lease(store: Box<dyn CoordinatorStore>) {
     store.add_tasks(&[NewTask { shard: "s".into(), offset: 0, tokens: 10 }]).expect("add");
     let t = claim(&*store, "w1", 10, 0).expect("claim");
     assert!(
-        matches!(store.complete(t, "w2", 1).expect("complete"), Completion::Refused(_)),
+        matches!(complete_one(&*store, t, "w2", 1), Completion::Refused(_)),
         "another worker cannot complete"
     );
     let stale = TaskRef { task_id: t.task_id, lease: t.lease + 1 };
-    assert!(matches!(store.complete(stale, "w1", 1).expect("c"), Completion::Refused(_)));
-    assert_eq!(store.complete(t, "w1", 7).expect("complete"), Completion::Completed);
+    assert!(matches!(complete_one(&*store, stale, "w1", 1), Completion::Refused(_)));
+    assert_eq!(complete_one(&*store, t, "w1", 7), Completion::Completed);
     assert_eq!(
-        store.complete(t, "w1", 8).expect("retry"),
+        complete_one(&*store, t, "w1", 8),
         Completion::AlreadyDone { applied_version: 7 },
         "a retried upload changes nothing"
     );
@@ -146,22 +156,26 @@ fn completion_is_idempotent_per_lease(store: Box<dyn CoordinatorStore>) {
     assert_eq!((rec.state, rec.applied_version), (TaskState::Done, 7));
     assert!(!store.release(t, "w1").expect("release"), "done tasks are not released");
     assert!(matches!(
-        store.complete(TaskRef { task_id: 999, lease: 1 }, "w1", 1).expect("c"),
+        complete_one(&*store, TaskRef { task_id: 999, lease: 1 }, "w1", 1),
         Completion::Refused(_)
     ));
 }
 
 fn sweep_expires_leases_and_fails_after_attempts(store: Box<dyn CoordinatorStore>) {
     store.add_tasks(&[NewTask { shard: "s".into(), offset: 0, tokens: 10 }]).expect("add");
-    let policy =
-        SweepPolicy { worker_timeout_ms: 10_000, telemetry_retention_ms: 1_000, max_attempts: 2 };
+    let policy = SweepPolicy {
+        worker_timeout_ms: 10_000,
+        telemetry_retention_ms: 1_000,
+        max_attempts: 2,
+        ..SweepPolicy::default()
+    };
     let t = claim(&*store, "w1", 10, 0).expect("claim");
     let r = store.sweep(500, &policy).expect("sweep");
     assert_eq!(r.leases_expired, 0, "lease still valid at 500");
     let r = store.sweep(1001, &policy).expect("sweep");
     assert_eq!(r.leases_expired, 1);
     assert_eq!(store.task(t.task_id).expect("t").expect("t").state, TaskState::Pending);
-    assert!(matches!(store.complete(t, "w1", 1).expect("c"), Completion::Refused(_)));
+    assert!(matches!(complete_one(&*store, t, "w1", 1), Completion::Refused(_)));
     let t2 = claim(&*store, "w2", 10, 2000).expect("re-leased");
     assert_eq!(t2.lease, 2);
     let r = store.sweep(4000, &policy).expect("sweep");
@@ -175,7 +189,7 @@ fn recovery_returns_unsnapshotted_work(store: Box<dyn CoordinatorStore>) {
     store.add_tasks(&tasks).expect("add");
     for v in 1..=3 {
         let t = claim(&*store, "w", 10, 0).expect("claim");
-        assert_eq!(store.complete(t, "w", v).expect("c"), Completion::Completed);
+        assert_eq!(complete_one(&*store, t, "w", v), Completion::Completed);
     }
     claim(&*store, "w", 10, 0).expect("fourth is in flight");
     let moved = store.reset_after_recovery(2).expect("reset");
@@ -245,4 +259,59 @@ fn telemetry_and_logs(store: Box<dyn CoordinatorStore>) {
     let rec = LogRecord { ts_ms: 1, level: "info".into(), message: "hello".into() };
     store.append_logs("w", &[rec.clone(), rec]).expect("logs");
     assert_eq!(store.log_count().expect("count"), 2);
+}
+
+fn leases_per_worker_are_capped(store: Box<dyn CoordinatorStore>) {
+    let tasks: Vec<NewTask> =
+        (0..4).map(|i| NewTask { shard: "s".into(), offset: i * 10, tokens: 10 }).collect();
+    store.add_tasks(&tasks).expect("add");
+    let req = |worker: &str| ClaimRequest {
+        worker: worker.into(),
+        now_ms: 0,
+        max_tokens: 10,
+        granularity: 10,
+        lease_ms: 1000,
+        max_leases: 2,
+    };
+    let a = store.claim(&req("greedy")).expect("claim").expect("first lease");
+    store.claim(&req("greedy")).expect("claim").expect("second lease");
+    assert!(store.claim(&req("greedy")).expect("claim").is_none(), "a third lease is refused");
+    assert!(store.claim(&req("other")).expect("claim").is_some(), "the cap is per worker");
+    let a = TaskRef { task_id: a.id, lease: a.attempts };
+    assert_eq!(complete_one(&*store, a, "greedy", 1), Completion::Completed);
+    assert!(store.claim(&req("greedy")).expect("claim").is_some(), "a finished lease frees a slot");
+}
+
+fn a_round_completes_in_one_call(store: Box<dyn CoordinatorStore>) {
+    let tasks: Vec<NewTask> =
+        (0..3).map(|i| NewTask { shard: "s".into(), offset: i * 10, tokens: 10 }).collect();
+    store.add_tasks(&tasks).expect("add");
+    let a = claim(&*store, "w1", 10, 0).expect("claim");
+    let b = claim(&*store, "w2", 10, 0).expect("claim");
+    let c = claim(&*store, "w3", 10, 0).expect("claim");
+    let round = [
+        Finished { task: a, worker: "w1".into() },
+        Finished { task: b, worker: "w1".into() },
+        Finished { task: c, worker: "w3".into() },
+    ];
+    let out = store.complete(&round, 4).expect("complete");
+    assert_eq!(out[0], Completion::Completed);
+    assert!(matches!(out[1], Completion::Refused(_)), "b is w2's, not w1's: {:?}", out[1]);
+    assert_eq!(out[2], Completion::Completed);
+    let again = store.complete(&round[..1], 5).expect("retry");
+    assert_eq!(again, [Completion::AlreadyDone { applied_version: 4 }]);
+    let c = store.counts().expect("counts");
+    assert_eq!((c.done, c.assigned), (2, 1));
+}
+
+fn logs_are_pruned_by_age_and_count(store: Box<dyn CoordinatorStore>) {
+    let rec = |ts_ms| LogRecord { ts_ms, level: "info".into(), message: "m".into() };
+    let batch: Vec<LogRecord> = (0..10).map(rec).collect();
+    store.append_logs("w", &batch).expect("logs");
+    let policy =
+        SweepPolicy { log_retention_ms: 1000, max_log_records: 4, ..SweepPolicy::default() };
+    // At 1003 the records stamped 0..=2 are older than 1 s; of the 7 left the 4 newest stay.
+    let r = store.sweep(1003, &policy).expect("sweep");
+    assert_eq!(r.logs_pruned, 6);
+    assert_eq!(store.log_count().expect("count"), 4);
 }

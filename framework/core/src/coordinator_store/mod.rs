@@ -6,6 +6,8 @@ use serde::{Deserialize, Serialize};
 
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
+#[cfg(any(test, feature = "conformance"))]
+pub mod faults;
 pub mod queue;
 
 /// State of a task.
@@ -92,6 +94,9 @@ pub struct ClaimRequest {
     pub granularity: u64,
     /// Lease length from now, ms.
     pub lease_ms: u64,
+    /// Most tasks one worker may hold Assigned at once (0 = no cap): a claim by a worker
+    /// already holding this many gets nothing.
+    pub max_leases: u64,
 }
 
 /// State of a worker.
@@ -200,6 +205,8 @@ pub struct SweepReport {
     pub workers_gone: u64,
     /// Telemetry rows pruned.
     pub telemetry_pruned: u64,
+    /// Worker log records pruned (by age or by count).
+    pub logs_pruned: u64,
 }
 
 /// When a sweep acts.
@@ -211,6 +218,10 @@ pub struct SweepPolicy {
     pub telemetry_retention_ms: u64,
     /// A task whose lease expires after this many attempts is Failed.
     pub max_attempts: u64,
+    /// Worker log records older than this are pruned.
+    pub log_retention_ms: u64,
+    /// At most this many worker log records are kept; the earliest stored go first.
+    pub max_log_records: u64,
 }
 
 impl Default for SweepPolicy {
@@ -219,8 +230,19 @@ impl Default for SweepPolicy {
             worker_timeout_ms: 60_000,
             telemetry_retention_ms: 7 * 24 * 3600 * 1000,
             max_attempts: 5,
+            log_retention_ms: 7 * 24 * 3600 * 1000,
+            max_log_records: 1_000_000,
         }
     }
+}
+
+/// One task of a closing round, reported by the worker that held it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finished {
+    /// The task and the lease its update was computed under.
+    pub task: TaskRef,
+    /// The worker that uploaded it.
+    pub worker: String,
 }
 
 /// Outcome of completing a task.
@@ -273,14 +295,15 @@ pub trait CoordinatorStore: Send + Sync {
         worker: &str,
         deadline_ms: u64,
     ) -> Result<bool, StoreFailure>;
-    /// Marks the task Done with the version its update produced, if it is Assigned to `worker`
-    /// under `lease`; reports a retried completion, or why the completion was refused.
+    /// Marks every task of `tasks` Done with the version their round produced, each if it is
+    /// Assigned to its worker under its lease; reports, per task in order, the completion, a
+    /// retried completion, or why it was refused. All or nothing: on an error no task changed,
+    /// so the coordinator can leave its step untaken and the round open.
     fn complete(
         &self,
-        task: TaskRef,
-        worker: &str,
+        tasks: &[Finished],
         applied_version: u64,
-    ) -> Result<Completion, StoreFailure>;
+    ) -> Result<Vec<Completion>, StoreFailure>;
     /// Returns an Assigned task to Pending (hand-back, rejected update). Returns whether it
     /// was Assigned to `worker` under `lease`.
     fn release(&self, task: TaskRef, worker: &str) -> Result<bool, StoreFailure>;
@@ -290,7 +313,7 @@ pub trait CoordinatorStore: Send + Sync {
     /// snapshot the coordinator resumed from, goes back to Pending. Returns how many moved.
     fn reset_after_recovery(&self, snapshot_version: u64) -> Result<u64, StoreFailure>;
     /// Returns expired leases to Pending (or Failed after too many attempts), marks silent
-    /// workers Gone and prunes old telemetry.
+    /// workers Gone and prunes old telemetry and worker logs.
     fn sweep(&self, now_ms: u64, policy: &SweepPolicy) -> Result<SweepReport, StoreFailure>;
 
     // --- workers -----------------------------------------------------------------------------

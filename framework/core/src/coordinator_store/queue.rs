@@ -1,7 +1,7 @@
 //! Queue rules every coordinator store applies the same way: how a claim splits a task, why a
 //! completion is refused, how throughput estimates move.
 
-use super::{TaskRecord, TaskState};
+use super::{Completion, Finished, TaskRecord, TaskState};
 use crate::protocol::TaskRef;
 
 /// Weight of a new throughput measurement in the moving average.
@@ -19,6 +19,24 @@ pub fn is_held(t: &TaskRecord, task: TaskRef, worker: &str) -> bool {
     t.state == TaskState::Assigned
         && t.attempts == task.lease
         && t.worker.as_deref() == Some(worker)
+}
+
+/// What completing `f` does to the task as stored (`None`: no such task).
+/// [`Completion::Completed`] means the store must now mark it Done.
+pub fn completion(t: Option<&TaskRecord>, f: &Finished) -> Completion {
+    let Some(t) = t else {
+        return Completion::Refused(format!("task {} does not exist", f.task.task_id));
+    };
+    if is_held(t, f.task, &f.worker) {
+        Completion::Completed
+    } else if t.state == TaskState::Done
+        && t.attempts == f.task.lease
+        && t.worker.as_deref() == Some(f.worker.as_str())
+    {
+        Completion::AlreadyDone { applied_version: t.applied_version }
+    } else {
+        Completion::Refused(refusal(t, f.task, &f.worker))
+    }
 }
 
 /// Why a completion of `task` by `worker` is refused, given the task as stored.

@@ -27,8 +27,27 @@ pub struct CoordinatorSection {
     pub worker_timeout_secs: f64,
     /// A task whose lease expires this many times is Failed.
     pub max_attempts: u64,
-    /// Largest accepted update upload, bytes.
+    /// Largest accepted update upload, bytes. The limit in force is the smaller of this and
+    /// the longest valid update of the run's model and codec plus 64 KiB, so an upload
+    /// larger than any real update is refused before its body is read.
     pub max_upload_bytes: u64,
+    /// Most tasks one worker may hold at once; a claim past it gets no task.
+    pub max_leases_per_worker: u64,
+    /// Ceiling on the throughput a worker may claim or is measured at, tokens/s (0 = what
+    /// the model can plausibly run: 10^13 FLOP/s, far beyond any CPU, over the 6 FLOPs per
+    /// parameter and token of training). Task sizes and leases follow the clamped figure.
+    pub max_worker_tokens_per_sec: f64,
+    /// Longest lease, seconds, whatever the worker's reported throughput.
+    pub max_lease_secs: f64,
+    /// Largest magnitude of one value of a decoded update; larger (a finite but absurd
+    /// quantisation scale, say) is refused with 422.
+    pub max_update_abs: f64,
+    /// Log records one worker may send per minute; more are refused with 429.
+    pub log_records_per_minute: u64,
+    /// Worker log records older than this are pruned, seconds.
+    pub log_retention_secs: f64,
+    /// At most this many worker log records are kept; the earliest go first.
+    pub max_log_records: u64,
     /// The maintenance thread (lease sweeper, timed snapshots) wakes this often, seconds.
     pub sweep_every_secs: f64,
     /// Telemetry older than this is pruned, seconds.
@@ -74,6 +93,13 @@ impl Default for CoordinatorSection {
             worker_timeout_secs: 120.0,
             max_attempts: 5,
             max_upload_bytes: 512 << 20,
+            max_leases_per_worker: 2,
+            max_worker_tokens_per_sec: 0.0,
+            max_lease_secs: 3600.0,
+            max_update_abs: 1e4,
+            log_records_per_minute: 1200,
+            log_retention_secs: 7.0 * 24.0 * 3600.0,
+            max_log_records: 1_000_000,
             sweep_every_secs: 2.0,
             telemetry_retention_secs: 7.0 * 24.0 * 3600.0,
             seed_chunk_tokens: 1 << 20,
@@ -108,6 +134,30 @@ impl CoordinatorSection {
                 self.round_wait_secs
             ));
         }
+        for (k, v) in [
+            ("max_lease_secs", self.max_lease_secs),
+            ("max_update_abs", self.max_update_abs),
+            ("log_retention_secs", self.log_retention_secs),
+        ] {
+            if !(v.is_finite() && v > 0.0) {
+                p.push(format!("coordinator.{k} must be positive, is {v}"));
+            }
+        }
+        if !(self.max_worker_tokens_per_sec.is_finite() && self.max_worker_tokens_per_sec >= 0.0) {
+            p.push(format!(
+                "coordinator.max_worker_tokens_per_sec must be zero (derived) or positive, is {}",
+                self.max_worker_tokens_per_sec
+            ));
+        }
+        if self.max_lease_secs < self.min_lease_secs {
+            p.push(format!(
+                "coordinator.max_lease_secs ({}) is less than min_lease_secs ({})",
+                self.max_lease_secs, self.min_lease_secs
+            ));
+        }
+        if self.max_leases_per_worker == 0 {
+            p.push("coordinator.max_leases_per_worker must be at least 1".into());
+        }
         if self.max_attempts == 0 {
             p.push("coordinator.max_attempts must be positive".into());
         }
@@ -122,6 +172,8 @@ impl CoordinatorSection {
             worker_timeout_ms: secs_to_ms(self.worker_timeout_secs),
             telemetry_retention_ms: secs_to_ms(self.telemetry_retention_secs),
             max_attempts: self.max_attempts,
+            log_retention_ms: secs_to_ms(self.log_retention_secs),
+            max_log_records: self.max_log_records,
         }
     }
 }

@@ -13,15 +13,24 @@ impl CoordinatorApi for Coordinator {
         if !(reg.tokens_per_sec.is_finite() && reg.tokens_per_sec > 0.0) {
             return Err(ApiError::Invalid("calibrated tokens_per_sec must be positive".into()));
         }
+        let tokens_per_sec = self.plausible_tps(reg.tokens_per_sec);
+        if tokens_per_sec < reg.tokens_per_sec {
+            tracing::warn!(
+                worker,
+                claimed = reg.tokens_per_sec,
+                clamped = tokens_per_sec,
+                "calibrated throughput beyond what the model can plausibly run; clamped"
+            );
+        }
         self.store.upsert_worker(&WorkerRecord {
             id: worker.into(),
             state: WorkerState::Active,
             threads: reg.threads,
-            calibrated_tps: reg.tokens_per_sec,
+            calibrated_tps: tokens_per_sec,
             measured_tps: 0.0,
             last_seen_ms: now_ms(),
         })?;
-        tracing::info!(worker, tokens_per_sec = reg.tokens_per_sec, "worker registered");
+        tracing::info!(worker, tokens_per_sec, "worker registered");
         Ok(Registered {
             worker_id: worker.into(),
             mode: self.shape.mode,
@@ -41,7 +50,7 @@ impl CoordinatorApi for Coordinator {
             self.metrics.claim_latency.record(started.elapsed());
             return Ok(None);
         }
-        let tps = record.throughput();
+        let tps = self.plausible_tps(record.throughput());
         let (max_tokens, granularity) = self.task_size(tps);
         let weights = self.current_blob()?;
         let req = ClaimRequest {
@@ -50,6 +59,7 @@ impl CoordinatorApi for Coordinator {
             max_tokens,
             granularity,
             lease_ms: self.lease_ms(max_tokens, tps),
+            max_leases: self.settings.max_leases_per_worker,
         };
         let Some(task) = self.store.claim(&req)? else {
             self.metrics.claim_latency.record(started.elapsed());
@@ -95,11 +105,20 @@ impl CoordinatorApi for Coordinator {
             HeartbeatReply { lease_valid: false, lease_deadline_ms: 0, weight_version: 0 };
         if let Some(task) = hb.task {
             if hb.hand_back {
-                self.store.release(task, worker)?;
+                // Only the lease's holder may give it back; anyone else would drop another
+                // worker's task from the round.
+                if !self.store.release(task, worker)? {
+                    return Err(ApiError::Forbidden(format!(
+                        "task {} lease {} is not held by `{worker}`; only its holder can hand \
+                         it back",
+                        task.task_id, task.lease
+                    )));
+                }
                 lock(&self.model, "model")?.round.forget(task);
                 tracing::info!(task = task.task_id, worker, "task handed back");
             } else if let Some(t) = self.store.task(task.task_id)? {
-                let deadline = now + self.lease_ms(t.tokens, record.throughput());
+                let deadline =
+                    now + self.lease_ms(t.tokens, self.plausible_tps(record.throughput()));
                 reply.lease_valid = self.store.renew_lease(task, worker, deadline)?;
                 reply.lease_deadline_ms = deadline;
             }
@@ -140,15 +159,28 @@ impl CoordinatorApi for Coordinator {
                 &task, task_ref, worker,
             )));
         }
-        if upload.payload.len() as u64 > self.settings.max_upload_bytes {
+        if upload.payload.len() as u64 > self.upload_limit {
             return Err(ApiError::TooLarge(format!(
                 "update of {} bytes exceeds the limit of {}",
                 upload.payload.len(),
-                self.settings.max_upload_bytes
+                self.upload_limit
             )));
         }
         if !upload.loss.is_finite() {
             return Err(ApiError::Invalid("reported loss is not finite".into()));
+        }
+        // The task says how many tokens its update covers; a worker does not get to.
+        if upload.tokens != task.tokens {
+            return Err(ApiError::Invalid(format!(
+                "the upload reports {} tokens but task {} holds {}",
+                upload.tokens, task.id, task.tokens
+            )));
+        }
+        if !(upload.seconds.is_finite() && upload.seconds >= 0.0) {
+            return Err(ApiError::Invalid(format!(
+                "reported seconds {} is not a finite, non-negative number",
+                upload.seconds
+            )));
         }
         let started = Instant::now();
         let update = self.codec.decode(&self.layout, &upload.payload).map_err(|e| {
@@ -161,6 +193,13 @@ impl CoordinatorApi for Coordinator {
                 "update has {} values, the model {}",
                 update.len(),
                 self.layout.total_params()
+            )));
+        }
+        let bound = self.settings.max_update_abs as f32;
+        if let Some((i, v)) = update.iter().enumerate().find(|(_, v)| v.abs() > bound) {
+            self.metrics.malformed.fetch_add(1, Ordering::Relaxed);
+            return Err(ApiError::Invalid(format!(
+                "update value {i} is {v}, beyond coordinator.max_update_abs = {bound}"
             )));
         }
         let mut m = lock(&self.model, "model")?;
@@ -245,13 +284,19 @@ impl CoordinatorApi for Coordinator {
         }
     }
 
-    fn logs(&self, worker: &str, records: Vec<LogRecord>) -> Result<(), ApiError> {
+    fn logs(&self, worker: &str, mut records: Vec<LogRecord>) -> Result<(), ApiError> {
         self.require_worker(worker)?;
         if records.len() > MAX_LOG_BATCH {
             return Err(ApiError::TooLarge(format!(
                 "{} log records in one batch; the limit is {MAX_LOG_BATCH}",
                 records.len()
             )));
+        }
+        self.log_quota.take(worker, records.len() as u64, now_ms())?;
+        // Retention goes by age: a worker's clock may not date its records into the future.
+        let now = now_ms();
+        for r in &mut records {
+            r.ts_ms = r.ts_ms.min(now);
         }
         self.store.append_logs(worker, &records)?;
         Ok(())
@@ -308,9 +353,19 @@ impl CoordinatorApi for Coordinator {
         let status = self.status().ok();
         self.metrics.render(status.as_ref())
     }
+
+    fn upload_limit(&self) -> Option<u64> {
+        Some(self.upload_limit)
+    }
 }
 
 impl Coordinator {
+    /// `tokens_per_sec` as a worker reported it, clamped to what the model can plausibly run
+    /// (`coordinator.max_worker_tokens_per_sec`); non-finite or negative reads as 0.
+    pub(super) fn plausible_tps(&self, tokens_per_sec: f64) -> f64 {
+        if tokens_per_sec.is_finite() { tokens_per_sec.clamp(0.0, self.max_tps) } else { 0.0 }
+    }
+
     pub(super) fn require_worker(&self, worker: &str) -> Result<WorkerRecord, ApiError> {
         self.store
             .worker(worker)?

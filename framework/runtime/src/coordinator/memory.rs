@@ -3,15 +3,15 @@
 //! was written against.
 
 use bitnet_framework::BuildContext;
-use bitnet_framework::coordinator_store::queue::{THROUGHPUT_EMA, is_held, refusal, slice_size};
+use bitnet_framework::coordinator_store::queue::{THROUGHPUT_EMA, completion, is_held, slice_size};
 use bitnet_framework::coordinator_store::{
-    ClaimRequest, ClientRecord, Completion, CoordinatorStore, NewTask, StoreFailure, SweepPolicy,
-    SweepReport, TaskRecord, TaskState, TaskTelemetry, WorkerRecord, WorkerState,
+    ClaimRequest, ClientRecord, Completion, CoordinatorStore, Finished, NewTask, StoreFailure,
+    SweepPolicy, SweepReport, TaskRecord, TaskState, TaskTelemetry, WorkerRecord, WorkerState,
 };
 use bitnet_framework::protocol::{LogRecord, TaskCounts, TaskRef, WorkerCounts, now_ms};
 use bitnet_framework::registry::{BuildError, PluginConfig};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Mutex, MutexGuard};
 
 #[derive(Default)]
@@ -21,7 +21,8 @@ struct State {
     workers: HashMap<String, WorkerRecord>,
     clients: BTreeMap<String, ClientRecord>,
     telemetry: Vec<TaskTelemetry>,
-    logs: u64,
+    /// Timestamps of the stored log records in arrival order (the text is not kept).
+    logs: VecDeque<u64>,
 }
 
 /// An in-memory [`CoordinatorStore`].
@@ -69,6 +70,18 @@ impl CoordinatorStore for MemoryStore {
 
     fn claim(&self, req: &ClaimRequest) -> Result<Option<TaskRecord>, StoreFailure> {
         let mut s = self.lock()?;
+        if req.max_leases > 0 {
+            let held = s
+                .tasks
+                .values()
+                .filter(|t| {
+                    t.state == TaskState::Assigned && t.worker.as_deref() == Some(&*req.worker)
+                })
+                .count() as u64;
+            if held >= req.max_leases {
+                return Ok(None);
+            }
+        }
         let Some(id) = s.tasks.values().find(|t| t.state == TaskState::Pending).map(|t| t.id)
         else {
             return Ok(None);
@@ -119,27 +132,23 @@ impl CoordinatorStore for MemoryStore {
 
     fn complete(
         &self,
-        task: TaskRef,
-        worker: &str,
+        tasks: &[Finished],
         applied_version: u64,
-    ) -> Result<Completion, StoreFailure> {
+    ) -> Result<Vec<Completion>, StoreFailure> {
         let mut s = self.lock()?;
-        let Some(t) = s.tasks.get_mut(&task.task_id) else {
-            return Ok(Completion::Refused(format!("task {} does not exist", task.task_id)));
-        };
-        if is_held(t, task, worker) {
-            t.state = TaskState::Done;
-            t.applied_version = applied_version;
-            t.lease_deadline_ms = 0;
-            return Ok(Completion::Completed);
+        let mut out = Vec::with_capacity(tasks.len());
+        for f in tasks {
+            let c = completion(s.tasks.get(&f.task.task_id), f);
+            if c == Completion::Completed
+                && let Some(t) = s.tasks.get_mut(&f.task.task_id)
+            {
+                t.state = TaskState::Done;
+                t.applied_version = applied_version;
+                t.lease_deadline_ms = 0;
+            }
+            out.push(c);
         }
-        if t.state == TaskState::Done
-            && t.attempts == task.lease
-            && t.worker.as_deref() == Some(worker)
-        {
-            return Ok(Completion::AlreadyDone { applied_version: t.applied_version });
-        }
-        Ok(Completion::Refused(refusal(t, task, worker)))
+        Ok(out)
     }
 
     fn release(&self, task: TaskRef, worker: &str) -> Result<bool, StoreFailure> {
@@ -218,6 +227,12 @@ impl CoordinatorStore for MemoryStore {
         let cutoff = now.saturating_sub(policy.telemetry_retention_ms);
         s.telemetry.retain(|r| r.ts_ms >= cutoff);
         report.telemetry_pruned = (before - s.telemetry.len()) as u64;
+        let before = s.logs.len();
+        let cutoff = now.saturating_sub(policy.log_retention_ms);
+        s.logs.retain(|&ts| ts >= cutoff);
+        let excess = s.logs.len().saturating_sub(policy.max_log_records as usize);
+        s.logs.drain(..excess);
+        report.logs_pruned = (before - s.logs.len()) as u64;
         Ok(report)
     }
 
@@ -329,12 +344,13 @@ impl CoordinatorStore for MemoryStore {
     }
 
     fn append_logs(&self, _worker: &str, records: &[LogRecord]) -> Result<(), StoreFailure> {
-        self.lock()?.logs += records.len() as u64;
+        let mut s = self.lock()?;
+        s.logs.extend(records.iter().map(|r| r.ts_ms));
         Ok(())
     }
 
     fn log_count(&self) -> Result<u64, StoreFailure> {
-        Ok(self.lock()?.logs)
+        Ok(self.lock()?.logs.len() as u64)
     }
 }
 

@@ -51,6 +51,8 @@ pub struct Metrics {
     pub steps: AtomicU64,
     pub rejected: AtomicU64,
     pub malformed: AtomicU64,
+    /// Rounds whose completion the store failed to record (retried; nothing applied).
+    pub commit_failures: AtomicU64,
     pub tokens: AtomicU64,
     pub claim_latency: Histogram,
     pub heartbeat_latency: Histogram,
@@ -85,8 +87,14 @@ impl Metrics {
         counter(
             &mut out,
             "bitnet_updates_malformed_total",
-            "Uploads refused by the codec.",
+            "Uploads refused by the codec or the update bounds.",
             l(&self.malformed),
+        );
+        counter(
+            &mut out,
+            "bitnet_round_commit_failures_total",
+            "Rounds whose completion the store failed to record (left open and retried).",
+            l(&self.commit_failures),
         );
         counter(
             &mut out,

@@ -16,6 +16,7 @@ pub mod round;
 pub mod seed;
 
 mod api;
+mod quota;
 mod recovery;
 mod rounds;
 mod scheduling;
@@ -34,7 +35,7 @@ use snapshots::{SnapshotJob, prune_snapshots};
 use crate::config::{TrainMode, TrainSection};
 use bitnet_framework::codec::GradientCodec;
 use bitnet_framework::coordinator_store::{
-    ClaimRequest, Completion, CoordinatorStore, TaskTelemetry, WorkerRecord, WorkerState,
+    ClaimRequest, Completion, CoordinatorStore, Finished, TaskTelemetry, WorkerRecord, WorkerState,
 };
 use bitnet_framework::optim::{Optimizer, StepInfo};
 use bitnet_framework::protocol::{
@@ -126,6 +127,12 @@ pub struct Coordinator {
     stopping: Arc<AtomicBool>,
     metrics: Metrics,
     recovery: Recovery,
+    /// Largest upload accepted, bytes: `max_upload_bytes`, or less when the codec knows the
+    /// longest valid update of this model.
+    upload_limit: u64,
+    /// Ceiling on a worker's throughput, tokens/s (see `max_worker_tokens_per_sec`).
+    max_tps: f64,
+    log_quota: quota::LogQuota,
 }
 
 /// Served weight versions kept for workers still downloading an older one.
@@ -137,6 +144,11 @@ const RECENT_UPDATES: usize = 16;
 const CLAIM_WAIT: Duration = Duration::from_secs(10);
 /// Largest log batch accepted in one call.
 pub const MAX_LOG_BATCH: usize = 10_000;
+/// Room above the longest valid update an upload limit leaves (framing of future versions).
+const UPLOAD_SLACK_BYTES: u64 = 64 << 10;
+/// Peak FLOP/s no worker machine reaches (about 100 AVX-512 cores at their peak): the ceiling
+/// on reported throughput is this over the 6 FLOPs per parameter and token of training.
+const PLAUSIBLE_FLOPS: f64 = 1e13;
 
 fn lock<'a, T>(m: &'a Mutex<T>, what: &str) -> Result<MutexGuard<'a, T>, ApiError> {
     m.lock().map_err(|_| ApiError::Internal(format!("{what} lock poisoned")))

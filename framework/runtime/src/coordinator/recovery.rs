@@ -119,6 +119,16 @@ impl Coordinator {
                 })
                 .map_err(|e| comp(&e))?
         };
+        let upload_limit = match codec.max_encoded_len(&layout) {
+            Some(n) => settings.max_upload_bytes.min(n as u64 + UPLOAD_SLACK_BYTES),
+            None => settings.max_upload_bytes,
+        };
+        let max_tps = match settings.max_worker_tokens_per_sec {
+            t if t > 0.0 => t,
+            _ => PLAUSIBLE_FLOPS / (6.0 * n.max(1) as f64),
+        };
+        let log_quota = quota::LogQuota::new(settings.log_records_per_minute);
+        tracing::debug!(upload_limit, max_tps, "coordinator limits");
         let coordinator = Arc::new(Self {
             settings,
             shape,
@@ -150,6 +160,9 @@ impl Coordinator {
             stopping: Arc::new(AtomicBool::new(false)),
             metrics: Metrics::default(),
             recovery: Recovery { version, skipped, tasks_reset },
+            upload_limit,
+            max_tps,
+            log_quota,
         });
         let weak = Arc::downgrade(&coordinator);
         let stopping = Arc::clone(&coordinator.stopping);

@@ -104,6 +104,16 @@ impl Round {
         self.entries.is_empty()
     }
 
+    /// The updates waiting in the round, in arrival order.
+    pub fn entries(&self) -> &[Entry] {
+        &self.entries
+    }
+
+    /// Tokens of the updates waiting (0: closing takes no step).
+    pub fn tokens(&self) -> u64 {
+        self.tokens
+    }
+
     /// Tasks still expected.
     pub fn missing(&self) -> usize {
         self.members.len()

@@ -35,6 +35,7 @@ impl Coordinator {
         if self.settings.sync_rounds {
             self.check_round();
         }
+        self.log_quota.prune(now_ms());
         let due = self.settings.snapshot_every_secs > 0.0;
         if let Ok(mut m) = self.model.lock()
             && due
@@ -127,56 +128,66 @@ impl Coordinator {
     /// Takes the open round's step (the token-weighted mean of its updates), completes its
     /// tasks at the new version and wakes claims waiting for it. A round whose updates carry
     /// no tokens completes its tasks without a step.
+    ///
+    /// The tasks are marked Done first, all in one store transaction, and only then is the step
+    /// taken. When the store fails (a full disk, an I/O error) nothing has changed: the round
+    /// stays open with every update in it, the caller gets a retryable error, and the next
+    /// upload or maintenance pass tries again; so an update a worker was told is accepted is
+    /// never lost, and never applied twice. A crash after the commit loses the step with the
+    /// rest of memory, and recovery returns these tasks to the queue (their version is newer
+    /// than any snapshot).
     pub(super) fn apply_round(&self, m: &mut ModelState) -> Result<Applied, ApiError> {
         let step = self.schedule_position(m);
+        let stepping = m.round.tokens() > 0;
+        let version = if stepping { m.version + 1 } else { m.version };
+        let finished: Vec<Finished> = m
+            .round
+            .entries()
+            .iter()
+            .map(|e| Finished { task: e.task, worker: e.worker.clone() })
+            .collect();
+        let outcomes = self.store.complete(&finished, version).map_err(|e| {
+            self.metrics.commit_failures.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(error = %e, "recording a round's completion failed; it stays open");
+            ApiError::Unavailable(format!(
+                "recording the round's completion failed ({e}); nothing was applied and the \
+                 round stays open: retry"
+            ))
+        })?;
+        for (f, outcome) in finished.iter().zip(&outcomes) {
+            // The leases were extended when the updates joined the round, under the model
+            // lock; a refusal means the store changed under the coordinator.
+            if let Completion::Refused(msg) = outcome {
+                tracing::error!(task = f.task.task_id, %msg, "completion refused");
+            }
+        }
         let ModelState { params, optimizer, round, .. } = &mut *m;
         let closed = round.close();
         let tokens = closed.tokens;
         let mut lr = 0.0;
-        let stepped = match closed.update {
-            Some(update) => {
-                match optimizer.step(params, update, StepInfo { step, lr_scale: closed.lr_scale }) {
-                    Ok(report) => {
-                        lr = report.lr;
-                        true
-                    }
-                    Err(e) => {
-                        let entries = round.finish();
-                        for en in &entries {
-                            if let Err(err) = self.store.release(en.task, &en.worker) {
-                                tracing::error!(task = en.task.task_id, error = %err, "release failed");
-                            }
-                        }
-                        self.round_closed.notify_all();
-                        return Err(ApiError::Internal(format!(
-                            "the optimizer refused the round's update ({e}); its {} task(s) go \
-                             back to the queue",
-                            entries.len()
-                        )));
-                    }
+        if let Some(update) = closed.update {
+            match optimizer.step(params, update, StepInfo { step, lr_scale: closed.lr_scale }) {
+                Ok(report) => lr = report.lr,
+                Err(e) => {
+                    // Every update was checked finite, bounded and of the model's size before
+                    // it joined the round, so this is a broken optimizer, not a bad upload.
+                    let entries = round.finish();
+                    self.round_closed.notify_all();
+                    return Err(ApiError::Internal(format!(
+                        "the optimizer refused the round's update ({e}); its {} task(s) are \
+                         recorded Done at version {version} without it",
+                        entries.len()
+                    )));
                 }
             }
-            None => false,
-        };
-        if stepped {
-            m.version += 1;
+        }
+        if stepping {
+            m.version = version;
             m.updates_since_snapshot += 1;
             m.tokens_applied += tokens;
         }
-        let version = m.version;
         let entries = m.round.finish();
         for e in &entries {
-            match self.store.complete(e.task, &e.worker, version) {
-                Ok(Completion::Completed | Completion::AlreadyDone { .. }) => {}
-                // The leases were extended when the updates joined the round; a refusal means
-                // the store changed under us. The step is in the weights, so keep counting it.
-                Ok(Completion::Refused(msg)) => {
-                    tracing::error!(task = e.task.task_id, %msg, "completion refused after the step")
-                }
-                Err(err) => {
-                    tracing::error!(task = e.task.task_id, error = %err, "completion failed")
-                }
-            }
             m.recent.push_back((e.loss, e.tokens, (e.seconds * 1000.0) as u64));
         }
         while m.recent.len() > RECENT_UPDATES {
@@ -189,7 +200,7 @@ impl Coordinator {
         }
         self.round_closed.notify_all();
         tracing::debug!(version, updates = entries.len(), tokens, lr, "round applied");
-        Ok(Applied { version, stepped, entries })
+        Ok(Applied { version, stepped: stepping, entries })
     }
 
     /// Metrics and telemetry of an applied round (outside the model lock).
@@ -200,7 +211,7 @@ impl Coordinator {
         }
         for e in &a.entries {
             self.metrics.tokens.fetch_add(e.tokens, Ordering::Relaxed);
-            let rate = rate(e.tokens, e.seconds);
+            let rate = self.plausible_tps(rate(e.tokens, e.seconds));
             let recorded = self.store.record_throughput(&e.worker, rate).and_then(|()| {
                 self.store.record_telemetry(&TaskTelemetry {
                     task_id: e.task.task_id,

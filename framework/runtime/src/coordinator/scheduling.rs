@@ -41,6 +41,8 @@ impl Coordinator {
     pub(super) fn lease_ms(&self, tokens: u64, tokens_per_sec: f64) -> u64 {
         let expected = tokens as f64 / tokens_per_sec.max(1e-3);
         let secs = (expected * self.settings.lease_headroom).max(self.settings.min_lease_secs);
+        // A worker reporting a crawl (1e-9 tokens/s) would otherwise hold a task for days.
+        let secs = secs.min(self.settings.max_lease_secs);
         secs_to_ms(secs.max(3.0 * self.settings.heartbeat_secs))
     }
 
