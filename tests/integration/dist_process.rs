@@ -55,7 +55,7 @@ snapshot_every_secs = 0
 calibration_steps = 1
 idle_poll_ms = 50
 retry_base_ms = 100
-max_retries = 12
+give_up_after_secs = 60
 "#,
         data = dir.join("data").display(),
         run = dir.join("run").display(),

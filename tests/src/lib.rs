@@ -179,6 +179,7 @@ pub mod dist {
             "worker.idle_poll_ms=20",
             "worker.exit_when_done=true",
             "worker.retry_base_ms=10",
+            "worker.give_up_after_secs=30",
         ]
         .iter()
         .map(|s| s.to_string())

@@ -385,6 +385,13 @@ pub trait CoordinatorApi: Send + Sync {
     fn status(&self) -> Result<StatusReport, ApiError>;
     /// Prometheus text exposition of the coordinator's metrics.
     fn metrics(&self) -> String;
+    /// Whether a claim by `worker` would now wait for the open round to close (its update
+    /// waits in it), answered without blocking. An async transport waits this out with a timer
+    /// before calling [`Self::claim`], so a waiting claim holds no thread.
+    fn claim_would_wait(&self, worker: &str) -> bool {
+        let _ = worker;
+        false
+    }
     /// Largest upload body this coordinator can accept, bytes (`None`: no limit of its own).
     /// Transports refuse larger bodies before reading them.
     fn upload_limit(&self) -> Option<u64> {

@@ -44,6 +44,11 @@ struct AppState {
 #[derive(Clone)]
 struct Caller(String);
 
+/// Longest a claim waits for its worker's round to close before answering "no task".
+const CLAIM_WAIT: Duration = Duration::from_secs(10);
+/// How often a waiting claim looks at its round again.
+const CLAIM_POLL: Duration = Duration::from_millis(20);
+
 /// Largest `POST /connect/token` body: a form with an id and a secret.
 const MAX_LOGIN_BYTES: usize = 4 << 10;
 
@@ -251,6 +256,15 @@ async fn work(
     State(state): Shared,
     Extension(Caller(who)): Extension<Caller>,
 ) -> HttpResult<Response> {
+    // A synchronous round's worker waits for the round to close before its next task; wait
+    // on a timer here, so hundreds of waiting workers hold no threads.
+    let deadline = tokio::time::Instant::now() + CLAIM_WAIT;
+    while state.api.claim_would_wait(&who) {
+        if tokio::time::Instant::now() >= deadline {
+            return Ok(StatusCode::NO_CONTENT.into_response());
+        }
+        tokio::time::sleep(CLAIM_POLL).await;
+    }
     let api = Arc::clone(&state.api);
     Ok(match blocking(move || api.claim(&who)).await? {
         Some(task) => axum::Json(task).into_response(),

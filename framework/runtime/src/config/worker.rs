@@ -15,10 +15,13 @@ pub struct WorkerSection {
     pub idle_poll_ms: u64,
     /// Exit once the queue is finished (no Pending or Assigned tasks).
     pub exit_when_done: bool,
-    /// Retries of a failed request before giving up.
-    pub max_retries: u32,
-    /// First backoff, ms (doubles each retry, capped at 5 s).
+    /// Stop retrying a coordinator that keeps failing (connection errors, 5xx, 429) after this
+    /// many seconds (0 = keep trying until stopped).
+    pub give_up_after_secs: f64,
+    /// First backoff, ms (doubles each retry, up to `retry_max_ms`; a 429's Retry-After wins).
     pub retry_base_ms: u64,
+    /// Longest backoff between two retries, ms.
+    pub retry_max_ms: u64,
     /// Directory caching downloaded shards by hash; none = memory only.
     pub cache_dir: Option<PathBuf>,
 }
@@ -30,8 +33,9 @@ impl Default for WorkerSection {
             log_batch: 100,
             idle_poll_ms: 1000,
             exit_when_done: false,
-            max_retries: 8,
+            give_up_after_secs: 0.0,
             retry_base_ms: 200,
+            retry_max_ms: 5000,
             cache_dir: None,
         }
     }

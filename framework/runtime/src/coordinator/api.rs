@@ -357,6 +357,17 @@ impl CoordinatorApi for Coordinator {
     fn upload_limit(&self) -> Option<u64> {
         Some(self.upload_limit)
     }
+
+    fn claim_would_wait(&self, worker: &str) -> bool {
+        if !self.settings.sync_rounds {
+            return false;
+        }
+        match self.model.try_lock() {
+            Ok(m) => m.round.has_update_from(worker),
+            // Busy (a round being applied) or poisoned: ask again shortly.
+            Err(_) => true,
+        }
+    }
 }
 
 impl Coordinator {

@@ -237,20 +237,37 @@ impl Worker {
         }
     }
 
-    /// Calls `f` until it succeeds, retrying retryable errors with exponential backoff.
+    /// Calls `f` until it succeeds, retrying retryable errors (connection errors, 5xx, 429)
+    /// with capped exponential backoff, or the server's Retry-After, until stopped or
+    /// `give_up_after_secs` pass.
     fn retry<T>(
         &mut self,
         mut f: impl FnMut(&mut dyn CoordinatorClient) -> Result<T, ApiError>,
     ) -> Result<T, ApiError> {
-        let mut attempt = 0;
+        let started = Instant::now();
+        let give_up = self.settings.give_up_after_secs;
+        let mut attempt = 0u32;
         loop {
             match f(&mut *self.parts.client) {
                 Ok(v) => return Ok(v),
-                Err(e) if e.is_retryable() && attempt < self.settings.max_retries => {
-                    let backoff = self.settings.retry_base_ms.saturating_mul(1 << attempt.min(16));
-                    let backoff = Duration::from_millis(backoff.min(5000));
+                Err(e) if e.is_retryable() => {
+                    if give_up > 0.0 && started.elapsed().as_secs_f64() >= give_up {
+                        tracing::error!(error = %e, attempt, "giving up after {give_up} s");
+                        return Err(e);
+                    }
+                    let backoff = match &e {
+                        ApiError::TooMany { retry_after_secs, .. } => {
+                            Duration::from_secs(*retry_after_secs)
+                        }
+                        _ => Duration::from_millis(
+                            self.settings
+                                .retry_base_ms
+                                .saturating_mul(1 << attempt.min(16))
+                                .min(self.settings.retry_max_ms),
+                        ),
+                    };
                     tracing::warn!(error = %e, attempt, ?backoff, "request failed; retrying");
-                    attempt += 1;
+                    attempt = attempt.saturating_add(1);
                     self.nap(backoff);
                     if self.stopped() {
                         return Err(e);
@@ -606,7 +623,15 @@ impl Worker {
                     format!("task {} rejected: {}", task.task_id, r.reason.unwrap_or_default()),
                 );
             }
-            Err(e @ (ApiError::Conflict(_) | ApiError::Invalid(_) | ApiError::TooLarge(_))) => {
+            // The task moved on (lease lost, task gone, not ours any more) or the update was
+            // refused: this worker moves on to its next task.
+            Err(
+                e @ (ApiError::Conflict(_)
+                | ApiError::Invalid(_)
+                | ApiError::TooLarge(_)
+                | ApiError::Forbidden(_)
+                | ApiError::NotFound(_)),
+            ) => {
                 self.report.tasks_rejected += 1;
                 self.log("warn", format!("task {} upload refused: {e}", task.task_id));
             }
