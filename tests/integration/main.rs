@@ -9,4 +9,5 @@ mod dry_run;
 mod dynamic;
 mod presets;
 mod registry;
+mod serve;
 mod trainer;
