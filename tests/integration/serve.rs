@@ -181,8 +181,9 @@ impl InferenceModel for Gated {
 #[test]
 fn a_full_queue_answers_503_and_a_confident_answer_is_reported() {
     let mut tok = bitnet_tokenizer_word_for_tests();
-    let lines = [r#"[USER] take me home [INTENT] {"intent":"navigate","slots":{}}"#.to_string()];
-    tok.train(&mut lines.iter().cloned()).expect("train");
+    // Three times: the tokenizer's default keeps words seen at least twice.
+    let line = r#"[USER] take me home [INTENT] {"intent":"navigate","slots":{}}"#.to_string();
+    tok.train(&mut std::iter::repeat_n(line, 3)).expect("train");
     let gate = Arc::new((Mutex::new(false), Condvar::new()));
     let model = Gated {
         answer: tok.encode(r#"{"intent":"navigate","slots":{}}"#).expect("encode"),
