@@ -112,15 +112,15 @@ impl Server {
             options.queue,
             options.max_batch
         );
+        let listener =
+            std::net::TcpListener::bind(bind).with_context(|| format!("binding {bind}"))?;
+        listener.set_nonblocking(true)?;
+        let addr = listener.local_addr()?;
         let pool = ModelPool::start(models, decoding, options.queue)
             .context("starting the inference threads")?;
         let limits =
             ApiLimits { max_body_bytes: options.max_body_bytes, max_batch: options.max_batch };
         let state = Arc::new(AppState { pool, limits });
-        let listener =
-            std::net::TcpListener::bind(bind).with_context(|| format!("binding {bind}"))?;
-        listener.set_nonblocking(true)?;
-        let addr = listener.local_addr()?;
         // Handlers only parse JSON and wait for the models: two runtime threads are plenty.
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
