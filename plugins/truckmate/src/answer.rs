@@ -17,8 +17,9 @@ use bitnet_framework::model::InferenceModel;
 use bitnet_framework::tokenizer::Tokenizer;
 use serde::Serialize;
 
-/// The default abstention threshold on the intent confidence. See the book's serving chapter
-/// for how it was chosen.
+/// The default abstention threshold on the intent confidence: the smallest at which a kept
+/// intent is certain to be the model's majority choice. The book's serving chapter has what it
+/// does on the hand-written set (in-domain and out-of-domain abstention) for a measured model.
 pub const DEFAULT_ABSTAIN_THRESHOLD: f64 = 0.5;
 
 /// The answer for one utterance.
