@@ -132,23 +132,9 @@ impl Server {
         let app = api::router(Arc::clone(&state));
         let thread =
             std::thread::Builder::new().name("bitnet-serve-http".into()).spawn(move || {
-                runtime.block_on(async move {
-                    let listener = match tokio::net::TcpListener::from_std(listener) {
-                        Ok(l) => l,
-                        Err(e) => {
-                            tracing::error!(error = %e, "HTTP listener");
-                            return;
-                        }
-                    };
-                    let served = axum::serve(listener, app)
-                        .with_graceful_shutdown(async move {
-                            let _ = rx.await;
-                        })
-                        .await;
-                    if let Err(e) = served {
-                        tracing::error!(error = %e, "HTTP server stopped");
-                    }
-                });
+                if let Err(e) = runtime.block_on(serve_until(listener, app, rx)) {
+                    tracing::error!(error = %e, "HTTP server stopped");
+                }
                 // Every request has been answered: let the models finish and join them.
                 state.pool.shutdown();
             })?;
@@ -175,6 +161,21 @@ impl Server {
             tracing::error!("the HTTP server thread panicked");
         }
     }
+}
+
+/// Serves `app` on `listener` until `stop` fires (or its sender is dropped), then waits for the
+/// requests in flight.
+async fn serve_until(
+    listener: std::net::TcpListener,
+    app: axum::Router,
+    stop: tokio::sync::oneshot::Receiver<()>,
+) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::from_std(listener)?;
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            let _ = stop.await;
+        })
+        .await
 }
 
 impl Drop for Server {
