@@ -10,5 +10,6 @@ mod dynamic;
 mod http_hardening;
 mod presets;
 mod registry;
+mod serve;
 mod trainer;
 mod trust;

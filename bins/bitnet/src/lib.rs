@@ -62,8 +62,11 @@ enum Command {
     TokenizeCorpus(commands::data::TokenizeArgs),
     /// Loss, perplexity and intent/slot accuracy of a checkpoint on a held-out split.
     Eval(commands::eval::Args),
-    /// Print the intent JSON the model decodes for an utterance.
+    /// Print the intent, slots and confidence the model decodes for an utterance (or for each
+    /// line of stdin).
     Classify(commands::classify::Args),
+    /// Serve the model over HTTP (JSON intent API) until Ctrl-C or SIGTERM.
+    Serve(commands::serve::Args),
 }
 
 /// Runs the `bitnet` command line: parses `std::env::args`, runs the command and returns the
@@ -94,6 +97,7 @@ pub fn main() -> std::process::ExitCode {
         Command::TokenizeCorpus(args) => commands::data::tokenize(args),
         Command::Eval(args) => commands::eval::run(args),
         Command::Classify(args) => commands::classify::run(args),
+        Command::Serve(args) => commands::serve::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -225,26 +225,15 @@ pub fn prompt_ids(tok: &dyn Tokenizer, utterance: &str) -> Result<Vec<u32>, Eval
 }
 
 /// Greedy decoding after `[INTENT]` until `[EOS]` or `max_len` tokens in all; returns the
-/// decoded answer text.
+/// decoded answer text. ([`crate::confidence::decode_with_probabilities`] also returns the
+/// probability of each token.)
 pub fn greedy_decode(
     model: &mut dyn InferenceModel,
     tok: &dyn Tokenizer,
     utterance: &str,
     max_len: usize,
 ) -> Result<String, EvalError> {
-    let mut ids = prompt_ids(tok, utterance)?;
-    let start = ids.len();
-    let eos = tok.special_tokens().eos;
-    while ids.len() < max_len {
-        let logits = model.next_token_logits(&ids)?;
-        let Some(next) = argmax(&logits) else { break };
-        let next = next as u32;
-        if next == eos {
-            break;
-        }
-        ids.push(next);
-    }
-    Ok(tok.decode(&ids[start..])?)
+    Ok(crate::confidence::decode_with_probabilities(model, tok, utterance, max_len)?.text)
 }
 
 /// Decodes and scores line `index` (zero-based, for the error): its reference intent and

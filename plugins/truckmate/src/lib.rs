@@ -2,11 +2,15 @@
 //! driver said and writes the intent with its slots.
 //!
 //! - [`corpus`]: the synthetic corpus generator and its train/validation/test splits;
-//! - [`eval`]: greedy decoding after `[INTENT]` and the intent, slot and JSON metrics.
+//! - [`eval`]: greedy decoding after `[INTENT]` and the intent, slot and JSON metrics;
+//! - [`confidence`]: the model's probability of the intent it decoded;
+//! - [`answer`]: one utterance to an answer with confidence and abstention (`classify`, `serve`).
 //!
 //! Files are laid out in a data directory as described in
 //! [`bitnet_runtime::data::dir`]; [`write_corpus`] writes the three split files.
 
+pub mod answer;
+pub mod confidence;
 pub mod corpus;
 pub mod eval;
 pub mod eval_set;

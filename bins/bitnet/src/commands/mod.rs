@@ -8,11 +8,13 @@ pub mod coordinator;
 pub mod data;
 pub mod eval;
 pub mod export;
+pub mod inference;
 pub mod keys;
 pub mod plugins;
 pub mod run;
 pub mod run_local;
 pub mod seed_tasks;
+pub mod serve;
 pub mod train;
 pub mod worker;
 

@@ -1,0 +1,157 @@
+//! A fixed pool of inference models, one per OS thread, behind one bounded queue.
+//!
+//! Each model decodes one utterance at a time with its own key/value cache (the packed-ternary
+//! model has no batched forward: it runs one position of one sequence per step). Concurrency is
+//! the number of models: with `threads` models, `threads` utterances decode at once and the rest
+//! wait in the queue, first come first served. Admission is counted in utterances: a request of
+//! `n` utterances takes `n` places or is refused whole ([`PoolFull`]), so the pool never holds
+//! more than `capacity` utterances, decoding or waiting.
+
+use bitnet_framework::model::InferenceModel;
+use bitnet_framework::tokenizer::Tokenizer;
+use bitnet_truckmate::answer::{Answer, ClassifyError, classify};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, mpsc};
+use tokio::sync::oneshot;
+
+/// The pool holds `capacity` utterances already.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolFull {
+    /// Its capacity.
+    pub capacity: usize,
+}
+
+/// The reply for one utterance.
+pub type Reply = oneshot::Receiver<Result<Answer, ClassifyError>>;
+
+struct Job {
+    utterance: String,
+    reply: oneshot::Sender<Result<Answer, ClassifyError>>,
+}
+
+/// Releases one place of the pool when dropped (also when a model panics).
+struct Place(Arc<AtomicUsize>);
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// What the models decode with.
+#[derive(Clone)]
+pub struct Decoding {
+    /// The models' tokenizer.
+    pub tokenizer: Arc<dyn Tokenizer>,
+    /// Their context length.
+    pub seq_len: usize,
+    /// Abstention threshold.
+    pub threshold: f64,
+}
+
+/// The running pool.
+pub struct ModelPool {
+    sender: Mutex<Option<mpsc::Sender<Job>>>,
+    held: Arc<AtomicUsize>,
+    capacity: usize,
+    models: usize,
+    threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
+}
+
+impl ModelPool {
+    /// Starts one thread per model; at most `capacity` utterances are admitted at once.
+    pub fn start(
+        models: Vec<Box<dyn InferenceModel>>,
+        decoding: Decoding,
+        capacity: usize,
+    ) -> std::io::Result<Self> {
+        let (sender, receiver) = mpsc::channel::<Job>();
+        let receiver = Arc::new(Mutex::new(receiver));
+        let held = Arc::new(AtomicUsize::new(0));
+        let count = models.len();
+        let mut threads = Vec::with_capacity(count);
+        for (i, mut model) in models.into_iter().enumerate() {
+            let receiver = Arc::clone(&receiver);
+            let held = Arc::clone(&held);
+            let d = decoding.clone();
+            threads.push(std::thread::Builder::new().name(format!("bitnet-model-{i}")).spawn(
+                move || {
+                    loop {
+                        // The lock is held only while waiting for a job, never while decoding.
+                        let job = receiver.lock().unwrap_or_else(PoisonError::into_inner).recv();
+                        let Ok(job) = job else { break };
+                        let _place = Place(Arc::clone(&held));
+                        let answer = classify(
+                            model.as_mut(),
+                            d.tokenizer.as_ref(),
+                            &job.utterance,
+                            d.seq_len,
+                            d.threshold,
+                        );
+                        // The client may have gone; its answer is dropped.
+                        let _ = job.reply.send(answer);
+                    }
+                },
+            )?);
+        }
+        Ok(Self {
+            sender: Mutex::new(Some(sender)),
+            held,
+            capacity,
+            models: count,
+            threads: Mutex::new(threads),
+        })
+    }
+
+    /// Queues `utterances` (all or none); their replies come in the same order.
+    pub fn submit(&self, utterances: Vec<String>) -> Result<Vec<Reply>, PoolFull> {
+        let n = utterances.len();
+        let full = PoolFull { capacity: self.capacity };
+        self.held
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |h| {
+                (h + n <= self.capacity).then_some(h + n)
+            })
+            .map_err(|_| full)?;
+        let sender = self.sender.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut replies = Vec::with_capacity(n);
+        for (i, utterance) in utterances.into_iter().enumerate() {
+            let (reply, receiver) = oneshot::channel();
+            match sender.as_ref().map(|s| s.send(Job { utterance, reply })) {
+                Some(Ok(())) => replies.push(receiver),
+                // Shutting down: give back the places of the jobs not sent.
+                _ => {
+                    self.held.fetch_sub(n - i, Ordering::SeqCst);
+                    return Err(full);
+                }
+            }
+        }
+        Ok(replies)
+    }
+
+    /// Utterances decoding or waiting now.
+    pub fn held(&self) -> usize {
+        self.held.load(Ordering::SeqCst)
+    }
+
+    /// Most utterances decoding or waiting at once.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Models (threads) in the pool.
+    pub fn models(&self) -> usize {
+        self.models
+    }
+
+    /// Refuses new work, lets the models finish what was queued, and joins their threads.
+    pub fn shutdown(&self) {
+        self.sender.lock().unwrap_or_else(PoisonError::into_inner).take();
+        let threads =
+            std::mem::take(&mut *self.threads.lock().unwrap_or_else(PoisonError::into_inner));
+        for t in threads {
+            if t.join().is_err() {
+                tracing::error!("an inference thread panicked");
+            }
+        }
+    }
+}

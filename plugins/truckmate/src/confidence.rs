@@ -1,0 +1,203 @@
+//! How sure the model is of the intent it decoded, from its own token probabilities.
+//!
+//! Greedy decoding picks the most likely token at each step; [`decode_with_probabilities`] also
+//! keeps the softmax probability of each picked token. The **intent confidence** of an answer is
+//! the product of the probabilities of the tokens that spell the intent's name (the value of
+//! `"intent"`), i.e. the model's probability of that intent given the prompt and the JSON
+//! prefix `{"intent":"` it wrote before it (which it writes with near certainty).
+//!
+//! Why this and not the geometric mean over all generated tokens: abstaining is a decision about
+//! the *intent*. The mean mixes in the slot values (a rare city name is uncertain for a reason
+//! unrelated to what the driver wants) and the structural tokens (`{`, `"slots"`, `}`), which
+//! are near 1 whatever the input and dilute the one choice that matters. The product over the
+//! name's tokens is a probability in its own right, in [0, 1], and for a single-token name it is
+//! exactly the model's softmax probability of that intent.
+
+use crate::eval::{EvalError, argmax, prompt_ids};
+use bitnet_framework::model::InferenceModel;
+use bitnet_framework::tokenizer::Tokenizer;
+
+/// The softmax probability of `index` under `logits`, computed stably in f64
+/// (`exp(l_i - max) / sum_j exp(l_j - max)`). NaN logits count as impossible; an index out of
+/// range, a NaN at `index` or logits with no finite value give 0.
+pub fn softmax_probability(logits: &[f32], index: usize) -> f64 {
+    let Some(&chosen) = logits.get(index) else { return 0.0 };
+    if chosen.is_nan() {
+        return 0.0;
+    }
+    let max = logits.iter().copied().filter(|v| !v.is_nan()).fold(f32::NEG_INFINITY, f32::max);
+    if !max.is_finite() {
+        // All -inf (or an inf among the logits): no meaningful distribution.
+        return if max == f32::INFINITY && chosen == f32::INFINITY {
+            1.0 / logits.iter().filter(|&&v| v == f32::INFINITY).count() as f64
+        } else {
+            0.0
+        };
+    }
+    let max = f64::from(max);
+    let sum: f64 = logits.iter().filter(|v| !v.is_nan()).map(|&v| (f64::from(v) - max).exp()).sum();
+    (f64::from(chosen) - max).exp() / sum
+}
+
+/// A greedy decode with the probability of every generated token.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decoded {
+    /// The decoded answer text (the tokens after `[INTENT]`, without `[EOS]`).
+    pub text: String,
+    /// The generated token ids, without `[EOS]`.
+    pub tokens: Vec<u32>,
+    /// The softmax probability of each generated token when it was chosen; one more entry than
+    /// `tokens` when decoding ended on `[EOS]` (its probability is the last).
+    pub probabilities: Vec<f64>,
+}
+
+/// Greedy decoding after `[INTENT]` until `[EOS]` or `max_len` tokens in all, keeping the
+/// probability of each chosen token. The text is the same as [`crate::eval::greedy_decode`]'s.
+pub fn decode_with_probabilities(
+    model: &mut dyn InferenceModel,
+    tok: &dyn Tokenizer,
+    utterance: &str,
+    max_len: usize,
+) -> Result<Decoded, EvalError> {
+    let mut ids = prompt_ids(tok, utterance)?;
+    let start = ids.len();
+    let eos = tok.special_tokens().eos;
+    let mut probabilities = Vec::new();
+    while ids.len() < max_len {
+        let logits = model.next_token_logits(&ids)?;
+        let Some(next) = argmax(&logits) else { break };
+        probabilities.push(softmax_probability(&logits, next));
+        let next = next as u32;
+        if next == eos {
+            break;
+        }
+        ids.push(next);
+    }
+    let tokens = ids.split_off(start);
+    Ok(Decoded { text: tok.decode(&tokens)?, tokens, probabilities })
+}
+
+/// The byte range of the intent name in an answer text: the characters between the quotes of
+/// the value of the first `"intent"` key. `None` when the text is not a JSON object with a
+/// string `"intent"`.
+pub fn intent_value_span(text: &str) -> Option<(usize, usize)> {
+    let value: serde_json::Value = serde_json::from_str(text.trim()).ok()?;
+    value.get("intent")?.as_str()?;
+    // The text parsed, so after the key come optional spaces, `:`, optional spaces, `"`.
+    let key = text.find("\"intent\"")?;
+    let mut at = key + "\"intent\"".len();
+    let rest = &text[at..];
+    let skipped = rest.len() - rest.trim_start().len();
+    at += skipped;
+    if !text[at..].starts_with(':') {
+        return None;
+    }
+    at += 1;
+    let rest = &text[at..];
+    at += rest.len() - rest.trim_start().len();
+    if !text[at..].starts_with('"') {
+        return None;
+    }
+    let start = at + 1;
+    let mut escaped = false;
+    for (i, c) in text[start..].char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' => escaped = true,
+            '"' => return Some((start, start + i)),
+            _ => {}
+        }
+    }
+    None
+}
+
+/// The intent confidence of a decode (see the module doc): the product of the probabilities of
+/// the generated tokens whose text overlaps the intent name. 0 when the answer has no intent
+/// name (not a JSON object with a string `"intent"`, or an empty name).
+///
+/// Which characters a token wrote is found by decoding growing prefixes of the generated ids;
+/// should a tokenizer's decoding of a prefix not be a prefix of the whole text, the tokens
+/// cannot be attributed and the geometric mean over every generated token is used instead.
+pub fn intent_confidence(tok: &dyn Tokenizer, decoded: &Decoded) -> Result<f64, EvalError> {
+    let Some((start, end)) = intent_value_span(&decoded.text) else { return Ok(0.0) };
+    if start == end {
+        return Ok(0.0);
+    }
+    let mut product = 1.0;
+    let mut before = 0usize;
+    for (k, &p) in decoded.probabilities.iter().enumerate().take(decoded.tokens.len()) {
+        let prefix = tok.decode(&decoded.tokens[..=k])?;
+        if !decoded.text.starts_with(&prefix) {
+            return Ok(geometric_mean(&decoded.probabilities));
+        }
+        let after = prefix.len();
+        if before.max(start) < after.min(end) {
+            product *= p;
+        }
+        if after >= end {
+            break;
+        }
+        before = after;
+    }
+    Ok(product.clamp(0.0, 1.0))
+}
+
+/// The geometric mean of probabilities (1 for none); 0 if any is 0.
+pub fn geometric_mean(probabilities: &[f64]) -> f64 {
+    if probabilities.is_empty() {
+        return 1.0;
+    }
+    if probabilities.iter().any(|&p| p <= 0.0 || p.is_nan()) {
+        return 0.0;
+    }
+    let mean_log = probabilities.iter().map(|p| p.ln()).sum::<f64>() / probabilities.len() as f64;
+    mean_log.exp().clamp(0.0, 1.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn softmax_matches_a_hand_computed_case() {
+        // logits [1, 2, 3]: e^1 + e^2 + e^3 = 2.718281828 + 7.389056099 + 20.085536923
+        // = 30.192874850; p(2) = 20.085536923 / 30.192874850 = 0.665240956.
+        let logits = [1.0f32, 2.0, 3.0];
+        assert!((softmax_probability(&logits, 2) - 0.665_240_955_774_821_6).abs() < 1e-12);
+        assert!((softmax_probability(&logits, 0) - 0.090_030_573_170_380_46).abs() < 1e-12);
+        let total: f64 = (0..3).map(|i| softmax_probability(&logits, i)).sum();
+        assert!((total - 1.0).abs() < 1e-12);
+        // Shifting every logit changes nothing; large logits do not overflow.
+        let shifted = [1001.0f32, 1002.0, 1003.0];
+        assert!((softmax_probability(&shifted, 2) - 0.665_240_955_774_821_6).abs() < 1e-9);
+        // NaN is impossible, never chosen; out of range is 0.
+        assert_eq!(softmax_probability(&[f32::NAN, 0.0], 1), 1.0);
+        assert_eq!(softmax_probability(&[f32::NAN, 0.0], 0), 0.0);
+        assert_eq!(softmax_probability(&[0.0], 3), 0.0);
+        assert_eq!(softmax_probability(&[f32::NEG_INFINITY; 2], 0), 0.0);
+        assert_eq!(softmax_probability(&[f32::INFINITY, 0.0, f32::INFINITY], 0), 0.5);
+    }
+
+    #[test]
+    fn intent_span_finds_the_name() {
+        let t = r#"{"intent":"find_poi","slots":{"poi_type":"fuel"}}"#;
+        let (s, e) = intent_value_span(t).expect("span");
+        assert_eq!(&t[s..e], "find_poi");
+        let spaced = r#"{ "intent" : "navigate" , "slots" : { } }"#;
+        let (s, e) = intent_value_span(spaced).expect("span");
+        assert_eq!(&spaced[s..e], "navigate");
+        let escaped = r#"{"intent":"a\"b","slots":{}}"#;
+        let (s, e) = intent_value_span(escaped).expect("span");
+        assert_eq!(&escaped[s..e], r#"a\"b"#);
+        for bad in [r#"{"intent":"#, r#"{"intent":3}"#, r#"{"slots":{}}"#, "", "[1]"] {
+            assert_eq!(intent_value_span(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn geometric_mean_cases() {
+        assert_eq!(geometric_mean(&[]), 1.0);
+        assert!((geometric_mean(&[0.25, 1.0]) - 0.5).abs() < 1e-12);
+        assert_eq!(geometric_mean(&[0.5, 0.0]), 0.0);
+    }
+}
