@@ -7,9 +7,9 @@ use bitnet_tests::procs::{Proc, free_port, wait_for};
 use std::path::Path;
 use std::time::Duration;
 
-const LIMIT: Duration = Duration::from_secs(240);
+pub(crate) const LIMIT: Duration = Duration::from_secs(240);
 
-fn write_config(dir: &Path, port: u16) -> String {
+fn write_config(dir: &Path, port: u16, corpus_count: usize) -> String {
     let text = format!(
         r#"
 name = "e2e"
@@ -41,7 +41,7 @@ batch_size = 4
 threads = 1
 [data]
 dir = "{data}"
-corpus_count = 300
+corpus_count = {corpus_count}
 [run]
 dir = "{run}"
 [coordinator]
@@ -65,22 +65,22 @@ give_up_after_secs = 60
     path.display().to_string()
 }
 
-fn run_ok(dir: &Path, name: &str, args: &[&str]) {
+pub(crate) fn run_ok(dir: &Path, name: &str, args: &[&str]) {
     let status = Proc::start(name, dir, args).wait(LIMIT);
     let log = std::fs::read_to_string(dir.join(format!("{name}.log"))).unwrap_or_default();
     assert!(status.success(), "bitnet {args:?} failed:\n{log}");
 }
 
-fn store(dir: &Path) -> SqliteStore {
+pub(crate) fn store(dir: &Path) -> SqliteStore {
     SqliteStore::open(&dir.join("run/coordinator.sqlite"), Duration::from_secs(10)).expect("store")
 }
 
-fn tasks(s: &SqliteStore) -> Vec<TaskRecord> {
+pub(crate) fn tasks(s: &SqliteStore) -> Vec<TaskRecord> {
     (1..100_000).map_while(|id| s.task(id).expect("task")).collect()
 }
 
-fn setup(dir: &Path, port: u16) -> String {
-    let config = write_config(dir, port);
+pub(crate) fn setup(dir: &Path, port: u16, corpus_count: usize) -> String {
+    let config = write_config(dir, port, corpus_count);
     run_ok(dir, "tokenize", &["tokenize-corpus", &config, "--no-env"]);
     for id in ["w1", "w2"] {
         let out = dir.join(format!("{id}.json")).display().to_string();
@@ -93,7 +93,7 @@ fn setup(dir: &Path, port: u16) -> String {
     config
 }
 
-fn worker(dir: &Path, config: &str, id: &str, port: u16) -> Proc {
+pub(crate) fn worker(dir: &Path, config: &str, id: &str, port: u16) -> Proc {
     let creds = dir.join(format!("{id}.json")).display().to_string();
     let url = format!("http://127.0.0.1:{port}");
     Proc::start(
@@ -112,7 +112,7 @@ fn worker(dir: &Path, config: &str, id: &str, port: u16) -> Proc {
     )
 }
 
-fn log_of(dir: &Path, name: &str) -> String {
+pub(crate) fn log_of(dir: &Path, name: &str) -> String {
     std::fs::read_to_string(dir.join(format!("{name}.log"))).unwrap_or_default()
 }
 
@@ -121,7 +121,7 @@ fn two_worker_processes_train_and_a_killed_workers_task_is_re_leased() {
     let tmp = bitnet_tests::temp_dir();
     let dir = tmp.path();
     let port = free_port();
-    let config = setup(dir, port);
+    let config = setup(dir, port, 300);
     let mut coord = Proc::start("coordinator", dir, &["coordinator", &config, "--no-env"]);
     wait_for("the coordinator's URL file", LIMIT, || {
         dir.join("run/coordinator.url").is_file().then_some(())
@@ -179,7 +179,7 @@ fn a_killed_coordinator_restarts_and_nothing_is_lost_or_applied_twice() {
     let tmp = bitnet_tests::temp_dir();
     let dir = tmp.path();
     let port = free_port();
-    let config = setup(dir, port);
+    let config = setup(dir, port, 300);
     let mut coord = Proc::start("coordinator-1", dir, &["coordinator", &config, "--no-env"]);
     wait_for("the coordinator's URL file", LIMIT, || {
         dir.join("run/coordinator.url").is_file().then_some(())

@@ -1,5 +1,6 @@
 //! The workspace's one integration test binary; each module covers one area.
 
+mod chaos;
 mod configs;
 mod data;
 mod dist_http;

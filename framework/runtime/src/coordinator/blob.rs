@@ -4,10 +4,11 @@
 //! Little-endian. The decoder takes untrusted bytes: it checks every length before reading and
 //! never panics.
 //!
-//! Snapshot blob (`BNSNAPSH`, version 1): magic, u32 format, u32 reserved, u64 weight version,
+//! Snapshot blob (`BNSNAPSH`, version 2): magic, u32 format, u32 reserved, u64 weight version,
 //! 32-byte layout fingerprint, u64 optimizer step, u64 parameter count `n`, `n` f32, u32 buffer
 //! count, then per buffer a u32 name length, the UTF-8 name, a u64 length and that many f32;
-//! finally the SHA-256 of everything before it.
+//! then the ledger: u64 entry count, per entry u64 task id and u64 tokens; finally the SHA-256
+//! of everything before it. Version 1 (no ledger) still decodes, with an empty ledger.
 
 use bitnet_framework::optim::OptimizerState;
 use sha2::{Digest, Sha256};
@@ -15,7 +16,9 @@ use sha2::{Digest, Sha256};
 /// Magic of the snapshot blob.
 pub const SNAPSHOT_MAGIC: [u8; 8] = *b"BNSNAPSH";
 /// Format version of the snapshot blob.
-pub const BLOB_FORMAT: u32 = 1;
+pub const BLOB_FORMAT: u32 = 2;
+/// The oldest format still decoded (1: no ledger).
+const OLDEST_FORMAT: u32 = 1;
 
 /// A blob could not be decoded.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -86,16 +89,18 @@ impl<'a> Reader<'a> {
         Ok(out)
     }
 
-    fn header(&mut self, magic: &[u8; 8]) -> Result<(), BlobError> {
+    fn header(&mut self, magic: &[u8; 8]) -> Result<u32, BlobError> {
         if self.take(8)? != magic {
             return Err(self.err("bad magic"));
         }
         let format = self.u32()?;
-        if format != BLOB_FORMAT {
-            return Err(self.err(format!("format version {format}, expected {BLOB_FORMAT}")));
+        if !(OLDEST_FORMAT..=BLOB_FORMAT).contains(&format) {
+            return Err(self.err(format!(
+                "format version {format}, expected {OLDEST_FORMAT} to {BLOB_FORMAT}"
+            )));
         }
         self.u32()?;
-        Ok(())
+        Ok(format)
     }
 
     fn fingerprint(&mut self, expected_hex: &str) -> Result<(), BlobError> {
@@ -117,6 +122,16 @@ fn push_f32s(out: &mut Vec<u8>, values: &[f32]) {
     }
 }
 
+/// One task whose update is in the weights: the snapshot's ledger lists each once, so a
+/// recovered run can prove that every task's update was applied exactly once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LedgerEntry {
+    /// The task.
+    pub task_id: u64,
+    /// Its tokens.
+    pub tokens: u64,
+}
+
 /// A decoded snapshot.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Snapshot {
@@ -126,6 +141,8 @@ pub struct Snapshot {
     pub params: Vec<f32>,
     /// Optimizer state.
     pub optimizer: OptimizerState,
+    /// The tasks whose updates these weights hold, in the order they were applied.
+    pub ledger: Vec<LedgerEntry>,
 }
 
 /// Encodes a snapshot.
@@ -134,6 +151,7 @@ pub fn encode_snapshot(
     fingerprint_hex: &str,
     params: &[f32],
     optimizer: &OptimizerState,
+    ledger: &[LedgerEntry],
 ) -> Vec<u8> {
     let buffers: usize = optimizer.buffers.iter().map(|(n, b)| 12 + n.len() + b.len() * 4).sum();
     let mut out = Vec::with_capacity(96 + params.len() * 4 + buffers);
@@ -151,6 +169,11 @@ pub fn encode_snapshot(
         out.extend_from_slice(name.as_bytes());
         out.extend_from_slice(&(values.len() as u64).to_le_bytes());
         push_f32s(&mut out, values);
+    }
+    out.extend_from_slice(&(ledger.len() as u64).to_le_bytes());
+    for e in ledger {
+        out.extend_from_slice(&e.task_id.to_le_bytes());
+        out.extend_from_slice(&e.tokens.to_le_bytes());
     }
     let digest = Sha256::digest(&out);
     out.extend_from_slice(&digest);
@@ -173,7 +196,7 @@ pub fn decode_snapshot(
         return Err(BlobError { what, reason: "checksum mismatch".into() });
     }
     let mut r = Reader { bytes: body, at: 0, what };
-    r.header(&SNAPSHOT_MAGIC)?;
+    let format = r.header(&SNAPSHOT_MAGIC)?;
     let version = r.u64()?;
     r.fingerprint(fingerprint_hex)?;
     let step = r.u64()?;
@@ -192,10 +215,23 @@ pub fn decode_snapshot(
         let len = r.u64()?;
         buffers.push((name, r.f32s(len)?));
     }
+    let mut ledger = Vec::new();
+    if format >= 2 {
+        let entries = r.u64()?;
+        // Each entry takes 16 bytes: a count the rest of the blob cannot hold is refused before
+        // anything is allocated for it.
+        if entries > (body.len() - r.at) as u64 / 16 {
+            return Err(r.err(format!("a ledger of {entries} entries does not fit the blob")));
+        }
+        ledger.reserve(entries as usize);
+        for _ in 0..entries {
+            ledger.push(LedgerEntry { task_id: r.u64()?, tokens: r.u64()? });
+        }
+    }
     if r.at != body.len() {
         return Err(r.err(format!("{} trailing bytes", body.len() - r.at)));
     }
-    Ok(Snapshot { version, params, optimizer: OptimizerState { step, buffers } })
+    Ok(Snapshot { version, params, optimizer: OptimizerState { step, buffers }, ledger })
 }
 
 #[cfg(test)]
@@ -211,9 +247,25 @@ mod tests {
             step: 42,
             buffers: vec![("m".into(), vec![0.1, 0.2]), ("v".into(), vec![0.3, 0.4])],
         };
-        let blob = encode_snapshot(9, FP, &[1.0, 2.0], &opt);
+        let ledger =
+            [LedgerEntry { task_id: 7, tokens: 64 }, LedgerEntry { task_id: 3, tokens: 8 }];
+        let blob = encode_snapshot(9, FP, &[1.0, 2.0], &opt, &ledger);
         let snap = decode_snapshot(&blob, FP, 2).expect("decodes");
-        assert_eq!(snap, Snapshot { version: 9, params: vec![1.0, 2.0], optimizer: opt });
+        let want = Snapshot {
+            version: 9,
+            params: vec![1.0, 2.0],
+            optimizer: opt.clone(),
+            ledger: ledger.to_vec(),
+        };
+        assert_eq!(snap, want);
+        // A version-1 blob (no ledger) still decodes, with an empty ledger.
+        let mut v1 = encode_snapshot(9, FP, &[1.0, 2.0], &opt, &[]);
+        v1.truncate(v1.len() - 32 - 8);
+        v1[8..12].copy_from_slice(&1u32.to_le_bytes());
+        let digest = Sha256::digest(&v1);
+        v1.extend_from_slice(&digest);
+        let old = decode_snapshot(&v1, FP, 2).expect("format 1 decodes");
+        assert_eq!(old, Snapshot { ledger: vec![], ..want });
         let mut bad = blob.clone();
         bad[40] ^= 1;
         let err = decode_snapshot(&bad, FP, 2).expect_err("flipped bit");
@@ -233,7 +285,8 @@ mod tests {
             byte in any::<u8>(),
         ) {
             let opt = OptimizerState { step: 1, buffers: vec![("m".into(), params.clone())] };
-            let blob = encode_snapshot(3, FP, &params, &opt);
+            let ledger = [LedgerEntry { task_id: 1, tokens: 2 }];
+            let blob = encode_snapshot(3, FP, &params, &opt, &ledger);
             let mut bad = blob.clone();
             let i = at % bad.len();
             bad[i] = byte;

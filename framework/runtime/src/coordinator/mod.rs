@@ -99,6 +99,8 @@ struct ModelState {
     round: Round,
     /// Tokens in applied updates since the run began (drives the schedules).
     tokens_applied: u64,
+    /// Every task whose update is in `params`, once each (persisted in snapshots).
+    ledger: Vec<blob::LedgerEntry>,
 }
 
 /// The coordinator. Share it as `Arc<Coordinator>`; it implements [`CoordinatorApi`].
@@ -179,6 +181,11 @@ impl Coordinator {
     pub fn params(&self) -> Result<(u64, Vec<f32>), ApiError> {
         let m = lock(&self.model, "model")?;
         Ok((m.version, m.params.clone()))
+    }
+
+    /// Every task whose update is in the current weights, once each, in the order applied.
+    pub fn ledger(&self) -> Result<Vec<blob::LedgerEntry>, ApiError> {
+        Ok(lock(&self.model, "model")?.ledger.clone())
     }
 
     /// The current version, parameters and optimizer state (for checkpoints).

@@ -80,15 +80,16 @@ impl Coordinator {
                 }
             }
         }
-        let (params, version, write_initial) = match resumed {
-            Some(s) => (s.params, s.version, false),
-            None => (initial_params, 0, true),
+        let (params, version, ledger, write_initial) = match resumed {
+            Some(s) => (s.params, s.version, s.ledger, false),
+            None => (initial_params, 0, Vec::new(), true),
         };
         let tasks_reset = store.reset_after_recovery(version).map_err(|e| comp(&e))?;
         // After the reset, the Done tasks are exactly the updates in the snapshot.
         let tokens_applied = store.counts().map_err(|e| comp(&e))?.done_tokens;
         if write_initial {
-            let blob = blob::encode_snapshot(0, &fingerprint, &params, &optimizer.save_state());
+            let blob =
+                blob::encode_snapshot(0, &fingerprint, &params, &optimizer.save_state(), &[]);
             match snapshots.put_version(0, &blob) {
                 Ok(_) | Err(bitnet_framework::store::StoreError::Exists(_)) => {}
                 Err(e) => return Err(comp(&e)),
@@ -106,7 +107,13 @@ impl Coordinator {
                 .name("bitnet-snapshot".into())
                 .spawn(move || {
                     for job in rx {
-                        let blob = blob::encode_snapshot(job.version, &fp, &job.params, &job.optimizer);
+                        let blob = blob::encode_snapshot(
+                            job.version,
+                            &fp,
+                            &job.params,
+                            &job.optimizer,
+                            &job.ledger,
+                        );
                         match snapshots.put_version(job.version, &blob) {
                             Ok(_) | Err(bitnet_framework::store::StoreError::Exists(_)) => {
                                 done.fetch_max(job.version, Ordering::SeqCst);
@@ -148,6 +155,7 @@ impl Coordinator {
                 recent: VecDeque::new(),
                 round: Round::default(),
                 tokens_applied,
+                ledger,
             }),
             round_closed: Condvar::new(),
             served: Mutex::new(VecDeque::new()),

@@ -189,6 +189,7 @@ impl Coordinator {
         let entries = m.round.finish();
         for e in &entries {
             m.recent.push_back((e.loss, e.tokens, (e.seconds * 1000.0) as u64));
+            m.ledger.push(blob::LedgerEntry { task_id: e.task.task_id, tokens: e.tokens });
         }
         while m.recent.len() > RECENT_UPDATES {
             m.recent.pop_front();

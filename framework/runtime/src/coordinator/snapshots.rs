@@ -31,6 +31,7 @@ pub(super) struct SnapshotJob {
     pub(super) version: u64,
     pub(super) params: Vec<f32>,
     pub(super) optimizer: bitnet_framework::optim::OptimizerState,
+    pub(super) ledger: Vec<blob::LedgerEntry>,
 }
 
 impl Coordinator {
@@ -48,6 +49,7 @@ impl Coordinator {
             version: m.version,
             params: m.params.clone(),
             optimizer: m.optimizer.save_state(),
+            ledger: m.ledger.clone(),
         };
         m.updates_since_snapshot = 0;
         m.last_snapshot = Instant::now();
