@@ -200,7 +200,7 @@ fn to_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<String, Checkp
 /// reader that needs only the weights never copies the optimizer state.
 pub struct CheckpointFile {
     path: PathBuf,
-    map: memmap2::Mmap,
+    bytes: CheckpointBytes,
     meta: CheckpointMeta,
     optimizer_step: u64,
     optimizer_buffers: Vec<String>,
@@ -215,6 +215,23 @@ impl std::fmt::Debug for CheckpointFile {
     }
 }
 
+/// Where a checkpoint's bytes live: mapped from its file, or handed over in memory.
+enum CheckpointBytes {
+    Mapped(memmap2::Mmap),
+    Owned(Vec<u8>),
+}
+
+impl std::ops::Deref for CheckpointBytes {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            CheckpointBytes::Mapped(map) => map,
+            CheckpointBytes::Owned(bytes) => bytes,
+        }
+    }
+}
+
 impl CheckpointFile {
     /// Opens and verifies `path`.
     pub fn open(path: &Path) -> Result<Self, CheckpointError> {
@@ -224,8 +241,18 @@ impl CheckpointFile {
         // temporary file and renamed into place, never modified in place, so the mapped file does
         // not change under us unless something outside bitnet truncates it deliberately.
         let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io)?;
-        let (meta, optimizer_step, optimizer_buffers) = verify(path, &map)?;
-        Ok(Self { path: path.to_path_buf(), map, meta, optimizer_step, optimizer_buffers })
+        Self::verified(path.to_path_buf(), CheckpointBytes::Mapped(map))
+    }
+
+    /// Verifies the bytes of a checkpoint held in memory, exactly as [`CheckpointFile::open`]
+    /// verifies a file (the fuzz targets drive it); `path` only names it in errors.
+    pub fn from_bytes(path: impl Into<PathBuf>, bytes: Vec<u8>) -> Result<Self, CheckpointError> {
+        Self::verified(path.into(), CheckpointBytes::Owned(bytes))
+    }
+
+    fn verified(path: PathBuf, bytes: CheckpointBytes) -> Result<Self, CheckpointError> {
+        let (meta, optimizer_step, optimizer_buffers) = verify(&path, &bytes)?;
+        Ok(Self { path, bytes, meta, optimizer_step, optimizer_buffers })
     }
 
     /// The file's path.
@@ -277,7 +304,7 @@ impl CheckpointFile {
     }
 
     fn tensors(&self) -> Result<SafeTensors<'_>, CheckpointError> {
-        SafeTensors::deserialize(&self.map).map_err(|e| self.corrupt(e.to_string()))
+        SafeTensors::deserialize(&self.bytes).map_err(|e| self.corrupt(e.to_string()))
     }
 
     fn corrupt(&self, reason: String) -> CheckpointError {
@@ -378,6 +405,24 @@ fn verify(
         run_config: get("run_config")?.clone(),
     };
     Ok((meta, num("optimizer_step")?, optimizer_buffers))
+}
+
+/// Recomputes the `checksum` entry of a checkpoint's bytes and returns the file re-serialised
+/// with it, for tools and tests that edit a checkpoint on purpose (to check that the checks
+/// behind the checksum hold without its help). Fails when the bytes are not safetensors.
+pub fn reseal(bytes: &[u8]) -> Result<Vec<u8>, String> {
+    let st = SafeTensors::deserialize(bytes).map_err(|e| e.to_string())?;
+    let (_, header) = SafeTensors::read_metadata(bytes).map_err(|e| e.to_string())?;
+    let mut metadata = header.metadata().clone().unwrap_or_default();
+    metadata.remove("checksum");
+    let mut tensors = st.tensors();
+    tensors.sort_by(|a, b| a.0.cmp(&b.0));
+    let sum = checksum(
+        &metadata,
+        tensors.iter().map(|(n, v)| (n.as_str(), v.dtype(), v.shape(), v.data())),
+    );
+    metadata.insert("checksum".into(), sum);
+    safetensors::serialize(tensors, &Some(metadata)).map_err(|e| e.to_string())
 }
 
 /// What differs between the checkpoint's layout and the model's, in words.
