@@ -639,6 +639,44 @@ mod tests {
         assert!(std::fs::read_dir(dir.path()).expect("dir").next().is_none(), "nothing written");
     }
 
+    #[test]
+    fn bytes_verify_like_files_and_reseal_restores_the_checksum() {
+        let (_dir, _path, bytes) = written();
+        let ck = CheckpointFile::from_bytes("mem.ckpt", bytes.clone()).expect("from bytes");
+        assert_eq!(ck.meta(), &meta());
+        assert_eq!(ck.params(&layout()).expect("params"), sample().0);
+        // An edited weight fails the checksum; resealed, the edit is accepted as written.
+        let mut edited = bytes;
+        let last = edited.len() - 1;
+        edited[last] ^= 1;
+        let err = CheckpointFile::from_bytes("mem.ckpt", edited.clone()).expect_err("edited");
+        assert!(matches!(err, CheckpointError::Corrupt { .. }), "{err}");
+        let resealed = reseal(&edited).expect("reseal");
+        let ck = CheckpointFile::from_bytes("mem.ckpt", resealed).expect("resealed");
+        assert_eq!(ck.meta(), &meta());
+        assert!(reseal(b"not safetensors").is_err());
+    }
+
+    /// Found by the `checkpoint` fuzz target: a (resealed) checkpoint whose `layout` metadata
+    /// gives a tensor `[4294967296, 4294967296]` made the layout's element count overflow, a
+    /// panic with overflow checks on. It is now refused as a format error.
+    #[cfg(target_pointer_width = "64")]
+    #[test]
+    fn overflowing_layout_shape_is_refused() {
+        let (_dir, _path, bytes) = written();
+        let n = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes")) as usize;
+        let header = String::from_utf8(bytes[8..8 + n].to_vec()).expect("utf-8 header");
+        let edited = header.replace(r#"\"shape\":[3,2]"#, r#"\"shape\":[4294967296,4294967296]"#);
+        assert_ne!(edited, header);
+        let mut file = (edited.len() as u64).to_le_bytes().to_vec();
+        file.extend_from_slice(edited.as_bytes());
+        file.extend_from_slice(&bytes[8 + n..]);
+        let resealed = reseal(&file).expect("reseal");
+        let err = CheckpointFile::from_bytes("big.ckpt", resealed).expect_err("refused");
+        assert!(matches!(err, CheckpointError::Format { .. }), "{err}");
+        assert!(err.to_string().contains("more elements"), "{err}");
+    }
+
     fn open_bytes(bytes: &[u8]) -> Result<(), CheckpointError> {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("c.safetensors");
