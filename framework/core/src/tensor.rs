@@ -64,10 +64,15 @@ pub enum LayoutError {
     /// A tensor has no elements.
     #[error("tensor `{0}` has an empty shape")]
     Empty(String),
+    /// A tensor's element count, or the arena's, does not fit in `usize`.
+    #[error("tensor `{0}` has more elements than this machine can address")]
+    TooLarge(String),
 }
 
 impl ParamLayout {
-    /// Builds a layout from tensors in arena order.
+    /// Builds a layout from tensors in arena order. Shapes come from files too (a checkpoint's
+    /// metadata), so element counts are computed with checked arithmetic: once a layout is
+    /// built, [`TensorSpec::numel`] and [`Self::total_params`] of its tensors cannot overflow.
     pub fn new(tensors: Vec<TensorSpec>) -> Result<Self, LayoutError> {
         let mut seen = std::collections::HashSet::new();
         let mut offsets = Vec::with_capacity(tensors.len());
@@ -76,11 +81,14 @@ impl ParamLayout {
             if !seen.insert(t.name.as_str()) {
                 return Err(LayoutError::DuplicateName(t.name.clone()));
             }
-            if t.numel() == 0 {
+            let too_large = || LayoutError::TooLarge(t.name.clone());
+            let numel =
+                t.shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d)).ok_or_else(too_large)?;
+            if numel == 0 {
                 return Err(LayoutError::Empty(t.name.clone()));
             }
             offsets.push(total);
-            total += t.numel();
+            total = total.checked_add(numel).ok_or_else(too_large)?;
         }
         Ok(Self { tensors, offsets, total })
     }
@@ -161,6 +169,19 @@ mod tests {
             Err(LayoutError::DuplicateName("a".into()))
         );
         assert_eq!(ParamLayout::new(vec![spec("z", &[0, 3])]), Err(LayoutError::Empty("z".into())));
+    }
+
+    /// Found by the `checkpoint` fuzz target: a checkpoint whose `layout` metadata says
+    /// `[4294967296, 4294967296]` made `numel` overflow (a panic with overflow checks, a wrapped
+    /// count without).
+    #[test]
+    fn overflowing_shapes_are_refused() {
+        let big = 1usize << (usize::BITS / 2);
+        let too_large = |n: &str| Err(LayoutError::TooLarge(n.into()));
+        assert_eq!(ParamLayout::new(vec![spec("x", &[big, big])]), too_large("x"));
+        assert_eq!(ParamLayout::new(vec![spec("y", &[big, big, 0])]), too_large("y"));
+        let half = usize::MAX / 2 + 1;
+        assert_eq!(ParamLayout::new(vec![spec("a", &[half]), spec("b", &[half])]), too_large("b"));
     }
 
     #[test]

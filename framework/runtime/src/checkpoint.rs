@@ -200,7 +200,7 @@ fn to_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<String, Checkp
 /// reader that needs only the weights never copies the optimizer state.
 pub struct CheckpointFile {
     path: PathBuf,
-    map: memmap2::Mmap,
+    bytes: CheckpointBytes,
     meta: CheckpointMeta,
     optimizer_step: u64,
     optimizer_buffers: Vec<String>,
@@ -215,6 +215,23 @@ impl std::fmt::Debug for CheckpointFile {
     }
 }
 
+/// Where a checkpoint's bytes live: mapped from its file, or handed over in memory.
+enum CheckpointBytes {
+    Mapped(memmap2::Mmap),
+    Owned(Vec<u8>),
+}
+
+impl std::ops::Deref for CheckpointBytes {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            CheckpointBytes::Mapped(map) => map,
+            CheckpointBytes::Owned(bytes) => bytes,
+        }
+    }
+}
+
 impl CheckpointFile {
     /// Opens and verifies `path`.
     pub fn open(path: &Path) -> Result<Self, CheckpointError> {
@@ -224,8 +241,18 @@ impl CheckpointFile {
         // temporary file and renamed into place, never modified in place, so the mapped file does
         // not change under us unless something outside bitnet truncates it deliberately.
         let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io)?;
-        let (meta, optimizer_step, optimizer_buffers) = verify(path, &map)?;
-        Ok(Self { path: path.to_path_buf(), map, meta, optimizer_step, optimizer_buffers })
+        Self::verified(path.to_path_buf(), CheckpointBytes::Mapped(map))
+    }
+
+    /// Verifies the bytes of a checkpoint held in memory, exactly as [`CheckpointFile::open`]
+    /// verifies a file (the fuzz targets drive it); `path` only names it in errors.
+    pub fn from_bytes(path: impl Into<PathBuf>, bytes: Vec<u8>) -> Result<Self, CheckpointError> {
+        Self::verified(path.into(), CheckpointBytes::Owned(bytes))
+    }
+
+    fn verified(path: PathBuf, bytes: CheckpointBytes) -> Result<Self, CheckpointError> {
+        let (meta, optimizer_step, optimizer_buffers) = verify(&path, &bytes)?;
+        Ok(Self { path, bytes, meta, optimizer_step, optimizer_buffers })
     }
 
     /// The file's path.
@@ -277,7 +304,7 @@ impl CheckpointFile {
     }
 
     fn tensors(&self) -> Result<SafeTensors<'_>, CheckpointError> {
-        SafeTensors::deserialize(&self.map).map_err(|e| self.corrupt(e.to_string()))
+        SafeTensors::deserialize(&self.bytes).map_err(|e| self.corrupt(e.to_string()))
     }
 
     fn corrupt(&self, reason: String) -> CheckpointError {
@@ -378,6 +405,24 @@ fn verify(
         run_config: get("run_config")?.clone(),
     };
     Ok((meta, num("optimizer_step")?, optimizer_buffers))
+}
+
+/// Recomputes the `checksum` entry of a checkpoint's bytes and returns the file re-serialised
+/// with it, for tools and tests that edit a checkpoint on purpose (to check that the checks
+/// behind the checksum hold without its help). Fails when the bytes are not safetensors.
+pub fn reseal(bytes: &[u8]) -> Result<Vec<u8>, String> {
+    let st = SafeTensors::deserialize(bytes).map_err(|e| e.to_string())?;
+    let (_, header) = SafeTensors::read_metadata(bytes).map_err(|e| e.to_string())?;
+    let mut metadata = header.metadata().clone().unwrap_or_default();
+    metadata.remove("checksum");
+    let mut tensors = st.tensors();
+    tensors.sort_by(|a, b| a.0.cmp(&b.0));
+    let sum = checksum(
+        &metadata,
+        tensors.iter().map(|(n, v)| (n.as_str(), v.dtype(), v.shape(), v.data())),
+    );
+    metadata.insert("checksum".into(), sum);
+    safetensors::serialize(tensors, &Some(metadata)).map_err(|e| e.to_string())
 }
 
 /// What differs between the checkpoint's layout and the model's, in words.
@@ -592,6 +637,44 @@ mod tests {
         let err = write(&dir.path().join("c"), &meta(), &[0.0; 3], &opt).expect_err("refused");
         assert!(err.to_string().contains("3 parameters"));
         assert!(std::fs::read_dir(dir.path()).expect("dir").next().is_none(), "nothing written");
+    }
+
+    #[test]
+    fn bytes_verify_like_files_and_reseal_restores_the_checksum() {
+        let (_dir, _path, bytes) = written();
+        let ck = CheckpointFile::from_bytes("mem.ckpt", bytes.clone()).expect("from bytes");
+        assert_eq!(ck.meta(), &meta());
+        assert_eq!(ck.params(&layout()).expect("params"), sample().0);
+        // An edited weight fails the checksum; resealed, the edit is accepted as written.
+        let mut edited = bytes;
+        let last = edited.len() - 1;
+        edited[last] ^= 1;
+        let err = CheckpointFile::from_bytes("mem.ckpt", edited.clone()).expect_err("edited");
+        assert!(matches!(err, CheckpointError::Corrupt { .. }), "{err}");
+        let resealed = reseal(&edited).expect("reseal");
+        let ck = CheckpointFile::from_bytes("mem.ckpt", resealed).expect("resealed");
+        assert_eq!(ck.meta(), &meta());
+        assert!(reseal(b"not safetensors").is_err());
+    }
+
+    /// Found by the `checkpoint` fuzz target: a (resealed) checkpoint whose `layout` metadata
+    /// gives a tensor `[4294967296, 4294967296]` made the layout's element count overflow, a
+    /// panic with overflow checks on. It is now refused as a format error.
+    #[cfg(target_pointer_width = "64")]
+    #[test]
+    fn overflowing_layout_shape_is_refused() {
+        let (_dir, _path, bytes) = written();
+        let n = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes")) as usize;
+        let header = String::from_utf8(bytes[8..8 + n].to_vec()).expect("utf-8 header");
+        let edited = header.replace(r#"\"shape\":[3,2]"#, r#"\"shape\":[4294967296,4294967296]"#);
+        assert_ne!(edited, header);
+        let mut file = (edited.len() as u64).to_le_bytes().to_vec();
+        file.extend_from_slice(edited.as_bytes());
+        file.extend_from_slice(&bytes[8 + n..]);
+        let resealed = reseal(&file).expect("reseal");
+        let err = CheckpointFile::from_bytes("big.ckpt", resealed).expect_err("refused");
+        assert!(matches!(err, CheckpointError::Format { .. }), "{err}");
+        assert!(err.to_string().contains("more elements"), "{err}");
     }
 
     fn open_bytes(bytes: &[u8]) -> Result<(), CheckpointError> {
