@@ -241,7 +241,7 @@ pub const CORES: &[(&str, &[&str])] = &[
             "(how's|hows|how is) (the|my|this) (trip|run|load) (going|looking|coming along)",
             "(trip|run|load) (status|progress|update)",
             "(what's|whats|what is) the (status|progress) (of|on) (my|the|this) (trip|run|load)",
-            "(how many|how much) (miles|ways|distance) (left|to go|remaining) on (this|my|the) (trip|run|load)",
+            "(how many|how much) (miles|distance) (left|to go|remaining) on (this|my|the) (trip|run|load)",
             "(am i|are we) (on schedule|on time|running late|behind|ahead of schedule|running behind)",
             "(give me|gimme|i need) a (trip|run|status) update",
             "how far along (am i|is the trip|are we) (on this trip|on this run|)",
