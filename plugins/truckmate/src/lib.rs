@@ -7,7 +7,8 @@
 //! - [`answer`]: one utterance to an answer with confidence and abstention (`classify`, `serve`).
 //!
 //! Files are laid out in a data directory as described in
-//! [`bitnet_runtime::data::dir`]; [`write_corpus`] writes the three split files.
+//! [`bitnet_runtime::data::dir`]; [`write_corpus`] writes the three split files and
+//! [`write_manifest`] records which generator options made them.
 
 pub mod answer;
 pub mod confidence;
@@ -33,4 +34,41 @@ pub fn write_corpus(dir: &DataDir, corpus: &corpus::Corpus) -> Result<(), DataEr
             .map_err(|source| DataError::Io { path: path.display().to_string(), source })?;
     }
     Ok(())
+}
+
+/// The file in a data directory that records the generator options of its corpus.
+pub const MANIFEST_FILE: &str = "corpus.txt";
+
+/// Records `options` (as [`corpus::CorpusOptions::describe`]) in `DIR/corpus.txt`.
+pub fn write_manifest(dir: &DataDir, options: &corpus::CorpusOptions) -> Result<(), DataError> {
+    let path = dir.root().join(MANIFEST_FILE);
+    std::fs::write(&path, format!("{}\n", options.describe()))
+        .map_err(|source| DataError::Io { path: path.display().to_string(), source })
+}
+
+/// The generator options recorded in `DIR/corpus.txt`, if the file exists.
+pub fn read_manifest(dir: &DataDir) -> Result<Option<String>, DataError> {
+    let path = dir.root().join(MANIFEST_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => Ok(Some(text.trim().to_string())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(DataError::Io { path: path.display().to_string(), source }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_manifest_records_the_generator_options() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = DataDir::new(tmp.path().join("data"));
+        let options = corpus::CorpusOptions::new(60, 4);
+        write_corpus(&dir, &options.generate().expect("generate")).expect("write");
+        assert_eq!(read_manifest(&dir).expect("read"), None);
+        write_manifest(&dir, &options).expect("manifest");
+        let recorded = read_manifest(&dir).expect("read");
+        assert_eq!(recorded.as_deref(), Some("generator cab count 60 seed 4 none_share 0.1"));
+    }
 }

@@ -29,18 +29,63 @@ pub struct GenerateArgs {
     /// Output directory [default: the config's data.dir].
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
+    /// Generator, `cab` or `templates-v1` [default: data.corpus_generator].
+    #[arg(long)]
+    generator: Option<String>,
+}
+
+/// The corpus options of `config`'s `[data]` section, checked.
+pub fn corpus_options(config: &RunConfig) -> anyhow::Result<corpus::CorpusOptions> {
+    let d = &config.data;
+    corpus::CorpusOptions::parse(
+        &d.corpus_generator,
+        d.corpus_count,
+        d.corpus_seed,
+        d.corpus_none_share,
+    )
+    .context("data.corpus_generator / data.corpus_none_share")
+}
+
+/// Refuses a data directory whose corpus another generator setting made: its tokenizer and
+/// shards would silently stand for the wrong corpus.
+pub fn check_corpus(dir: &DataDir, options: &corpus::CorpusOptions) -> anyhow::Result<()> {
+    if !dir.split_text(Split::Train).is_file() {
+        return Ok(());
+    }
+    let wanted = options.describe();
+    let found = bitnet_truckmate::read_manifest(dir)?;
+    let fits = match &found {
+        Some(found) => *found == wanted,
+        // Corpora written before the manifest existed came from templates-v1.
+        None => options.generator == corpus::Generator::TemplatesV1,
+    };
+    if !fits {
+        anyhow::bail!(
+            "{} holds a corpus made with `{}`, but the config asks for `{wanted}`: delete the \
+             directory to regenerate it, or set data.dir to another one",
+            dir.root().display(),
+            found.as_deref().unwrap_or("templates-v1 (no corpus.txt)"),
+        );
+    }
+    Ok(())
 }
 
 pub fn generate(args: GenerateArgs) -> anyhow::Result<()> {
     let config = args.config.load()?.config;
-    let count = args.count.unwrap_or(config.data.corpus_count);
-    let seed = args.seed.unwrap_or(config.data.corpus_seed);
+    let mut options = corpus_options(&config)?;
+    options.count = args.count.unwrap_or(options.count);
+    options.seed = args.seed.unwrap_or(options.seed);
+    if let Some(name) = &args.generator {
+        options.generator = name.parse()?;
+    }
     let dir = DataDir::new(args.out.unwrap_or(config.data.dir));
-    let c = corpus::generate(count, seed);
+    let c = options.generate()?;
     bitnet_truckmate::write_corpus(&dir, &c)?;
+    bitnet_truckmate::write_manifest(&dir, &options)?;
     println!(
-        "wrote {} examples (seed {seed}) to {}: train {}, validation {}, test {}",
-        count,
+        "wrote {} examples ({}) to {}: train {}, validation {}, test {}",
+        options.count,
+        options.describe(),
         dir.root().display(),
         c.train.len(),
         c.validation.len(),
@@ -85,15 +130,13 @@ pub fn tokenize_corpus(
 ) -> anyhow::Result<()> {
     let dir = DataDir::new(config.data.dir.clone());
     let kind = config.tokenizer.kind.clone();
+    let options = corpus_options(config)?;
+    check_corpus(&dir, &options)?;
     if !dir.split_text(Split::Train).is_file() {
-        let c = corpus::generate(config.data.corpus_count, config.data.corpus_seed);
+        let c = options.generate()?;
         bitnet_truckmate::write_corpus(&dir, &c)?;
-        eprintln!(
-            "no corpus in {}: generated {} examples with seed {}",
-            dir.root().display(),
-            config.data.corpus_count,
-            config.data.corpus_seed
-        );
+        bitnet_truckmate::write_manifest(&dir, &options)?;
+        eprintln!("no corpus in {}: generated it ({})", dir.root().display(), options.describe());
     }
     let train = dir.read_split(Split::Train)?;
     let mut tok = build_tokenizer(config, registry)?;

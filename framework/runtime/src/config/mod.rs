@@ -91,11 +91,23 @@ pub struct DataSection {
     pub corpus_count: usize,
     /// Seed of the corpus generator.
     pub corpus_seed: u64,
+    /// Corpus generator: `cab` (composed phrasings with out-of-domain `none` examples) or
+    /// `templates-v1` (the first generator, unchanged, for comparison).
+    pub corpus_generator: String,
+    /// Share of out-of-domain (`none`) examples `cab` generates, 0 to 0.5 (`templates-v1` makes
+    /// none).
+    pub corpus_none_share: f64,
 }
 
 impl Default for DataSection {
     fn default() -> Self {
-        Self { dir: PathBuf::from("runs/data/truckmate"), corpus_count: 50_000, corpus_seed: 42 }
+        Self {
+            dir: PathBuf::from("runs/data/truckmate-cab"),
+            corpus_count: 50_000,
+            corpus_seed: 42,
+            corpus_generator: "cab".to_string(),
+            corpus_none_share: 0.1,
+        }
     }
 }
 

@@ -1,0 +1,64 @@
+//! Out-of-domain utterances for the `cab` generator, labelled `{"intent":"none","slots":{}}`:
+//! chit-chat, weather, sports and trivia questions, CB radio chatter, requests the assistant
+//! cannot serve (music, calls, the heater), noise words, fragments and false starts. Cities and
+//! teams in them are distractors, never slots.
+
+/// Out-of-domain patterns (see [`super::pattern`]); the index is the template for the splits.
+pub const OOD: &[&str] = &[
+    "(how's it going|how are you|how you doing|what's up|whats up|how's your day)",
+    "(tell me|know any|you got) a (joke|good joke|funny one)",
+    "(you awake|you there|are you listening|you still there) (truckmate|buddy|)",
+    "(thank you|thanks|thanks a lot|appreciate you) (that's all|that's it|)",
+    "(good morning|good night|good evening|morning|night night)",
+    "(what's|whats|how's) the weather (like|gonna be|) (in {any_city}|today|tomorrow|tonight|up ahead)",
+    "(is it|it's|is it gonna) (gonna rain|going to snow|supposed to storm|cold) (in {any_city}|tonight|tomorrow|today)",
+    "(what's|whats) the (temperature|temp) (outside|in {any_city}|)",
+    "(who won|did the {team} win|what's the score of) the {team} game",
+    "(how about them|go) {team}",
+    "(when do|what time do) the {team} play (tonight|today|this week|)",
+    "(who's|who is) (the president|the richest man|the best quarterback) (right now|)",
+    "(how tall|how old|how big) is (the empire state building|mount everest|the moon)",
+    "(what's|what is) the capital of (texas|ohio|montana|canada|france)",
+    "(how many|how much) (feet are in a mile|ounces in a pound|days till christmas)",
+    "(breaker breaker|breaker one nine|breaker 19) (anybody got their ears on|come on|)",
+    "(ten four|10-4|copy that|roger that|that's a big ten four) (good buddy|driver|)",
+    "(what's your twenty|come on back|you got your ears on|over and out)",
+    "(smokey|a bear|bears) (in the air|taking pictures|on the side) (back there|up ahead|)",
+    "(play|put on) (some|) (music|country music|the radio|my playlist|a podcast)",
+    "(turn up|turn down) the (volume|radio|music)",
+    "(call|text) (my wife|my husband|mom|the kids|my buddy) (for me|)",
+    "(turn|set) the (heat|ac|air|heater) (up|down|on|off)",
+    "(what's|whats) (your name|the meaning of life|your favorite color)",
+    "(do you|can you) (sing|dance|love me|dream)",
+    "(are you|you) (a robot|real|a person|smart)",
+    "(never mind|nevermind|forget it|cancel that|nothing|no thanks)",
+    "(uh|um|hmm|huh|uh huh|mm) (uh|um|hmm|)",
+    "(okay|ok|alright|yeah|yep|nope|no|yes)",
+    "(hey truckmate|truckmate|hey|ok truckmate)",
+    "(the|a|and|so|but|uh the|um so|and uh)",
+    "(test test|testing|testing one two|mic check)",
+    "(take me|find me|start|where's|what's my|remind me|log) (uh|um|) (never mind|forget it|nothing)",
+    "(oops|sorry|my bad) (wrong button|didn't mean that|talking to myself|not you)",
+    "(i was talking to|i'm on the phone with|talking to) (dispatch|my wife|somebody else|the other driver)",
+    "(man|boy|geez|dang) (this coffee is cold|these four wheelers|what a day|it's hot out)",
+    "(what day is it|what's the date|what year is it)",
+    "(spell|define) (the word|) (bridge|freight|diesel)",
+    "(convert|what's) (fifty|a hundred|twenty) (miles to kilometers|dollars in euros)",
+    "(order|buy|get) me a (pizza|new phone|coffee) (online|)",
+    "(who sings|what song is) this (song|one|)",
+    "(open|close) the (window|garage|door)",
+    "(how do i|can you) (fix a leaky faucet|make chili|tie a tie)",
+    "(did you see|you hear about) (that|the) (game|news|movie) (last night|)",
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::corpus::cab::pattern::expand;
+
+    #[test]
+    fn out_of_domain_patterns_expand_to_many_phrasings() {
+        let n: usize = OOD.iter().map(|p| expand(p).len()).sum();
+        assert!(n >= 500, "{n}");
+    }
+}

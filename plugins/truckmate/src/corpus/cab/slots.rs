@@ -1,0 +1,448 @@
+//! Slot filling for the `cab` generator: the canonical values are those of [`super::super::pools`]
+//! (the labels are the same as `templates-v1`'s), spoken in many more ways: jargon and brand
+//! names for places, causes for reasons and preferences, numbers as digits, words or digit pairs
+//! ("exit one twenty three"), times as "half past", "noon" or "fifteen hundred".
+
+use super::super::pools::*;
+use super::super::{digits, pick};
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+use std::collections::BTreeMap;
+
+type Spoken = &'static [(&'static str, &'static [&'static str])];
+
+/// More ways to say a point of interest, by canonical value.
+const POI_EXTRA: Spoken = &[
+    ("fuel", &["some fuel", "go juice", "a fuel island", "a place to fuel"]),
+    ("parking", &["a place to shut down", "somewhere to park for the night", "a parking spot"]),
+    ("weigh_station", &["the chicken coop", "a chicken coop", "the coop", "the scale house"]),
+    ("rest_area", &["a rest stop", "a bathroom", "a restroom"]),
+    ("repair", &["a truck shop", "a diesel shop", "road service"]),
+    ("truck_wash", &["a blue beacon", "somewhere to wash the truck"]),
+    ("tire_shop", &["a tire guy", "a place to fix a flat"]),
+    ("cat_scale", &["a cat scale to weigh my load", "a certified cat scale"]),
+    ("shower", &["a place to shower", "somewhere to clean up"]),
+    ("restaurant", &["some grub", "some chow", "a bite to eat", "somewhere to eat"]),
+];
+
+/// A cause that asks for a point of interest without naming it.
+const POI_CAUSES: Spoken = &[
+    ("fuel", &["i'm running on fumes", "i'm low on fuel", "fuel light just came on"]),
+    ("parking", &["i need to shut down for the night", "i need somewhere to sleep tonight"]),
+    ("restaurant", &["i'm starving", "i'm hungry", "i could use a bite"]),
+    ("shower", &["i really need a shower", "i need to clean up"]),
+    ("repair", &["my check engine light is on", "i think i blew an air line"]),
+    ("tire_shop", &["i got a flat", "i think i blew a tire", "my tire's going flat"]),
+    ("rest_area", &["i gotta use the bathroom", "nature's calling"]),
+    ("truck_wash", &["this truck is filthy", "the rig is covered in mud"]),
+    ("cat_scale", &["i need to scale this load", "i need to weigh this load"]),
+];
+
+/// Chains without an article (the cores supply one).
+const CHAINS_BARE: Spoken = &[
+    ("pilot", &["pilot", "pilot travel center"]),
+    ("flying j", &["flying j", "flyin j"]),
+    ("loves", &["loves", "love's", "loves travel stop"]),
+    ("ta", &["ta", "t a", "travel centers of america"]),
+    ("petro", &["petro", "petro stopping center"]),
+    ("sapp bros", &["sapp bros", "sapp brothers"]),
+    ("kwik trip", &["kwik trip", "kwiktrip"]),
+    ("bucees", &["bucees", "buc-ee's"]),
+    ("road ranger", &["road ranger"]),
+    ("ambest", &["ambest", "am best"]),
+    ("roadys", &["roadys", "roady's"]),
+    ("quiktrip", &["quiktrip", "qt"]),
+    ("speedway", &["speedway"]),
+    ("caseys", &["caseys", "casey's"]),
+    ("iowa 80", &["iowa 80", "iowa eighty"]),
+];
+
+const PREF_EXTRA: Spoken = &[
+    ("avoid_tolls", &["no tolls", "keep me off the turnpike", "no turnpikes"]),
+    ("avoid_low_bridges", &["watch out for low bridges", "no low bridges"]),
+    ("avoid_hazmat_restricted", &["hazmat routes only", "keep me on hazmat routes"]),
+    ("avoid_highways", &["no interstates", "keep me off the interstate", "back roads only"]),
+    ("fastest", &["quickest route", "get me there fastest"]),
+    ("shortest", &["least miles", "shortest distance"]),
+    ("avoid_ferries", &["stay off ferries"]),
+    ("avoid_steep_grades", &["no steep grades", "avoid the mountains", "stay off the grades"]),
+    ("avoid_residential", &["no residential streets", "keep me out of neighborhoods"]),
+];
+
+/// Negated preferences: the driver lifts an avoidance ("don't avoid tolls anymore").
+const PREF_ALLOW: Spoken = &[
+    (
+        "allow_tolls",
+        &[
+            "don't avoid tolls anymore",
+            "dont avoid tolls",
+            "tolls are fine",
+            "toll roads are okay",
+            "go ahead and use toll roads",
+            "i don't mind tolls",
+            "stop avoiding tolls",
+        ],
+    ),
+    (
+        "allow_highways",
+        &[
+            "don't avoid highways anymore",
+            "interstates are fine",
+            "go ahead and use the interstate",
+            "stop avoiding highways",
+            "highways are okay",
+        ],
+    ),
+];
+
+/// What a driver says about the load that implies a preference ("i'm ..." precedes it).
+const PREF_CAUSES: Spoken = &[
+    ("avoid_hazmat_restricted", &["hauling hazmat", "placarded", "running hazmat"]),
+    ("avoid_low_bridges", &["pulling a tall trailer", "too tall for low bridges"]),
+    ("avoid_tolls", &["not paying any tolls", "done paying tolls"]),
+    ("avoid_steep_grades", &["too heavy for the mountain grades"]),
+];
+
+const PREF_FASTEST: Spoken = &[("fastest", &["the fastest route", "the quickest way", "fastest"])];
+const PREF_SHORTEST: Spoken =
+    &[("shortest", &["the shortest route", "the shortest way", "fewest miles", "shortest"])];
+
+const CATEGORY_EXTRA: Spoken = &[
+    ("fuel", &["the fuel"]),
+    ("tolls", &["the turnpike", "toll road"]),
+    ("scale", &["cat scale"]),
+    ("parking", &["a parking spot"]),
+    ("lumper", &["the lumper", "unloading"]),
+    ("meals", &["breakfast", "supper", "chow"]),
+    ("repairs", &["the shop", "a repair"]),
+    ("truck_wash", &["blue beacon", "washout"]),
+    ("lodging", &["hotel room", "a room"]),
+    ("tires", &["a steer tire", "a drive tire"]),
+];
+
+const REASON_EXTRA: Spoken = &[
+    ("accident", &["a pileup", "a rollover", "a jackknife"]),
+    ("construction", &["orange barrels", "lane closures"]),
+    ("traffic", &["a backup", "bumper to bumper traffic"]),
+    ("weather", &["black ice", "a whiteout", "a snowstorm", "flooding"]),
+    ("road_closure", &["a closure", "the road closed"]),
+];
+
+/// A road's state that is a reason to reroute ("the interstate's a parking lot").
+const REASON_STATES: Spoken = &[
+    ("traffic", &["a parking lot", "backed up", "bumper to bumper", "jammed up", "stop and go"]),
+    ("accident", &["blocked by a wreck", "all tied up with a wreck"]),
+    ("construction", &["all torn up", "nothing but orange barrels", "down to one lane"]),
+    ("weather", &["iced over", "a sheet of ice", "snowed in", "flooded"]),
+    ("road_closure", &["closed", "shut down", "closed up ahead"]),
+];
+
+/// Picks a canonical value of `base` uniformly, then one of its spoken forms from `base` and
+/// `extra` together.
+fn categorical(rng: &mut ChaCha8Rng, base: Spoken, extra: Spoken) -> (&'static str, &'static str) {
+    let (value, spoken) = *pick(rng, base);
+    let more: &[&str] = extra.iter().find(|(v, _)| *v == value).map(|(_, s)| *s).unwrap_or(&[]);
+    let i = rng.gen_range(0..spoken.len() + more.len());
+    (value, if i < spoken.len() { spoken[i] } else { more[i - spoken.len()] })
+}
+
+/// `n` as a driver reads a three-digit number: 123 -> "one twenty three", 205 -> "two oh five".
+fn digit_pairs(n: u32) -> String {
+    let (h, rest) = (n / 100, n % 100);
+    match rest {
+        0 => format!("{} hundred", spell(h)),
+        1..=9 => format!("{} oh {}", spell(h), spell(rest)),
+        _ => format!("{} {}", spell(h), spell(rest)),
+    }
+}
+
+/// A whole number below 1000 in digits, words or (three digits) digit pairs.
+fn number(rng: &mut ChaCha8Rng, n: u32) -> String {
+    match rng.gen_range(0..10) {
+        0..=4 => n.to_string(),
+        5 | 6 if n >= 100 => digit_pairs(n),
+        _ => spell(n),
+    }
+}
+
+fn reference_number(rng: &mut ChaCha8Rng, len: usize) -> (String, String) {
+    let n = digits(rng, len);
+    let spoken = match rng.gen_range(0..20) {
+        0..=11 => n.clone(),
+        12..=16 => n.chars().map(String::from).collect::<Vec<_>>().join(" "),
+        _ => n
+            .chars()
+            .map(|c| match c.to_digit(10) {
+                Some(0) => "oh".to_string(),
+                Some(d) => spell(d),
+                None => c.to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join(" "),
+    };
+    (n, spoken)
+}
+
+fn time(rng: &mut ChaCha8Rng) -> (String, String) {
+    let h12 = rng.gen_range(1..13u32);
+    let m = *pick(rng, &[0u32, 15, 30, 45]);
+    let pm = rng.gen_bool(0.5);
+    let h24 = (h12 % 12) + if pm { 12 } else { 0 };
+    let ampm = if pm { "pm" } else { "am" };
+    let part = match (pm, h12) {
+        (false, 12) => "at night",
+        (false, _) => "in the morning",
+        (true, 12 | 1..=4) => "in the afternoon",
+        (true, 5..=8) => "in the evening",
+        (true, _) => "at night",
+    };
+    let spoken = match (rng.gen_range(0..8), m) {
+        (0, 0) if h12 == 12 => (if pm { "noon" } else { "midnight" }).to_string(),
+        (0 | 1, 0) => format!("{h12} {ampm}"),
+        (2, 0) => format!("{} {ampm}", spell(h12)),
+        (3, 0) => format!("{} o'clock {part}", spell(h12)),
+        (4, 0) if h24 >= 10 => format!("{} hundred", spell(h24)),
+        (4, 0) => format!("{h12}{ampm}"),
+        (5, 15) => format!("quarter after {} {ampm}", spell(h12)),
+        (5, 30) => format!("half past {} {ampm}", spell(h12)),
+        (6, _) if m > 0 => format!("{} {} {part}", spell(h12), spell(m)),
+        (_, 0) => format!("{} {ampm}", spell(h12)),
+        (_, _) => format!("{h12}:{m:02} {ampm}"),
+    };
+    (format!("{h24:02}:{m:02}"), spoken)
+}
+
+fn amount(rng: &mut ChaCha8Rng) -> (String, String) {
+    let d = rng.gen_range(3..900u32);
+    let c = if rng.gen_bool(0.5) { 0 } else { rng.gen_range(1..100u32) };
+    let spoken = match (rng.gen_range(0..6), c) {
+        (0, _) => format!("{d}.{c:02}"),
+        (1, 0) => format!("{} dollars", number(rng, d)),
+        (1, _) => format!("{d} dollars and {c} cents"),
+        (2, 0) => format!("{} bucks", number(rng, d)),
+        (3, 10..) if d < 100 => format!("{} {}", spell(d), spell(c)),
+        (4, 10..) => format!("{} dollars {}", spell(d), spell(c)),
+        (_, 0) => format!("{d} bucks"),
+        (_, _) => format!("${d}.{c:02}"),
+    };
+    (format!("{d}.{c:02}"), spoken)
+}
+
+fn weight(rng: &mut ChaCha8Rng) -> (String, String) {
+    let thousands = rng.gen_range(10..46u32);
+    let hundreds = if rng.gen_bool(0.6) { 0 } else { rng.gen_range(1..10u32) };
+    let w = thousands * 1000 + hundreds * 100;
+    let spoken = match (rng.gen_range(0..6), hundreds) {
+        (0, 0) => format!("{thousands} thousand pounds"),
+        (1, 0) => format!("{} thousand pounds", spell(thousands)),
+        (2, 0) => format!("{thousands}k"),
+        (3, 0) => format!("{} thousand", spell(thousands)),
+        (4, _) => format!("{w} lbs"),
+        _ => format!("{w} pounds"),
+    };
+    (w.to_string(), spoken)
+}
+
+fn highway(rng: &mut ChaCha8Rng) -> (String, String) {
+    let n = *pick(rng, INTERSTATES);
+    let spoken = match rng.gen_range(0..8) {
+        0 => format!("i-{n}"),
+        1 => format!("i {n}"),
+        2 => format!("interstate {n}"),
+        3 => format!("i {}", spell(n)),
+        4 => format!("interstate {}", spell(n)),
+        5 => format!("i{n}"),
+        6 => format!("the {}", spell(n)),
+        _ => format!("the {n}"),
+    };
+    (format!("i-{n}"), spoken)
+}
+
+/// Whether placeholder `name` is a distractor: spoken, never labelled.
+pub fn is_distractor(name: &str) -> bool {
+    matches!(name, "not_city" | "not_chain" | "any_city" | "team")
+}
+
+/// Sports teams a driver might ask about (out-of-domain utterances).
+const TEAMS: &[&str] = &[
+    "cowboys",
+    "chiefs",
+    "packers",
+    "bears",
+    "steelers",
+    "broncos",
+    "titans",
+    "yankees",
+    "cubs",
+    "cardinals",
+    "braves",
+    "rangers",
+    "lakers",
+    "bulls",
+    "red sox",
+    "astros",
+];
+
+/// Fills distractor `name`: words that differ from the labelled slots.
+pub fn distractor(rng: &mut ChaCha8Rng, name: &str, slots: &BTreeMap<String, String>) -> String {
+    match name {
+        "not_city" | "any_city" => loop {
+            let (city, _) = *pick(rng, CITIES);
+            if slots.get("city").map(String::as_str) != Some(city) {
+                return city.to_string();
+            }
+        },
+        "not_chain" => loop {
+            let (chain, spoken) = *pick(rng, CHAINS_BARE);
+            if slots.get("chain").map(String::as_str) != Some(chain) {
+                return pick(rng, spoken).to_string();
+            }
+        },
+        _ => pick(rng, TEAMS).to_string(),
+    }
+}
+
+/// Fills placeholder `name`: the spoken words, and the slots it sets.
+pub fn fill(rng: &mut ChaCha8Rng, name: &str, slots: &mut BTreeMap<String, String>) -> String {
+    let mut set = |k: &str, v: &str| {
+        slots.insert(k.to_string(), v.to_string());
+    };
+    let (key, value, spoken): (&str, String, String) = match name {
+        "dest" => {
+            let (city, state) = *pick(rng, CITIES);
+            if rng.gen_bool(0.5) {
+                set("state", state);
+                ("city", city.to_string(), format!("{city} {}", state_name(state)))
+            } else {
+                ("city", city.to_string(), city.to_string())
+            }
+        }
+        "highway" => {
+            let (v, s) = highway(rng);
+            ("highway", v, s)
+        }
+        "exit" => {
+            let n = rng.gen_range(1..400u32);
+            ("exit", n.to_string(), number(rng, n))
+        }
+        "poi" => {
+            let (v, s) = categorical(rng, POI_TYPES, POI_EXTRA);
+            ("poi_type", v.to_string(), s.to_string())
+        }
+        "poi_cause" => {
+            let (v, s) = categorical(rng, POI_CAUSES, &[]);
+            ("poi_type", v.to_string(), s.to_string())
+        }
+        "chain" => {
+            let (v, s) = categorical(rng, CHAINS_BARE, &[]);
+            ("chain", v.to_string(), s.to_string())
+        }
+        "pref" | "pref_allow" | "pref_cause" | "pref_fastest" | "pref_shortest" => {
+            let (base, extra) = match name {
+                "pref" => (PREFERENCES, PREF_EXTRA),
+                "pref_allow" => (PREF_ALLOW, &[][..]),
+                "pref_cause" => (PREF_CAUSES, &[][..]),
+                "pref_fastest" => (PREF_FASTEST, &[][..]),
+                _ => (PREF_SHORTEST, &[][..]),
+            };
+            let (v, s) = categorical(rng, base, extra);
+            ("preference", v.to_string(), s.to_string())
+        }
+        "task" => {
+            let t = *pick(rng, TASKS);
+            ("task", t.to_string(), t.to_string())
+        }
+        "time" => {
+            let (v, s) = time(rng);
+            ("time", v, s)
+        }
+        "amount" => {
+            let (v, s) = amount(rng);
+            ("amount", v, s)
+        }
+        "category" => {
+            let (v, s) = categorical(rng, EXPENSE_CATEGORIES, CATEGORY_EXTRA);
+            ("category", v.to_string(), s.to_string())
+        }
+        "weight" => {
+            let (v, s) = weight(rng);
+            ("weight_lbs", v, s)
+        }
+        "commodity" => {
+            let c = *pick(rng, COMMODITIES);
+            ("commodity", c.to_string(), c.to_string())
+        }
+        "bol" | "po" => {
+            let len = if name == "bol" { rng.gen_range(6..10) } else { rng.gen_range(5..9) };
+            let (v, s) = reference_number(rng, len);
+            (name, v, s)
+        }
+        "reason" | "reason_state" => {
+            let (base, extra) = if name == "reason" {
+                (REROUTE_REASONS, REASON_EXTRA)
+            } else {
+                (REASON_STATES, &[][..])
+            };
+            let (v, s) = categorical(rng, base, extra);
+            ("reason", v.to_string(), s.to_string())
+        }
+        other => return other.to_string(),
+    };
+    set(key, &value);
+    spoken
+}
+
+/// Every spoken form of canonical `value` for categorical placeholder `name` (tests check that
+/// a label follows what the utterance says).
+#[cfg(test)]
+pub fn forms(name: &str, value: &str) -> Vec<&'static str> {
+    let lists: &[Spoken] = match name {
+        "poi" => &[POI_TYPES, POI_EXTRA],
+        "poi_cause" => &[POI_CAUSES],
+        "chain" => &[CHAINS_BARE],
+        "pref" => &[PREFERENCES, PREF_EXTRA],
+        "pref_allow" => &[PREF_ALLOW],
+        "pref_cause" => &[PREF_CAUSES],
+        "pref_fastest" => &[PREF_FASTEST],
+        "pref_shortest" => &[PREF_SHORTEST],
+        "category" => &[EXPENSE_CATEGORIES, CATEGORY_EXTRA],
+        "reason" => &[REROUTE_REASONS, REASON_EXTRA],
+        "reason_state" => &[REASON_STATES],
+        _ => &[],
+    };
+    lists
+        .iter()
+        .flat_map(|l| l.iter().filter(|(v, _)| *v == value).flat_map(|(_, s)| s.iter().copied()))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn digit_pairs_read_like_a_driver() {
+        assert_eq!(digit_pairs(123), "one twenty three");
+        assert_eq!(digit_pairs(205), "two oh five");
+        assert_eq!(digit_pairs(300), "three hundred");
+        assert_eq!(digit_pairs(110), "one ten");
+    }
+
+    #[test]
+    fn every_extra_form_names_a_canonical_value_of_its_pool() {
+        for (extra, base) in [
+            (POI_EXTRA, POI_TYPES),
+            (POI_CAUSES, POI_TYPES),
+            (PREF_EXTRA, PREFERENCES),
+            (PREF_CAUSES, PREFERENCES),
+            (CATEGORY_EXTRA, EXPENSE_CATEGORIES),
+            (REASON_EXTRA, REROUTE_REASONS),
+            (REASON_STATES, REROUTE_REASONS),
+            (CHAINS_BARE, CHAINS),
+        ] {
+            for (value, _) in extra {
+                assert!(base.iter().any(|(v, _)| v == value), "{value}");
+            }
+        }
+    }
+}
