@@ -2,7 +2,7 @@
 //! malformed uploads, Range downloads, metrics, and a worker training over loopback.
 
 use bitnet_framework::coordinator_store::TaskState;
-use bitnet_framework::protocol::{CoordinatorApi, TaskSpec, UploadMeta, now_ms};
+use bitnet_framework::protocol::{ApiError, CoordinatorApi, TaskSpec, UploadMeta, now_ms};
 use bitnet_framework::transport::Credentials;
 use bitnet_runtime::coordinator::Coordinator;
 use bitnet_runtime::run::assemble::{build_transport, build_worker_parts};
@@ -186,5 +186,51 @@ fn http_auth_limits_downloads_and_training() {
     assert!(status.tasks.finished() && status.tasks.failed == 0, "{status:?}");
     assert_eq!(c.store().task(task.task_id).expect("t").expect("t").state, TaskState::Done);
     server.shutdown();
+    c.shutdown();
+}
+
+/// A worker started before its coordinator listens (or while it restarts) waits for it, with
+/// backoff, instead of exiting; wrong credentials still fail at once.
+#[test]
+fn a_worker_waits_for_a_coordinator_that_is_not_listening_yet() {
+    let dir = bitnet_tests::temp_dir();
+    let registry = dist::registry();
+    let port = bitnet_tests::procs::free_port();
+    let bind = format!("transport.bind=127.0.0.1:{port}");
+    let config = dist::tiny_config(dir.path(), &["transport.type=http", &bind]);
+    let c = dist::start_coordinator(&config, &registry, dist::pattern_corpus(1, 64), 0, 64);
+    let creds = dist::add_client(&c, "w");
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let transport = build_transport(&config, &registry).expect("transport");
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let mut settings = config.worker.clone();
+    settings.give_up_after_secs = 0.3;
+    let refused = bitnet_runtime::worker::connect(&*transport, &endpoint, &creds, &settings, &stop);
+    assert!(matches!(refused, Err(ApiError::Transport(_))), "nothing listens yet");
+
+    let server_config = config.clone();
+    let server_c = Arc::clone(&c);
+    let late = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(700));
+        let api: Arc<dyn CoordinatorApi> = Arc::clone(&server_c) as Arc<dyn CoordinatorApi>;
+        build_transport(&server_config, &dist::registry())
+            .expect("transport")
+            .serve(bitnet_runtime::auth::serve_context(api, Arc::clone(server_c.store())))
+            .expect("serve")
+    });
+    settings.give_up_after_secs = 30.0;
+    let started = std::time::Instant::now();
+    let mut client =
+        bitnet_runtime::worker::connect(&*transport, &endpoint, &creds, &settings, &stop)
+            .expect("connects once the coordinator listens");
+    assert!(started.elapsed() >= std::time::Duration::from_millis(500), "it waited");
+    assert!(client.status().is_ok());
+    let wrong = Credentials { client_secret: "nope".into(), ..creds };
+    let started = std::time::Instant::now();
+    let refused = bitnet_runtime::worker::connect(&*transport, &endpoint, &wrong, &settings, &stop);
+    assert!(matches!(refused, Err(ApiError::Unauthorized(_))), "{:?}", refused.err());
+    assert!(started.elapsed() < std::time::Duration::from_secs(10), "no retries on a 401");
+    let server = late.join().expect("server thread");
+    drop(server);
     c.shutdown();
 }

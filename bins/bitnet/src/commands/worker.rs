@@ -60,9 +60,15 @@ pub fn run_worker(
     credentials: Credentials,
     stop: Arc<AtomicBool>,
 ) -> anyhow::Result<WorkerReport> {
-    let client = build_transport(config, registry)?
-        .connect(endpoint, credentials)
-        .with_context(|| format!("connecting to {endpoint}"))?;
+    let transport = build_transport(config, registry)?;
+    let client = bitnet_runtime::worker::connect(
+        transport.as_ref(),
+        endpoint,
+        &credentials,
+        &config.worker,
+        &stop,
+    )
+    .with_context(|| format!("connecting to {endpoint}"))?;
     let parts = build_worker_parts(config, registry, client)?;
     let threads = config.train.threads;
     let mut worker = Worker::new(parts, config.worker.clone(), threads, config.train.seed, stop);

@@ -237,45 +237,13 @@ impl Worker {
         }
     }
 
-    /// Calls `f` until it succeeds, retrying retryable errors (connection errors, 5xx, 429)
-    /// with capped exponential backoff, or the server's Retry-After, until stopped or
-    /// `give_up_after_secs` pass.
+    /// Calls `f` until it succeeds, retrying retryable errors (see [`retrying`]).
     fn retry<T>(
         &mut self,
         mut f: impl FnMut(&mut dyn CoordinatorClient) -> Result<T, ApiError>,
     ) -> Result<T, ApiError> {
-        let started = Instant::now();
-        let give_up = self.settings.give_up_after_secs;
-        let mut attempt = 0u32;
-        loop {
-            match f(&mut *self.parts.client) {
-                Ok(v) => return Ok(v),
-                Err(e) if e.is_retryable() => {
-                    if give_up > 0.0 && started.elapsed().as_secs_f64() >= give_up {
-                        tracing::error!(error = %e, attempt, "giving up after {give_up} s");
-                        return Err(e);
-                    }
-                    let backoff = match &e {
-                        ApiError::TooMany { retry_after_secs, .. } => {
-                            Duration::from_secs(*retry_after_secs)
-                        }
-                        _ => Duration::from_millis(
-                            self.settings
-                                .retry_base_ms
-                                .saturating_mul(1 << attempt.min(16))
-                                .min(self.settings.retry_max_ms),
-                        ),
-                    };
-                    tracing::warn!(error = %e, attempt, ?backoff, "request failed; retrying");
-                    attempt = attempt.saturating_add(1);
-                    self.nap(backoff);
-                    if self.stopped() {
-                        return Err(e);
-                    }
-                }
-                Err(e) => return Err(e),
-            }
-        }
+        let client = &mut self.parts.client;
+        retrying(&self.settings, &self.stop, || f(&mut **client))
     }
 
     /// Times `steps` real forward and backward passes of the model on random tokens (after
@@ -768,4 +736,62 @@ impl Worker {
         }
         Ok(Ok((theta, (loss_sum / steps.max(1) as f64) as f32)))
     }
+}
+
+/// Calls `f` until it succeeds, retrying retryable errors (connection errors, 5xx, 429) with
+/// capped exponential backoff from `settings` (or the server's Retry-After), until `stop` is set
+/// or `give_up_after_secs` pass (0: never give up). A non-retryable error returns at once.
+pub fn retrying<T>(
+    settings: &WorkerSection,
+    stop: &AtomicBool,
+    mut f: impl FnMut() -> Result<T, ApiError>,
+) -> Result<T, ApiError> {
+    let started = Instant::now();
+    let give_up = settings.give_up_after_secs;
+    let mut attempt = 0u32;
+    loop {
+        match f() {
+            Ok(v) => return Ok(v),
+            Err(e) if e.is_retryable() => {
+                if give_up > 0.0 && started.elapsed().as_secs_f64() >= give_up {
+                    tracing::error!(error = %e, attempt, "giving up after {give_up} s");
+                    return Err(e);
+                }
+                let backoff = match &e {
+                    ApiError::TooMany { retry_after_secs, .. } => {
+                        Duration::from_secs(*retry_after_secs)
+                    }
+                    _ => Duration::from_millis(
+                        settings
+                            .retry_base_ms
+                            .saturating_mul(1 << attempt.min(16))
+                            .min(settings.retry_max_ms),
+                    ),
+                };
+                tracing::warn!(error = %e, attempt, ?backoff, "request failed; retrying");
+                attempt = attempt.saturating_add(1);
+                let until = Instant::now() + backoff;
+                while !stop.load(Ordering::SeqCst) && Instant::now() < until {
+                    std::thread::sleep(Duration::from_millis(20).min(backoff));
+                }
+                if stop.load(Ordering::SeqCst) {
+                    return Err(e);
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Connects (logs in) to the coordinator at `endpoint`, retrying as [`retrying`] does: a worker
+/// started while its coordinator restarts, or before it listens, waits for it instead of
+/// exiting. Wrong credentials (401/403) fail at once.
+pub fn connect(
+    transport: &dyn bitnet_framework::transport::Transport,
+    endpoint: &str,
+    credentials: &bitnet_framework::transport::Credentials,
+    settings: &WorkerSection,
+    stop: &AtomicBool,
+) -> Result<Box<dyn CoordinatorClient>, ApiError> {
+    retrying(settings, stop, || transport.connect(endpoint, credentials.clone()))
 }
