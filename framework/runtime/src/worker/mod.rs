@@ -51,6 +51,11 @@ pub enum WorkerError {
     /// A download did not verify, or a blob did not decode.
     #[error("invalid download: {0}")]
     Download(String),
+    /// The task names weights the coordinator no longer serves: it restarted from an older
+    /// snapshot and rebuilt that version from other updates. The task is dropped, not the
+    /// worker (its lease died with the old process).
+    #[error("stale task: {0}")]
+    StaleTask(String),
     /// The codec or optimizer failed.
     #[error("{0}")]
     Update(String),
@@ -349,10 +354,16 @@ impl Worker {
             Err(e) => return Err(e.into()),
         };
         let found = sha256_hex(&blob.bytes);
-        if found != blob.sha256 || (blob.version == version && found != sha) {
+        if found != blob.sha256 {
             return Err(WorkerError::Download(format!(
-                "weights version {} failed verification: sha256 {found}",
-                blob.version
+                "weights version {} failed verification: sha256 {found}, served as {}",
+                blob.version, blob.sha256
+            )));
+        }
+        if blob.version == version && found != sha {
+            // Intact bytes that are not the task's: the version was rebuilt after a restart.
+            return Err(WorkerError::StaleTask(format!(
+                "weights version {version} is now {found}, the task named {sha}"
             )));
         }
         let weights = self
@@ -430,7 +441,16 @@ impl Worker {
     fn run_task(&mut self, task: TaskSpec, claim_secs: f64) -> Result<(), WorkerError> {
         let started = Instant::now();
         let mut timing = TaskTiming { claim: claim_secs, ..TaskTiming::default() };
-        let prepared = self.prepare(task, &mut timing)?;
+        let id = task.task_id;
+        let prepared = match self.prepare(task, &mut timing) {
+            Ok(p) => p,
+            Err(WorkerError::StaleTask(why)) => {
+                self.report.tasks_abandoned += 1;
+                self.log("warn", format!("task {id} dropped: {why}"));
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
         let phase = Instant::now();
         let batches = self.batches(&prepared);
         timing.data += phase.elapsed().as_secs_f64();
