@@ -12,7 +12,7 @@
 
 use super::attention_rows::{MR, TileOperands, max_lanes, sum_lanes};
 use super::exp::{LANES, exp_scalar};
-use super::neon_exp::exp4;
+use super::neon_exp::{exp4, lanes_of};
 use std::arch::aarch64::*;
 
 /// `c[r * ldc + j] = sum_p a[r * a_rs + p * a_cs] * b[p * ldb + j]` for `r < rows`, `j < cols`.
@@ -68,18 +68,6 @@ pub(crate) unsafe fn tile_row_neon(
             c[r * ldc + j] = acc;
         }
     }
-}
-
-/// The four partial vectors as the 16 lanes of the scalar twins.
-#[inline]
-#[target_feature(enable = "neon")]
-fn lanes_of(acc: &[float32x4_t; 4]) -> [f32; LANES] {
-    let mut lanes = [0.0f32; LANES];
-    for (j, &a) in acc.iter().enumerate() {
-        // SAFETY: `lanes` holds 16 floats; lanes 4 j .. 4 j + 4 are in bounds.
-        unsafe { vst1q_f32(lanes.as_mut_ptr().add(4 * j), a) };
-    }
-    lanes
 }
 
 /// `softmax_row`: the softmax of `row[..live]` scaled by `scale` in place, zeros after;

@@ -40,7 +40,7 @@ pub(crate) fn exp4(x: float32x4_t) -> float32x4_t {
 /// The four partial-sum vectors as the twin's 16 lanes.
 #[inline]
 #[target_feature(enable = "neon")]
-fn lanes_of(acc: &[float32x4_t; 4]) -> [f32; LANES] {
+pub(crate) fn lanes_of(acc: &[float32x4_t; 4]) -> [f32; LANES] {
     let mut lanes = [0.0f32; LANES];
     for (j, &a) in acc.iter().enumerate() {
         // SAFETY: `lanes` holds 16 floats; lanes 4 j .. 4 j + 4 are in bounds.
