@@ -3,8 +3,8 @@
 //! Kernels and optimizers pick their fastest path at run time; this module caps that choice at
 //! one [`IsaLevel`] for the whole process, like `ATEN_CPU_CAPABILITY` in PyTorch or
 //! `ONEDNN_MAX_CPU_ISA` in oneDNN, so every path can be run (and tested, and measured) on one
-//! machine. The cap comes from the `BITNET_ISA` environment variable (`auto`, `scalar`, `avx2`
-//! or `avx512`) and from a plugin option; [`resolve`] combines them (the lower one wins) and
+//! machine. The cap comes from the `BITNET_ISA` environment variable (`auto`, `scalar`, `avx2`,
+//! `avx512` or, on aarch64, `neon`) and from a plugin option; [`resolve`] combines them (the lower one wins) and
 //! refuses a level this CPU lacks, naming the missing features, and [`set_cap`] makes it the
 //! process's cap. A process that never sets it reads `BITNET_ISA` on first use.
 //!
@@ -17,7 +17,9 @@ use std::sync::atomic::{AtomicU8, Ordering};
 /// The environment variable that caps the instruction set.
 pub const ENV_VAR: &str = "BITNET_ISA";
 
-/// An instruction-set level: every path of a level also runs on the levels above it.
+/// An instruction-set level: every path of a level also runs on the levels above it on the same
+/// architecture. The x86 levels and [`IsaLevel::Neon`] never both run on one CPU, so their
+/// relative order only matters within one architecture (`scalar` is below both).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum IsaLevel {
     /// Portable Rust, any CPU.
@@ -26,11 +28,14 @@ pub enum IsaLevel {
     Avx2,
     /// x86-64 AVX-512 F, BW and VL (kernels also use VNNI and BF16 where the CPU has them).
     Avx512,
+    /// aarch64 Advanced SIMD (kernels also use the `dotprod` extension where the CPU has it).
+    Neon,
 }
 
 impl IsaLevel {
     /// Every level, lowest first.
-    pub const ALL: [IsaLevel; 3] = [IsaLevel::Scalar, IsaLevel::Avx2, IsaLevel::Avx512];
+    pub const ALL: [IsaLevel; 4] =
+        [IsaLevel::Scalar, IsaLevel::Avx2, IsaLevel::Avx512, IsaLevel::Neon];
 
     /// The name `BITNET_ISA` and the plugin options use.
     pub fn name(self) -> &'static str {
@@ -38,15 +43,17 @@ impl IsaLevel {
             IsaLevel::Scalar => "scalar",
             IsaLevel::Avx2 => "avx2",
             IsaLevel::Avx512 => "avx512",
+            IsaLevel::Neon => "neon",
         }
     }
 
-    /// The CPU features the level needs (x86 feature names).
+    /// The CPU features the level needs (x86 or aarch64 feature names).
     pub fn required_features(self) -> &'static [&'static str] {
         match self {
             IsaLevel::Scalar => &[],
             IsaLevel::Avx2 => &["avx2", "fma"],
             IsaLevel::Avx512 => &["avx512f", "avx512bw", "avx512vl"],
+            IsaLevel::Neon => &["neon"],
         }
     }
 
@@ -109,7 +116,7 @@ impl fmt::Display for IsaChoice {
 /// Why a cap was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum IsaError {
-    /// The name is not `auto`, `scalar`, `avx2` or `avx512`.
+    /// The name is not `auto`, `scalar`, `avx2`, `avx512` or `neon`.
     Unknown(String),
     /// This CPU lacks features the level needs.
     Unsupported {
@@ -126,7 +133,10 @@ impl fmt::Display for IsaError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             IsaError::Unknown(s) => {
-                write!(f, "unknown instruction set {s:?}: expected auto, scalar, avx2 or avx512")
+                write!(
+                    f,
+                    "unknown instruction set {s:?}: expected auto, scalar, avx2, avx512 or neon"
+                )
             }
             IsaError::Unsupported { source, level, missing } => write!(
                 f,
@@ -140,7 +150,8 @@ impl fmt::Display for IsaError {
 
 impl std::error::Error for IsaError {}
 
-/// Whether this CPU has the x86 feature `name` (one of [`IsaLevel::required_features`]).
+/// Whether this CPU has the feature `name` (one of [`IsaLevel::required_features`], or an
+/// extension [`describe`] names).
 fn cpu_has(name: &str) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
@@ -155,7 +166,15 @@ fn cpu_has(name: &str) -> bool {
             _ => false,
         }
     }
-    #[cfg(not(target_arch = "x86_64"))]
+    #[cfg(target_arch = "aarch64")]
+    {
+        match name {
+            "neon" => std::arch::is_aarch64_feature_detected!("neon"),
+            "dotprod" => std::arch::is_aarch64_feature_detected!("dotprod"),
+            _ => false,
+        }
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
     {
         let _ = name;
         false
@@ -241,7 +260,7 @@ pub fn allows(level: IsaLevel) -> bool {
 }
 
 /// The active path in words, for run headers and benchmarks: `"avx512 (vnni, bf16)"`,
-/// `"avx2 (fma)"` or `"scalar"`, followed by `" [capped; the CPU has avx512]"` when the CPU
+/// `"avx2 (fma)"`, `"neon (dotprod)"` or `"scalar"`, followed by `" [capped; the CPU has avx512]"` when the CPU
 /// could do more.
 pub fn describe() -> String {
     let level = cap();
@@ -260,6 +279,8 @@ pub fn describe() -> String {
                 format!("avx512 ({})", extras.join(", "))
             }
         }
+        IsaLevel::Neon if cpu_has("dotprod") => "neon (dotprod)".to_string(),
+        IsaLevel::Neon => "neon".to_string(),
     };
     let best = detect();
     if level < best {
@@ -279,7 +300,7 @@ mod tests {
         assert_eq!(" scalar ".parse::<IsaChoice>(), Ok(IsaChoice::Level(IsaLevel::Scalar)));
         assert_eq!("avx512".parse::<IsaChoice>(), Ok(IsaChoice::Level(IsaLevel::Avx512)));
         let err = "sse9".parse::<IsaChoice>().expect_err("unknown");
-        assert!(err.to_string().contains("sse9") && err.to_string().contains("avx512"));
+        assert!(err.to_string().contains("sse9") && err.to_string().contains("neon"));
         for level in IsaLevel::ALL {
             assert_eq!(level.name().parse::<IsaChoice>(), Ok(IsaChoice::Level(level)));
         }
@@ -288,11 +309,21 @@ mod tests {
     #[test]
     fn levels_are_ordered_and_detection_is_consistent() {
         assert!(IsaLevel::Scalar < IsaLevel::Avx2 && IsaLevel::Avx2 < IsaLevel::Avx512);
+        assert!(IsaLevel::Scalar < IsaLevel::Neon);
         assert!(IsaLevel::Scalar.is_supported());
         let best = detect();
+        assert!(best.is_supported());
+        // The x86 levels and neon exclude each other; within an architecture a supported level
+        // implies the ones below it.
+        assert!(!(IsaLevel::Avx2.is_supported() && IsaLevel::Neon.is_supported()));
         for level in IsaLevel::ALL {
-            assert_eq!(level.is_supported(), level <= best, "{level}");
-            assert_eq!(check(IsaChoice::Level(level), "test").is_ok(), level <= best);
+            if level.is_supported() {
+                assert!(level <= best, "{level}");
+            }
+            assert_eq!(check(IsaChoice::Level(level), "test").is_ok(), level.is_supported());
+        }
+        if IsaLevel::Avx512.is_supported() {
+            assert!(IsaLevel::Avx2.is_supported());
         }
         assert_eq!(check(IsaChoice::Auto, "test"), Ok(best));
     }
@@ -316,7 +347,7 @@ mod tests {
             set_cap(level).expect("supported");
             assert_eq!(cap(), level);
             assert!(allows(IsaLevel::Scalar) && allows(level));
-            assert!(IsaLevel::ALL.iter().all(|&l| allows(l) == (l <= level)));
+            assert!(IsaLevel::ALL.iter().all(|&l| allows(l) == (l <= level && l.is_supported())));
             assert!(describe().starts_with(level.name()), "{}", describe());
         }
         if !IsaLevel::Avx512.is_supported() {

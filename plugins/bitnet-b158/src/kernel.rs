@@ -97,6 +97,8 @@ pub enum IsaOption {
     Avx2,
     /// AVX-512 (with VNNI and BF16 where the CPU has them).
     Avx512,
+    /// aarch64 NEON (with `dotprod` where the CPU has it).
+    Neon,
 }
 
 impl IsaOption {
@@ -107,6 +109,7 @@ impl IsaOption {
             IsaOption::Scalar => IsaChoice::Level(IsaLevel::Scalar),
             IsaOption::Avx2 => IsaChoice::Level(IsaLevel::Avx2),
             IsaOption::Avx512 => IsaChoice::Level(IsaLevel::Avx512),
+            IsaOption::Neon => IsaChoice::Level(IsaLevel::Neon),
         }
     }
 }

@@ -23,8 +23,9 @@
 //! caller's `T x T` buffer (streaming stores: nothing reads them back here), so the two can be
 //! compared; the score gradients never leave the per-thread scratch.
 //!
-//! Paths: [`Isa::Avx512`], [`Isa::Avx2`] (8 x 8 register tiles, the row passes unfused) and
-//! [`Isa::Scalar`], bit-identical (a property test holds them so).
+//! Paths: [`Isa::Avx512`], [`Isa::Avx2`] (8 x 8 register tiles, the row passes unfused),
+//! [`Isa::Neon`] (aarch64, 8 x 8 register tiles, the row passes unfused) and [`Isa::Scalar`],
+//! bit-identical (a property test holds them so).
 
 use super::attention_rows::{
     MR, Stats, TileOperands, finish_stores, probability_rows, row_blocks, score_gradient_rows,
@@ -34,7 +35,7 @@ use super::{GemmError, Isa, check_isa, check_len, checked_area};
 use rayon::prelude::*;
 
 /// Paths of the attention passes.
-pub const ATTENTION_PATHS: [Isa; 3] = [Isa::Scalar, Isa::Avx2, Isa::Avx512];
+pub const ATTENTION_PATHS: [Isa; 4] = [Isa::Scalar, Isa::Avx2, Isa::Avx512, Isa::Neon];
 
 /// Per-thread buffers of a (batch, head): the transposed keys and values (`hd x T`), the
 /// probabilities and the score gradients (`T x T`; a row block of probabilities in forward).

@@ -1,6 +1,7 @@
 //! The row-block passes of causal attention (`super::attention`), each with its scalar twin
 //! and a dispatch to the AVX-512 kernels (`x86_attention`, `x86_attention_rows`) and the AVX2
-//! ones (`x86_avx2_attention`; no fused row kernels, the blocked passes): register-tile
+//! ones (`x86_avx2_attention`) and the aarch64 NEON ones (`neon_attention`; neither has the
+//! fused row kernels, they run the blocked passes): register-tile
 //! products, the softmax of score rows (recording or replaying its statistics), the score
 //! gradient rows, and the transposes and copies around them.
 //!
@@ -15,6 +16,7 @@ use super::exp::{LANES, exp_scalar};
 /// Rows of a register tile (query rows; key rows for `dV` and `dK`), and of a row block.
 pub(crate) const MR: usize = 8;
 /// Columns of a register tile: two 16-lane vectors.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub(crate) const NR: usize = 2 * LANES;
 
 /// The inputs of a register tile:
@@ -56,6 +58,10 @@ pub(crate) fn tile_row(
         // SAFETY: the path is only chosen when this CPU has AVX2 and FMA; the asserts above are
         // the bounds `tile_row_avx2` requires.
         Isa::Avx2 => unsafe { super::x86_avx2_attention::tile_row_avx2(c, ldc, (rows, cols), &t) },
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: the path is only chosen when this CPU has NEON; the asserts above are the
+        // bounds `tile_row_neon` requires.
+        Isa::Neon => unsafe { super::neon_attention::tile_row_neon(c, ldc, (rows, cols), &t) },
         _ => {
             for r in 0..rows {
                 for j in 0..cols {
@@ -199,6 +205,18 @@ pub(crate) fn softmax_rows(
             assert!(st.len() >= 2 * (rows.len() / t_len), "softmax statistics");
             super::x86_avx2_attention::softmax_rows_from_stats_avx2(rows, (r0, t_len), scale, st)
         },
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: NEON is available (see `tile_row`); the row count was checked above.
+        (Isa::Neon, Stats::Record(st)) => unsafe {
+            assert!(st.len() >= 2 * (rows.len() / t_len), "softmax statistics");
+            super::neon_attention::softmax_rows_neon(rows, (r0, t_len), scale, st)
+        },
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: as above.
+        (Isa::Neon, Stats::Replay(st)) => unsafe {
+            assert!(st.len() >= 2 * (rows.len() / t_len), "softmax statistics");
+            super::neon_attention::softmax_rows_from_stats_neon(rows, (r0, t_len), scale, st)
+        },
         (_, Stats::Record(st)) => {
             for (i, (row, st)) in
                 rows.chunks_exact_mut(t_len).zip(st.chunks_exact_mut(2)).enumerate()
@@ -236,6 +254,11 @@ pub(crate) fn softmax_grad_rows(
         // SAFETY: AVX2 and FMA are available (see `tile_row`); the shapes were checked above.
         Isa::Avx2 => unsafe {
             super::x86_avx2_attention::softmax_grad_rows_avx2(ds, p, (r0, t_len), scale)
+        },
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: NEON is available (see `tile_row`); the shapes were checked above.
+        Isa::Neon => unsafe {
+            super::neon_attention::softmax_grad_rows_neon(ds, p, (r0, t_len), scale)
         },
         _ => {
             let rows = ds.chunks_exact_mut(t_len).zip(p.chunks_exact(t_len));
@@ -331,6 +354,7 @@ pub(crate) fn probability_rows(
 ) {
     let scale = 1.0 / (hd as f32).sqrt();
     if fused(isa, t_len) {
+        #[cfg(target_arch = "x86_64")]
         let q = &q[r0 * hd..r1 * hd];
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `fused` checked AVX-512 F and `t_len`; the shapes are those of the blocked
@@ -377,6 +401,7 @@ pub(crate) fn score_gradient_rows(
     scale: f32,
 ) {
     if fused(isa, t_len) {
+        #[cfg(target_arch = "x86_64")]
         let dout = &dout[r0 * hd..r1 * hd];
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `fused` checked AVX-512 F and `t_len`; the callee checks the shapes.

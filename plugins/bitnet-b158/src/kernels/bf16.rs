@@ -17,7 +17,9 @@
 //!
 //! Paths: [`Isa::Avx512Bf16`] (`vdpbf16ps`, 6 x 64 register tile), [`Isa::Avx2`] (the pairs
 //! widened to fp32 and multiplied-added in the same order with FMA, 6 x 16 register tile; it
-//! keeps denormal sums the twin flushes, at most `2 * m * 2^-126` apart) and [`Isa::Scalar`]. Work is
+//! keeps denormal sums the twin flushes, at most `2 * m * 2^-126` apart), [`Isa::Neon`] (the
+//! same widening with `fmla` on aarch64, 6 x 16 register tile; the same bound) and
+//! [`Isa::Scalar`]. Work is
 //! split over rows of `dW` on the current rayon pool and blocked along the depth by
 //! [`super::bf16_tiles`]; `dY / s` is scaled, rounded and laid out for the micro-kernel in one
 //! pass over contiguous rows of `dY` (no transposition).
@@ -28,7 +30,7 @@ use rayon::prelude::*;
 use std::cell::RefCell;
 
 /// Paths of the bf16 weight gradient.
-pub const BF16_PATHS: [Isa; 3] = [Isa::Scalar, Isa::Avx2, Isa::Avx512Bf16];
+pub const BF16_PATHS: [Isa; 4] = [Isa::Scalar, Isa::Avx2, Isa::Avx512Bf16, Isa::Neon];
 
 /// Columns of `dW` per panel (four vectors of 16 fp32 lanes).
 pub(crate) const NR: usize = 64;
@@ -173,6 +175,9 @@ pub(crate) fn micro_kernel(isa: Isa, t: Bf16Tile<'_>) {
         // SAFETY: check_isa verified AVX2 and FMA; the driver passes at most KC pairs, and the
         // tile's slices are in bounds as above.
         Isa::Avx2 => unsafe { super::x86_avx2_bf16::kernel_bf16_avx2(t) },
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: check_isa verified NEON; the tile's slices are in bounds as above.
+        Isa::Neon => unsafe { super::neon_bf16::kernel_bf16_neon(t) },
         _ => kernel_scalar(t),
     }
 }

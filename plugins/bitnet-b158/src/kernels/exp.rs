@@ -8,7 +8,8 @@
 //! `[-104, 88.8]` (below, `exp` rounds to 0; above, to infinity); NaN stays NaN. Relative error
 //! (what the tests hold): at most `2^-22` against `f64::exp` for normal results.
 //!
-//! Paths: [`Isa::Avx512`] (16 lanes), [`Isa::Avx2`] (8 lanes, FMA) and [`Isa::Scalar`], which
+//! Paths: [`Isa::Avx512`] (16 lanes), [`Isa::Avx2`] (8 lanes, FMA), [`Isa::Neon`] (4 lanes, on
+//! aarch64) and [`Isa::Scalar`], which
 //! performs the same operations in
 //! the same order (`mul_add` is the fused multiply-add of the SIMD path), so both give
 //! bit-identical results; sums are accumulated in 16 lane-ordered partial sums on both paths.
@@ -16,7 +17,7 @@
 use super::{GemmError, Isa, check_isa, check_len};
 
 /// Paths of the exponential passes.
-pub const EXP_PATHS: [Isa; 3] = [Isa::Scalar, Isa::Avx2, Isa::Avx512];
+pub const EXP_PATHS: [Isa; 4] = [Isa::Scalar, Isa::Avx2, Isa::Avx512, Isa::Neon];
 
 pub(crate) const EXP_LO: f32 = -104.0;
 pub(crate) const EXP_HI: f32 = 88.8;
@@ -90,6 +91,9 @@ fn exp_affine_dispatch(isa: Isa, row: &mut [f32], scale: f32, shift: f32, mul: f
         #[cfg(target_arch = "x86_64")]
         // SAFETY: the path is only chosen when this CPU has AVX2 and FMA.
         Isa::Avx2 => unsafe { super::x86_avx2_exp::exp_affine_avx2(row, scale, shift, mul) },
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: NEON checked by `check_isa` / `best_among`; the lengths agree (see above).
+        Isa::Neon => unsafe { super::neon_exp::exp_affine_neon(row, scale, shift, mul) },
         _ => {
             let mut acc = [0.0f32; LANES];
             for (i, v) in row.iter_mut().enumerate() {
@@ -121,6 +125,9 @@ fn sum_exp_dispatch(isa: Isa, row: &[f32], shift: f32) -> f32 {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: AVX2 and FMA are available (see `exp_affine_dispatch`).
         Isa::Avx2 => unsafe { super::x86_avx2_exp::sum_exp_avx2(row, shift) },
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: NEON checked by `check_isa` / `best_among`; the lengths agree (see above).
+        Isa::Neon => unsafe { super::neon_exp::sum_exp_neon(row, shift) },
         _ => {
             let mut acc = [0.0f32; LANES];
             for (i, &v) in row.iter().enumerate() {
@@ -173,6 +180,9 @@ fn swiglu_forward_dispatch(isa: Isa, h: &mut [f32], gate: &[f32], up: &[f32]) {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: AVX2 and FMA checked by `check_isa`; the three lengths are equal.
         Isa::Avx2 => unsafe { super::x86_avx2_exp::swiglu_forward_avx2(h, gate, up) },
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: NEON checked by `check_isa` / `best_among`; the lengths agree (see above).
+        Isa::Neon => unsafe { super::neon_exp::swiglu_forward_neon(h, gate, up) },
         _ => {
             for ((hi, &g), &u) in h.iter_mut().zip(gate).zip(up) {
                 *hi = g * sigmoid_scalar(g) * u;
@@ -218,6 +228,9 @@ fn swiglu_backward_dispatch(isa: Isa, gate: &mut [f32], up: &mut [f32], dh: &[f3
         #[cfg(target_arch = "x86_64")]
         // SAFETY: AVX2 and FMA checked by `check_isa`; the three lengths are equal.
         Isa::Avx2 => unsafe { super::x86_avx2_exp::swiglu_backward_avx2(gate, up, dh) },
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: NEON checked by `check_isa` / `best_among`; the lengths agree (see above).
+        Isa::Neon => unsafe { super::neon_exp::swiglu_backward_neon(gate, up, dh) },
         _ => {
             for ((gi, ui), &d) in gate.iter_mut().zip(up.iter_mut()).zip(dh) {
                 let (gv, uv) = (*gi, *ui);

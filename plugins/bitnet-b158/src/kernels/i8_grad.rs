@@ -26,7 +26,9 @@
 //! 32 tokens and output vector, and a quarter of the bytes of the packed `X_q`.
 //!
 //! Paths: [`Isa::Avx512Vnni`] (6 x 32 register tile), [`Isa::Avx2`] (`vpmaddwd` on bytes
-//! widened to 16 bits, 6 x 8 register tile; bit-identical too) and [`Isa::Scalar`]. Work is split over rows
+//! widened to 16 bits, 6 x 8 register tile; bit-identical too), on aarch64 [`Isa::NeonDot`]
+//! (`sdot`) and [`Isa::Neon`] (`smull` + `sadalp`), 6 x 8 tiles, bit-identical, and
+//! [`Isa::Scalar`]. Work is split over rows
 //! of `dW` on the current rayon pool and blocked GotoBLAS style: an `A` block of at most [`MC`]
 //! rows by [`KB`] token blocks is quantized and laid out right before use, while the matching
 //! `KB * 32 x 32` slice of a packed `X_q` panel (16 KiB) stays in L1 across its tiles.
@@ -39,7 +41,8 @@ use rayon::prelude::*;
 use std::cell::RefCell;
 
 /// Paths of the int8 weight gradient.
-pub const I8_GRAD_PATHS: [Isa; 3] = [Isa::Scalar, Isa::Avx2, Isa::Avx512Vnni];
+pub const I8_GRAD_PATHS: [Isa; 5] =
+    [Isa::Scalar, Isa::Avx2, Isa::Avx512Vnni, Isa::Neon, Isa::NeonDot];
 
 /// Tokens per scale of the quantized `dY / s`.
 pub const BLOCK: usize = 32;
@@ -589,6 +592,12 @@ pub(crate) fn micro_kernel(isa: Isa, t: I8Tile<'_>) {
         // SAFETY: check_isa verified AVX2 and FMA; the driver passes at most KB blocks, and the
         // tile's slices are in bounds as above.
         Isa::Avx2 => unsafe { super::x86_avx2_i8_grad::kernel_i8_grad_avx2(t) },
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: check_isa verified NEON and dotprod; the tile is in bounds as above.
+        Isa::NeonDot => unsafe { super::neon_i8_grad::kernel_i8_grad_neon_dot(t) },
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: check_isa verified NEON; the tile is in bounds as above.
+        Isa::Neon => unsafe { super::neon_i8_grad::kernel_i8_grad_neon(t) },
         _ => kernel_scalar(t),
     }
 }

@@ -2,36 +2,40 @@
 //! detection and a portable scalar twin.
 //!
 //! - [`quant`]: the per-tensor absmean ternary weight quantizer and the per-token absmax int8
-//!   activation quantizer (AVX-512, AVX2 and scalar; bit-identical).
+//!   activation quantizer (AVX-512, AVX2, NEON and scalar; bit-identical).
 //! - [`packed`]: [`PackedTernary`], ternary weights at 2 bits each in the panel layout the
 //!   matrix kernels consume; `repack`/`repack_transposed` refill it in place from ternary
 //!   codes (AVX-512 gathers / byte transposes, with a scalar twin).
 //! - [`weight_pack`]: the step's weight refresh in one pass, absmean ternary quantisation of
-//!   the latent weights straight into both packings (AVX-512, AVX2 and scalar; bit-identical to
+//!   the latent weights straight into both packings (AVX-512, AVX2 and scalar, the scalar twin
+//!   also being what aarch64 runs; bit-identical to
 //!   quantizing, then `repack` and `repack_transposed`).
 //! - [`ternary`]: `int8 x packed ternary -> int32` products (the BitLinear forward, and the
 //!   SwitchBack-style input gradient `dX = dY_q . W_q` with the transposed packing), optionally
-//!   fused with the dequantisation `y = acc * g / s_row` (AVX-512 VNNI, AVX2 and scalar;
-//!   bit-identical).
+//!   fused with the dequantisation `y = acc * g / s_row` (AVX-512 VNNI, AVX2, NEON `sdot`, NEON
+//!   and scalar; bit-identical).
 //! - [`bf16`]: the weight gradient `dW = dY^T . X` with bf16 products and fp32 accumulation
-//!   (AVX-512 BF16, AVX2 + FMA and a scalar twin within a documented tolerance).
+//!   (AVX-512 BF16, AVX2 + FMA, NEON and a scalar twin within a documented tolerance).
 //! - [`i8_grad`]: the same weight gradient on the int8 units, `dY / s` quantized per 32-token
-//!   block (AVX-512 VNNI, AVX2 `vpmaddwd` and a bit-identical scalar twin, within a documented
+//!   block (AVX-512 VNNI, AVX2 `vpmaddwd`, NEON `sdot`, NEON and a bit-identical scalar twin,
+//!   within a documented
 //!   bound of exact).
 //! - [`bf16_gemm`]: a general strided product of fp32 (or already bf16) operands on the same
 //!   bf16 micro-kernel (the mixed-precision LM head); both run through one depth-blocked driver
 //!   (`bf16_tiles`).
-//! - [`exp`]: a vectorised `exp` (AVX-512, AVX2 and a bit-identical scalar twin) and the softmax and
-//!   SwiGLU passes built on it.
+//! - [`exp`]: a vectorised `exp` (AVX-512, AVX2, NEON and a bit-identical scalar twin) and the
+//!   softmax and SwiGLU passes built on it.
 //! - [`attention`]: causal attention forward and backward per (batch, head), its small products
-//!   as register tiles fused with the softmax (AVX-512, AVX2 and a bit-identical scalar twin).
+//!   as register tiles fused with the softmax (AVX-512, AVX2, NEON and a bit-identical scalar
+//!   twin).
 //!
 //! Every public entry point has a `*_with(isa, ...)` form that runs one given [`Isa`] path (for
 //! tests and benchmarks) and a plain form that runs the best path of this CPU within the
-//! process's instruction-set cap ([`bitnet_framework::isa`]: `BITNET_ISA=auto|scalar|avx2|avx512`
-//! or the kernel option `isa`). The cap applies to the `*_with` forms too (a path above it is
+//! process's instruction-set cap ([`bitnet_framework::isa`]:
+//! `BITNET_ISA=auto|scalar|avx2|avx512|neon` or the kernel option `isa`). The cap applies to the `*_with` forms too (a path above it is
 //! refused), so `BITNET_ISA=scalar cargo test` runs every kernel test on the scalar twins only.
-//! The AVX2 paths live in the `x86_avx2_*` files, the AVX-512 ones in the other `x86_*` files.
+//! The AVX2 paths live in the `x86_avx2_*` files, the AVX-512 ones in the other `x86_*` files,
+//! the aarch64 NEON ones (with and without `dotprod`) in the `neon_*` files.
 //! (The fp32 products of `Precision::Fp32` run on the `gemm` crate, which picks its own path and
 //! is not capped.)
 //!
@@ -50,6 +54,18 @@ pub mod quant;
 pub mod ternary;
 pub mod weight_pack;
 
+#[cfg(target_arch = "aarch64")]
+mod neon_attention;
+#[cfg(target_arch = "aarch64")]
+mod neon_bf16;
+#[cfg(target_arch = "aarch64")]
+mod neon_exp;
+#[cfg(target_arch = "aarch64")]
+mod neon_i8_grad;
+#[cfg(target_arch = "aarch64")]
+mod neon_quant;
+#[cfg(target_arch = "aarch64")]
+mod neon_ternary;
 #[cfg(target_arch = "x86_64")]
 mod x86_attention;
 #[cfg(target_arch = "x86_64")]
@@ -96,12 +112,24 @@ pub enum Isa {
     Avx512Vnni,
     /// [`Isa::Avx512`] plus AVX512_BF16 (`vdpbf16ps`).
     Avx512Bf16,
+    /// aarch64 Advanced SIMD (NEON), which every aarch64 CPU has.
+    Neon,
+    /// [`Isa::Neon`] plus the `dotprod` extension (`sdot`, Armv8.2 and later).
+    NeonDot,
 }
 
 impl Isa {
-    /// Every path, in the order kernels prefer them (fastest last).
-    pub const ALL: [Isa; 5] =
-        [Isa::Scalar, Isa::Avx2, Isa::Avx512, Isa::Avx512Vnni, Isa::Avx512Bf16];
+    /// Every path, in the order kernels prefer them (fastest last; the x86 and aarch64 paths
+    /// never both run on one CPU).
+    pub const ALL: [Isa; 7] = [
+        Isa::Scalar,
+        Isa::Avx2,
+        Isa::Avx512,
+        Isa::Avx512Vnni,
+        Isa::Avx512Bf16,
+        Isa::Neon,
+        Isa::NeonDot,
+    ];
 
     /// The level of the process-wide cap ([`bitnet_framework::isa`]) this path belongs to.
     pub fn level(self) -> IsaLevel {
@@ -109,6 +137,7 @@ impl Isa {
             Isa::Scalar => IsaLevel::Scalar,
             Isa::Avx2 => IsaLevel::Avx2,
             Isa::Avx512 | Isa::Avx512Vnni | Isa::Avx512Bf16 => IsaLevel::Avx512,
+            Isa::Neon | Isa::NeonDot => IsaLevel::Neon,
         }
     }
 
@@ -134,7 +163,13 @@ impl Isa {
             Isa::Avx512Vnni => Isa::Avx512.cpu_has() && is_x86_feature_detected!("avx512vnni"),
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512Bf16 => Isa::Avx512.cpu_has() && is_x86_feature_detected!("avx512bf16"),
-            #[cfg(not(target_arch = "x86_64"))]
+            #[cfg(target_arch = "aarch64")]
+            Isa::Neon => std::arch::is_aarch64_feature_detected!("neon"),
+            #[cfg(target_arch = "aarch64")]
+            Isa::NeonDot => {
+                std::arch::is_aarch64_feature_detected!("neon")
+                    && std::arch::is_aarch64_feature_detected!("dotprod")
+            }
             _ => false,
         }
     }
@@ -267,4 +302,35 @@ pub(crate) fn checked_area(what: &str, a: usize, b: usize) -> Result<usize, Gemm
 pub(crate) fn clamp_like_simd(v: f32, lo: f32, hi: f32) -> f32 {
     let v = if v > lo { v } else { lo };
     if v < hi { v } else { hi }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Detection follows the architecture: the x86 paths never run on aarch64 and the NEON ones
+    /// never on x86; every aarch64 CPU has NEON; each path needs its level's features.
+    #[test]
+    fn paths_follow_the_architecture_and_their_level() {
+        let x86 = [Isa::Avx2, Isa::Avx512, Isa::Avx512Vnni, Isa::Avx512Bf16];
+        let arm = [Isa::Neon, Isa::NeonDot];
+        assert!(Isa::Scalar.cpu_has());
+        if cfg!(target_arch = "aarch64") {
+            assert!(Isa::Neon.cpu_has());
+            assert!(x86.iter().all(|i| !i.cpu_has()));
+        } else {
+            assert!(arm.iter().all(|i| !i.cpu_has()));
+        }
+        if Isa::NeonDot.cpu_has() {
+            assert!(Isa::Neon.cpu_has());
+        }
+        for isa in Isa::ALL {
+            if isa.cpu_has() {
+                assert!(isa.level().is_supported(), "{isa:?}");
+            }
+            // A path is available exactly when the CPU has it and the cap allows its level.
+            assert_eq!(isa.is_available(), isa.cpu_has() && isa.level() <= isa::cap(), "{isa:?}");
+        }
+        assert_eq!(Isa::best_among(&[Isa::Scalar]), Isa::Scalar);
+    }
 }

@@ -132,6 +132,7 @@ impl PackedTernary {
         }
         let fast = fast_pack_available() && w_q.len() < i32::MAX as usize;
         self.data.par_chunks_mut(panel_len).enumerate().try_for_each(|(panel, dst)| {
+            #[cfg(target_arch = "x86_64")]
             let full = n_in / GROUP;
             #[cfg(target_arch = "x86_64")]
             if fast {

@@ -5,7 +5,8 @@
 //! - Activations, per token (absmax): `s = 127 / max(max|x|, 1e-5)`,
 //!   `x_q = clamp(round_half_even(x * s), -128, 127)`; dequantised `x_q / s`.
 //!
-//! Paths: [`Isa::Scalar`], [`Isa::Avx2`] (the twin compiled for AVX2) and [`Isa::Avx512`]. All give bit-identical results, including the
+//! Paths: [`Isa::Scalar`], [`Isa::Avx2`] (the twin compiled for AVX2), [`Isa::Avx512`] and, on
+//! aarch64, [`Isa::Neon`]. All give bit-identical results, including the
 //! scale: the absmean sum is split over 16 f64 lanes (element `i` of each full block of 16 goes
 //! to lane `i % 16`) and reduced in one fixed order, with the tail summed last, on both paths.
 //! NaN inputs are handled as the SIMD `max`/`min` instructions do: a NaN never wins the absmax and
@@ -19,7 +20,7 @@ pub const ACT_ABSMAX_FLOOR: f32 = 1e-5;
 pub const WEIGHT_EPS: f32 = 1e-5;
 
 /// Paths the quantizers implement.
-pub const QUANT_PATHS: [Isa; 3] = [Isa::Scalar, Isa::Avx2, Isa::Avx512];
+pub const QUANT_PATHS: [Isa; 4] = [Isa::Scalar, Isa::Avx2, Isa::Avx512, Isa::Neon];
 
 /// Lanes of the absmean partial sums (one AVX-512 register of f32, as two of f64).
 pub(crate) const ABSMEAN_LANES: usize = 16;
@@ -51,6 +52,9 @@ pub fn quantize_weights_absmean_with(isa: Isa, w: &[f32], q: &mut [i8]) -> Resul
         #[cfg(target_arch = "x86_64")]
         // SAFETY: check_isa verified this CPU has AVX2 and FMA.
         Isa::Avx2 => Ok(unsafe { quantize_weights_avx2(w, q) }),
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: check_isa verified NEON; lengths are equal.
+        Isa::Neon => Ok(unsafe { super::neon_quant::quantize_weights_neon(w, q) }),
         _ => Ok(quantize_weights_scalar(w, q)),
     }
 }
@@ -95,6 +99,9 @@ pub fn quantize_activations_absmax_with(
             #[cfg(target_arch = "x86_64")]
             // SAFETY: check_isa verified AVX2 and FMA.
             Isa::Avx2 => unsafe { quantize_row_avx2(xr, qr) },
+            #[cfg(target_arch = "aarch64")]
+            // SAFETY: check_isa verified NEON; `xr` and `qr` both have `cols` elements.
+            Isa::Neon => unsafe { super::neon_quant::quantize_row_neon(xr, qr) },
             _ => quantize_row_scalar(xr, qr),
         };
     }
@@ -115,6 +122,9 @@ pub(crate) fn quantize_row_best(x: &[f32], q: &mut [i8]) -> f32 {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `best_among` only returns AVX2 when this CPU has AVX2 and FMA.
         Isa::Avx2 => unsafe { quantize_row_avx2(x, q) },
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: `best_among` only returns NEON when this CPU has it; lengths checked.
+        Isa::Neon => unsafe { super::neon_quant::quantize_row_neon(x, q) },
         _ => quantize_row_scalar(x, q),
     }
 }

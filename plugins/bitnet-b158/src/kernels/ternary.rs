@@ -6,7 +6,8 @@
 //! only `dY` is rounded).
 //!
 //! Paths: [`Isa::Avx512Vnni`] (`vpdpbusd`, 6 x 64 register tile), [`Isa::Avx2`] (`vpmaddubsw` +
-//! `vpmaddwd`, 2 x 32 tile) and [`Isa::Scalar`]. All give bit-identical integer results; the
+//! `vpmaddwd`, 2 x 32 tile), on aarch64 [`Isa::NeonDot`] (`sdot`, 4 x 16 tile) and [`Isa::Neon`]
+//! (`smlal` + `sadalp`, 2 x 8 tile), and [`Isa::Scalar`]. All give bit-identical integer results; the
 //! dequantising variants compute `y = (acc as f32) * (w_scale / row_scale[m])` on every path, so
 //! they are bit-identical too.
 //!
@@ -23,7 +24,8 @@ use rayon::prelude::*;
 use std::cell::RefCell;
 
 /// Paths of the ternary products.
-pub const TERNARY_PATHS: [Isa; 3] = [Isa::Scalar, Isa::Avx2, Isa::Avx512Vnni];
+pub const TERNARY_PATHS: [Isa; 5] =
+    [Isa::Scalar, Isa::Avx2, Isa::Avx512Vnni, Isa::Neon, Isa::NeonDot];
 
 /// Largest reduction length: keeps `sum x (w + 1)` (at most `256 k` in magnitude) inside i32.
 pub const MAX_K: usize = 1 << 23;
@@ -210,7 +212,7 @@ thread_local! {
 fn tile_rows(isa: Isa) -> usize {
     match isa {
         Isa::Avx512Vnni => 6,
-        Isa::Avx2 => 2,
+        Isa::Avx2 | Isa::Neon => 2,
         _ => 4,
     }
 }
@@ -314,6 +316,17 @@ fn row_sum(isa: Isa, row: &[i8]) -> i32 {
     }
 }
 
+/// The 4 activations of the partial last group of a row (from input `GROUP * full`), zero
+/// padded, as one little-endian 32-bit lane.
+#[inline(always)]
+pub(crate) fn tail_group(row: &[i8], full: usize) -> i32 {
+    let mut b = [0u8; 4];
+    for (d, &s) in b.iter_mut().zip(&row[full * GROUP..]) {
+        *d = s as u8;
+    }
+    i32::from_le_bytes(b)
+}
+
 /// [`row_sum`] element by element: the scalar twin.
 pub(crate) fn row_sum_scalar(row: &[i8]) -> i32 {
     row.iter().map(|&v| i32::from(v)).sum()
@@ -341,6 +354,12 @@ fn micro_kernel(isa: Isa, t: &Tile<'_>) {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: check_isa verified AVX2; `t` is in bounds with rows <= 2.
         Isa::Avx2 => unsafe { super::x86_ternary::kernel_avx2(t) },
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: check_isa verified NEON and dotprod; `t` is in bounds with rows <= 4.
+        Isa::NeonDot => unsafe { super::neon_ternary::kernel_neon_dot(t) },
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: check_isa verified NEON; `t` is in bounds with rows <= 2.
+        Isa::Neon => unsafe { super::neon_ternary::kernel_neon(t) },
         _ => kernel_scalar(t),
     }
 }

@@ -1,7 +1,7 @@
 //! x86-64 panel unpacking and micro-kernels of the ternary products (see `ternary.rs`).
 
 use super::packed::{GROUP, PACKED_GROUP_BYTES, TILE_BYTES};
-use super::ternary::{Sink, Tile};
+use super::ternary::{Sink, Tile, tail_group};
 use std::arch::x86_64::*;
 
 /// Right shifts of the 16-bit lanes: 128-bit lane `t` shifts by `2 t` (see `packed.rs`).
@@ -55,16 +55,6 @@ pub(crate) unsafe fn unpack_panel_avx2(packed: &[u8], tiles: &mut [u8]) {
             _mm256_storeu_si256(dst.add(32).cast(), hi);
         }
     }
-}
-
-/// The 4 activations of the partial last group of a row, zero padded, as one 32-bit lane.
-#[inline(always)]
-fn tail_group(row: &[i8], full: usize) -> i32 {
-    let mut b = [0u8; 4];
-    for (d, &s) in b.iter_mut().zip(&row[full * GROUP..]) {
-        *d = s as u8;
-    }
-    i32::from_le_bytes(b)
 }
 
 /// The AVX-512 VNNI micro-kernel: up to 6 rows x one 64-column panel.
