@@ -1,11 +1,13 @@
 //! Coordinator store "postgres": the work queue, worker registry, client keys, telemetry and
-//! logs in a PostgreSQL database, so several coordinator replicas (and `bitnet keys`) share one
-//! state and the database, not a coordinator's disk, is what must survive.
+//! logs in a PostgreSQL database, so the run's state lives on a database server rather than the
+//! coordinator's disk, and every process of a run (the coordinator's pool, `bitnet keys`) shares
+//! it safely.
 //!
 //! The schema is versioned ([`schema`]) and migrated when the store opens. Every method runs in
 //! one transaction (or one statement). Claims take a transaction-scoped advisory lock, so
-//! claims from every replica are serialised exactly as SQLite's `BEGIN IMMEDIATE` serialises
-//! them: the queue order, the split rule and the per-worker lease cap hold across replicas.
+//! claims from every connection are serialised exactly as SQLite's `BEGIN IMMEDIATE` serialises
+//! them: the queue order, the split rule and the per-worker lease cap hold across connections
+//! and processes.
 //! Completions lock the rows they finish (`FOR UPDATE`), so a sweep expiring a lease cannot
 //! interleave with the completion of the same task.
 //!
@@ -73,7 +75,7 @@ impl PluginConfig for PostgresStoreConfig {
 bitnet_framework::register_plugin!(
     PostgresStoreConfig,
     "postgres",
-    "Queue, workers, keys, telemetry and logs in PostgreSQL (versioned migrations, shared by replicas)."
+    "Queue, workers, keys, telemetry and logs in PostgreSQL (versioned migrations, claims serialised across connections)."
 );
 
 /// Runs `$body` (a future using the transaction `$tx`) in one transaction on `$store`'s

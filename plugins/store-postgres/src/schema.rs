@@ -1,7 +1,7 @@
 //! Versioned schema migrations, applied in order when a store opens.
 //!
 //! Each migration runs once, in the transaction that records it in `schema_migrations`, under
-//! a transaction-scoped advisory lock: replicas starting together do not race, and a crash
+//! a transaction-scoped advisory lock: processes starting together do not race, and a crash
 //! part-way leaves the database at the previous version. A database migrated by a newer build
 //! (a version this build does not know) is refused rather than used.
 

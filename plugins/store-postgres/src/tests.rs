@@ -93,10 +93,11 @@ fn a_database_from_a_newer_build_is_refused() {
     assert!(err.0.contains(&format!("schema version {newer}")), "{err}");
 }
 
-/// Two stores on one database stand for two coordinator replicas: their claims interleave
-/// without ever handing out a task twice, and the split rule keeps the queue order.
+/// Two stores on one database (two processes sharing a run's database):
+/// their claims interleave without ever handing out a task twice, and every token is claimed
+/// exactly once.
 #[test]
-fn replicas_never_claim_the_same_task() {
+fn two_connections_never_claim_the_same_task() {
     let server = server();
     let url = server.create_database().expect("database");
     let a = Arc::new(open(&url));
