@@ -9,7 +9,7 @@ use std::time::Duration;
 
 pub(crate) const LIMIT: Duration = Duration::from_secs(240);
 
-fn write_config(dir: &Path, port: u16, corpus_count: usize) -> String {
+pub(crate) fn write_config(dir: &Path, port: u16, corpus_count: usize) -> String {
     let text = format!(
         r#"
 name = "e2e"

@@ -11,6 +11,7 @@ mod dynamic;
 mod http_hardening;
 mod presets;
 mod registry;
+mod scaled;
 mod serve;
 mod trainer;
 mod trust;

@@ -246,10 +246,21 @@ pub mod procs {
     impl Proc {
         /// Starts `bitnet ARGS`, logging to `log_dir/NAME.log`.
         pub fn start(name: &str, log_dir: &Path, args: &[&str]) -> Self {
+            Self::start_with_env(name, log_dir, args, &[])
+        }
+
+        /// [`Self::start`] with extra environment variables (credentials for a service).
+        pub fn start_with_env(
+            name: &str,
+            log_dir: &Path,
+            args: &[&str],
+            env: &[(&str, &str)],
+        ) -> Self {
             let log = std::fs::File::create(log_dir.join(format!("{name}.log"))).expect("log");
             let err = log.try_clone().expect("log");
             let child = Command::new(bitnet_bin())
                 .args(args)
+                .envs(env.iter().copied())
                 .env("BITNET_LOG", "info")
                 .stdin(Stdio::null())
                 .stdout(log)

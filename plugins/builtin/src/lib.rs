@@ -19,6 +19,9 @@ pub fn link() {
         <bitnet_store_sqlite::SqliteStoreConfig as PluginConfig>::build as *const (),
     );
     std::hint::black_box(
+        <bitnet_store_postgres::PostgresStoreConfig as PluginConfig>::build as *const (),
+    );
+    std::hint::black_box(
         <bitnet_transport_inproc::InProcConfig as PluginConfig>::build as *const (),
     );
     std::hint::black_box(<bitnet_transport_http::HttpConfig as PluginConfig>::build as *const ());
@@ -29,6 +32,7 @@ pub fn link() {
         <bitnet_staleness::InverseLinearConfig as PluginConfig>::build as *const (),
     );
     std::hint::black_box(<bitnet_weights_fs::FsStoreConfig as PluginConfig>::build as *const ());
+    std::hint::black_box(<bitnet_weights_s3::S3StoreConfig as PluginConfig>::build as *const ());
     std::hint::black_box(
         <bitnet_weight_codecs::TernaryWeightsConfig as PluginConfig>::build as *const (),
     );
