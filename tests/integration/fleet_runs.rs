@@ -28,9 +28,7 @@ fn text(out: &Output) -> (String, String) {
 
 fn metrics(run: &Path) -> Vec<MetricsRow> {
     let text = std::fs::read_to_string(run.join("metrics.jsonl")).expect("metrics.jsonl");
-    text.lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
-        .collect()
+    text.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"))).collect()
 }
 
 fn checkpoints(run: &Path) -> Vec<PathBuf> {
@@ -191,4 +189,43 @@ fn log_filters_come_from_rust_log_and_a_bad_one_is_refused() {
         .output()
         .expect("run bitnet");
     assert!(out.status.success(), "{}", text(&out).1);
+}
+
+#[test]
+fn bitnet_train_piped_prints_plain_progress_lines_and_the_shared_metrics_schema() {
+    let tmp = bitnet_tests::temp_dir();
+    let dir = tmp.path();
+    let tokens: Vec<u8> = (0..2000u32).flat_map(|i| ((i * 7 + i / 3) % 64).to_le_bytes()).collect();
+    let file = dir.join("tokens.bin");
+    std::fs::write(&file, tokens).expect("token file");
+    let run_dir = format!("run.dir={}", dir.join("run").display());
+    let file = file.display().to_string();
+    let out = bitnet(&[
+        "train",
+        "--no-env",
+        "--tokens",
+        &file,
+        "--set",
+        "preset=tiny",
+        "--set",
+        "model.vocab_size=64",
+        "--set",
+        "model.seq_len=16",
+        "--set",
+        "train.steps=3",
+        "--set",
+        "train.batch_size=2",
+        "--set",
+        "train.threads=1",
+        "--set",
+        &run_dir,
+    ]);
+    let (_, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("progress: step 1/3"), "plain progress when piped:\n{stderr}");
+    assert!(stderr.contains("progress: step 3/3"), "{stderr}");
+    assert!(!stderr.contains('\u{1b}'), "no colour codes when piped:\n{stderr}");
+    let rows = metrics(&dir.join("run"));
+    assert_eq!(rows.len(), 3, "{rows:?}");
+    assert!(rows.iter().all(|r| r.source == MetricsSource::Train && r.lr.is_some()));
 }

@@ -15,7 +15,6 @@ use crate::data::{BatchBuffer, BatchSource, DataError, SourcePosition};
 use crate::metrics::{MetricsFile, MetricsKind, MetricsRow, MetricsSource};
 use bitnet_framework::model::{KernelError, ModelKernel};
 use bitnet_framework::optim::{OptimError, Optimizer, StepInfo};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -354,7 +353,12 @@ impl Trainer {
                     lr: Some(m.lr),
                     grad_norm: Some(m.grad_norm),
                     tokens_per_s: Some(m.tokens_per_s),
-                    ..MetricsRow::new(MetricsSource::Train, MetricsKind::Progress, m.elapsed_s, m.step)
+                    ..MetricsRow::new(
+                        MetricsSource::Train,
+                        MetricsKind::Progress,
+                        m.elapsed_s,
+                        m.step,
+                    )
                 })?;
             }
             observer.on_step(&m);
@@ -444,7 +448,9 @@ impl MetricsLog {
     }
 
     fn write(&mut self, row: &MetricsRow) -> Result<(), TrainError> {
-        self.0.write(row).map_err(|source| TrainError::Io { path: self.0.path().to_path_buf(), source })
+        self.0
+            .write(row)
+            .map_err(|source| TrainError::Io { path: self.0.path().to_path_buf(), source })
     }
 }
 

@@ -71,7 +71,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             summarised = true;
             recorder.row(MetricsKind::Final, &status)?;
             let checkpoint = recorder.checkpoint(&service.coordinator, &status)?;
-            eprintln!("token budget reached: evaluating {} on the validation split", checkpoint.display());
+            eprintln!(
+                "token budget reached: evaluating {} on the validation split",
+                checkpoint.display()
+            );
             match write_summary(&config, &checkpoint, &status, recorder.elapsed()) {
                 Ok(line) => println!("{line}"),
                 // The run's model is safe in the checkpoint; a failed evaluation is reported, and

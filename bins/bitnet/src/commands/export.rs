@@ -1,8 +1,8 @@
 //! `bitnet export`: inference weights from a training checkpoint or a weight snapshot.
 
 use super::registry_for;
-use anyhow::Context;
 use super::trained::Trained;
+use anyhow::Context;
 use bitnet_runtime::checkpoint::write_atomic;
 use bitnet_runtime::run;
 use std::path::PathBuf;

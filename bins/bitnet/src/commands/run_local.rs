@@ -168,7 +168,11 @@ fn check_run_dir(config: &RunConfig, mode: RunDirMode) -> anyhow::Result<()> {
         }
         RunDirMode::Fresh if !used.is_empty() => {
             directory::clear(dir)?;
-            eprintln!("--fresh: deleted the previous run's state in {} ({})", dir.display(), used.join(", "));
+            eprintln!(
+                "--fresh: deleted the previous run's state in {} ({})",
+                dir.display(),
+                used.join(", ")
+            );
         }
         _ => {}
     }

@@ -64,7 +64,8 @@ impl Trained {
     pub fn open(path: &Path) -> anyhow::Result<Self> {
         if is_snapshot(path)? {
             let config = snapshot_run_config(path)?;
-            let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+            let bytes =
+                std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
             return Ok(Self {
                 kernel: config.kernel.kind.clone(),
                 config,

@@ -270,7 +270,9 @@ pub enum ConfigError {
         source: std::io::Error,
     },
     /// The run config path names a directory.
-    #[error("run config {0} is a directory: give the path of a TOML file, e.g. {0}/run.toml")]
+    #[error(
+        "run config {0} is a directory: give the path of a TOML file, e.g. configs/truckmate-small.toml"
+    )]
     IsDirectory(String),
     /// A `--set` override is not `key=value`.
     #[error("invalid override `{0}`: expected key=value, e.g. train.batch_size=16")]

@@ -127,8 +127,12 @@ impl Recorder {
 
     /// Writes a row of `kind` now.
     pub fn row(&mut self, kind: MetricsKind, status: &StatusReport) -> Result<(), RecorderError> {
-        let row =
-            MetricsRow::from_status(self.source, kind, self.started.elapsed().as_secs_f64(), status);
+        let row = MetricsRow::from_status(
+            self.source,
+            kind,
+            self.started.elapsed().as_secs_f64(),
+            status,
+        );
         self.metrics.write(&row).map_err(|source| RecorderError::Metrics {
             path: self.metrics.path().to_path_buf(),
             source,
