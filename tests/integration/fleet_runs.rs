@@ -148,14 +148,14 @@ fn bitnet_run_piped_keeps_worker_logs_in_its_log_and_guards_its_run_directory() 
     assert!(resumed.step > first.last().expect("rows").step, "versions go on");
 
     // A changed model is refused on --resume; --fresh starts over.
-    let out = run_bitnet(with(&["--resume", "--set", "model.seq_len=16"]));
+    let out = run_bitnet(with(&["--resume", "--set", "model.seq_len=48"]));
     let (_, stderr) = text(&out);
     assert!(!out.status.success(), "a changed model is refused");
-    assert!(stderr.contains("model.seq_len (32 -> 16)"), "{stderr}");
+    assert!(stderr.contains("model.seq_len (32 -> 48)"), "{stderr}");
     let out = run_bitnet(with(&[
         "--fresh",
         "--set",
-        "model.seq_len=16",
+        "model.seq_len=48",
         "--set",
         "train.token_budget=1500",
     ]));
