@@ -231,6 +231,9 @@ pub fn run(mut config: RunConfig, registry: &Registry, mode: RunDirMode) -> anyh
     config.train.threads = worker_threads(&config);
     config.worker.exit_when_done = true;
     let stop = stop_flag()?;
+    // Log records below WARN (the workers' per-task lines among them) go to the run's log file
+    // while the progress display owns the terminal; warnings still reach stderr.
+    let run_log = crate::logging::RunLog::start(&config.run.dir.join("run.log"))?;
     let service = CoordinatorService::start(&config, registry, corpus, true)?;
     let first = service.coordinator.status()?;
     if first.tasks.finished() {
@@ -245,8 +248,6 @@ pub fn run(mut config: RunConfig, registry: &Registry, mode: RunDirMode) -> anyh
         return Ok(());
     }
     let endpoint = service.server.endpoint();
-    // Workers' per-task records go to the run's log file; warnings still reach stderr.
-    let run_log = crate::logging::RunLog::start(&config.run.dir.join("run.log"))?;
     eprintln!(
         "coordinator on {endpoint} (weight version {}); starting {workers} local worker(s); \
          logs in {}",
