@@ -5,9 +5,9 @@
 //! per-task records in its log file; a used run directory is refused unless `--resume` or
 //! `--fresh`.
 
-use crate::dist_process::{LIMIT, log_of, setup, worker};
+use crate::dist_process::{LIMIT, coordinator, log_of, setup, worker};
 use bitnet_runtime::metrics::{MetricsKind, MetricsRow, MetricsSource};
-use bitnet_tests::procs::{Proc, bitnet_bin, free_port, wait_for};
+use bitnet_tests::procs::{bitnet_bin, free_port, wait_for};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -45,10 +45,7 @@ fn a_coordinator_and_worker_run_leaves_a_checkpoint_that_eval_opens() {
     let dir = tmp.path();
     let port = free_port();
     let config = setup(dir, port, 300);
-    let mut coord = Proc::start("coordinator", dir, &["coordinator", &config, "--no-env"]);
-    wait_for("the coordinator's URL file", LIMIT, || {
-        dir.join("run/coordinator.url").is_file().then_some(())
-    });
+    let mut coord = coordinator(dir, "coordinator", &config);
     let mut w1 = worker(dir, &config, "w1", port);
     assert!(w1.wait(LIMIT).success(), "w1 failed:\n{}", log_of(dir, "w1"));
     let run = dir.join("run");

@@ -75,7 +75,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 "token budget reached: evaluating {} on the validation split",
                 checkpoint.display()
             );
-            match write_summary(&config, &checkpoint, &status, recorder.elapsed()) {
+            let fields = fleet_summary_fields(
+                "bitnet coordinator",
+                &config,
+                &status,
+                recorder.elapsed().as_secs_f64(),
+            )?;
+            match write_summary(&config, &checkpoint, fields) {
                 Ok(line) => println!("{line}"),
                 // The run's model is safe in the checkpoint; a failed evaluation is reported, and
                 // `bitnet eval` can redo it.
@@ -97,15 +103,16 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Evaluates `checkpoint` into `run.dir/summary.json`, as `bitnet run` does.
-fn write_summary(
+/// The fields of `summary.json` that describe a fleet run (beside the evaluation), for
+/// `bitnet coordinator` and `bitnet run` alike.
+pub fn fleet_summary_fields(
+    trainer: &str,
     config: &RunConfig,
-    checkpoint: &Path,
     status: &StatusReport,
-    elapsed: Duration,
-) -> anyhow::Result<String> {
+    train_seconds: f64,
+) -> anyhow::Result<serde_json::Map<String, serde_json::Value>> {
     let mut run = serde_json::Map::new();
-    run.insert("trainer".into(), "bitnet coordinator".into());
+    run.insert("trainer".into(), trainer.into());
     run.insert("tokens_trained_are".into(), "example tokens of the shards (no padding)".into());
     run.insert("mode".into(), serde_json::to_value(config.train.mode)?);
     run.insert("codec".into(), config.codec.kind.clone().into());
@@ -113,7 +120,17 @@ fn write_summary(
     run.insert("weight_version".into(), status.weight_version.into());
     run.insert("updates_applied".into(), status.updates_applied.into());
     run.insert("updates_rejected".into(), status.updates_rejected.into());
-    run.insert("train_seconds".into(), elapsed.as_secs_f64().into());
+    run.insert("train_seconds".into(), train_seconds.into());
+    Ok(run)
+}
+
+/// Evaluates `checkpoint` into `run.dir/summary.json` with the `run` fields; returns the line
+/// to print.
+pub fn write_summary(
+    config: &RunConfig,
+    checkpoint: &Path,
+    run: serde_json::Map<String, serde_json::Value>,
+) -> anyhow::Result<String> {
     let summary = super::eval::write_run_summary(checkpoint, &config.run.dir, run)?;
     Ok(format!(
         "{}; written to {}",

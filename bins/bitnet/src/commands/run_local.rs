@@ -334,18 +334,14 @@ pub fn run(mut config: RunConfig, registry: &Registry, mode: RunDirMode) -> anyh
         bail!("{}", failures.join("; "));
     }
     if status.tasks.finished() {
-        let mut run = serde_json::Map::new();
-        run.insert("trainer".into(), "bitnet run".into());
-        run.insert("tokens_trained_are".into(), "example tokens of the shards (no padding)".into());
-        run.insert("mode".into(), serde_json::to_value(config.train.mode)?);
-        run.insert("codec".into(), config.codec.kind.clone().into());
-        run.insert("weight_codec".into(), config.weight_codec.kind.clone().into());
+        let mut run = super::coordinator::fleet_summary_fields(
+            "bitnet run",
+            &config,
+            &status,
+            train_seconds,
+        )?;
         run.insert("local_workers".into(), workers.into());
         run.insert("threads_per_worker".into(), config.train.threads.into());
-        run.insert("weight_version".into(), status.weight_version.into());
-        run.insert("updates_applied".into(), status.updates_applied.into());
-        run.insert("updates_rejected".into(), status.updates_rejected.into());
-        run.insert("train_seconds".into(), train_seconds.into());
         let per = |x: f64| 1000.0 * x / tasks.max(1) as f64;
         run.insert(
             "per_task_ms".into(),
@@ -360,12 +356,7 @@ pub fn run(mut config: RunConfig, registry: &Registry, mode: RunDirMode) -> anyh
             }),
         );
         eprintln!("evaluating on the validation split");
-        let summary = super::eval::write_run_summary(&checkpoint, &config.run.dir, run)?;
-        println!(
-            "{}; written to {}",
-            super::eval::summary_line(&summary),
-            config.run.dir.join("summary.json").display()
-        );
+        println!("{}", super::coordinator::write_summary(&config, &checkpoint, run)?);
     }
     Ok(())
 }
