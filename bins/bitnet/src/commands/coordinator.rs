@@ -66,7 +66,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let mut summarised = service.coordinator.status()?.tasks.finished();
     while !stop.load(Ordering::SeqCst) {
         let status = service.coordinator.status()?;
-        recorder.tick(&service.coordinator, &status)?;
+        // Serving goes on when a metrics line or a scheduled checkpoint cannot be written
+        // (a full disk, say); the snapshots still hold the state.
+        if let Err(e) = recorder.tick(&service.coordinator, &status) {
+            tracing::warn!(error = %e, "writing the run's metrics or checkpoint");
+        }
         if !summarised && status.tasks.finished() && status.tasks.total_tokens > 0 {
             summarised = true;
             recorder.row(MetricsKind::Final, &status)?;

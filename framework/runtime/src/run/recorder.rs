@@ -120,6 +120,8 @@ impl Recorder {
             && self.last_checkpoint.elapsed().as_secs_f64() >= every
             && self.checkpointed_version != Some(status.weight_version)
         {
+            // A failed write is retried at the next period, not on every tick.
+            self.last_checkpoint = Instant::now();
             return self.checkpoint(coordinator, status).map(Some);
         }
         Ok(None)
