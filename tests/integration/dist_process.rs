@@ -93,6 +93,15 @@ pub(crate) fn setup(dir: &Path, port: u16, corpus_count: usize) -> String {
     config
 }
 
+/// Starts `bitnet coordinator CONFIG` logging to `dir/NAME.log` and waits until it listens.
+pub(crate) fn coordinator(dir: &Path, name: &str, config: &str) -> Proc {
+    let coord = Proc::start(name, dir, &["coordinator", config, "--no-env"]);
+    wait_for("the coordinator's URL file", LIMIT, || {
+        dir.join("run/coordinator.url").is_file().then_some(())
+    });
+    coord
+}
+
 pub(crate) fn worker(dir: &Path, config: &str, id: &str, port: u16) -> Proc {
     let creds = dir.join(format!("{id}.json")).display().to_string();
     let url = format!("http://127.0.0.1:{port}");
@@ -122,10 +131,7 @@ fn two_worker_processes_train_and_a_killed_workers_task_is_re_leased() {
     let dir = tmp.path();
     let port = free_port();
     let config = setup(dir, port, 300);
-    let mut coord = Proc::start("coordinator", dir, &["coordinator", &config, "--no-env"]);
-    wait_for("the coordinator's URL file", LIMIT, || {
-        dir.join("run/coordinator.url").is_file().then_some(())
-    });
+    let mut coord = coordinator(dir, "coordinator", &config);
     let s = store(dir);
     let mut w1 = worker(dir, &config, "w1", port);
     // Kill w1 while it holds a task; w2 must finish that task once the lease expires. Freeze
@@ -180,10 +186,7 @@ fn a_killed_coordinator_restarts_and_nothing_is_lost_or_applied_twice() {
     let dir = tmp.path();
     let port = free_port();
     let config = setup(dir, port, 300);
-    let mut coord = Proc::start("coordinator-1", dir, &["coordinator", &config, "--no-env"]);
-    wait_for("the coordinator's URL file", LIMIT, || {
-        dir.join("run/coordinator.url").is_file().then_some(())
-    });
+    let mut coord = coordinator(dir, "coordinator-1", &config);
     let s = store(dir);
     let mut w1 = worker(dir, &config, "w1", port);
     wait_for("four applied updates", LIMIT, || {

@@ -61,3 +61,61 @@ fn dry_run_reports_problems_of_every_kind_with_where_each_key_was_set() {
     let optimizer = err.0.iter().find(|p| p.key == "optimizer").expect("optimizer problem");
     assert!(optimizer.message.contains("nope"), "{text}");
 }
+
+#[test]
+fn dry_run_refuses_bad_values_with_every_key_at_once() {
+    let registry = bitnet_plugins::registry().expect("registry");
+    let dir = bitnet_tests::temp_dir();
+    let cert = dir.path().join("no-such-cert.pem").display().to_string();
+    let loaded = load(&ConfigSources {
+        file: None,
+        env: false,
+        overrides: vec![
+            "optimizer.lr=-1".into(),
+            "train.batch_size=0".into(),
+            "transport.bind=notanaddr".into(),
+            format!("transport.tls_cert_file={cert:?}"),
+            format!("transport.tls_key_file={cert:?}"),
+        ],
+    })
+    .expect("loads");
+    let err = run::plan_loaded(&loaded, &registry).expect_err("four bad values");
+    let text = err.to_string();
+    for key in [
+        "optimizer.lr",
+        "train.batch_size",
+        "transport.bind",
+        "transport.tls_cert_file",
+        "transport.tls_key_file",
+    ] {
+        let p = err.0.iter().find(|p| p.key == key).unwrap_or_else(|| panic!("{key}: {text}"));
+        assert!(p.source.as_deref().unwrap_or_default().contains("--set"), "{text}");
+    }
+    assert!(text.contains("lr must be positive, got -1"), "{text}");
+    assert!(text.contains("notanaddr"), "{text}");
+}
+
+#[test]
+fn bitnet_run_dry_run_refuses_a_directory_and_bad_values() {
+    use bitnet_tests::procs::bitnet_bin;
+    let dir = bitnet_tests::temp_dir();
+    let out = std::process::Command::new(bitnet_bin())
+        .args(["run", "--dry-run", "--no-env"])
+        .arg(dir.path())
+        .output()
+        .expect("run bitnet");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a directory is no config: {stderr}");
+    assert!(stderr.contains("is a directory"), "{stderr}");
+    let out = std::process::Command::new(bitnet_bin())
+        .args(["run", "--dry-run", "--no-env", "--set", "optimizer.lr=-1"])
+        .args(["--set", "train.batch_size=0", "--set", "transport.bind=notanaddr"])
+        .output()
+        .expect("run bitnet");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("configuration is valid"));
+    for key in ["optimizer.lr", "train.batch_size", "transport.bind"] {
+        assert!(stderr.contains(&format!("[{key}]")), "{key}: {stderr}");
+    }
+}

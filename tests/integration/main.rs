@@ -8,6 +8,7 @@ mod dist_process;
 mod distributed;
 mod dry_run;
 mod dynamic;
+mod fleet_runs;
 mod http_hardening;
 mod presets;
 mod registry;

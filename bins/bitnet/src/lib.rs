@@ -13,6 +13,7 @@
 //! `plugins/example-custom` is a compiled template of exactly that.
 
 pub mod commands;
+pub mod logging;
 
 use clap::{Parser, Subcommand};
 
@@ -20,9 +21,10 @@ use clap::{Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(name = "bitnet", version, about, long_about = None, propagate_version = true)]
 struct Cli {
-    /// Log filter (tracing `EnvFilter` syntax), e.g. `info` or `bitnet=debug`.
-    #[arg(long, global = true, env = "BITNET_LOG", default_value = "info")]
-    log: String,
+    /// Log filter (tracing `EnvFilter` syntax), e.g. `info` or `bitnet_runtime=debug`
+    /// [default: `RUST_LOG`, else `info`]. A filter that does not parse is refused.
+    #[arg(long, global = true, env = "BITNET_LOG")]
+    log: Option<String>,
 
     #[command(subcommand)]
     command: Command,
@@ -74,13 +76,12 @@ enum Command {
 /// plugin crate the calling binary links.
 pub fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_new(&cli.log)
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let rust_log = std::env::var("RUST_LOG").ok();
+    let filter = logging::resolve_filter(cli.log.as_deref(), rust_log.as_deref());
+    if let Err(e) = logging::init(&filter) {
+        eprintln!("error: {e:#}");
+        return std::process::ExitCode::FAILURE;
+    }
     let result = match cli.command {
         Command::Plugins(args) => commands::plugins::run(args),
         Command::Config(cmd) => commands::config::run(cmd),

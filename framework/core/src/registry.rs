@@ -157,6 +157,14 @@ pub trait PluginConfig: Serialize + DeserializeOwned + Default + 'static {
     type Component: ?Sized + SlotObject;
     /// Builds the component.
     fn build(self, ctx: &BuildContext) -> Result<Box<Self::Component>, BuildError>;
+
+    /// Every value of the options the plugin would refuse (a negative learning rate, an
+    /// address that does not parse, a file that does not exist), each naming its key, checked
+    /// without building or touching anything; `bitnet run --dry-run` reports them all. The
+    /// default accepts whatever deserialises.
+    fn validate(&self, _ctx: &BuildContext) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 /// A component could not be built.
@@ -227,7 +235,7 @@ enum ErasedFailure {
 // host's `BTreeMap` as an `IndexMap` and crashed). Each side parses text with its own `toml`.
 type ErasedBuild = fn(&str, &BuildContext) -> Result<Component, ErasedFailure>;
 type ErasedDefault = fn() -> String;
-type ErasedCheck = fn(&str) -> Result<(), String>;
+type ErasedCheck = fn(&str, &BuildContext) -> Result<(), String>;
 
 /// One registered plugin. Built with [`PluginDecl::of`], usually through
 /// [`crate::register_plugin!`].
@@ -273,8 +281,9 @@ fn erased_build<C: PluginConfig>(
     Ok(<C::Component as SlotObject>::wrap(component))
 }
 
-fn erased_check<C: PluginConfig>(options: &str) -> Result<(), String> {
-    parse_options::<C>(options).map(drop)
+fn erased_check<C: PluginConfig>(options: &str, ctx: &BuildContext) -> Result<(), String> {
+    let problems = parse_options::<C>(options)?.validate(ctx);
+    if problems.is_empty() { Ok(()) } else { Err(problems.join("; ")) }
 }
 
 /// `options` as TOML text for the erased functions.
@@ -302,9 +311,14 @@ impl PluginDecl {
         self
     }
 
-    /// Checks `options` deserialise into the plugin's config, without building anything.
-    pub fn check_options(&self, options: &toml::Table) -> Result<(), BuildError> {
-        options_text(options).and_then(|text| (self.check)(&text)).map_err(|message| {
+    /// Checks `options` deserialise into the plugin's config and hold values it accepts
+    /// ([`PluginConfig::validate`]), without building anything.
+    pub fn check_options(
+        &self,
+        options: &toml::Table,
+        ctx: &BuildContext,
+    ) -> Result<(), BuildError> {
+        options_text(options).and_then(|text| (self.check)(&text, ctx)).map_err(|message| {
             BuildError::InvalidOptions { slot: self.slot, name: self.name.to_string(), message }
         })
     }

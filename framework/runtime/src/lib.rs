@@ -12,6 +12,7 @@ pub mod config;
 pub mod coordinator;
 pub mod data;
 pub mod dynamic;
+pub mod metrics;
 pub mod run;
 pub mod trainer;
 pub mod worker;

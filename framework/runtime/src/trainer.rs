@@ -12,9 +12,9 @@
 
 use crate::checkpoint::{self, CheckpointError, CheckpointFile, CheckpointMeta};
 use crate::data::{BatchBuffer, BatchSource, DataError, SourcePosition};
+use crate::metrics::{MetricsFile, MetricsKind, MetricsRow, MetricsSource};
 use bitnet_framework::model::{KernelError, ModelKernel};
 use bitnet_framework::optim::{OptimError, Optimizer, StepInfo};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -324,6 +324,8 @@ impl Trainer {
             tokens: self.tokens,
             checkpoint: None,
         };
+        let tokens_total =
+            self.options.steps * (self.options.batch_size * self.options.seq_len) as u64;
         while self.step < self.options.steps {
             let t0 = Instant::now();
             let (loss, lr, grad_norm) = self.train_step()?;
@@ -344,7 +346,20 @@ impl Trainer {
             };
             summary.last_loss = loss;
             if let Some(log) = metrics.as_mut() {
-                log.write(&m)?;
+                log.write(&MetricsRow {
+                    tokens: m.tokens,
+                    tokens_total: Some(tokens_total),
+                    loss: Some(m.loss),
+                    lr: Some(m.lr),
+                    grad_norm: Some(m.grad_norm),
+                    tokens_per_s: Some(m.tokens_per_s),
+                    ..MetricsRow::new(
+                        MetricsSource::Train,
+                        MetricsKind::Progress,
+                        m.elapsed_s,
+                        m.step,
+                    )
+                })?;
             }
             observer.on_step(&m);
             let last = self.step == self.options.steps;
@@ -357,7 +372,17 @@ impl Trainer {
             if eval_now && let Some(val) = self.evaluate()? {
                 summary.val_loss = Some(val);
                 if let Some(log) = metrics.as_mut() {
-                    log.write(&serde_json::json!({"step": self.step, "val_loss": val}))?;
+                    log.write(&MetricsRow {
+                        tokens: self.tokens,
+                        tokens_total: Some(tokens_total),
+                        val_loss: Some(val),
+                        ..MetricsRow::new(
+                            MetricsSource::Train,
+                            MetricsKind::Validation,
+                            start.elapsed().as_secs_f64(),
+                            self.step,
+                        )
+                    })?;
                 }
                 observer.on_eval(self.step, val);
             }
@@ -399,7 +424,8 @@ fn step_checkpoints(dir: &Path) -> Vec<(u64, PathBuf)> {
     out
 }
 
-fn prune_checkpoints(dir: &Path, keep: usize) {
+/// Deletes all but the newest `keep` checkpoints of `dir` (0 = keep all).
+pub fn prune_checkpoints(dir: &Path, keep: usize) {
     if keep == 0 {
         return;
     }
@@ -411,26 +437,20 @@ fn prune_checkpoints(dir: &Path, keep: usize) {
     }
 }
 
-/// Appends JSON lines to the metrics file.
-struct MetricsLog {
-    path: PathBuf,
-    out: std::io::BufWriter<std::fs::File>,
-}
+/// Appends [`MetricsRow`]s to the metrics file.
+struct MetricsLog(MetricsFile);
 
 impl MetricsLog {
     fn open(path: &Path) -> Result<Self, TrainError> {
-        let io = |source| TrainError::Io { path: path.to_path_buf(), source };
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(io)?;
-        }
-        let file = std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(io)?;
-        Ok(Self { path: path.to_path_buf(), out: std::io::BufWriter::new(file) })
+        MetricsFile::open(path)
+            .map(Self)
+            .map_err(|source| TrainError::Io { path: path.to_path_buf(), source })
     }
 
-    fn write(&mut self, value: &impl serde::Serialize) -> Result<(), TrainError> {
-        let io = |source| TrainError::Io { path: self.path.clone(), source };
-        let line = serde_json::to_string(value).map_err(|e| io(std::io::Error::other(e)))?;
-        writeln!(self.out, "{line}").and_then(|()| self.out.flush()).map_err(io)
+    fn write(&mut self, row: &MetricsRow) -> Result<(), TrainError> {
+        self.0
+            .write(row)
+            .map_err(|source| TrainError::Io { path: self.0.path().to_path_buf(), source })
     }
 }
 

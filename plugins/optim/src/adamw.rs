@@ -89,6 +89,10 @@ impl AdamWConfig {
 impl PluginConfig for AdamWConfig {
     type Component = dyn Optimizer;
 
+    fn validate(&self, _ctx: &BuildContext) -> Vec<String> {
+        self.problems()
+    }
+
     fn build(self, ctx: &BuildContext) -> Result<Box<dyn Optimizer>, BuildError> {
         arena::check_isa_env().map_err(|m| BuildError::failed(Slot::Optimizer, "adamw", m))?;
         AdamW::new(self, ctx)

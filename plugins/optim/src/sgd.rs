@@ -29,8 +29,29 @@ impl Default for SgdConfig {
     }
 }
 
+impl SgdConfig {
+    fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            problems.push(format!("lr must be positive, got {}", self.lr));
+        }
+        if !(0.0..1.0).contains(&self.momentum) {
+            problems.push(format!("momentum must be in [0, 1), got {}", self.momentum));
+        }
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+            problems
+                .push(format!("weight_decay must be zero or positive, got {}", self.weight_decay));
+        }
+        problems
+    }
+}
+
 impl PluginConfig for SgdConfig {
     type Component = dyn Optimizer;
+
+    fn validate(&self, _ctx: &BuildContext) -> Vec<String> {
+        self.problems()
+    }
 
     fn build(self, ctx: &BuildContext) -> Result<Box<dyn Optimizer>, BuildError> {
         arena::check_isa_env().map_err(|m| BuildError::failed(Slot::Optimizer, "sgd", m))?;
@@ -54,19 +75,7 @@ pub struct Sgd {
 impl Sgd {
     /// Builds the optimizer for the context's layout.
     pub fn new(config: SgdConfig, ctx: &BuildContext) -> Result<Self, String> {
-        let mut problems = Vec::new();
-        if !(config.lr.is_finite() && config.lr > 0.0) {
-            problems.push(format!("lr must be positive, got {}", config.lr));
-        }
-        if !(0.0..1.0).contains(&config.momentum) {
-            problems.push(format!("momentum must be in [0, 1), got {}", config.momentum));
-        }
-        if !(config.weight_decay.is_finite() && config.weight_decay >= 0.0) {
-            problems.push(format!(
-                "weight_decay must be zero or positive, got {}",
-                config.weight_decay
-            ));
-        }
+        let problems = config.problems();
         if !problems.is_empty() {
             return Err(problems.join("; "));
         }

@@ -123,33 +123,79 @@ impl HttpTransport {
     }
 }
 
+impl HttpConfig {
+    /// Values no server or client can run with.
+    fn value_problems(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        for (key, zero) in [
+            ("token_ttl_secs", self.token_ttl_secs == 0),
+            ("max_upload_bytes", self.max_upload_bytes == 0),
+            ("server_threads", self.server_threads == 0),
+            ("max_connections", self.max_connections == 0),
+            ("logins_per_ip_per_minute", self.logins_per_ip_per_minute == 0),
+            ("logins_per_client_per_minute", self.logins_per_client_per_minute == 0),
+            ("max_concurrent_logins", self.max_concurrent_logins == Some(0)),
+        ] {
+            if zero {
+                p.push(format!("{key} must be positive, got 0"));
+            }
+        }
+        if self.tls_cert_file.is_some() != self.tls_key_file.is_some() {
+            p.push("tls_cert_file and tls_key_file go together: set both or neither".into());
+        }
+        p
+    }
+}
+
+/// Whether `bind` is an address a listener can bind: `IP:PORT`, `[IPv6]:PORT` or `HOST:PORT`.
+fn bind_is_valid(bind: &str) -> bool {
+    if bind.parse::<std::net::SocketAddr>().is_ok() {
+        return true;
+    }
+    match bind.rsplit_once(':') {
+        Some((host, port)) => {
+            port.parse::<u16>().is_ok()
+                && !host.is_empty()
+                && host.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+        }
+        None => false,
+    }
+}
+
 impl PluginConfig for HttpConfig {
     type Component = dyn Transport;
     fn build(self, ctx: &BuildContext) -> Result<Box<dyn Transport>, BuildError> {
-        if self.token_ttl_secs == 0
-            || self.max_upload_bytes == 0
-            || self.server_threads == 0
-            || self.max_connections == 0
-            || self.logins_per_ip_per_minute == 0
-            || self.logins_per_client_per_minute == 0
-            || self.max_concurrent_logins == Some(0)
-        {
-            return Err(BuildError::failed(
-                Slot::Transport,
-                "http",
-                "token_ttl_secs, max_upload_bytes, server_threads, max_connections, \
-                 logins_per_ip_per_minute, logins_per_client_per_minute and \
-                 max_concurrent_logins must be positive",
-            ));
-        }
-        if self.tls_cert_file.is_some() != self.tls_key_file.is_some() {
-            return Err(BuildError::failed(
-                Slot::Transport,
-                "http",
-                "tls_cert_file and tls_key_file go together: set both or neither",
-            ));
+        let problems = self.value_problems();
+        if !problems.is_empty() {
+            return Err(BuildError::failed(Slot::Transport, "http", problems.join("; ")));
         }
         Ok(Box::new(HttpTransport::new(self, &ctx.run_dir)))
+    }
+
+    fn validate(&self, ctx: &BuildContext) -> Vec<String> {
+        let mut p = self.value_problems();
+        if !bind_is_valid(&self.bind) {
+            p.push(format!(
+                "bind = {:?} is not an address to listen on: expected IP:PORT or HOST:PORT, \
+                 e.g. 127.0.0.1:8080 or 0.0.0.0:8443",
+                self.bind
+            ));
+        }
+        let resolved = HttpTransport::new(self.clone(), &ctx.run_dir);
+        for (key, path) in [
+            ("tls_cert_file", &resolved.config.tls_cert_file),
+            ("tls_key_file", &resolved.config.tls_key_file),
+        ] {
+            if let Some(path) = path
+                && !path.is_file()
+            {
+                p.push(format!(
+                    "{key}: {} does not exist or is not a file (`bitnet certs init` makes one)",
+                    path.display()
+                ));
+            }
+        }
+        p
     }
 }
 
@@ -175,5 +221,39 @@ impl Transport for HttpTransport {
         // Refuses before the secret is sent, not after.
         c.refresh_token()?;
         Ok(Box::new(c))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bind_addresses_that_parse_and_those_that_do_not() {
+        for ok in ["127.0.0.1:0", "0.0.0.0:8443", "[::1]:80", "localhost:8080", "coord-1.lan:9000"]
+        {
+            assert!(bind_is_valid(ok), "{ok}");
+        }
+        for bad in ["notanaddr", "127.0.0.1", ":8080", "127.0.0.1:99999", "host:port", "a b:80"] {
+            assert!(!bind_is_valid(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn validate_names_every_bad_key_and_missing_tls_files() {
+        let dir = std::env::temp_dir().join("bitnet-http-validate-no-such-dir");
+        let ctx = BuildContext::new(Default::default()).with_run_dir(dir);
+        let config = HttpConfig {
+            bind: "notanaddr".into(),
+            server_threads: 0,
+            tls_cert_file: Some(PathBuf::from("missing.pem")),
+            tls_key_file: Some(PathBuf::from("missing.key")),
+            ..HttpConfig::default()
+        };
+        let problems = config.validate(&ctx).join("\n");
+        for key in ["bind", "server_threads", "tls_cert_file", "tls_key_file"] {
+            assert!(problems.contains(key), "{key} missing from:\n{problems}");
+        }
+        assert!(HttpConfig::default().validate(&ctx).is_empty());
     }
 }

@@ -2,14 +2,20 @@
 
 use super::{ConfigArgs, registry_for};
 use anyhow::Context;
+use bitnet_framework::protocol::{CoordinatorApi, StatusReport};
+use bitnet_runtime::config::RunConfig;
+use bitnet_runtime::metrics::{MetricsKind, MetricsSource};
+use bitnet_runtime::run::recorder::Recorder;
 use bitnet_runtime::run::service::{CoordinatorService, open_corpus};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-/// Serve a coordinator: recover from the newest snapshot, seed the queue when it is empty,
-/// and serve workers until Ctrl-C or SIGTERM (then snapshot and exit).
+/// Serve a coordinator: recover from the newest snapshot, top the queue up to the token
+/// budget, and serve workers until Ctrl-C or SIGTERM. Writes `metrics.jsonl`, a checkpoint every
+/// `coordinator.checkpoint_every_secs`, a checkpoint and `summary.json` (an evaluation) when the
+/// budget is reached, and a snapshot and checkpoint at shutdown.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     #[command(flatten)]
@@ -37,9 +43,14 @@ pub fn stop_flag() -> anyhow::Result<Arc<AtomicBool>> {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let mut config = args.config.load()?.config;
-    let registry = registry_for(&config)?;
+    let loaded = args.config.load()?;
+    let registry = registry_for(&loaded.config)?;
+    // The values `bitnet run --dry-run` checks, refused here too, every problem at once.
+    bitnet_runtime::run::plan_loaded(&loaded, &registry)?;
+    let mut config = loaded.config;
     let corpus = open_corpus(&mut config, &registry)?;
+    // Lists the keys changed since the run last started; refuses a changed model.
+    super::run_local::record_run_config(&config)?;
     let stop = stop_flag()?;
     let service = CoordinatorService::start(&config, &registry, corpus, !args.no_seed)?;
     let endpoint = service.server.endpoint();
@@ -50,12 +61,84 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     std::fs::write(&url_file, format!("{endpoint}\n"))
         .with_context(|| format!("writing {}", url_file.display()))?;
     println!("coordinator listening on {endpoint} (vocab {})", config.model.vocab_size);
+    let mut recorder = Recorder::new(&config, MetricsSource::Coordinator)?;
+    // A queue finished before this session (a restart after the budget) has its summary.
+    let mut summarised = service.coordinator.status()?.tasks.finished();
     while !stop.load(Ordering::SeqCst) {
+        let status = service.coordinator.status()?;
+        // Serving goes on when a metrics line or a scheduled checkpoint cannot be written
+        // (a full disk, say); the snapshots still hold the state.
+        if let Err(e) = recorder.tick(&service.coordinator, &status) {
+            tracing::warn!(error = %e, "writing the run's metrics or checkpoint");
+        }
+        if !summarised && status.tasks.finished() && status.tasks.total_tokens > 0 {
+            summarised = true;
+            recorder.row(MetricsKind::Final, &status)?;
+            let checkpoint = recorder.checkpoint(&service.coordinator, &status)?;
+            eprintln!(
+                "token budget reached: evaluating {} on the validation split",
+                checkpoint.display()
+            );
+            let fields = fleet_summary_fields(
+                "bitnet coordinator",
+                &config,
+                &status,
+                recorder.elapsed().as_secs_f64(),
+            )?;
+            match write_summary(&config, &checkpoint, fields) {
+                Ok(line) => println!("{line}"),
+                // The run's model is safe in the checkpoint; a failed evaluation is reported, and
+                // `bitnet eval` can redo it.
+                Err(e) => tracing::error!(error = %format!("{e:#}"), "evaluating the run"),
+            }
+        }
         std::thread::sleep(Duration::from_millis(100));
     }
-    eprintln!("stopping: writing a final snapshot");
-    let version = service.coordinator.version();
-    service.stop();
-    println!("stopped at weight version {version}");
+    eprintln!("stopping: writing a final snapshot and checkpoint");
+    let coordinator = service.stop();
+    let status = coordinator.status()?;
+    recorder.row(MetricsKind::Final, &status)?;
+    let checkpoint = recorder.checkpoint(&coordinator, &status)?;
+    println!(
+        "stopped at weight version {}; checkpoint {}",
+        status.weight_version,
+        checkpoint.display()
+    );
     Ok(())
+}
+
+/// The fields of `summary.json` that describe a fleet run (beside the evaluation), for
+/// `bitnet coordinator` and `bitnet run` alike.
+pub fn fleet_summary_fields(
+    trainer: &str,
+    config: &RunConfig,
+    status: &StatusReport,
+    train_seconds: f64,
+) -> anyhow::Result<serde_json::Map<String, serde_json::Value>> {
+    let mut run = serde_json::Map::new();
+    run.insert("trainer".into(), trainer.into());
+    run.insert("tokens_trained_are".into(), "example tokens of the shards (no padding)".into());
+    run.insert("mode".into(), serde_json::to_value(config.train.mode)?);
+    run.insert("codec".into(), config.codec.kind.clone().into());
+    run.insert("weight_codec".into(), config.weight_codec.kind.clone().into());
+    run.insert("weight_version".into(), status.weight_version.into());
+    run.insert("updates_applied".into(), status.updates_applied.into());
+    run.insert("updates_rejected".into(), status.updates_rejected.into());
+    run.insert("train_seconds".into(), train_seconds.into());
+    Ok(run)
+}
+
+/// Evaluates `checkpoint` into `run.dir/summary.json` with the `run` fields; returns the line
+/// to print.
+pub fn write_summary(
+    config: &RunConfig,
+    checkpoint: &Path,
+    run: serde_json::Map<String, serde_json::Value>,
+) -> anyhow::Result<String> {
+    let summary = super::eval::write_run_summary(checkpoint, &config.run.dir, run)?;
+    Ok(format!(
+        "{}; written to {}",
+        super::eval::summary_line(&summary),
+        config.run.dir.join("summary.json").display()
+    ))
 }

@@ -4,7 +4,6 @@ use super::registry_for;
 use anyhow::Context;
 use bitnet_framework::model::ModelKernel;
 use bitnet_framework::tokenizer::Tokenizer;
-use bitnet_runtime::checkpoint::CheckpointFile;
 use bitnet_runtime::config::RunConfig;
 use bitnet_runtime::data::dir::{DataDir, Split};
 use bitnet_runtime::data::loader::LoaderOptions;
@@ -20,8 +19,9 @@ use std::path::{Path, PathBuf};
 /// accuracy, slot exact match and invalid JSON. Prints a JSON summary.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Training checkpoint (`step-*.safetensors`); its stored run config chooses the model,
-    /// tokenizer and data dir.
+    /// Training checkpoint (`step-*.safetensors`; its stored run config chooses the model,
+    /// tokenizer and data dir), or a coordinator's weight snapshot (`RUN/weights/v*.weights`,
+    /// with the run's `run.toml` in RUN).
     #[arg(long, value_name = "CKPT")]
     checkpoint: PathBuf,
     /// Split to evaluate.
@@ -69,13 +69,10 @@ pub struct LoadedModel {
     pub tokens: u64,
 }
 
-/// Opens a checkpoint, rebuilds its kernel and loads its tokenizer.
+/// Opens a checkpoint (or a weight snapshot), rebuilds its kernel and loads its tokenizer.
 pub fn load_model(checkpoint: &Path, data_dir: Option<&Path>) -> anyhow::Result<LoadedModel> {
-    let file = CheckpointFile::open(checkpoint)?;
-    let meta = file.meta();
-    let mut config: RunConfig = toml::from_str(&meta.run_config).with_context(|| {
-        format!("the run config stored in {} does not parse", checkpoint.display())
-    })?;
+    let mut trained = super::trained::Trained::open(checkpoint)?;
+    let mut config = trained.config.clone();
     if let Some(d) = data_dir {
         config.data.dir = d.to_path_buf();
     }
@@ -83,7 +80,7 @@ pub fn load_model(checkpoint: &Path, data_dir: Option<&Path>) -> anyhow::Result<
     config.train.threads = 0;
     let registry = registry_for(&config)?;
     let kernel = run::build_kernel(&config, &registry).context("building the model kernel")?;
-    let params = file.params(kernel.layout())?;
+    let params = trained.params(kernel.layout())?;
     let tokenizer = load_tokenizer(&config, &registry)?;
     anyhow::ensure!(
         tokenizer.vocab_size() <= config.model.vocab_size,
@@ -91,7 +88,14 @@ pub fn load_model(checkpoint: &Path, data_dir: Option<&Path>) -> anyhow::Result<
         tokenizer.vocab_size(),
         config.model.vocab_size
     );
-    Ok(LoadedModel { config, kernel, params, tokenizer, step: meta.step, tokens: meta.tokens })
+    Ok(LoadedModel {
+        config,
+        kernel,
+        params,
+        tokenizer,
+        step: trained.step,
+        tokens: trained.tokens,
+    })
 }
 
 fn bar(len: u64, what: &str) -> ProgressBar {

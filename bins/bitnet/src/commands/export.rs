@@ -1,9 +1,9 @@
-//! `bitnet export`: inference weights from a training checkpoint.
+//! `bitnet export`: inference weights from a training checkpoint or a weight snapshot.
 
 use super::registry_for;
+use super::trained::Trained;
 use anyhow::Context;
-use bitnet_runtime::checkpoint::{CheckpointFile, write_atomic};
-use bitnet_runtime::config::RunConfig;
+use bitnet_runtime::checkpoint::write_atomic;
 use bitnet_runtime::run;
 use std::path::PathBuf;
 
@@ -11,7 +11,8 @@ use std::path::PathBuf;
 /// packed trits plus scale, the rest fp32), as the checkpoint's kernel exports them.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Training checkpoint (`step-*.safetensors`).
+    /// Training checkpoint (`step-*.safetensors`), or a coordinator's weight snapshot
+    /// (`RUN/weights/v*.weights`, with the run's `run.toml` in RUN).
     #[arg(long, value_name = "CKPT")]
     checkpoint: PathBuf,
     /// Output file.
@@ -20,23 +21,20 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let file = CheckpointFile::open(&args.checkpoint)?;
-    let meta = file.meta();
-    let mut config: RunConfig = toml::from_str(&meta.run_config).with_context(|| {
-        format!("the run config stored in {} does not parse", args.checkpoint.display())
-    })?;
+    let mut trained = Trained::open(&args.checkpoint)?;
+    let mut config = trained.config.clone();
     // Exporting is light work; do not start a thread per core for it.
     config.train.threads = 1;
     let registry = registry_for(&config)?;
     let kernel = run::build_kernel(&config, &registry).context("building the model kernel")?;
-    let params = file.params(kernel.layout())?;
+    let params = trained.params(kernel.layout())?;
     let bytes = kernel.export_inference(&params)?;
     write_atomic(&args.out, &bytes).with_context(|| format!("writing {}", args.out.display()))?;
     println!(
         "exported step {} of `{}` ({} kernel): {} parameters -> {} ({:.2} MiB; checkpoint {:.2} MiB)",
-        meta.step,
+        trained.step,
         config.name,
-        meta.kernel,
+        trained.kernel,
         params.len(),
         args.out.display(),
         bytes.len() as f64 / (1 << 20) as f64,

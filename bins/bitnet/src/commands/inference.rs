@@ -16,7 +16,9 @@ use std::sync::Arc;
 /// Where the model comes from.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ModelArgs {
-    /// Training checkpoint [default: the newest in the run config's `run.dir/checkpoints`].
+    /// Training checkpoint, or a coordinator's weight snapshot (`RUN/weights/v*.weights`, with
+    /// the run's `run.toml` in RUN) [default: the newest checkpoint in the run config's
+    /// `run.dir/checkpoints`].
     #[arg(long, value_name = "CKPT", conflicts_with = "export")]
     pub checkpoint: Option<PathBuf>,
     /// Inference weights written by `bitnet export` (needs --config: the run config it was

@@ -16,6 +16,7 @@ pub mod run_local;
 pub mod seed_tasks;
 pub mod serve;
 pub mod train;
+pub mod trained;
 pub mod worker;
 
 use anyhow::Context;

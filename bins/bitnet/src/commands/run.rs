@@ -12,6 +12,15 @@ pub struct Args {
     /// Validate everything and print the assembled run without training.
     #[arg(long)]
     dry_run: bool,
+    /// Continue the run in `run.dir` from its latest state (queue, snapshot, checkpoints); a
+    /// larger `train.token_budget` trains the difference. Keys changed since the run last
+    /// started are listed; a changed model is refused.
+    #[arg(long, conflicts_with = "fresh")]
+    resume: bool,
+    /// Delete the state of the run in `run.dir` (queue, snapshots, checkpoints, metrics,
+    /// summary) and start over.
+    #[arg(long)]
+    fresh: bool,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -62,7 +71,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         println!("dry run: configuration is valid");
         return Ok(());
     }
-    super::run_local::run(config, &registry)
+    let mode = match (args.resume, args.fresh) {
+        (true, _) => super::run_local::RunDirMode::Resume,
+        (_, true) => super::run_local::RunDirMode::Fresh,
+        _ => super::run_local::RunDirMode::New,
+    };
+    super::run_local::run(config, &registry, mode)
 }
 
 /// 6845696 -> "6,845,696".

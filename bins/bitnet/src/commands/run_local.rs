@@ -10,18 +10,32 @@ use bitnet_framework::protocol::{CoordinatorApi, StatusReport};
 use bitnet_framework::registry::Registry;
 use bitnet_framework::transport::Credentials;
 use bitnet_runtime::auth::{self as secrets};
-use bitnet_runtime::checkpoint::{self, CheckpointMeta};
 use bitnet_runtime::config::RunConfig;
-use bitnet_runtime::data::SourcePosition;
 use bitnet_runtime::data::dir::{DataDir, Split};
+use bitnet_runtime::metrics::{MetricsKind, MetricsSource};
 use bitnet_runtime::run;
+use bitnet_runtime::run::directory;
+use bitnet_runtime::run::recorder::Recorder;
 use bitnet_runtime::run::service::{CoordinatorService, open_corpus};
 use bitnet_runtime::worker::TaskTiming;
 use indicatif::{ProgressBar, ProgressStyle};
-use std::io::Write;
-use std::path::PathBuf;
+use std::io::IsTerminal;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
+
+/// What to do with a run directory that already holds a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunDirMode {
+    /// Refuse a used directory.
+    New,
+    /// Continue the run in it.
+    Resume,
+    /// Delete its state and start over.
+    Fresh,
+}
+
+/// Seconds between plain progress lines when stderr is not a terminal.
+pub const PLAIN_PROGRESS_SECS: u64 = 10;
 
 /// Generates and tokenizes the corpus (as `bitnet tokenize-corpus` does) when the tokenizer or
 /// the train shards are missing.
@@ -52,16 +66,78 @@ fn local_credentials(service: &CoordinatorService, i: usize) -> anyhow::Result<C
     Ok(Credentials { client_id: id, client_secret: secret, ca_certificate: None })
 }
 
-fn progress_bar(total: u64) -> ProgressBar {
-    let bar = ProgressBar::new(total);
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{spinner} tokens {human_pos}/{human_len} [{bar:30}] {msg} eta {eta} ({elapsed})",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar())
-        .progress_chars("=> "),
-    );
-    bar
+/// The progress of a fleet run: a live bar on a terminal, else a plain line every
+/// [`PLAIN_PROGRESS_SECS`] (and at the end).
+pub struct FleetProgress {
+    bar: Option<ProgressBar>,
+    last_line: Option<Instant>,
+}
+
+impl FleetProgress {
+    /// Progress towards `total` tokens.
+    pub fn new(total: u64) -> Self {
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let bar = ProgressBar::new(total);
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "{spinner} tokens {human_pos}/{human_len} [{bar:30}] {msg} eta {eta} ({elapsed})",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
+            );
+            bar
+        });
+        Self { bar, last_line: None }
+    }
+
+    /// Shows `s`.
+    pub fn show(&mut self, s: &StatusReport, elapsed: Duration) {
+        match &self.bar {
+            Some(bar) => {
+                bar.set_length(s.tasks.total_tokens);
+                bar.set_position(s.tasks.done_tokens);
+                bar.set_message(status_line(s));
+            }
+            None => {
+                if self
+                    .last_line
+                    .is_none_or(|t| t.elapsed() >= Duration::from_secs(PLAIN_PROGRESS_SECS))
+                {
+                    self.last_line = Some(Instant::now());
+                    eprintln!("{}", plain_line(s, elapsed));
+                }
+            }
+        }
+    }
+
+    /// Prints a line above the bar (or plainly).
+    pub fn println(&self, line: &str) {
+        match &self.bar {
+            Some(bar) => bar.println(line),
+            None => eprintln!("{line}"),
+        }
+    }
+
+    /// Ends the display with `s`.
+    pub fn finish(&self, s: &StatusReport, elapsed: Duration) {
+        match &self.bar {
+            Some(bar) => bar.finish(),
+            None => eprintln!("{}", plain_line(s, elapsed)),
+        }
+    }
+}
+
+/// `progress: tokens 1,200/30,000 (4%) | loss ... | elapsed 12s`.
+fn plain_line(s: &StatusReport, elapsed: Duration) -> String {
+    let t = &s.tasks;
+    format!(
+        "progress: tokens {}/{} ({:.0}%) | {} | elapsed {:.0}s",
+        super::run::group_thousands(t.done_tokens as usize),
+        super::run::group_thousands(t.total_tokens as usize),
+        100.0 * t.done_tokens as f64 / t.total_tokens.max(1) as f64,
+        status_line(s),
+        elapsed.as_secs_f64()
+    )
 }
 
 fn status_line(s: &StatusReport) -> String {
@@ -75,29 +151,59 @@ fn status_line(s: &StatusReport) -> String {
     )
 }
 
-fn write_checkpoint(
-    config: &RunConfig,
-    service: &CoordinatorService,
-    status: &StatusReport,
-) -> anyhow::Result<PathBuf> {
-    let (version, params, optimizer) = service.coordinator.state()?;
-    let meta = CheckpointMeta {
-        step: version,
-        tokens: status.tasks.done_tokens,
-        seed: config.train.seed,
-        data_position: SourcePosition::default(),
-        layout: service.coordinator.layout().clone(),
-        kernel: config.kernel.kind.clone(),
-        optimizer: config.optimizer.kind.clone(),
-        run_config: toml::to_string(config).context("serialising the run config")?,
-    };
-    let path =
-        bitnet_runtime::trainer::checkpoint_path(&config.run.dir.join("checkpoints"), version);
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
+/// Refuses a used run directory unless resuming, clears it for `--fresh`, and refuses
+/// `--resume` where there is nothing to resume. Runs before the data is prepared.
+fn check_run_dir(config: &RunConfig, mode: RunDirMode) -> anyhow::Result<()> {
+    let dir = &config.run.dir;
+    let used = directory::used_entries(dir);
+    match mode {
+        RunDirMode::New if !used.is_empty() => bail!(
+            "run directory {} already holds a run ({}): pass --resume to continue it from its \
+             latest state (a larger train.token_budget trains the difference), --fresh to delete \
+             that state and start over, or set run.dir to another directory",
+            dir.display(),
+            used.join(", ")
+        ),
+        RunDirMode::Resume if used.is_empty() => {
+            bail!("--resume: run directory {} holds no run to resume", dir.display())
+        }
+        RunDirMode::Fresh if !used.is_empty() => {
+            directory::clear(dir)?;
+            eprintln!(
+                "--fresh: deleted the previous run's state in {} ({})",
+                dir.display(),
+                used.join(", ")
+            );
+        }
+        _ => {}
     }
-    checkpoint::write(&path, &meta, &params, &optimizer)?;
-    Ok(path)
+    Ok(())
+}
+
+/// Compares `config` (vocabulary resolved) with the configuration the run in its directory
+/// last ran with: prints the keys that changed and refuses a changed model shape. Then records
+/// `config` as the run's. Shared by `bitnet run --resume` and `bitnet coordinator`.
+pub fn record_run_config(config: &RunConfig) -> anyhow::Result<()> {
+    if let Some(before) = directory::read_state(&config.run.dir)? {
+        let shape = directory::shape_changes(&before, config);
+        if !shape.is_empty() {
+            bail!(
+                "the model changed since this run began ({}): its weights do not fit the new \
+                 model; start over with --fresh (bitnet run) or another run.dir",
+                join(&shape)
+            );
+        }
+        let changed = directory::changes(&before, config);
+        if !changed.is_empty() {
+            eprintln!("config changed since this run last started: {}", join(&changed));
+        }
+    }
+    directory::write_state(config)?;
+    Ok(())
+}
+
+fn join(changes: &[directory::Change]) -> String {
+    changes.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
 }
 
 /// Compute threads of each local worker: `train.threads` when set, else the machine's cores
@@ -111,9 +217,11 @@ pub fn worker_threads(config: &RunConfig) -> usize {
 }
 
 /// Trains `config` end to end on this machine.
-pub fn run(mut config: RunConfig, registry: &Registry) -> anyhow::Result<()> {
+pub fn run(mut config: RunConfig, registry: &Registry, mode: RunDirMode) -> anyhow::Result<()> {
+    check_run_dir(&config, mode)?;
     prepare_data(&config, registry)?;
     let corpus = open_corpus(&mut config, registry)?;
+    record_run_config(&config)?;
     let parameters = run::build_kernel(&config, registry)?.layout().total_params();
     eprintln!(
         "model: vocabulary {} (the tokenizer's), {} parameters",
@@ -123,13 +231,29 @@ pub fn run(mut config: RunConfig, registry: &Registry) -> anyhow::Result<()> {
     let workers = config.run.local_workers.max(1);
     config.train.threads = worker_threads(&config);
     config.worker.exit_when_done = true;
-    std::fs::create_dir_all(&config.run.dir)?;
     let stop = stop_flag()?;
+    // Log records below WARN (the workers' per-task lines among them) go to the run's log file
+    // while the progress display owns the terminal; warnings still reach stderr.
+    let run_log = crate::logging::RunLog::start(&config.run.dir.join("run.log"))?;
     let service = CoordinatorService::start(&config, registry, corpus, true)?;
+    let first = service.coordinator.status()?;
+    if first.tasks.finished() {
+        service.stop();
+        println!(
+            "nothing to train: the run in {} has trained its {} tokens (weight version {}); \
+             raise train.token_budget to train further",
+            config.run.dir.display(),
+            first.tasks.done_tokens,
+            first.weight_version
+        );
+        return Ok(());
+    }
     let endpoint = service.server.endpoint();
     eprintln!(
-        "coordinator on {endpoint} (weight version {}); starting {workers} local worker(s)",
-        service.coordinator.version()
+        "coordinator on {endpoint} (weight version {}); starting {workers} local worker(s); \
+         logs in {}",
+        service.coordinator.version(),
+        run_log.path().display()
     );
     let mut handles = Vec::new();
     for i in 0..workers {
@@ -143,27 +267,14 @@ pub fn run(mut config: RunConfig, registry: &Registry) -> anyhow::Result<()> {
         );
     }
 
-    let metrics_path = config.run.dir.join("metrics.jsonl");
-    let mut metrics = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&metrics_path)
-        .with_context(|| format!("opening {}", metrics_path.display()))?;
+    let mut recorder = Recorder::new(&config, MetricsSource::Run)?;
     let started = Instant::now();
-    let first = service.coordinator.status()?;
-    let bar = progress_bar(first.tasks.total_tokens);
-    let mut last_line = Instant::now() - Duration::from_secs(10);
+    let mut progress = FleetProgress::new(first.tasks.total_tokens);
     let status = loop {
         let s = service.coordinator.status()?;
-        bar.set_position(s.tasks.done_tokens);
-        bar.set_message(status_line(&s));
-        if last_line.elapsed() >= Duration::from_secs(1) {
-            last_line = Instant::now();
-            let mut row = serde_json::to_value(&s)?;
-            if let Some(o) = row.as_object_mut() {
-                o.insert("elapsed_s".into(), started.elapsed().as_secs_f64().into());
-            }
-            writeln!(metrics, "{row}")?;
+        progress.show(&s, started.elapsed());
+        if let Some(path) = recorder.tick(&service.coordinator, &s)? {
+            progress.println(&format!("checkpoint {}", path.display()));
         }
         let workers_done = handles.iter().all(|h| h.is_finished());
         if s.tasks.finished() || workers_done || stop.load(Ordering::SeqCst) {
@@ -171,7 +282,7 @@ pub fn run(mut config: RunConfig, registry: &Registry) -> anyhow::Result<()> {
         }
         std::thread::sleep(Duration::from_millis(250));
     };
-    bar.finish();
+    progress.finish(&status, started.elapsed());
     if stop.load(Ordering::SeqCst) {
         eprintln!("interrupted: handing tasks back and writing a final snapshot");
     }
@@ -206,15 +317,16 @@ pub fn run(mut config: RunConfig, registry: &Registry) -> anyhow::Result<()> {
             Err(_) => failures.push(format!("worker {i} panicked")),
         }
     }
+    drop(run_log);
     let train_seconds = started.elapsed().as_secs_f64();
-    let status = service.coordinator.status().unwrap_or(status);
-    writeln!(metrics, "{}", serde_json::to_value(&status)?)?;
-    let checkpoint = write_checkpoint(&config, &service, &status)?;
-    service.stop();
+    let coordinator = service.stop();
+    let status = coordinator.status().unwrap_or(status);
+    recorder.row(MetricsKind::Final, &status)?;
+    let checkpoint = recorder.checkpoint(&coordinator, &status)?;
     println!(
         "trained {} tokens in {:.0}s: weight version {}, recent loss {}, checkpoint {}",
         status.tasks.done_tokens,
-        started.elapsed().as_secs_f64(),
+        train_seconds,
         status.weight_version,
         status.recent_loss.map(|l| format!("{l:.4}")).unwrap_or_else(|| "-".into()),
         checkpoint.display()
@@ -223,18 +335,14 @@ pub fn run(mut config: RunConfig, registry: &Registry) -> anyhow::Result<()> {
         bail!("{}", failures.join("; "));
     }
     if status.tasks.finished() {
-        let mut run = serde_json::Map::new();
-        run.insert("trainer".into(), "bitnet run".into());
-        run.insert("tokens_trained_are".into(), "example tokens of the shards (no padding)".into());
-        run.insert("mode".into(), serde_json::to_value(config.train.mode)?);
-        run.insert("codec".into(), config.codec.kind.clone().into());
-        run.insert("weight_codec".into(), config.weight_codec.kind.clone().into());
+        let mut run = super::coordinator::fleet_summary_fields(
+            "bitnet run",
+            &config,
+            &status,
+            train_seconds,
+        )?;
         run.insert("local_workers".into(), workers.into());
         run.insert("threads_per_worker".into(), config.train.threads.into());
-        run.insert("weight_version".into(), status.weight_version.into());
-        run.insert("updates_applied".into(), status.updates_applied.into());
-        run.insert("updates_rejected".into(), status.updates_rejected.into());
-        run.insert("train_seconds".into(), train_seconds.into());
         let per = |x: f64| 1000.0 * x / tasks.max(1) as f64;
         run.insert(
             "per_task_ms".into(),
@@ -249,12 +357,7 @@ pub fn run(mut config: RunConfig, registry: &Registry) -> anyhow::Result<()> {
             }),
         );
         eprintln!("evaluating on the validation split");
-        let summary = super::eval::write_run_summary(&checkpoint, &config.run.dir, run)?;
-        println!(
-            "{}; written to {}",
-            super::eval::summary_line(&summary),
-            config.run.dir.join("summary.json").display()
-        );
+        println!("{}", super::coordinator::write_summary(&config, &checkpoint, run)?);
     }
     Ok(())
 }

@@ -1,5 +1,6 @@
 //! `bitnet train`: single-process training on token shards or a plain token file.
 
+use super::run_local::PLAIN_PROGRESS_SECS;
 use super::{ConfigArgs, registry_for};
 use anyhow::{Context, bail};
 use bitnet_framework::model::ModelKernel;
@@ -17,6 +18,7 @@ use bitnet_runtime::trainer::{
     StepMetrics, TokenFileSource, TrainObserver, TrainOptions, Trainer, latest_checkpoint,
 };
 use indicatif::{ProgressBar, ProgressStyle};
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
 /// Train a model in this process.
@@ -40,7 +42,8 @@ pub struct Args {
     /// Validation batches per evaluation.
     #[arg(long, default_value_t = 8)]
     eval_batches: usize,
-    /// No progress bar (log lines every `--log-every` steps instead).
+    /// No progress bar: plain progress lines (every 10% of the steps and at least every 10
+    /// seconds) instead, as when stderr is not a terminal.
     #[arg(long)]
     quiet: bool,
     /// Diagnostic: compute each step's gradient on the weights of N steps earlier, as an
@@ -122,7 +125,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         run_dir.display()
     );
 
-    let mut progress = Progress::new(config.train.steps, trainer.step(), args.quiet);
+    let plain = args.quiet || !std::io::stderr().is_terminal();
+    let mut progress = Progress::new(config.train.steps, trainer.step(), plain);
     let started = std::time::Instant::now();
     let summary = trainer.run(&mut progress)?;
     let train_seconds = started.elapsed().as_secs_f64();
@@ -222,16 +226,18 @@ fn shard_sources(config: &mut RunConfig, registry: &Registry) -> anyhow::Result<
     Ok((Box::new(train), validation))
 }
 
-/// The progress bar (or, with `--quiet`, a log line every 10%).
+/// The progress bar, or (with `--quiet`, or when stderr is not a terminal) a plain line every
+/// 10% of the steps and at least every [`PLAIN_PROGRESS_SECS`] seconds.
 struct Progress {
     bar: Option<ProgressBar>,
     total: u64,
     last_val: Option<f32>,
+    last_line: Option<std::time::Instant>,
 }
 
 impl Progress {
-    fn new(total: u64, done: u64, quiet: bool) -> Self {
-        let bar = (!quiet).then(|| {
+    fn new(total: u64, done: u64, plain: bool) -> Self {
+        let bar = (!plain).then(|| {
             let bar = ProgressBar::new(total);
             bar.set_style(
                 ProgressStyle::with_template(
@@ -243,7 +249,7 @@ impl Progress {
             bar.set_position(done);
             bar
         });
-        Self { bar, total, last_val: None }
+        Self { bar, total, last_val: None, last_line: None }
     }
 
     fn finish(&self) {
@@ -265,8 +271,12 @@ impl TrainObserver for Progress {
             }
             None => {
                 let every = (self.total / 10).max(1);
-                if m.step.is_multiple_of(every) || m.step == self.total {
-                    eprintln!("step {}/{}: {msg}", m.step, self.total);
+                let due = self.last_line.is_none_or(|t| {
+                    t.elapsed() >= std::time::Duration::from_secs(PLAIN_PROGRESS_SECS)
+                });
+                if due || m.step.is_multiple_of(every) || m.step == self.total {
+                    self.last_line = Some(std::time::Instant::now());
+                    eprintln!("progress: step {}/{}: {msg}", m.step, self.total);
                 }
             }
         }
@@ -274,8 +284,10 @@ impl TrainObserver for Progress {
 
     fn on_eval(&mut self, step: u64, loss: f32) {
         self.last_val = Some(loss);
-        if let Some(bar) = &self.bar {
-            bar.println(format!("step {step}: validation loss {loss:.4}"));
+        let line = format!("step {step}: validation loss {loss:.4}");
+        match &self.bar {
+            Some(bar) => bar.println(line),
+            None => eprintln!("{line}"),
         }
     }
 

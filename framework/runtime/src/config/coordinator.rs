@@ -23,6 +23,11 @@ pub struct CoordinatorSection {
     /// `keep_snapshots` are deleted (0 = keep all). More than one lets recovery fall back when
     /// the newest turns out corrupt.
     pub keep_snapshots: usize,
+    /// `bitnet coordinator` and `bitnet run` write a training checkpoint (the safetensors file
+    /// `eval`, `export` and `classify` open) to `run.dir/checkpoints/` this often while the
+    /// weights change, seconds, and always when the token budget is reached and at shutdown
+    /// (0 = only then). `train.keep_checkpoints` of them are kept.
+    pub checkpoint_every_secs: f64,
     /// A worker silent this long is marked Gone, seconds.
     pub worker_timeout_secs: f64,
     /// A task whose lease expires this many times is Failed.
@@ -90,6 +95,7 @@ impl Default for CoordinatorSection {
             snapshot_every_updates: 50,
             snapshot_every_secs: 300.0,
             keep_snapshots: 3,
+            checkpoint_every_secs: 1800.0,
             worker_timeout_secs: 120.0,
             max_attempts: 5,
             max_upload_bytes: 512 << 20,
@@ -142,6 +148,12 @@ impl CoordinatorSection {
             if !(v.is_finite() && v > 0.0) {
                 p.push(format!("coordinator.{k} must be positive, is {v}"));
             }
+        }
+        if !(self.checkpoint_every_secs.is_finite() && self.checkpoint_every_secs >= 0.0) {
+            p.push(format!(
+                "coordinator.checkpoint_every_secs must be zero (only at the end) or positive, is {}",
+                self.checkpoint_every_secs
+            ));
         }
         if !(self.max_worker_tokens_per_sec.is_finite() && self.max_worker_tokens_per_sec >= 0.0) {
             p.push(format!(

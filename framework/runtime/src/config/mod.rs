@@ -205,6 +205,47 @@ impl Default for RunConfig {
     }
 }
 
+impl RunConfig {
+    /// Values of the run's own sections that no run can train with, each with its dotted key:
+    /// sizes and counts that must be positive, files that must exist. (The model's dimensions
+    /// are checked when the config loads; plugins check their own options.)
+    pub fn value_problems(&self) -> Vec<(String, String)> {
+        let mut p = Vec::new();
+        let mut positive = |key: &str, value: u64| {
+            if value == 0 {
+                p.push((key.to_string(), format!("{key} must be positive, is 0")));
+            }
+        };
+        positive("train.batch_size", self.train.batch_size as u64);
+        positive("train.steps", self.train.steps);
+        positive("data.corpus_count", self.data.corpus_count as u64);
+        if self.train.mode == TrainMode::Diloco {
+            positive("train.inner_steps", self.train.inner_steps as u64);
+        }
+        for (i, path) in self.plugins.dynamic.iter().enumerate() {
+            if !path.is_file() {
+                p.push((
+                    format!("plugins.dynamic[{i}]"),
+                    format!("plugin library {} does not exist or is not a file", path.display()),
+                ));
+            }
+        }
+        if self.run.dir.is_file() {
+            p.push((
+                "run.dir".into(),
+                format!("run.dir {} is a file, not a directory", self.run.dir.display()),
+            ));
+        }
+        if self.data.dir.is_file() {
+            p.push((
+                "data.dir".into(),
+                format!("data.dir {} is a file, not a directory", self.data.dir.display()),
+            ));
+        }
+        p
+    }
+}
+
 /// Top-level keys; `BITNET_` variables whose first segment is not one of these are ignored, so
 /// unrelated variables (credentials, log levels) never collide with the config.
 const TOP_LEVEL_KEYS: &[&str] = &[
@@ -240,6 +281,11 @@ pub enum ConfigError {
         /// Cause.
         source: std::io::Error,
     },
+    /// The run config path names a directory.
+    #[error(
+        "run config {0} is a directory: give the path of a TOML file, e.g. configs/truckmate-small.toml"
+    )]
+    IsDirectory(String),
     /// A `--set` override is not `key=value`.
     #[error("invalid override `{0}`: expected key=value, e.g. train.batch_size=16")]
     BadOverride(String),
@@ -436,8 +482,11 @@ fn layered(
     }
     if let Some(path) = &sources.file {
         // Read it ourselves first: figment treats a missing file as empty, a typo should fail.
-        std::fs::metadata(path)
+        let meta = std::fs::metadata(path)
             .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
+        if meta.is_dir() {
+            return Err(ConfigError::IsDirectory(path.display().to_string()));
+        }
         fig = fig.merge(Named {
             name: format!("run config {}", path.display()),
             inner: Toml::file(path),
@@ -549,6 +598,24 @@ mod tests {
     fn missing_file_is_an_error() {
         let err = load_file("/nonexistent/run.toml").expect_err("missing file").to_string();
         assert!(err.contains("/nonexistent/run.toml"), "{err}");
+    }
+
+    #[test]
+    fn a_directory_is_not_a_config() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let err = load(&ConfigSources::file(dir.path())).expect_err("a directory").to_string();
+        assert!(err.contains("is a directory"), "{err}");
+    }
+
+    #[test]
+    fn zero_sizes_and_missing_files_are_problems_with_their_keys() {
+        let mut c = RunConfig::default();
+        assert!(c.value_problems().is_empty(), "{:?}", c.value_problems());
+        c.train.batch_size = 0;
+        c.train.steps = 0;
+        c.plugins.dynamic = vec![PathBuf::from("/nonexistent/libplugin.so")];
+        let keys: Vec<String> = c.value_problems().into_iter().map(|(k, _)| k).collect();
+        assert_eq!(keys, ["train.batch_size", "train.steps", "plugins.dynamic[0]"]);
     }
 
     #[test]

@@ -33,6 +33,30 @@ pub fn plan_tasks(shards: &[ShardInfo], token_budget: u64, chunk_tokens: u64) ->
     out
 }
 
+/// The tasks of [`plan_tasks`] for `token_budget` after the first `seeded` tokens of that
+/// plan: what tops a queue that already holds `seeded` tokens up to the budget, continuing the
+/// walk through the shards where it stopped.
+pub fn plan_more_tasks(
+    shards: &[ShardInfo],
+    seeded: u64,
+    token_budget: u64,
+    chunk_tokens: u64,
+) -> Vec<NewTask> {
+    let mut skip = seeded;
+    let mut out = Vec::new();
+    for mut t in plan_tasks(shards, token_budget, chunk_tokens) {
+        if skip >= t.tokens {
+            skip -= t.tokens;
+            continue;
+        }
+        t.offset += skip;
+        t.tokens -= skip;
+        skip = 0;
+        out.push(t);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -55,5 +79,16 @@ mod tests {
         let tasks = plan_tasks(&[shard("a", 10)], 25, 100);
         assert_eq!(tasks.iter().map(|t| t.tokens).collect::<Vec<_>>(), [10, 10, 5]);
         assert!(plan_tasks(&[], 10, 10).is_empty());
+    }
+
+    #[test]
+    fn more_tasks_continue_where_the_queue_stopped() {
+        let shards = [shard("a", 25), shard("b", 7)];
+        let more = plan_more_tasks(&shards, 15, 40, 10);
+        let spans: Vec<(&str, u64, u64)> =
+            more.iter().map(|t| (t.shard.as_str(), t.offset, t.tokens)).collect();
+        assert_eq!(spans, [("a", 15, 5), ("a", 20, 5), ("b", 0, 7), ("a", 0, 8)]);
+        assert!(plan_more_tasks(&shards, 40, 40, 10).is_empty());
+        assert!(plan_more_tasks(&shards, 50, 40, 10).is_empty());
     }
 }

@@ -4,6 +4,8 @@
 //! recovery, transport). The `bitnet` commands and the test harness call these, nothing else.
 
 pub mod assemble;
+pub mod directory;
+pub mod recorder;
 pub mod service;
 
 use crate::config::{ComponentSpec, LoadedConfig, RunConfig};
@@ -136,12 +138,36 @@ pub fn plan(config: &RunConfig, registry: &Registry) -> Result<RunPlan, RunError
     let mut problem = |key: &str, message: String| {
         errors.push(Problem { key: key.to_string(), message, source: None });
     };
+    for (key, message) in config.value_problems() {
+        problem(&key, message);
+    }
+    let ctx = build_context(config);
     let mut slots = Vec::new();
     for (key, slot, spec) in slot_specs(config) {
         match registry.get(slot, &spec.kind) {
             Ok(decl) => {
-                if let Err(e) = decl.check_options(&spec.options) {
-                    problem(key, e.to_string());
+                match decl.check_options(&spec.options, &ctx) {
+                    Ok(()) => {}
+                    // One problem per refused option, keyed `slot.option` when the message
+                    // starts with one of the plugin's option names.
+                    Err(BuildError::InvalidOptions { message, .. }) => {
+                        let options = decl.default_config();
+                        for part in message.split("; ") {
+                            let first = part
+                                .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                                .next()
+                                .unwrap_or_default();
+                            if options.contains_key(first) || spec.options.contains_key(first) {
+                                problem(
+                                    &format!("{key}.{first}"),
+                                    format!("{part} (plugin `{}`)", spec.kind),
+                                );
+                            } else {
+                                problem(key, format!("plugin `{}`: {part}", spec.kind));
+                            }
+                        }
+                    }
+                    Err(e) => problem(key, e.to_string()),
                 }
                 slots.push(PlannedSlot {
                     key,

@@ -108,6 +108,22 @@ pub fn seed_if_empty(
     Ok(tasks.len())
 }
 
+/// Tops the queue up to `budget` tokens of `corpus` (0 = one epoch) in chunks of `chunk`
+/// tokens: a queue that already holds that many (done or not) is left alone, one that holds
+/// fewer (a run resumed with a larger budget) gets tasks for the rest, continuing through the
+/// corpus where the queue's tasks stopped. Returns the tasks added.
+pub fn seed_to_budget(
+    store: &dyn CoordinatorStore,
+    corpus: &dyn Corpus,
+    budget: u64,
+    chunk: u64,
+) -> Result<usize, StoreFailure> {
+    let seeded = store.counts()?.total_tokens;
+    let tasks = seed::plan_more_tasks(&corpus.shards(), seeded, budget, chunk);
+    store.add_tasks(&tasks)?;
+    Ok(tasks.len())
+}
+
 /// A started coordinator and its server.
 pub struct CoordinatorService {
     /// The coordinator.
@@ -118,7 +134,7 @@ pub struct CoordinatorService {
 
 impl CoordinatorService {
     /// Assembles the coordinator of `config` (whose vocabulary size is already resolved),
-    /// seeds its queue to the token budget when `seed` and the queue is empty, recovers it from
+    /// tops its queue up to the token budget when `seed` ([`seed_to_budget`]), recovers it from
     /// the newest snapshot and serves it over the config's transport.
     pub fn start(
         config: &RunConfig,
@@ -129,7 +145,7 @@ impl CoordinatorService {
         let store = build_store(config, registry)?;
         if seed {
             let (budget, chunk) = (config.train.token_budget, config.coordinator.seed_chunk_tokens);
-            let n = seed_if_empty(store.as_ref(), corpus.as_ref(), budget, chunk)?;
+            let n = seed_to_budget(store.as_ref(), corpus.as_ref(), budget, chunk)?;
             if n > 0 {
                 tracing::info!(tasks = n, "seeded the queue");
             }
@@ -144,9 +160,11 @@ impl CoordinatorService {
         Ok(Self { coordinator, server })
     }
 
-    /// Stops serving, then snapshots and stops the coordinator.
-    pub fn stop(self) {
+    /// Stops serving, then snapshots and stops the coordinator (which still answers for its
+    /// final state, e.g. to write a checkpoint).
+    pub fn stop(self) -> Arc<Coordinator> {
         self.server.shutdown();
         self.coordinator.shutdown();
+        self.coordinator
     }
 }

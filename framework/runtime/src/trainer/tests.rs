@@ -278,7 +278,12 @@ fn loss_falls_and_metrics_and_checkpoints_are_written() {
         assert!(first.get(key).is_some(), "metrics line lacks `{key}`: {first}");
     }
     assert_eq!(first["step"], 1);
-    assert!(lines.iter().any(|l| l.get("val_loss").is_some()));
+    assert!(lines.iter().any(|l| l["val_loss"].is_number()));
+    // The shared schema: every line reads back as a `MetricsRow` (unknown keys refused).
+    for line in text.lines() {
+        let row: crate::metrics::MetricsRow = serde_json::from_str(line).expect("shared schema");
+        assert_eq!(row.source, crate::metrics::MetricsSource::Train);
+    }
     let kept: Vec<_> =
         step_checkpoints(&dir.path().join("ck")).into_iter().map(|(s, _)| s).collect();
     assert_eq!(kept, vec![58, 60], "older checkpoints pruned");
