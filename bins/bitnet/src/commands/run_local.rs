@@ -12,6 +12,7 @@ use bitnet_framework::transport::Credentials;
 use bitnet_runtime::auth::{self as secrets};
 use bitnet_runtime::checkpoint::{self, CheckpointMeta};
 use bitnet_runtime::config::RunConfig;
+use bitnet_runtime::coordinator::Corpus;
 use bitnet_runtime::data::SourcePosition;
 use bitnet_runtime::data::dir::{DataDir, Split};
 use bitnet_runtime::run;
@@ -120,6 +121,11 @@ pub fn run(mut config: RunConfig, registry: &Registry) -> anyhow::Result<()> {
         super::run::group_thousands(parameters)
     );
     let workers = config.run.local_workers.max(1);
+    let run_tokens = match config.train.token_budget {
+        0 => corpus.shards().iter().map(|s| s.tokens).sum(),
+        budget => budget,
+    };
+    super::run::print_plan(&config, run_tokens);
     config.train.threads = worker_threads(&config);
     config.worker.exit_when_done = true;
     std::fs::create_dir_all(&config.run.dir)?;
