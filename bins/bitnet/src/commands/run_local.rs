@@ -212,6 +212,20 @@ pub fn run(mut config: RunConfig, registry: &Registry) -> anyhow::Result<()> {
         }
     }
     let train_seconds = started.elapsed().as_secs_f64();
+    // The coordinator's side of the same phases, from its latency histograms.
+    let exposition = service.coordinator.metrics();
+    let coordinator_ms = serde_json::json!({
+        "claim": mean_ms(&exposition, "bitnet_claim_seconds"),
+        "update_decode": mean_ms(&exposition, "bitnet_update_decode_seconds"),
+        "update_apply": mean_ms(&exposition, "bitnet_update_apply_seconds"),
+    });
+    eprintln!(
+        "coordinator: per claim {:.1} ms (waiting for the round included); per update decode \
+         {:.1} ms, receipt to step or round {:.1} ms",
+        mean_ms(&exposition, "bitnet_claim_seconds"),
+        mean_ms(&exposition, "bitnet_update_decode_seconds"),
+        mean_ms(&exposition, "bitnet_update_apply_seconds")
+    );
     let status = service.coordinator.status().unwrap_or(status);
     writeln!(metrics, "{}", serde_json::to_value(&status)?)?;
     let checkpoint = write_checkpoint(&config, &service, &status)?;
@@ -253,6 +267,7 @@ pub fn run(mut config: RunConfig, registry: &Registry) -> anyhow::Result<()> {
                 "upload_and_apply": per(timing.upload),
             }),
         );
+        run.insert("coordinator_mean_ms".into(), coordinator_ms);
         eprintln!("evaluating on the validation split");
         let summary = super::eval::write_run_summary(&checkpoint, &config.run.dir, run)?;
         println!(
@@ -262,4 +277,18 @@ pub fn run(mut config: RunConfig, registry: &Registry) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Mean of histogram `name` in a Prometheus exposition, in milliseconds (0 when absent).
+fn mean_ms(exposition: &str, name: &str) -> f64 {
+    let value = |suffix: &str| {
+        let key = format!("{name}_{suffix} ");
+        exposition
+            .lines()
+            .find_map(|l| l.strip_prefix(&key))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let count = value("count");
+    if count > 0.0 { 1000.0 * value("sum") / count } else { 0.0 }
 }
