@@ -55,11 +55,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
     );
     let workers = config.run.local_workers.max(1);
-    let run_tokens = match config.train.token_budget {
-        0 => epoch_tokens(&config).unwrap_or(0),
-        budget => budget,
-    };
-    print_plan(&config, run_tokens);
+    if args.dry_run {
+        // A real run prints the plan once the corpus is prepared (run_local).
+        let run_tokens = match config.train.token_budget {
+            0 => epoch_tokens(&config).unwrap_or(0),
+            budget => budget,
+        };
+        print_plan(&config, run_tokens);
+    }
     println!(
         "local workers: {workers}, {} compute thread(s) each",
         super::run_local::worker_threads(&config)
