@@ -3,6 +3,7 @@
 //! encode it, and the bytes each codec puts on the wire (printed before the benches run).
 //!
 //!     cargo bench -p bitnet-benches --bench codec
+//!     cargo bench -p bitnet-benches --bench codec -- main_job_small   # the README's main job
 //!
 //! The update is a fixed pseudo-random arena with gradient-like magnitudes (a bench input; the
 //! codecs' cost does not depend on where the values came from).
@@ -54,9 +55,13 @@ fn stream(seed: u64, n: usize, scale: f32) -> Vec<f32> {
 }
 
 fn setup() -> Setup {
+    setup_preset("medium")
+}
+
+fn setup_preset(preset: &str) -> Setup {
     let loaded =
-        load(&ConfigSources { overrides: vec!["preset=medium".into()], ..Default::default() })
-            .unwrap_or_else(|e| panic!("medium preset: {e}"));
+        load(&ConfigSources { overrides: vec![format!("preset={preset}")], ..Default::default() })
+            .unwrap_or_else(|e| panic!("{preset} preset: {e}"));
     let model = loaded.config.model;
     let layout = bitnet_b158::layout::model_layout(&model).unwrap_or_else(|e| panic!("{e}"));
     let registry = bitnet_plugins::registry().unwrap_or_else(|e| panic!("{e}"));
@@ -208,5 +213,32 @@ fn weight_store(c: &mut Criterion) {
     group.finish();
 }
 
+/// What one task of the README's main job pays around its compute (small preset, int8-ef
+/// updates, ternary weight downloads): the worker's encode and weight decode, the
+/// coordinator's update decode and weight encode.
+fn main_job_small(c: &mut Criterion) {
+    let s = setup_preset("small");
+    let mut group = c.benchmark_group("main_job_small");
+    group.sample_size(20).measurement_time(Duration::from_secs(5));
+    let mut codec = gradient_codec(&s, ("int8-ef", "int8-ef", 0));
+    group.bench_function("int8-ef/encode", |b| {
+        b.iter(|| codec.encode(&s.layout, black_box(&s.update)).map(|v| v.len()))
+    });
+    let payload = codec.encode(&s.layout, &s.update).unwrap_or_else(|e| panic!("{e}"));
+    group.bench_function("int8-ef/decode", |b| {
+        b.iter(|| codec.decode(&s.layout, black_box(&payload)).map(|v| v.len()))
+    });
+    let weights = weight_codec(&s, "ternary");
+    group.bench_function("ternary/encode", |b| {
+        b.iter(|| weights.encode(&s.layout, 1, black_box(&s.params)).map(|v| v.len()))
+    });
+    let bytes = weights.encode(&s.layout, 1, &s.params).unwrap_or_else(|e| panic!("{e}"));
+    group.bench_function("ternary/decode", |b| {
+        b.iter(|| weights.decode(&s.layout, black_box(&bytes)).map(|w| w.version))
+    });
+    group.finish();
+}
+
 criterion_group!(benches, gradient_codecs, weight_codecs, weight_store);
-criterion_main!(benches);
+criterion_group!(small, main_job_small);
+criterion_main!(benches, small);

@@ -416,6 +416,35 @@ fn diloco_tasks_carry_the_runs_schedule_step_and_packing() {
 }
 
 #[test]
+fn async_sgd_tasks_are_whole_optimizer_batches_not_task_seconds_of_tokens() {
+    let registry = dist::registry();
+    let claim_at = |overrides: &[&str], workers: &[&str]| {
+        let dir = bitnet_tests::temp_dir();
+        let mut all = vec!["coordinator.task_seconds=600"];
+        all.extend_from_slice(overrides);
+        let config = dist::tiny_config(dir.path(), &all);
+        let corpus = dist::pattern_corpus(1, 64 * 200);
+        let c = dist::start_coordinator(&config, &registry, corpus, 0, 1 << 20);
+        for w in workers {
+            register_at(&c, &config, &registry, w, 800.0);
+        }
+        let task = c.claim(workers[0]).expect("claim").expect("task");
+        c.shutdown();
+        task.tokens
+    };
+    // 600 s of a worker calibrated at 800 tokens/s used to be one task of the whole corpus
+    // (12,800 tokens): one optimizer step for the run. A task is one batch of 4 x 16 tokens,
+    // since the run's 1000 named steps want more steps than 200 batches give.
+    assert_eq!(claim_at(&[], &["a"]), 64);
+    // Ten named steps: 12,800 tokens / (10 steps x 64) = 20 whole batches per task; with two
+    // workers averaged into each step, 10.
+    assert_eq!(claim_at(&["train.steps=10"], &["a"]), 20 * 64);
+    assert_eq!(claim_at(&["train.steps=10"], &["a", "b"]), 10 * 64);
+    // task_seconds caps it: 0.25 s of 800 tokens/s holds 3 whole batches.
+    assert_eq!(claim_at(&["train.steps=10", "coordinator.task_seconds=0.25"], &["a"]), 3 * 64);
+}
+
+#[test]
 fn schedule_unit_tokens_sets_both_modes_schedule_index_and_length() {
     use bitnet_runtime::coordinator::schedule_steps;
     let dir = bitnet_tests::temp_dir();
@@ -505,10 +534,13 @@ pub(crate) fn encode_update(config: &RunConfig, registry: &Registry, update: &[f
 fn updates_computed_on_one_version_are_averaged_into_one_step() {
     let dir = bitnet_tests::temp_dir();
     let registry = dist::registry();
-    // Tasks sized to 0.192 s of work: a (1000 tokens/s) gets three 64-token batches, b
-    // (334 tokens/s) one, so the round weighs their updates 3:1.
-    let config =
-        dist::tiny_config(dir.path(), &["codec.type=fp32", "coordinator.task_seconds=0.192"]);
+    // Tasks capped at 0.192 s of work: a (1000 tokens/s) gets three 64-token batches, b
+    // (334 tokens/s) one, so the round weighs their updates 3:1. (One named step lets tasks
+    // grow past one batch: 512 tokens / (1 step x 2 workers x 64) = 4 batches.)
+    let config = dist::tiny_config(
+        dir.path(),
+        &["codec.type=fp32", "coordinator.task_seconds=0.192", "train.steps=1"],
+    );
     let c = dist::start_coordinator(&config, &registry, dist::pattern_corpus(1, 512), 0, 192);
     register(&c, &config, &registry, "a");
     register_at(&c, &config, &registry, "b", 334.0);

@@ -119,3 +119,44 @@ fn bitnet_run_dry_run_refuses_a_directory_and_bad_values() {
         assert!(stderr.contains(&format!("[{key}]")), "{key}: {stderr}");
     }
 }
+
+/// `bitnet run --dry-run` of TruckMate medium (one batch of 8 x 128 per task, two workers per
+/// round) over 1,530,947 tokens: about 748 optimizer steps against the 2000 its config names,
+/// which it warns about; small as shipped takes the 2000 it names and is not warned about.
+#[test]
+fn dry_run_warns_when_the_schedule_takes_far_fewer_steps_than_named() {
+    let root = bitnet_tests::workspace_root();
+    let dry_run = |config: &str, set: &[&str]| {
+        let mut cmd = std::process::Command::new(bitnet_tests::procs::bitnet_bin());
+        cmd.current_dir(&root).args(["run", "--dry-run", config]);
+        for s in set {
+            cmd.args(["--set", s]);
+        }
+        let out = cmd.output().expect("run bitnet");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    // The budget stands in for the epoch, so the test does not need the tokenized corpus.
+    let (stdout, stderr) =
+        dry_run("configs/truckmate-medium.toml", &["train.token_budget=1530947"]);
+    assert!(stdout.contains("1024 tokens per task") && stdout.contains("about 748"), "{stdout}");
+    assert!(stderr.contains("warning: this run takes about 748 optimizer steps"), "{stderr}");
+    assert!(stderr.contains("far fewer than the 2000"), "{stderr}");
+    let (stdout, stderr) = dry_run("configs/truckmate-small.toml", &[]);
+    assert!(stdout.contains("440 tokens per task") && stdout.contains("about 2000"), "{stdout}");
+    assert!(!stderr.contains("warning"), "{stderr}");
+}
+
+#[test]
+fn the_medium_plan_is_one_batch_per_task() {
+    let path = bitnet_tests::workspace_root().join("configs/truckmate-medium.toml");
+    let loaded = load(&ConfigSources { file: Some(path), env: false, overrides: vec![] })
+        .expect("medium loads");
+    let plan =
+        bitnet_runtime::coordinator::local_plan(&loaded.config, 1_530_947).expect("async-sgd");
+    assert_eq!((plan.task_tokens, plan.tasks_per_step, plan.steps), (1024, 2, 748));
+    assert!(plan.warning().is_some());
+}

@@ -13,10 +13,21 @@
 //! whole tensor), the scales (one, or `ceil(n / block)`) as little-endian f32, the `n` int8
 //! values.
 
-use bitnet_framework::codec::{CodecError, ErrorFeedback, GradientCodec, check_update, wire};
+use bitnet_framework::codec::{CodecError, ErrorFeedback, GradientCodec, wire};
 use bitnet_framework::registry::{BuildError, PluginConfig};
 use bitnet_framework::tensor::ParamLayout;
-use bitnet_framework::weights::ternary::round_half_even_small;
+use bitnet_framework::weights::ternary::{round_half_even_small, round_half_even_small_i32};
+
+/// Refuses an update whose length is not the layout's (finiteness is checked while encoding).
+fn check_size(layout: &ParamLayout, update: &[f32]) -> Result<(), CodecError> {
+    if update.len() != layout.total_params() {
+        return Err(CodecError::UpdateSize {
+            expected: layout.total_params(),
+            found: update.len(),
+        });
+    }
+    Ok(())
+}
 use bitnet_framework::{BuildContext, Slot, register_plugin};
 use serde::{Deserialize, Serialize};
 
@@ -73,46 +84,125 @@ impl Int8Codec {
     }
 }
 
-/// Writes the section of `values` (length [`Int8Codec::section_len`]).
-fn encode_tensor(values: &[f32], block: u32, out: &mut [u8]) {
-    let chunk = Int8Codec::chunk(block, values.len());
-    let scales = values.len().div_ceil(chunk).max(1);
+/// Lanes of the one-pass loops below: independent per-lane accumulators let the compiler keep
+/// them in vector registers (a single running maximum is a serial dependency it cannot split).
+const LANES: usize = 16;
+
+/// The largest `|v|` of `values`, or `None` when one of them is not finite, in one pass.
+fn absmax_finite(values: &[f32]) -> Option<f32> {
+    let mut max = [0.0f32; LANES];
+    let mut bad = [false; LANES];
+    let chunks = values.chunks_exact(LANES);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for i in 0..LANES {
+            let a = c[i].abs();
+            max[i] = if a > max[i] { a } else { max[i] };
+            bad[i] |= !a.is_finite();
+        }
+    }
+    let mut m = max.iter().fold(0.0f32, |m, &v| if v > m { v } else { m });
+    let mut any_bad = bad.iter().any(|&b| b);
+    for v in rest {
+        let a = v.abs();
+        m = if a > m { a } else { m };
+        any_bad |= !a.is_finite();
+    }
+    (!any_bad).then_some(m)
+}
+
+/// `round_half_even(v * inv)` clamped to -127..=127, the codec's quantization of one value.
+/// The integer rounding trick vectorises where a float-to-int cast does not; it needs a finite
+/// `inv` (a subnormal maximum makes it infinite: then the float way, [`quantize_slow`]).
+#[inline(always)]
+fn quantize(v: f32, inv: f32) -> i32 {
+    round_half_even_small_i32(v * inv).clamp(-127, 127)
+}
+
+/// [`quantize`] for any `inv`, infinite included (`0 * inf` is NaN, which rounds to 0).
+fn quantize_slow(v: f32, inv: f32) -> i32 {
+    i32::from(round_half_even_small(v * inv).clamp(-127.0, 127.0) as i8)
+}
+
+/// A block's scale (`max|v| / 127`, written to `scale_out`) and its inverse `127 / max`
+/// (`None` for an all-zero block, whose zeroed values already say everything). Refuses a
+/// non-finite value with `Err(())`: the caller names the tensor.
+fn block_scale(values: &[f32], scale_out: &mut [u8]) -> Result<Option<(f32, f32)>, ()> {
+    let max = absmax_finite(values).ok_or(())?;
+    let scale = max / 127.0;
+    scale_out.copy_from_slice(&scale.to_le_bytes());
+    Ok((max != 0.0).then(|| (scale, 127.0 / max)))
+}
+
+/// Writes the section of `values` (length [`Int8Codec::section_len`]): per block, one pass for
+/// the absmax (and finiteness), one to quantize.
+fn encode_tensor(name: &str, values: &[f32], block: u32, out: &mut [u8]) -> Result<(), CodecError> {
+    for_blocks(values.len(), block, out, |range, q, sb| {
+        let vals = &values[range];
+        let Some((_, inv)) =
+            block_scale(vals, sb).map_err(|()| CodecError::NonFinite(name.into()))?
+        else {
+            return Ok(());
+        };
+        if inv.is_finite() {
+            q.iter_mut().zip(vals).for_each(|(o, v)| *o = quantize(*v, inv) as u8);
+        } else {
+            q.iter_mut().zip(vals).for_each(|(o, v)| *o = quantize_slow(*v, inv) as u8);
+        }
+        Ok(())
+    })
+}
+
+/// [`encode_tensor`], and replaces each value with `value - decoded` in the quantizing pass,
+/// computed exactly as the decoder computes `decoded` (`f32::from(q) * scale`), so the result
+/// is bit-identical to encoding, decoding and subtracting.
+fn encode_tensor_keep_error(
+    name: &str,
+    values: &mut [f32],
+    block: u32,
+    out: &mut [u8],
+) -> Result<(), CodecError> {
+    for_blocks(values.len(), block, out, |range, q, sb| {
+        let vals = &mut values[range];
+        let Some((scale, inv)) =
+            block_scale(vals, sb).map_err(|()| CodecError::NonFinite(name.into()))?
+        else {
+            return Ok(());
+        };
+        if inv.is_finite() {
+            for (o, v) in q.iter_mut().zip(vals) {
+                let r = quantize(*v, inv);
+                *o = r as u8;
+                *v -= r as f32 * scale;
+            }
+        } else {
+            for (o, v) in q.iter_mut().zip(vals) {
+                let r = quantize_slow(*v, inv);
+                *o = r as u8;
+                *v -= r as f32 * scale;
+            }
+        }
+        Ok(())
+    })
+}
+
+/// Writes a section's block size and calls `f(value range, int8 bytes, scale bytes)` per block.
+fn for_blocks(
+    numel: usize,
+    block: u32,
+    out: &mut [u8],
+    mut f: impl FnMut(std::ops::Range<usize>, &mut [u8], &mut [u8]) -> Result<(), CodecError>,
+) -> Result<(), CodecError> {
+    let chunk = Int8Codec::chunk(block, numel);
+    let scales = numel.div_ceil(chunk).max(1);
     let (head, rest) = out.split_at_mut(4);
     head.copy_from_slice(&block.to_le_bytes());
     let (scale_bytes, body) = rest.split_at_mut(4 * scales);
-    for ((vals, q), sb) in
-        values.chunks(chunk).zip(body.chunks_mut(chunk)).zip(scale_bytes.chunks_exact_mut(4))
-    {
-        let max = vals.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-        sb.copy_from_slice(&(max / 127.0).to_le_bytes());
-        if max == 0.0 {
-            // All zeros: the zeroed values already say so.
-            continue;
-        }
-        let inv = 127.0 / max;
-        for (o, v) in q.iter_mut().zip(vals) {
-            let r = round_half_even_small(v * inv).clamp(-127.0, 127.0);
-            *o = (r as i8) as u8;
-        }
+    for (i, (q, sb)) in body.chunks_mut(chunk).zip(scale_bytes.chunks_exact_mut(4)).enumerate() {
+        let start = i * chunk;
+        f(start..start + q.len(), q, sb)?;
     }
-}
-
-/// [`encode_tensor`], then replaces each value with `value - decoded`, computed exactly as the
-/// decoder computes `decoded` (`f32::from(q) * scale`), so the result is bit-identical to
-/// encoding, decoding and subtracting.
-fn encode_tensor_keep_error(values: &mut [f32], block: u32, out: &mut [u8]) {
-    encode_tensor(values, block, out);
-    let chunk = Int8Codec::chunk(block, values.len());
-    let scales = values.len().div_ceil(chunk).max(1);
-    let (scale_bytes, body) = out[4..].split_at(4 * scales);
-    for ((vals, q), sb) in
-        values.chunks_mut(chunk).zip(body.chunks(chunk)).zip(scale_bytes.chunks_exact(4))
-    {
-        let scale = f32::from_le_bytes([sb[0], sb[1], sb[2], sb[3]]);
-        for (v, &b) in vals.iter_mut().zip(q) {
-            *v -= f32::from(b as i8) * scale;
-        }
-    }
+    Ok(())
 }
 
 impl GradientCodec for Int8Codec {
@@ -125,9 +215,11 @@ impl GradientCodec for Int8Codec {
     }
 
     fn encode(&mut self, layout: &ParamLayout, update: &[f32]) -> Result<Vec<u8>, CodecError> {
-        check_update(layout, update)?;
+        check_size(layout, update)?;
         let block = self.block;
-        self.seal(layout, |i, out| encode_tensor(&update[layout.range(i)], block, out))
+        self.seal(layout, |i, out| {
+            encode_tensor(&layout.tensors()[i].name, &update[layout.range(i)], block, out)
+        })
     }
 
     fn encode_keep_error(
@@ -135,10 +227,11 @@ impl GradientCodec for Int8Codec {
         layout: &ParamLayout,
         values: &mut [f32],
     ) -> Result<Vec<u8>, CodecError> {
-        check_update(layout, values)?;
+        check_size(layout, values)?;
         let block = self.block;
         self.seal(layout, |i, out| {
-            encode_tensor_keep_error(&mut values[layout.range(i)], block, out)
+            let name = &layout.tensors()[i].name;
+            encode_tensor_keep_error(name, &mut values[layout.range(i)], block, out)
         })
     }
 
@@ -206,14 +299,11 @@ impl Int8Codec {
     fn seal(
         &self,
         layout: &ParamLayout,
-        mut fill: impl FnMut(usize, &mut [u8]),
+        fill: impl FnMut(usize, &mut [u8]) -> Result<(), CodecError>,
     ) -> Result<Vec<u8>, CodecError> {
         let lens: Vec<usize> =
             layout.tensors().iter().map(|t| Self::section_len(self.block, t.numel())).collect();
-        wire::seal(WIRE_ID, WIRE_VERSION, layout, &lens, |i, out| {
-            fill(i, out);
-            Ok(())
-        })
+        wire::seal(WIRE_ID, WIRE_VERSION, layout, &lens, fill)
     }
 }
 

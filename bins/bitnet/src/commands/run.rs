@@ -1,8 +1,9 @@
 //! `bitnet run`
 
 use super::{ConfigArgs, registry_for};
-use bitnet_runtime::coordinator::{TaskShape, schedule_steps};
+use bitnet_runtime::coordinator::{TaskShape, local_plan, schedule_steps};
 use bitnet_runtime::run;
+use bitnet_runtime::run::service::epoch_tokens;
 
 /// Validate a run config, or run it.
 #[derive(Debug, clap::Args)]
@@ -63,6 +64,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
     );
     let workers = config.run.local_workers.max(1);
+    if args.dry_run {
+        // A real run prints the plan once the corpus is prepared (run_local).
+        let run_tokens = match config.train.token_budget {
+            0 => epoch_tokens(&config).unwrap_or(0),
+            budget => budget,
+        };
+        print_plan(&config, run_tokens);
+    }
     println!(
         "local workers: {workers}, {} compute thread(s) each",
         super::run_local::worker_threads(&config)
@@ -77,6 +86,21 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         _ => super::run_local::RunDirMode::New,
     };
     super::run_local::run(config, &registry, mode)
+}
+
+/// The async-sgd task plan with `[run] local_workers` sharing each round, and a warning when it
+/// takes far fewer optimizer steps than the config names.
+pub fn print_plan(config: &bitnet_runtime::config::RunConfig, run_tokens: u64) {
+    if let Some(plan) = local_plan(config, run_tokens) {
+        println!(
+            "task plan ({} local worker(s)): {}",
+            config.run.local_workers.max(1),
+            plan.describe()
+        );
+        if let Some(w) = plan.warning() {
+            eprintln!("warning: {w}");
+        }
+    }
 }
 
 /// 6845696 -> "6,845,696".

@@ -11,6 +11,7 @@ use bitnet_framework::registry::Registry;
 use bitnet_framework::transport::Credentials;
 use bitnet_runtime::auth::{self as secrets};
 use bitnet_runtime::config::RunConfig;
+use bitnet_runtime::coordinator::Corpus;
 use bitnet_runtime::data::dir::{DataDir, Split};
 use bitnet_runtime::metrics::{MetricsKind, MetricsSource};
 use bitnet_runtime::run;
@@ -229,6 +230,11 @@ pub fn run(mut config: RunConfig, registry: &Registry, mode: RunDirMode) -> anyh
         super::run::group_thousands(parameters)
     );
     let workers = config.run.local_workers.max(1);
+    let run_tokens = match config.train.token_budget {
+        0 => corpus.shards().iter().map(|s| s.tokens).sum(),
+        budget => budget,
+    };
+    super::run::print_plan(&config, run_tokens);
     config.train.threads = worker_threads(&config);
     config.worker.exit_when_done = true;
     let stop = stop_flag()?;
@@ -319,6 +325,20 @@ pub fn run(mut config: RunConfig, registry: &Registry, mode: RunDirMode) -> anyh
     }
     drop(run_log);
     let train_seconds = started.elapsed().as_secs_f64();
+    // The coordinator's side of the same phases, from its latency histograms.
+    let exposition = service.coordinator.metrics();
+    let coordinator_ms = serde_json::json!({
+        "claim": mean_ms(&exposition, "bitnet_claim_seconds"),
+        "update_decode": mean_ms(&exposition, "bitnet_update_decode_seconds"),
+        "update_apply": mean_ms(&exposition, "bitnet_update_apply_seconds"),
+    });
+    eprintln!(
+        "coordinator: per claim {:.1} ms (waiting for the round included); per update decode \
+         {:.1} ms, receipt to step or round {:.1} ms",
+        mean_ms(&exposition, "bitnet_claim_seconds"),
+        mean_ms(&exposition, "bitnet_update_decode_seconds"),
+        mean_ms(&exposition, "bitnet_update_apply_seconds")
+    );
     let coordinator = service.stop();
     let status = coordinator.status().unwrap_or(status);
     recorder.row(MetricsKind::Final, &status)?;
@@ -356,8 +376,23 @@ pub fn run(mut config: RunConfig, registry: &Registry, mode: RunDirMode) -> anyh
                 "upload_and_apply": per(timing.upload),
             }),
         );
+        run.insert("coordinator_mean_ms".into(), coordinator_ms);
         eprintln!("evaluating on the validation split");
         println!("{}", super::coordinator::write_summary(&config, &checkpoint, run)?);
     }
     Ok(())
+}
+
+/// Mean of histogram `name` in a Prometheus exposition, in milliseconds (0 when absent).
+fn mean_ms(exposition: &str, name: &str) -> f64 {
+    let value = |suffix: &str| {
+        let key = format!("{name}_{suffix} ");
+        exposition
+            .lines()
+            .find_map(|l| l.strip_prefix(&key))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let count = value("count");
+    if count > 0.0 { 1000.0 * value("sum") / count } else { 0.0 }
 }

@@ -1,6 +1,6 @@
 //! Error feedback: a decorator that makes any lossy codec unbiased over time.
 
-use super::{CodecError, GradientCodec, check_update};
+use super::{CodecError, GradientCodec};
 use crate::tensor::ParamLayout;
 
 /// Wraps a codec with a per-worker error-feedback residual (Seide et al. 2014; Karimireddy et
@@ -55,7 +55,14 @@ impl<C: GradientCodec> GradientCodec for ErrorFeedback<C> {
     }
 
     fn encode(&mut self, layout: &ParamLayout, update: &[f32]) -> Result<Vec<u8>, CodecError> {
-        check_update(layout, update)?;
+        // Finiteness is the inner codec's check, on `update + residual`: a non-finite update
+        // makes the sum non-finite, so checking the update first would only cost a pass.
+        if update.len() != layout.total_params() {
+            return Err(CodecError::UpdateSize {
+                expected: layout.total_params(),
+                found: update.len(),
+            });
+        }
         if self.residual.len() != update.len() {
             // First call, or another model: nothing carried over applies.
             self.residual = vec![0.0; update.len()];

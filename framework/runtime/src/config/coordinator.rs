@@ -7,7 +7,9 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CoordinatorSection {
-    /// Target wall-clock seconds of one task on the worker that claims it.
+    /// async-sgd: longest a task should run on the worker that claims it, seconds. It only
+    /// caps the size: a task is a whole number of optimizer batches, as many as keep the steps
+    /// the schedule spans, never fewer than one (see the book's "Task sizing").
     pub task_seconds: f64,
     /// Lease = headroom x the task's expected duration (at least `min_lease_secs`).
     pub lease_headroom: f64,
@@ -59,11 +61,10 @@ pub struct CoordinatorSection {
     pub telemetry_retention_secs: f64,
     /// Seeded tasks are at most this many tokens (claims split them further).
     pub seed_chunk_tokens: u64,
-    /// async-sgd: a claimed task holds at most this many tokens, whatever `task_seconds` asks
-    /// for (0 = no cap). Each task is one optimizer step on the coordinator, so a cap of about
-    /// one single-process batch (`batch_size x seq_len` tokens) gives as many steps per token
-    /// as `bitnet train`; the default (600 s tasks) suits fleets where weight downloads and
-    /// uploads are expensive.
+    /// async-sgd: a claimed task holds at most this many tokens (0 = no cap). Tasks are whole
+    /// optimizer batches by default; a cap below one batch splits a batch across the workers
+    /// of a synchronous round (440 with two workers and batches of ~880 example tokens makes
+    /// each round one single-process batch, as `bitnet train` steps).
     pub max_task_tokens: u64,
     /// Average the updates computed on one weight version into a single optimizer step (a
     /// synchronous round) instead of applying each on arrival. A round closes when every task

@@ -196,7 +196,7 @@ impl CoordinatorApi for Coordinator {
             )));
         }
         let bound = self.settings.max_update_abs as f32;
-        if let Some((i, v)) = update.iter().enumerate().find(|(_, v)| v.abs() > bound) {
+        if let Some((i, v)) = first_beyond(&update, bound) {
             self.metrics.malformed.fetch_add(1, Ordering::Relaxed);
             return Err(ApiError::Invalid(format!(
                 "update value {i} is {v}, beyond coordinator.max_update_abs = {bound}"
@@ -370,6 +370,18 @@ impl CoordinatorApi for Coordinator {
     }
 }
 
+/// The first value of `values` whose magnitude exceeds `bound`, with its index. Blocks are
+/// scanned branch-free (so the scan vectorises) and only a block that holds one is searched.
+fn first_beyond(values: &[f32], bound: f32) -> Option<(usize, f32)> {
+    const BLOCK: usize = 4096;
+    values.chunks(BLOCK).enumerate().find_map(|(b, block)| {
+        if !block.iter().fold(false, |any, v| any | (v.abs() > bound)) {
+            return None;
+        }
+        block.iter().position(|v| v.abs() > bound).map(|i| (b * BLOCK + i, block[i]))
+    })
+}
+
 impl Coordinator {
     /// `tokens_per_sec` as a worker reported it, clamped to what the model can plausibly run
     /// (`coordinator.max_worker_tokens_per_sec`); non-finite or negative reads as 0.
@@ -412,5 +424,24 @@ impl Coordinator {
             lr_scale: 0.0,
             reason: Some(reason),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::first_beyond;
+
+    #[test]
+    fn first_beyond_finds_the_first_value_over_the_bound_in_any_block() {
+        let mut v = vec![0.5f32; 10_000];
+        assert_eq!(first_beyond(&v, 1.0), None);
+        v[9_999] = -3.0;
+        v[4_097] = 2.0;
+        assert_eq!(first_beyond(&v, 1.0), Some((4_097, 2.0)));
+        v[4_095] = f32::INFINITY;
+        assert_eq!(first_beyond(&v, 1.0), Some((4_095, f32::INFINITY)));
+        assert_eq!(first_beyond(&v[..4_095], 1.0), None);
+        // NaN is no larger than any bound (the decoder refuses non-finite scales first).
+        assert_eq!(first_beyond(&[f32::NAN], 1.0), None);
     }
 }

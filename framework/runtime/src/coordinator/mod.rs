@@ -26,7 +26,10 @@ mod snapshots;
 pub use crate::config::CoordinatorSection;
 pub use corpus::{Corpus, DirCorpus, MemoryCorpus};
 pub use recovery::Recovery;
-pub use scheduling::{TaskShape, lossy_diloco, schedule_steps};
+pub use scheduling::{
+    FEW_STEPS_SHARE, TaskPlan, TaskShape, local_plan, lossy_diloco, schedule_steps,
+    schedule_steps_for,
+};
 
 use crate::config::coordinator::secs_to_ms;
 use rounds::rate;

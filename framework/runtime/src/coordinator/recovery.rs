@@ -41,6 +41,10 @@ impl Coordinator {
             corpus,
         } = parts;
         shape.packing = corpus.packing();
+        if shape.run_tokens == 0 {
+            // One epoch: task sizing needs the run's length to keep its optimizer steps.
+            shape.run_tokens = corpus.shards().iter().map(|s| s.tokens).sum();
+        }
         let fingerprint = layout.fingerprint();
         let n = layout.total_params();
         if initial_params.len() != n {

@@ -137,14 +137,18 @@ impl Round {
                 self.sum = update;
                 self.single = true;
             } else {
-                if self.single {
-                    let w0 = self.tokens as f32;
-                    self.sum.iter_mut().for_each(|s| *s *= w0);
-                    self.single = false;
-                }
                 let w = entry.tokens as f32;
-                for (s, u) in self.sum.iter_mut().zip(&update) {
-                    *s += w * u;
+                if self.single {
+                    // Weigh the first update and add the second in one pass over the arena.
+                    let w0 = self.tokens as f32;
+                    for (s, u) in self.sum.iter_mut().zip(&update) {
+                        *s = *s * w0 + w * u;
+                    }
+                    self.single = false;
+                } else {
+                    for (s, u) in self.sum.iter_mut().zip(&update) {
+                        *s += w * u;
+                    }
                 }
             }
             self.tokens += entry.tokens;

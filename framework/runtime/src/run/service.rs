@@ -92,6 +92,18 @@ pub fn open_corpus(
     Ok(Arc::new(corpus))
 }
 
+/// Tokens of one epoch of the config's train shards, read from their headers; `None` when
+/// they are not tokenized yet (or unreadable).
+pub fn epoch_tokens(config: &RunConfig) -> Option<u64> {
+    let dir = DataDir::new(config.data.dir.clone());
+    let paths = dir.shard_paths(&config.tokenizer.kind, Split::Train).ok()?;
+    if paths.is_empty() {
+        return None;
+    }
+    let corpus = DirCorpus::open(&paths).ok()?;
+    Some(corpus.shards().iter().map(|s| s.tokens).sum())
+}
+
 /// Seeds the queue with tasks covering `budget` tokens of `corpus` (0 = one epoch) in chunks of
 /// `chunk` tokens, when it holds no task yet. Returns the tasks added.
 pub fn seed_if_empty(

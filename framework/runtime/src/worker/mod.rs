@@ -145,6 +145,9 @@ pub struct Worker {
     grads: Vec<f32>,
     /// async-sgd's f64 accumulator of the task's gradient, reused across tasks.
     acc: Vec<f64>,
+    /// An arena-sized buffer for the next update, handed back after each upload so a task
+    /// does not fault in a fresh one.
+    spare: Vec<f32>,
     report: WorkerReport,
     heartbeat_every: Duration,
 }
@@ -201,6 +204,7 @@ impl Worker {
             logs: Vec::new(),
             grads: Vec::new(),
             acc: Vec::new(),
+            spare: Vec::new(),
             report: WorkerReport::default(),
             heartbeat_every: Duration::from_secs(10),
         }
@@ -571,6 +575,7 @@ impl Worker {
             .codec
             .encode(self.parts.kernel.layout(), &computed.update)
             .map_err(|e| WorkerError::Update(format!("encoding the update: {e}")))?;
+        self.spare = computed.update;
         timing.encode = phase.elapsed().as_secs_f64();
         let seconds = started.elapsed().as_secs_f64();
         let upload = UpdateUpload {
@@ -658,11 +663,13 @@ impl Worker {
         };
         let params = &cached.params;
         let n = params.len();
-        let mut acc = std::mem::take(&mut self.acc);
-        acc.clear();
-        acc.resize(n, 0.0);
         let mut grads = std::mem::take(&mut self.grads);
         grads.resize(n, 0.0);
+        // The first batch's gradient, which becomes the update: a task of one batch (the
+        // usual size) needs no f64 sum, and its mean is that gradient exactly.
+        let mut first = std::mem::take(&mut self.spare);
+        let mut acc = std::mem::take(&mut self.acc);
+        let (mut batches_in, mut first_count) = (0usize, 0usize);
         let mut loss_sum = 0.0f64;
         let mut counted = 0usize;
         let mut last_beat = Instant::now();
@@ -684,10 +691,26 @@ impl Worker {
                 .forward_backward(params, &view, &mut grads)
                 .map_err(|e| WorkerError::Kernel(e.to_string()))?;
             // The kernel returns the mean over this batch's targets; weight by their count so
-            // the result is the mean over the whole slice.
-            for (a, g) in acc.iter_mut().zip(&grads) {
-                *a += f64::from(*g) * c as f64;
+            // the result is the mean over the whole slice (summed in f64, in batch order).
+            match batches_in {
+                0 => {
+                    std::mem::swap(&mut first, &mut grads);
+                    grads.resize(n, 0.0);
+                    first_count = c;
+                }
+                1 => {
+                    acc.clear();
+                    acc.extend(first.iter().zip(&grads).map(|(f, g)| {
+                        f64::from(*f) * first_count as f64 + f64::from(*g) * c as f64
+                    }));
+                }
+                _ => {
+                    for (a, g) in acc.iter_mut().zip(&grads) {
+                        *a += f64::from(*g) * c as f64;
+                    }
+                }
             }
+            batches_in += 1;
             loss_sum += f64::from(loss) * c as f64;
             counted += c;
             progress += (view.batch * view.seq_len) as u64;
@@ -695,9 +718,26 @@ impl Worker {
         self.weights = Some(cached);
         self.grads = grads;
         let denom = counted.max(1) as f64;
-        let update = outcome.map(|()| acc.iter().map(|a| (a / denom) as f32).collect());
+        let update = match batches_in {
+            // (g * c) / c is g exactly in f64: one batch's gradient is its task's mean.
+            1 => first,
+            _ => {
+                first.clear();
+                match batches_in {
+                    0 => first.resize(n, 0.0),
+                    _ => first.extend(acc.iter().map(|a| (a / denom) as f32)),
+                }
+                first
+            }
+        };
         self.acc = acc;
-        Ok(update.map(|u| (u, (loss_sum / denom) as f32)))
+        match outcome {
+            Ok(()) => Ok(Ok((update, (loss_sum / denom) as f32))),
+            Err(i) => {
+                self.spare = update;
+                Ok(Err(i))
+            }
+        }
     }
 
     /// diloco: one inner optimizer step per batch of the task from the downloaded weights, then
@@ -711,7 +751,9 @@ impl Worker {
         let Some(CachedWeights { params: start, .. }) = self.weights.as_ref() else {
             return Err(WorkerError::Download("no weights".into()));
         };
-        let mut theta = start.clone();
+        let mut theta = std::mem::take(&mut self.spare);
+        theta.clear();
+        theta.extend_from_slice(start);
         let mut grads = std::mem::take(&mut self.grads);
         grads.resize(theta.len(), 0.0);
         let mut loss_sum = 0.0f64;
