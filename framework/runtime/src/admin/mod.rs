@@ -73,10 +73,7 @@ impl Admin {
 }
 
 fn check_key_id(id: &str) -> Result<(), ApiError> {
-    let ok = !id.is_empty()
-        && id.len() <= 64
-        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
-    if ok {
+    if operators::is_plain_name(id) {
         Ok(())
     } else {
         Err(ApiError::Invalid(format!(
@@ -96,7 +93,8 @@ impl AdminApi for Admin {
             .store
             .recent_telemetry(LOSS_POINTS)?
             .into_iter()
-            .filter(|t| t.accepted && t.loss.is_finite())
+            // A loss of exactly 0 is a task that measured none (cross-entropy is never 0).
+            .filter(|t| t.accepted && t.loss.is_finite() && t.loss > 0.0)
             .map(|t| LossPoint { version: t.version, loss: t.loss, ts_ms: t.ts_ms })
             .collect();
         loss.reverse();

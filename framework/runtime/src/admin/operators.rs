@@ -60,12 +60,17 @@ pub fn operators_path(run_dir: &Path) -> PathBuf {
     run_dir.join(OPERATORS_FILE)
 }
 
-/// Checks an operator name: 1 to 64 characters of `A-Z a-z 0-9 . _ -`.
-pub fn check_name(name: &str) -> Result<(), OperatorError> {
-    let ok = !name.is_empty()
+/// Whether `name` is 1 to 64 characters of `A-Z a-z 0-9 . _ -` (operator names and the key
+/// ids the console makes: safe in URLs, file names and shell scripts).
+pub fn is_plain_name(name: &str) -> bool {
+    !name.is_empty()
         && name.len() <= 64
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
-    if ok {
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+}
+
+/// Checks an operator name (see [`is_plain_name`]).
+pub fn check_name(name: &str) -> Result<(), OperatorError> {
+    if is_plain_name(name) {
         Ok(())
     } else {
         Err(OperatorError::Invalid(format!(

@@ -67,7 +67,12 @@ pub fn script(endpoint: &str, credentials: &Credentials) -> String {
              loopback).\n",
         ),
     }
-    s.push_str(&heredoc("\"$DIR/.secret\"", "BITNET_SECRET", &credentials.client_secret));
+    // printf is a shell builtin: the secret is on no process's command line, and the file
+    // has no trailing newline (curl would send it as part of the secret).
+    s.push_str(&format!(
+        "printf '%s' {} > \"$DIR/.secret\"\n",
+        sh_quote(&credentials.client_secret)
+    ));
     s.push_str(
         "TOKEN_JSON=$(\"${CURL[@]}\" --data grant_type=client_credentials \\\n\
          \x20 --data-urlencode \"client_id=$WORKER_ID\" --data-urlencode \"client_secret@$DIR/.secret\" \\\n\
