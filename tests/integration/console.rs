@@ -179,6 +179,16 @@ impl Browser {
         std::fs::write(self.shots.join(format!("{name}.png")), png).expect("write screenshot");
     }
 
+    /// Waits (without reloading) until the page has an element matching `css`: a click on a
+    /// submit button may return before the next page has loaded.
+    fn wait_el(&self, css: &str) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.count(css) == 0 {
+            assert!(Instant::now() < deadline, "timed out waiting for `{css}` on {}", self.path());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// Reloads `path` until `ok` holds, at most `timeout`.
     fn wait_on(&self, path: &str, what: &str, timeout: Duration, ok: impl Fn(&Self) -> bool) {
         let deadline = Instant::now() + timeout;
@@ -358,6 +368,7 @@ fn console_in_headless_chromium() {
     b.screenshot("keys");
     b.fill("#key-id", "w3");
     b.click("#add-key button");
+    b.wait_el("#secret");
     let secret = b.text("#secret");
     assert_eq!(secret.len(), 64, "a fresh 32-byte secret, hex");
     b.screenshot("key-added");
@@ -400,6 +411,7 @@ fn console_in_headless_chromium() {
     let total_before = b.text(".pager");
     b.fill("#seed-tokens", "2000");
     b.click("#seed button");
+    b.wait_el("#notice");
     assert!(b.text("#notice").starts_with("Seeded"), "seeding reports what it added");
     assert_ne!(b.text(".pager"), total_before, "the queue grew");
     b.screenshot("tasks");
@@ -464,12 +476,16 @@ fn console_in_headless_chromium() {
 
     // Drain w1 from the dashboard, then seed work that only the installed worker will take.
     b.goto("/admin/");
-    b.click("tr[data-worker='w1'] form[action='/admin/workers/drain'] button");
-    assert_eq!(b.path(), "/admin/");
-    assert_eq!(b.text("tr[data-worker='w1'] td.state"), "draining");
+    // Submitted from a script: the dashboard refreshes its rows every 3 s, and a pointer click
+    // can land on a row just swapped out.
+    b.exec("document.querySelector(\"tr[data-worker='w1'] form[action='/admin/workers/drain']\").submit();");
+    b.wait_on("/admin/", "w1 draining", Duration::from_secs(30), |b| {
+        b.text("tr[data-worker='w1'] td.state") == "draining"
+    });
     b.goto("/admin/tasks");
     b.fill("#seed-tokens", "2000");
     b.click("#seed button");
+    b.wait_el("#notice");
     assert!(b.text("#notice").starts_with("Seeded"));
 
     // Install: a script for a new worker installs it here, and it completes a task.

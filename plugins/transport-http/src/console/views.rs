@@ -9,12 +9,14 @@ use bitnet_framework::protocol::now_ms;
 use bitnet_framework::transport::Credentials;
 use maud::{DOCTYPE, Markup, PreEscaped, html};
 
-/// The console's one script (served as `/admin/console.js`): refreshes `#live` every 3 s and
-/// reloads the page (to the login form) when the session has ended.
+/// The console's one script (served as `/admin/console.js`): refreshes `#live` every 3 s (not
+/// while the pointer is on one of its buttons, which would be swapped under it) and reloads the
+/// page (to the login form) when the session has ended.
 pub const SCRIPT: &str = r#"(function () {
   var live = document.getElementById('live');
   if (!live) return;
   setInterval(function () {
+    if (live.querySelector('form:hover, button:focus')) return;
     fetch('/admin/live', { redirect: 'manual', credentials: 'same-origin' }).then(function (r) {
       if (r.status !== 200) { location.reload(); return null; }
       return r.text();
