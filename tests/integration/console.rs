@@ -544,6 +544,7 @@ fn console_in_headless_chromium() {
     // Logout ends the session.
     b.goto("/admin/");
     b.click("#logout");
+    b.wait_el("#login");
     assert_eq!(b.path(), "/admin/login");
     b.goto("/admin/tasks");
     assert_eq!(b.path(), "/admin/login", "the old session is gone");
