@@ -86,12 +86,16 @@ fn http_auth_limits_downloads_and_training() {
     assert_eq!(token(&http, &base, &wrong).status(), 401);
     let key = std::fs::read(dir.path().join("jwt-signing.key")).expect("signing key");
     let now = now_ms() / 1000;
-    let expired =
-        sign(&key, &Claims { sub: "w1".into(), generation: 1, iat: now - 100, exp: now - 10 })
-            .expect("sign");
-    let forged =
-        sign(&[9u8; 32], &Claims { sub: "w1".into(), generation: 1, iat: now, exp: now + 100 })
-            .expect("sign");
+    let expired = sign(
+        &key,
+        &Claims { sub: "w1".into(), generation: 1, iat: now - 100, exp: now - 10, scope: None },
+    )
+    .expect("sign");
+    let forged = sign(
+        &[9u8; 32],
+        &Claims { sub: "w1".into(), generation: 1, iat: now, exp: now + 100, scope: None },
+    )
+    .expect("sign");
     for (what, t) in [("expired", &expired), ("forged", &forged)] {
         let r = http.get(format!("{base}/work")).bearer_auth(t).send().expect("work");
         assert_eq!(r.status(), 401, "{what} token");

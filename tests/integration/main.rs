@@ -2,6 +2,7 @@
 
 mod chaos;
 mod configs;
+mod console;
 mod data;
 mod dist_http;
 mod dist_process;

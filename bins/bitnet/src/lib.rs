@@ -49,6 +49,9 @@ enum Command {
     /// Manage worker credentials (add, rotate, revoke, list).
     #[command(subcommand)]
     Keys(commands::keys::KeysCommand),
+    /// Manage console operators (add, remove, list).
+    #[command(subcommand)]
+    Admin(commands::admin::AdminCommand),
     /// Add tasks covering the corpus (or a token budget) to a coordinator's queue.
     SeedTasks(commands::seed_tasks::Args),
     /// Train a model in this process (token shards or a plain token file).
@@ -90,6 +93,7 @@ pub fn main() -> std::process::ExitCode {
         Command::Worker(args) => commands::worker::run(args),
         Command::Certs(cmd) => commands::certs::run(cmd),
         Command::Keys(cmd) => commands::keys::run(cmd),
+        Command::Admin(cmd) => commands::admin::run(cmd),
         Command::SeedTasks(args) => commands::seed_tasks::run(args),
         Command::Train(args) => commands::train::run(args),
         Command::Bench(cmd) => commands::bench::run(cmd),

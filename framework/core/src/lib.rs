@@ -16,6 +16,7 @@
 //!   [`weights::conformance`], [`store::conformance`], [`tokenizer::conformance`] and
 //!   [`coordinator_store::conformance`], which every implementation of a slot runs.
 
+pub mod admin;
 pub mod codec;
 pub mod context;
 pub mod coordinator_store;

@@ -3,6 +3,7 @@
 //! Authentication is written once, in the runtime's [`Authenticator`] implementation, and every
 //! transport calls it: a transport only carries credentials and sessions.
 
+use crate::admin::AdminApi;
 use crate::coordinator_store::ClientRecord;
 use crate::protocol::{ApiError, CoordinatorApi, CoordinatorClient};
 use serde::{Deserialize, Serialize};
@@ -46,6 +47,8 @@ pub struct ServeContext {
     pub api: Arc<dyn CoordinatorApi>,
     /// Checks credentials and sessions.
     pub auth: Arc<dyn Authenticator>,
+    /// Operator actions (the console and admin API); `None` serves none.
+    pub admin: Option<Arc<dyn AdminApi>>,
 }
 
 /// A running server; dropping it or calling [`ServerHandle::shutdown`] stops it.

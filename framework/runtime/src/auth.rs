@@ -45,11 +45,11 @@ pub fn serve_context(
     api: Arc<dyn CoordinatorApi>,
     store: Arc<dyn CoordinatorStore>,
 ) -> ServeContext {
-    ServeContext { api, auth: Arc::new(StoreAuthenticator::new(store)) }
+    ServeContext { api, auth: Arc::new(StoreAuthenticator::new(store)), admin: None }
 }
 
 /// The hash unknown client ids are verified against: a random secret's, made once.
-fn decoy_hash() -> Result<&'static str, ApiError> {
+pub(crate) fn decoy_hash() -> Result<&'static str, ApiError> {
     static DECOY: std::sync::OnceLock<Result<String, String>> = std::sync::OnceLock::new();
     DECOY
         .get_or_init(|| hash_secret(&generate_secret()))

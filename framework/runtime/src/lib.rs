@@ -6,6 +6,7 @@
 //! ([`checkpoint`]), token shards and batches ([`data`]), authentication ([`auth`]) and the
 //! dynamic plugin loader ([`dynamic`]). Plugins depend on `bitnet-framework`, not on this crate.
 
+pub mod admin;
 pub mod auth;
 pub mod checkpoint;
 pub mod config;

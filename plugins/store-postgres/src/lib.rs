@@ -21,8 +21,9 @@
 use bitnet_framework::BuildContext;
 use bitnet_framework::coordinator_store::queue::{THROUGHPUT_EMA, completion, slice_size};
 use bitnet_framework::coordinator_store::{
-    ClaimRequest, ClientRecord, Completion, CoordinatorStore, Finished, NewTask, StoreFailure,
-    SweepPolicy, SweepReport, TaskRecord, TaskState, TaskTelemetry, WorkerRecord, WorkerState,
+    ClaimRequest, ClientRecord, Completion, CoordinatorStore, Finished, LogPage, LogQuery, NewTask,
+    StoreFailure, StoredLog, SweepPolicy, SweepReport, TaskPage, TaskQuery, TaskRecord, TaskState,
+    TaskTelemetry, WorkerRecord, WorkerState,
 };
 use bitnet_framework::protocol::{LogRecord, TaskCounts, TaskRef, WorkerCounts, now_ms};
 use bitnet_framework::registry::{BuildError, PluginConfig, Slot};
@@ -823,6 +824,116 @@ impl CoordinatorStore for PostgresStore {
                 .map_err(fail)?;
             Ok(u(row.try_get(0).map_err(fail)?))
         })
+    }
+
+    fn query_logs(&self, q: &LogQuery) -> Result<LogPage, StoreFailure> {
+        // strpos, not LIKE: the operator's text is matched literally (`%` and `_` included).
+        const FILTER: &str = "($1::TEXT IS NULL OR worker = $1) AND ($2::TEXT IS NULL OR \
+                              lower(level) = lower($2)) AND ($3::TEXT IS NULL OR \
+                              strpos(lower(message), lower($3)) > 0)";
+        let (limit, offset) = (i(q.limit), i(q.offset));
+        self.block(async {
+            let c = self.connection().await?;
+            let filter: [&(dyn tokio_postgres::types::ToSql + Sync); 3] =
+                [&q.worker, &q.level, &q.text];
+            let total = c
+                .query_one(format!("SELECT COUNT(*) FROM logs WHERE {FILTER}").as_str(), &filter)
+                .await
+                .map_err(fail)?;
+            let rows = c
+                .query(
+                    format!(
+                        "SELECT worker, ts_ms, level, message FROM logs WHERE {FILTER}
+                         ORDER BY id DESC LIMIT $4 OFFSET $5"
+                    )
+                    .as_str(),
+                    &[&q.worker, &q.level, &q.text, &limit, &offset],
+                )
+                .await
+                .map_err(fail)?;
+            let records = rows
+                .iter()
+                .map(|r| {
+                    Ok(StoredLog {
+                        worker: r.try_get(0).map_err(fail)?,
+                        ts_ms: u(r.try_get(1).map_err(fail)?),
+                        level: r.try_get(2).map_err(fail)?,
+                        message: r.try_get(3).map_err(fail)?,
+                    })
+                })
+                .collect::<Result<Vec<_>, StoreFailure>>()?;
+            Ok(LogPage { records, total: u(total.try_get(0).map_err(fail)?) })
+        })
+    }
+
+    fn list_tasks(&self, q: &TaskQuery) -> Result<TaskPage, StoreFailure> {
+        const FILTER: &str =
+            "($1::TEXT IS NULL OR state = $1) AND ($2::TEXT IS NULL OR worker = $2)";
+        let state = q.state.map(|s| s.as_str().to_string());
+        let (limit, offset) = (i(q.limit), i(q.offset));
+        self.block(async {
+            let c = self.connection().await?;
+            let total = c
+                .query_one(
+                    format!("SELECT COUNT(*) FROM tasks WHERE {FILTER}").as_str(),
+                    &[&state, &q.worker],
+                )
+                .await
+                .map_err(fail)?;
+            let rows = c
+                .query(
+                    format!(
+                        "SELECT {TASK_COLUMNS} FROM tasks WHERE {FILTER} ORDER BY id \
+                         LIMIT $3 OFFSET $4"
+                    )
+                    .as_str(),
+                    &[&state, &q.worker, &limit, &offset],
+                )
+                .await
+                .map_err(fail)?;
+            let tasks = rows.iter().map(task_row).collect::<Result<Vec<_>, _>>()?;
+            Ok(TaskPage { tasks, total: u(total.try_get(0).map_err(fail)?) })
+        })
+    }
+
+    fn requeue_failed(&self) -> Result<u64, StoreFailure> {
+        self.block(async {
+            self.connection()
+                .await?
+                .execute(
+                    "UPDATE tasks SET state = 'pending', worker = NULL, lease_deadline_ms = 0
+                     WHERE state = 'failed'",
+                    &[],
+                )
+                .await
+                .map_err(fail)
+        })
+    }
+
+    fn workers(&self) -> Result<Vec<WorkerRecord>, StoreFailure> {
+        let rows = self.block(async {
+            self.connection()
+                .await?
+                .query(
+                    "SELECT id, state, threads, calibrated_tps, measured_tps, last_seen_ms
+                     FROM workers ORDER BY id",
+                    &[],
+                )
+                .await
+                .map_err(fail)
+        })?;
+        rows.iter().map(worker_row).collect()
+    }
+
+    fn drain_worker(&self, id: &str) -> Result<bool, StoreFailure> {
+        let n = self.block(async {
+            self.connection()
+                .await?
+                .execute("UPDATE workers SET state = 'draining' WHERE id = $1", &[&id])
+                .await
+                .map_err(fail)
+        })?;
+        Ok(n > 0)
     }
 }
 

@@ -10,8 +10,9 @@
 use bitnet_framework::BuildContext;
 use bitnet_framework::coordinator_store::queue::completion;
 use bitnet_framework::coordinator_store::{
-    ClaimRequest, ClientRecord, Completion, CoordinatorStore, Finished, NewTask, StoreFailure,
-    SweepPolicy, SweepReport, TaskRecord, TaskState, TaskTelemetry, WorkerRecord, WorkerState,
+    ClaimRequest, ClientRecord, Completion, CoordinatorStore, Finished, LogPage, LogQuery, NewTask,
+    StoreFailure, StoredLog, SweepPolicy, SweepReport, TaskPage, TaskQuery, TaskRecord, TaskState,
+    TaskTelemetry, WorkerRecord, WorkerState,
 };
 use bitnet_framework::protocol::{LogRecord, TaskCounts, TaskRef, WorkerCounts, now_ms};
 use bitnet_framework::registry::{BuildError, PluginConfig, Slot};
@@ -669,6 +670,91 @@ impl CoordinatorStore for SqliteStore {
         let n: i64 =
             self.conn()?.query_row("SELECT COUNT(*) FROM logs", [], |r| r.get(0)).map_err(fail)?;
         Ok(u(n))
+    }
+
+    fn query_logs(&self, q: &LogQuery) -> Result<LogPage, StoreFailure> {
+        // instr, not LIKE: the operator's text is matched literally (`%` and `_` included).
+        const FILTER: &str = "(?1 IS NULL OR worker = ?1) AND (?2 IS NULL OR lower(level) = \
+                              lower(?2)) AND (?3 IS NULL OR instr(lower(message), lower(?3)) > 0)";
+        let conn = self.conn()?;
+        let filter = params![q.worker, q.level, q.text];
+        let total: i64 = conn
+            .query_row(&format!("SELECT COUNT(*) FROM logs WHERE {FILTER}"), filter, |r| r.get(0))
+            .map_err(fail)?;
+        let mut stmt = conn
+            .prepare(&format!(
+                "SELECT worker, ts_ms, level, message FROM logs WHERE {FILTER}
+                 ORDER BY id DESC LIMIT ?4 OFFSET ?5"
+            ))
+            .map_err(fail)?;
+        let rows = stmt
+            .query_map(params![q.worker, q.level, q.text, i(q.limit), i(q.offset)], |r| {
+                Ok(StoredLog {
+                    worker: r.get(0)?,
+                    ts_ms: u(r.get(1)?),
+                    level: r.get(2)?,
+                    message: r.get(3)?,
+                })
+            })
+            .map_err(fail)?;
+        let records = rows.collect::<Result<Vec<_>, _>>().map_err(fail)?;
+        Ok(LogPage { records, total: u(total) })
+    }
+
+    fn list_tasks(&self, q: &TaskQuery) -> Result<TaskPage, StoreFailure> {
+        const FILTER: &str = "(?1 IS NULL OR state = ?1) AND (?2 IS NULL OR worker = ?2)";
+        let conn = self.conn()?;
+        let state = q.state.map(TaskState::as_str);
+        let total: i64 = conn
+            .query_row(
+                &format!("SELECT COUNT(*) FROM tasks WHERE {FILTER}"),
+                params![state, q.worker],
+                |r| r.get(0),
+            )
+            .map_err(fail)?;
+        let mut stmt = conn
+            .prepare(&format!(
+                "SELECT {TASK_COLUMNS} FROM tasks WHERE {FILTER} ORDER BY id LIMIT ?3 OFFSET ?4"
+            ))
+            .map_err(fail)?;
+        let rows = stmt
+            .query_map(params![state, q.worker, i(q.limit), i(q.offset)], task_row)
+            .map_err(fail)?;
+        let tasks = rows.collect::<Result<Vec<_>, _>>().map_err(fail)?;
+        Ok(TaskPage { tasks, total: u(total) })
+    }
+
+    fn requeue_failed(&self) -> Result<u64, StoreFailure> {
+        self.write(|tx| {
+            let n = tx
+                .execute(
+                    "UPDATE tasks SET state = 'pending', worker = NULL, lease_deadline_ms = 0
+                     WHERE state = 'failed'",
+                    [],
+                )
+                .map_err(fail)?;
+            Ok(n as u64)
+        })
+    }
+
+    fn workers(&self) -> Result<Vec<WorkerRecord>, StoreFailure> {
+        let conn = self.conn()?;
+        let mut stmt = conn
+            .prepare(
+                "SELECT id, state, threads, calibrated_tps, measured_tps, last_seen_ms
+                 FROM workers ORDER BY id",
+            )
+            .map_err(fail)?;
+        let rows = stmt.query_map([], worker_row).map_err(fail)?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(fail)
+    }
+
+    fn drain_worker(&self, id: &str) -> Result<bool, StoreFailure> {
+        let n = self
+            .conn()?
+            .execute("UPDATE workers SET state = 'draining' WHERE id = ?1", [id])
+            .map_err(fail)?;
+        Ok(n > 0)
     }
 }
 

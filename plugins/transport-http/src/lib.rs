@@ -9,6 +9,7 @@
 //!   loop retries failed calls with backoff.
 
 pub mod client;
+pub mod console;
 pub mod guard;
 pub mod listener;
 pub mod range;
@@ -73,6 +74,8 @@ pub struct HttpConfig {
     pub max_concurrent_logins: Option<usize>,
     /// Server: logins waiting for a verification slot; more are answered 503.
     pub max_queued_logins: usize,
+    /// Server: a console session ends after this long without a request, seconds.
+    pub console_idle_secs: u64,
 }
 
 impl Default for HttpConfig {
@@ -98,6 +101,7 @@ impl Default for HttpConfig {
             lockout_secs: 300,
             max_concurrent_logins: None,
             max_queued_logins: 64,
+            console_idle_secs: 1800,
         }
     }
 }

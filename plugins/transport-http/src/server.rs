@@ -1,6 +1,7 @@
 //! The coordinator's HTTP server.
 
 use crate::HttpConfig;
+use crate::console::session::Sessions;
 use crate::guard::{GuardLimits, LoginGuard};
 use crate::listener::{ConnectionCounters, ConnectionLimits};
 use crate::range::{RangeReply, parse as parse_range};
@@ -13,6 +14,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{Next, from_fn_with_state};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use bitnet_framework::admin::AdminApi;
 use bitnet_framework::protocol::{
     ApiError, Blob, CoordinatorApi, Heartbeat, LogRecord, Registration, UpdateUpload, UploadMeta,
 };
@@ -29,15 +31,21 @@ pub const VERSION_HEADER: &str = "x-bitnet-version";
 /// Header with the SHA-256 (hex) of the whole blob of a download.
 pub const SHA256_HEADER: &str = "x-bitnet-sha256";
 
-struct AppState {
-    api: Arc<dyn CoordinatorApi>,
-    auth: Arc<dyn Authenticator>,
-    key: Vec<u8>,
-    ttl_secs: u64,
-    guard: LoginGuard,
+pub(crate) struct AppState {
+    pub(crate) api: Arc<dyn CoordinatorApi>,
+    pub(crate) auth: Arc<dyn Authenticator>,
+    pub(crate) key: Vec<u8>,
+    pub(crate) ttl_secs: u64,
+    pub(crate) guard: LoginGuard,
     /// Largest `POST /gradient` body: the coordinator's own limit for this run, or the config's.
     upload_limit: usize,
     connections: Arc<ConnectionCounters>,
+    /// Operator actions: the console and admin API are served when present.
+    pub(crate) admin: Option<Arc<dyn AdminApi>>,
+    /// Console sessions.
+    pub(crate) sessions: Sessions,
+    /// Served over TLS (console cookies are then `Secure`).
+    pub(crate) secure: bool,
 }
 
 /// The authenticated client of a request, put there by [`require_auth`].
@@ -52,10 +60,10 @@ const CLAIM_POLL: Duration = Duration::from_millis(20);
 /// Largest `POST /connect/token` body: a form with an id and a secret.
 const MAX_LOGIN_BYTES: usize = 4 << 10;
 
-type Shared = State<Arc<AppState>>;
+pub(crate) type Shared = State<Arc<AppState>>;
 
 /// An error as an HTTP response: status and a JSON `{"error": ...}` body.
-struct HttpError(ApiError);
+pub(crate) struct HttpError(pub(crate) ApiError);
 
 impl From<ApiError> for HttpError {
     fn from(e: ApiError) -> Self {
@@ -82,10 +90,10 @@ impl IntoResponse for HttpError {
     }
 }
 
-type HttpResult<T> = Result<T, HttpError>;
+pub(crate) type HttpResult<T> = Result<T, HttpError>;
 
 /// Runs a synchronous coordinator call on a blocking thread.
-async fn blocking<T: Send + 'static>(
+pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {
     tokio::task::spawn_blocking(f)
@@ -102,6 +110,11 @@ async fn authenticate(state: &Arc<AppState>, headers: &HeaderMap) -> Result<Stri
         .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
         .ok_or_else(|| ApiError::Unauthorized("missing bearer token".into()))?;
     let claims = token::verify(&state.key, token.trim()).map_err(ApiError::Unauthorized)?;
+    if claims.scope.is_some() {
+        return Err(ApiError::Unauthorized(
+            "an operator's token is for the admin API, not the worker protocol".into(),
+        ));
+    }
     let auth = Arc::clone(&state.auth);
     let (id, generation) = (claims.sub.clone(), claims.generation);
     blocking(move || auth.check_session(&id, generation)).await?;
@@ -143,6 +156,8 @@ struct TokenRequest {
     grant_type: String,
     client_id: Option<String>,
     client_secret: Option<String>,
+    /// `admin`: an operator (`bitnet admin add`) asks for an admin API token.
+    scope: Option<String>,
 }
 
 /// OAuth2 token response.
@@ -219,6 +234,18 @@ async fn issue_token(
         return Err(ApiError::Invalid("client id or secret too long".into()).into());
     }
     let ip = peer.ip();
+    match req.scope.as_deref() {
+        None | Some("") => {}
+        Some(crate::console::ADMIN_SCOPE) => {
+            return crate::console::api::issue_admin_token(&state, ip, id, secret).await;
+        }
+        Some(other) => {
+            return Err(ApiError::Invalid(format!(
+                "unknown scope `{other}`; workers ask for none, operators for `admin`"
+            ))
+            .into());
+        }
+    }
     state.guard.admit(ip, &id)?;
     // Verification (argon2: ~19 MiB, a core for tens of ms) runs on a bounded number of slots.
     let slot = state.guard.slot().await?;
@@ -410,15 +437,19 @@ fn router(state: Arc<AppState>, config: &HttpConfig) -> Router {
         .route("/weights/{version}", get(weights))
         .route("/corpus/{shard}", get(corpus))
         .route("/metrics", get(metrics))
+        .route("/install/bitnet", get(crate::console::install_binary))
+        .route("/install/config.toml", get(crate::console::install_config))
         .route_layer(from_fn_with_state(Arc::clone(&state), require_auth));
     let timeout = Duration::from_secs(config.server_request_timeout_secs.max(1));
-    Router::new()
+    let mut app = Router::new()
         .route("/connect/token", post(issue_token).layer(DefaultBodyLimit::max(MAX_LOGIN_BYTES)))
         .route("/health", get(|| async { "ok" }))
         .route("/status", get(status))
-        .merge(protected)
-        .layer(from_fn_with_state(timeout, request_timeout))
-        .with_state(state)
+        .merge(protected);
+    if state.admin.is_some() {
+        app = app.merge(crate::console::router(Arc::clone(&state), config));
+    }
+    app.layer(from_fn_with_state(timeout, request_timeout)).with_state(state)
 }
 
 /// A running server.
@@ -516,6 +547,9 @@ pub fn start(config: &HttpConfig, key: Vec<u8>, ctx: ServeContext) -> Result<Htt
         guard,
         upload_limit,
         connections: Arc::clone(&connections),
+        admin: ctx.admin,
+        sessions: Sessions::new(Duration::from_secs(config.console_idle_secs.max(1))),
+        secure: tls.is_some(),
     });
     let app = router(Arc::clone(&state), config);
     let limits = ConnectionLimits {

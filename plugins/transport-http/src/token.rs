@@ -17,6 +17,9 @@ pub struct Claims {
     pub iat: u64,
     /// Expiry, seconds since the epoch.
     pub exp: u64,
+    /// `admin` for an operator's admin API token; none for a worker's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
 }
 
 /// Reads the signing key at `path`, or creates it with 32 random bytes (mode 0600 on Unix).
@@ -46,10 +49,24 @@ pub fn issue(
     ttl_secs: u64,
 ) -> Result<(String, Claims), String> {
     let now = now_ms() / 1000;
-    let claims = Claims { sub: client.into(), generation, iat: now, exp: now + ttl_secs };
+    let claims =
+        Claims { sub: client.into(), generation, iat: now, exp: now + ttl_secs, scope: None };
     jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(key))
         .map(|t| (t, claims))
         .map_err(|e| e.to_string())
+}
+
+/// Signs an admin API token for operator `name`, valid for `ttl_secs`.
+pub fn issue_admin(key: &[u8], name: &str, ttl_secs: u64) -> Result<(String, Claims), String> {
+    let now = now_ms() / 1000;
+    let claims = Claims {
+        sub: name.into(),
+        generation: 0,
+        iat: now,
+        exp: now + ttl_secs,
+        scope: Some(crate::console::ADMIN_SCOPE.into()),
+    };
+    sign(key, &claims).map(|t| (t, claims))
 }
 
 /// Verifies the signature and expiry (no leeway) of `token`.

@@ -3,8 +3,8 @@
 //! store each call.
 
 use super::{
-    ClaimRequest, Completion, CoordinatorStore, Finished, NewTask, SweepPolicy, TaskState,
-    TaskTelemetry, WorkerRecord, WorkerState,
+    ClaimRequest, Completion, CoordinatorStore, Finished, LogQuery, NewTask, SweepPolicy,
+    TaskQuery, TaskState, TaskTelemetry, WorkerRecord, WorkerState,
 };
 use crate::protocol::{LogRecord, TaskRef};
 use std::collections::HashSet;
@@ -27,6 +27,113 @@ pub fn run_store_suite(make: StoreFactory<'_>) {
     leases_per_worker_are_capped(make());
     a_round_completes_in_one_call(make());
     logs_are_pruned_by_age_and_count(make());
+    tasks_list_by_state_and_worker_in_pages(make());
+    failed_tasks_requeue(make());
+    operators_list_and_drain_workers(make());
+    logs_filter_by_worker_level_and_text(make());
+}
+
+fn tasks_list_by_state_and_worker_in_pages(store: Box<dyn CoordinatorStore>) {
+    let tasks: Vec<NewTask> =
+        (0..5).map(|i| NewTask { shard: "s".into(), offset: i * 10, tokens: 10 }).collect();
+    store.add_tasks(&tasks).expect("add");
+    let a = claim(&*store, "wa", 10, 0).expect("claim");
+    claim(&*store, "wb", 10, 0).expect("claim");
+    let all = store.list_tasks(&TaskQuery { limit: 2, ..TaskQuery::default() }).expect("list");
+    assert_eq!(all.total, 5);
+    assert_eq!(all.tasks.len(), 2, "a page holds at most `limit`");
+    assert!(all.tasks[0].id < all.tasks[1].id, "id order");
+    let rest =
+        store.list_tasks(&TaskQuery { offset: 4, limit: 10, ..TaskQuery::default() }).expect("p");
+    assert_eq!((rest.total, rest.tasks.len()), (5, 1), "the last page");
+    let pending = store
+        .list_tasks(&TaskQuery {
+            state: Some(TaskState::Pending),
+            limit: 10,
+            ..TaskQuery::default()
+        })
+        .expect("pending");
+    assert_eq!(pending.total, 3);
+    assert!(pending.tasks.iter().all(|t| t.state == TaskState::Pending));
+    let of_a = store
+        .list_tasks(&TaskQuery { worker: Some("wa".into()), limit: 10, ..TaskQuery::default() })
+        .expect("wa");
+    assert_eq!(of_a.tasks.iter().map(|t| t.id).collect::<Vec<_>>(), [a.task_id]);
+}
+
+fn failed_tasks_requeue(store: Box<dyn CoordinatorStore>) {
+    store.add_tasks(&[NewTask { shard: "s".into(), offset: 0, tokens: 10 }]).expect("add");
+    let policy = SweepPolicy { max_attempts: 1, ..SweepPolicy::default() };
+    let t = claim(&*store, "w", 10, 0).expect("claim");
+    store.sweep(5000, &policy).expect("sweep");
+    assert_eq!(store.counts().expect("c").failed, 1, "one expiry at max_attempts = 1 fails it");
+    assert_eq!(store.requeue_failed().expect("requeue"), 1);
+    assert_eq!(store.requeue_failed().expect("requeue"), 0, "nothing failed any more");
+    let c = store.counts().expect("c");
+    assert_eq!((c.failed, c.pending), (0, 1));
+    let again = claim(&*store, "w", 10, 6000).expect("claimable again");
+    assert_eq!(again.task_id, t.task_id);
+    assert!(again.lease > t.lease, "the lease id keeps counting: an old lease stays stale");
+}
+
+fn operators_list_and_drain_workers(store: Box<dyn CoordinatorStore>) {
+    store.upsert_worker(&worker("b", 7)).expect("upsert");
+    store.upsert_worker(&worker("a", 7)).expect("upsert");
+    let ids: Vec<String> = store.workers().expect("list").into_iter().map(|w| w.id).collect();
+    assert_eq!(ids, ["a", "b"], "sorted by id");
+    assert!(store.drain_worker("a").expect("drain"));
+    assert!(!store.drain_worker("nobody").expect("drain"), "an unknown worker is reported");
+    let a = store.worker("a").expect("w").expect("w");
+    assert_eq!(a.state, WorkerState::Draining);
+    assert_eq!(a.last_seen_ms, 7, "a drain is not a sign of life");
+    store.touch_worker("a", 8, false).expect("touch");
+    assert_eq!(store.worker("a").expect("w").expect("w").state, WorkerState::Draining, "sticky");
+}
+
+fn logs_filter_by_worker_level_and_text(store: Box<dyn CoordinatorStore>) {
+    let rec = |ts: u64, level: &str, message: &str| LogRecord {
+        ts_ms: ts,
+        level: level.into(),
+        message: message.into(),
+    };
+    store
+        .append_logs("w1", &[rec(1, "info", "task 1 done"), rec(2, "warn", "Slow DISK")])
+        .expect("logs");
+    store
+        .append_logs("w2", &[rec(3, "info", "task 2 done"), rec(4, "error", "50% lost")])
+        .expect("logs");
+    let q = |worker: Option<&str>, level: Option<&str>, text: Option<&str>| LogQuery {
+        worker: worker.map(Into::into),
+        level: level.map(Into::into),
+        text: text.map(Into::into),
+        offset: 0,
+        limit: 10,
+    };
+    let all = store.query_logs(&q(None, None, None)).expect("all");
+    assert_eq!(all.total, 4);
+    assert_eq!(
+        all.records.iter().map(|r| r.ts_ms).collect::<Vec<_>>(),
+        [4, 3, 2, 1],
+        "newest first"
+    );
+    let w1 = store.query_logs(&q(Some("w1"), None, None)).expect("w1");
+    assert!(w1.total == 2 && w1.records.iter().all(|r| r.worker == "w1"));
+    let warn = store.query_logs(&q(None, Some("WARN"), None)).expect("warn");
+    assert_eq!(warn.records.iter().map(|r| r.message.as_str()).collect::<Vec<_>>(), ["Slow DISK"]);
+    let disk = store.query_logs(&q(None, None, Some("disk"))).expect("text");
+    assert_eq!(disk.total, 1, "text matches case-insensitively");
+    let pct = store.query_logs(&q(None, None, Some("50%"))).expect("text");
+    assert_eq!(pct.total, 1, "no wildcard characters: `%` is literal");
+    let under = store.query_logs(&q(None, None, Some("k_1"))).expect("text");
+    assert_eq!(under.total, 0, "`_` is literal");
+    let done_w2 = store.query_logs(&q(Some("w2"), Some("info"), Some("done"))).expect("and");
+    assert_eq!(done_w2.total, 1, "filters combine");
+    let page =
+        store.query_logs(&LogQuery { offset: 1, limit: 2, ..q(None, None, None) }).expect("p");
+    assert_eq!(
+        (page.total, page.records.iter().map(|r| r.ts_ms).collect::<Vec<_>>()),
+        (4, vec![3, 2])
+    );
 }
 
 fn complete_one(store: &dyn CoordinatorStore, t: TaskRef, worker: &str, v: u64) -> Completion {

@@ -4,8 +4,9 @@
 //! I/O-error paths without a real full disk.
 
 use super::{
-    ClaimRequest, ClientRecord, Completion, CoordinatorStore, Finished, NewTask, StoreFailure,
-    SweepPolicy, SweepReport, TaskRecord, TaskTelemetry, WorkerRecord,
+    ClaimRequest, ClientRecord, Completion, CoordinatorStore, Finished, LogPage, LogQuery, NewTask,
+    StoreFailure, SweepPolicy, SweepReport, TaskPage, TaskQuery, TaskRecord, TaskTelemetry,
+    WorkerRecord,
 };
 use crate::protocol::{LogRecord, TaskCounts, TaskRef, WorkerCounts};
 use std::sync::Arc;
@@ -172,5 +173,22 @@ impl CoordinatorStore for FaultyStore {
     }
     fn log_count(&self) -> Result<u64, StoreFailure> {
         self.inner.log_count()
+    }
+    fn list_tasks(&self, query: &TaskQuery) -> Result<TaskPage, StoreFailure> {
+        self.inner.list_tasks(query)
+    }
+    fn requeue_failed(&self) -> Result<u64, StoreFailure> {
+        self.check(WriteOp::Any)?;
+        self.inner.requeue_failed()
+    }
+    fn workers(&self) -> Result<Vec<WorkerRecord>, StoreFailure> {
+        self.inner.workers()
+    }
+    fn drain_worker(&self, id: &str) -> Result<bool, StoreFailure> {
+        self.check(WriteOp::Any)?;
+        self.inner.drain_worker(id)
+    }
+    fn query_logs(&self, query: &LogQuery) -> Result<LogPage, StoreFailure> {
+        self.inner.query_logs(query)
     }
 }

@@ -259,6 +259,76 @@ pub enum Completion {
     Refused(String),
 }
 
+/// Which tasks to list (the console's and the admin API's task queue view).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskQuery {
+    /// Only tasks in this state.
+    pub state: Option<TaskState>,
+    /// Only tasks held (or finished) by this worker.
+    pub worker: Option<String>,
+    /// Tasks to skip, in id order.
+    pub offset: u64,
+    /// Tasks to return at most.
+    pub limit: u64,
+}
+
+/// One page of tasks, in id order, and how many match in all.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TaskPage {
+    /// The page.
+    pub tasks: Vec<TaskRecord>,
+    /// Tasks matching the query, all pages together.
+    pub total: u64,
+}
+
+/// Which worker log records to list.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogQuery {
+    /// Only this worker's records.
+    pub worker: Option<String>,
+    /// Only records of this level (`error`, `warn`, `info`, `debug`; case-insensitive).
+    pub level: Option<String>,
+    /// Only records whose message contains this text (case-insensitive).
+    pub text: Option<String>,
+    /// Records to skip, newest first.
+    pub offset: u64,
+    /// Records to return at most.
+    pub limit: u64,
+}
+
+/// A worker log record as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredLog {
+    /// The worker that sent it.
+    pub worker: String,
+    /// Time, ms since the epoch.
+    pub ts_ms: u64,
+    /// Level.
+    pub level: String,
+    /// Message.
+    pub message: String,
+}
+
+impl StoredLog {
+    /// Whether the record matches `q`'s filters (paging aside): the rule every store applies.
+    pub fn matches(&self, q: &LogQuery) -> bool {
+        q.worker.as_deref().is_none_or(|w| w == self.worker)
+            && q.level.as_deref().is_none_or(|l| l.eq_ignore_ascii_case(&self.level))
+            && q.text
+                .as_deref()
+                .is_none_or(|t| self.message.to_lowercase().contains(&t.to_lowercase()))
+    }
+}
+
+/// One page of log records, newest first, and how many match in all.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LogPage {
+    /// The page.
+    pub records: Vec<StoredLog>,
+    /// Records matching the query, all pages together.
+    pub total: u64,
+}
+
 /// A store failure (I/O, corruption, a broken invariant).
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("coordinator store: {0}")]
@@ -315,6 +385,11 @@ pub trait CoordinatorStore: Send + Sync {
     /// Returns expired leases to Pending (or Failed after too many attempts), marks silent
     /// workers Gone and prunes old telemetry and worker logs.
     fn sweep(&self, now_ms: u64, policy: &SweepPolicy) -> Result<SweepReport, StoreFailure>;
+    /// One page of the tasks matching `query`, in id order.
+    fn list_tasks(&self, query: &TaskQuery) -> Result<TaskPage, StoreFailure>;
+    /// Returns every Failed task to Pending (its attempt count, the lease id, keeps counting).
+    /// Returns how many moved.
+    fn requeue_failed(&self) -> Result<u64, StoreFailure>;
 
     // --- workers -----------------------------------------------------------------------------
 
@@ -328,6 +403,11 @@ pub trait CoordinatorStore: Send + Sync {
     fn record_throughput(&self, id: &str, tokens_per_sec: f64) -> Result<(), StoreFailure>;
     /// Worker counts.
     fn worker_counts(&self) -> Result<WorkerCounts, StoreFailure>;
+    /// Every worker, by id.
+    fn workers(&self) -> Result<Vec<WorkerRecord>, StoreFailure>;
+    /// Marks a worker Draining (an operator's drain): it claims nothing more until it
+    /// registers again. Returns whether the worker exists.
+    fn drain_worker(&self, id: &str) -> Result<bool, StoreFailure>;
 
     // --- client keys -------------------------------------------------------------------------
 
@@ -352,4 +432,6 @@ pub trait CoordinatorStore: Send + Sync {
     fn append_logs(&self, worker: &str, records: &[LogRecord]) -> Result<(), StoreFailure>;
     /// Number of stored log records (for status and tests).
     fn log_count(&self) -> Result<u64, StoreFailure>;
+    /// One page of the stored log records matching `query`, newest first.
+    fn query_logs(&self, query: &LogQuery) -> Result<LogPage, StoreFailure>;
 }

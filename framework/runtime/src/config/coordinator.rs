@@ -84,6 +84,10 @@ pub struct CoordinatorSection {
     /// distributed run `bitnet train`'s schedule. 0 = `max_task_tokens` in async-sgd (one step
     /// per capped task), `batch_size x seq_len` in diloco.
     pub schedule_unit_tokens: u64,
+    /// PEM certificate of the CA that signed the coordinator's TLS certificate (`bitnet certs
+    /// init` writes `ca.pem`): the console puts it in the credentials files and install
+    /// scripts it makes, so workers pin it. Relative paths are under the run directory.
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 impl Default for CoordinatorSection {
@@ -114,6 +118,7 @@ impl Default for CoordinatorSection {
             sync_rounds: true,
             round_wait_secs: 120.0,
             schedule_unit_tokens: 0,
+            ca_file: None,
         }
     }
 }

@@ -5,8 +5,9 @@
 use bitnet_framework::BuildContext;
 use bitnet_framework::coordinator_store::queue::{THROUGHPUT_EMA, completion, is_held, slice_size};
 use bitnet_framework::coordinator_store::{
-    ClaimRequest, ClientRecord, Completion, CoordinatorStore, Finished, NewTask, StoreFailure,
-    SweepPolicy, SweepReport, TaskRecord, TaskState, TaskTelemetry, WorkerRecord, WorkerState,
+    ClaimRequest, ClientRecord, Completion, CoordinatorStore, Finished, LogPage, LogQuery, NewTask,
+    StoreFailure, StoredLog, SweepPolicy, SweepReport, TaskPage, TaskQuery, TaskRecord, TaskState,
+    TaskTelemetry, WorkerRecord, WorkerState,
 };
 use bitnet_framework::protocol::{LogRecord, TaskCounts, TaskRef, WorkerCounts, now_ms};
 use bitnet_framework::registry::{BuildError, PluginConfig};
@@ -21,8 +22,8 @@ struct State {
     workers: HashMap<String, WorkerRecord>,
     clients: BTreeMap<String, ClientRecord>,
     telemetry: Vec<TaskTelemetry>,
-    /// Timestamps of the stored log records in arrival order (the text is not kept).
-    logs: VecDeque<u64>,
+    /// The stored log records in arrival order.
+    logs: VecDeque<StoredLog>,
 }
 
 /// An in-memory [`CoordinatorStore`].
@@ -229,7 +230,7 @@ impl CoordinatorStore for MemoryStore {
         report.telemetry_pruned = (before - s.telemetry.len()) as u64;
         let before = s.logs.len();
         let cutoff = now.saturating_sub(policy.log_retention_ms);
-        s.logs.retain(|&ts| ts >= cutoff);
+        s.logs.retain(|r| r.ts_ms >= cutoff);
         let excess = s.logs.len().saturating_sub(policy.max_log_records as usize);
         s.logs.drain(..excess);
         report.logs_pruned = (before - s.logs.len()) as u64;
@@ -343,14 +344,70 @@ impl CoordinatorStore for MemoryStore {
         Ok(s.telemetry.iter().rev().take(limit).cloned().collect())
     }
 
-    fn append_logs(&self, _worker: &str, records: &[LogRecord]) -> Result<(), StoreFailure> {
+    fn append_logs(&self, worker: &str, records: &[LogRecord]) -> Result<(), StoreFailure> {
         let mut s = self.lock()?;
-        s.logs.extend(records.iter().map(|r| r.ts_ms));
+        s.logs.extend(records.iter().map(|r| StoredLog {
+            worker: worker.to_string(),
+            ts_ms: r.ts_ms,
+            level: r.level.clone(),
+            message: r.message.clone(),
+        }));
         Ok(())
     }
 
     fn log_count(&self) -> Result<u64, StoreFailure> {
         Ok(self.lock()?.logs.len() as u64)
+    }
+
+    fn query_logs(&self, query: &LogQuery) -> Result<LogPage, StoreFailure> {
+        let s = self.lock()?;
+        let matching = s.logs.iter().rev().filter(|r| r.matches(query));
+        let total = matching.clone().count() as u64;
+        let records =
+            matching.skip(query.offset as usize).take(query.limit as usize).cloned().collect();
+        Ok(LogPage { records, total })
+    }
+
+    fn list_tasks(&self, query: &TaskQuery) -> Result<TaskPage, StoreFailure> {
+        let s = self.lock()?;
+        let matching = s.tasks.values().filter(|t| {
+            query.state.is_none_or(|st| t.state == st)
+                && query.worker.as_deref().is_none_or(|w| t.worker.as_deref() == Some(w))
+        });
+        let total = matching.clone().count() as u64;
+        let tasks =
+            matching.skip(query.offset as usize).take(query.limit as usize).cloned().collect();
+        Ok(TaskPage { tasks, total })
+    }
+
+    fn requeue_failed(&self) -> Result<u64, StoreFailure> {
+        let mut s = self.lock()?;
+        let mut moved = 0;
+        for t in s.tasks.values_mut().filter(|t| t.state == TaskState::Failed) {
+            t.state = TaskState::Pending;
+            t.worker = None;
+            t.lease_deadline_ms = 0;
+            moved += 1;
+        }
+        Ok(moved)
+    }
+
+    fn workers(&self) -> Result<Vec<WorkerRecord>, StoreFailure> {
+        let s = self.lock()?;
+        let mut out: Vec<WorkerRecord> = s.workers.values().cloned().collect();
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(out)
+    }
+
+    fn drain_worker(&self, id: &str) -> Result<bool, StoreFailure> {
+        let mut s = self.lock()?;
+        Ok(match s.workers.get_mut(id) {
+            Some(w) => {
+                w.state = WorkerState::Draining;
+                true
+            }
+            None => false,
+        })
     }
 }
 

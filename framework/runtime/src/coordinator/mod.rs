@@ -199,6 +199,17 @@ impl Coordinator {
         Ok((m.version, m.params.clone(), m.optimizer.save_state()))
     }
 
+    /// The open synchronous round: updates in it, and updates it still waits for.
+    pub fn round_progress(&self) -> Result<(usize, usize), ApiError> {
+        let m = lock(&self.model, "model")?;
+        Ok((m.round.len(), m.round.missing()))
+    }
+
+    /// The settings it runs with.
+    pub fn settings(&self) -> &CoordinatorSection {
+        &self.settings
+    }
+
     /// The parameter layout.
     pub fn layout(&self) -> &ParamLayout {
         &self.layout

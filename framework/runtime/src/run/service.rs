@@ -166,9 +166,12 @@ impl CoordinatorService {
         let r = coordinator.recovery();
         tracing::info!(version = r.version, reset = r.tasks_reset, "recovered");
         let api: Arc<dyn CoordinatorApi> = Arc::clone(&coordinator) as Arc<dyn CoordinatorApi>;
-        let server = build_transport(config, registry)?
-            .serve(crate::auth::serve_context(api, store))
-            .map_err(ServiceError::Transport)?;
+        let mut ctx = crate::auth::serve_context(api, store);
+        let admin = crate::admin::Admin::new(Arc::clone(&coordinator), config)
+            .map_err(|e| ServiceError::Transport(ApiError::Internal(e)))?;
+        ctx.admin = Some(Arc::new(admin));
+        let server =
+            build_transport(config, registry)?.serve(ctx).map_err(ServiceError::Transport)?;
         Ok(Self { coordinator, server })
     }
 
