@@ -166,6 +166,31 @@ impl Browser {
         self.rt.block_on(self.c().execute(js, vec![])).unwrap_or_else(|e| panic!("{js}: {e}"));
     }
 
+    /// Runs `act` (a click or a form submit that loads a new page) and waits until the new
+    /// document has replaced the old one and finished loading: a WebDriver click returns before
+    /// the navigation it starts, so reading the page at once may still read the old one.
+    fn navigate(&self, act: impl FnOnce(&Self)) {
+        self.exec("window.__bitnetOldPage = true;");
+        act(self);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let loaded = self
+                .rt
+                .block_on(self.c().execute(
+                    "return window.__bitnetOldPage !== true && document.readyState === 'complete';",
+                    vec![],
+                ))
+                .ok()
+                .and_then(|v| v.as_bool())
+                .unwrap_or(false);
+            if loaded {
+                return;
+            }
+            assert!(Instant::now() < deadline, "timed out waiting for the next page");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     fn cookie(&self, name: &str) -> String {
         self.rt
             .block_on(self.c().get_named_cookie(name))
@@ -339,12 +364,12 @@ fn console_in_headless_chromium() {
     b.screenshot("login");
     b.fill("#name", OPERATOR);
     b.fill("#password", "not the password");
-    b.click("#login");
+    b.navigate(|b| b.click("#login"));
     assert_eq!(b.path(), "/admin/login");
     assert!(b.text("#login-error").contains("Wrong name or password"));
     b.fill("#name", OPERATOR);
     b.fill("#password", PASSWORD);
-    b.click("#login");
+    b.navigate(|b| b.click("#login"));
     assert_eq!(b.path(), "/admin/", "logged in, on the dashboard");
     let session = b.cookie("bitnet_session");
     assert_eq!(session.len(), 64);
@@ -367,7 +392,7 @@ fn console_in_headless_chromium() {
     b.goto("/admin/keys");
     b.screenshot("keys");
     b.fill("#key-id", "w3");
-    b.click("#add-key button");
+    b.navigate(|b| b.click("#add-key button"));
     b.wait_el("#secret");
     let secret = b.text("#secret");
     assert_eq!(secret.len(), 64, "a fresh 32-byte secret, hex");
@@ -398,7 +423,7 @@ fn console_in_headless_chromium() {
 
     // Revoke w2's key: its next request fails and the worker stops.
     b.goto("/admin/keys");
-    b.click("tr[data-key='w2'] button.revoke");
+    b.navigate(|b| b.click("tr[data-key='w2'] button.revoke"));
     assert_eq!(b.path(), "/admin/keys");
     assert_eq!(b.text("tr[data-key='w2'] td.state"), "revoked");
     let status = w2.wait(Duration::from_secs(60));
@@ -410,7 +435,7 @@ fn console_in_headless_chromium() {
     b.goto("/admin/tasks");
     let total_before = b.text(".pager");
     b.fill("#seed-tokens", "2000");
-    b.click("#seed button");
+    b.navigate(|b| b.click("#seed button"));
     b.wait_el("#notice");
     assert!(b.text("#notice").starts_with("Seeded"), "seeding reports what it added");
     assert_ne!(b.text(".pager"), total_before, "the queue grew");
@@ -422,7 +447,7 @@ fn console_in_headless_chromium() {
     // A form posted without its CSRF token is refused, in the browser and from a script.
     let tasks_now = tasks(&store(dir)).len();
     b.goto("/admin/tasks");
-    b.exec("document.querySelector('#seed input[name=csrf]').remove(); document.getElementById('seed').submit();");
+    b.navigate(|b| b.exec("document.querySelector('#seed input[name=csrf]').remove(); document.getElementById('seed').submit();"));
     wait_for("the refusal page", Duration::from_secs(20), || {
         (b.count("#message") == 1).then_some(())
     });
@@ -450,7 +475,7 @@ fn console_in_headless_chromium() {
     b.goto("/admin/logs");
     b.fill("#log-worker", "w1");
     b.fill("#log-text", "done");
-    b.click("#log-apply");
+    b.navigate(|b| b.click("#log-apply"));
     let rows = b.count("#logs tr.log");
     assert!(rows > 0, "w1 logged finished tasks");
     let workers = b.texts("#logs tr.log td:nth-child(2)");
@@ -478,13 +503,13 @@ fn console_in_headless_chromium() {
     b.goto("/admin/");
     // Submitted from a script: the dashboard refreshes its rows every 3 s, and a pointer click
     // can land on a row just swapped out.
-    b.exec("document.querySelector(\"tr[data-worker='w1'] form[action='/admin/workers/drain']\").submit();");
+    b.navigate(|b| b.exec("document.querySelector(\"tr[data-worker='w1'] form[action='/admin/workers/drain']\").submit();"));
     b.wait_on("/admin/", "w1 draining", Duration::from_secs(30), |b| {
         b.text("tr[data-worker='w1'] td.state") == "draining"
     });
     b.goto("/admin/tasks");
     b.fill("#seed-tokens", "2000");
-    b.click("#seed button");
+    b.navigate(|b| b.click("#seed button"));
     b.wait_el("#notice");
     assert!(b.text("#notice").starts_with("Seeded"));
 
@@ -543,7 +568,7 @@ fn console_in_headless_chromium() {
 
     // Logout ends the session.
     b.goto("/admin/");
-    b.click("#logout");
+    b.navigate(|b| b.click("#logout"));
     b.wait_el("#login");
     assert_eq!(b.path(), "/admin/login");
     b.goto("/admin/tasks");
