@@ -16,7 +16,8 @@ const KEY: [u8; 32] = [7; 32];
 
 fuzz_target!(
     init: {
-        let claims = Claims { sub: "w1".into(), generation: 1, iat: 1, exp: u64::MAX / 2 };
+        let claims =
+            Claims { sub: "w1".into(), generation: 1, iat: 1, exp: u64::MAX / 2, scope: None };
         let token = sign(&KEY, &claims).expect("signs");
         let raw = br#"{"alg":"HS256","typ":"JWT"}"#.to_vec();
         let body = br#"{"sub":"w1","generation":1,"iat":1,"exp":99999999999}"#.to_vec();
