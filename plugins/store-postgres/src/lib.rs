@@ -19,7 +19,7 @@
 //! runtime moves off it with `block_in_place` rather than stalling its other tasks.
 
 use bitnet_framework::BuildContext;
-use bitnet_framework::coordinator_store::queue::{THROUGHPUT_EMA, completion, slice_size};
+use bitnet_framework::coordinator_store::queue::{THROUGHPUT_EMA, completion, slice_size, tally};
 use bitnet_framework::coordinator_store::{
     ClaimRequest, ClientRecord, Completion, CoordinatorStore, Finished, LogPage, LogQuery, NewTask,
     StoreFailure, StoredLog, SweepPolicy, SweepReport, TaskPage, TaskQuery, TaskRecord, TaskState,
@@ -574,16 +574,7 @@ impl CoordinatorStore for PostgresStore {
             let state: String = row.try_get(0).map_err(fail)?;
             let n = u(row.try_get(1).map_err(fail)?);
             let tokens = u(row.try_get(2).map_err(fail)?);
-            c.total_tokens += tokens;
-            match TaskState::parse(&state) {
-                Some(TaskState::Pending) => c.pending += n,
-                Some(TaskState::Assigned) => c.assigned += n,
-                Some(TaskState::Done) => {
-                    c.done += n;
-                    c.done_tokens += tokens;
-                }
-                Some(TaskState::Failed) | None => c.failed += n,
-            }
+            tally(&mut c, &state, n, tokens);
         }
         Ok(c)
     }

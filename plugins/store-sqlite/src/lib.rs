@@ -8,7 +8,7 @@
 //! old telemetry pruned).
 
 use bitnet_framework::BuildContext;
-use bitnet_framework::coordinator_store::queue::completion;
+use bitnet_framework::coordinator_store::queue::{completion, tally};
 use bitnet_framework::coordinator_store::{
     ClaimRequest, ClientRecord, Completion, CoordinatorStore, Finished, LogPage, LogQuery, NewTask,
     StoreFailure, StoredLog, SweepPolicy, SweepReport, TaskPage, TaskQuery, TaskRecord, TaskState,
@@ -389,16 +389,7 @@ impl CoordinatorStore for SqliteStore {
         for row in rows {
             let (state, n, tokens) = row.map_err(fail)?;
             let (n, tokens) = (u(n), u(tokens));
-            c.total_tokens += tokens;
-            match TaskState::parse(&state) {
-                Some(TaskState::Pending) => c.pending += n,
-                Some(TaskState::Assigned) => c.assigned += n,
-                Some(TaskState::Done) => {
-                    c.done += n;
-                    c.done_tokens += tokens;
-                }
-                Some(TaskState::Failed) | None => c.failed += n,
-            }
+            tally(&mut c, &state, n, tokens);
         }
         Ok(c)
     }

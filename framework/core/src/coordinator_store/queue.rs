@@ -2,7 +2,7 @@
 //! completion is refused, how throughput estimates move.
 
 use super::{Completion, Finished, TaskRecord, TaskState};
-use crate::protocol::TaskRef;
+use crate::protocol::{TaskCounts, TaskRef};
 
 /// Weight of a new throughput measurement in the moving average.
 pub const THROUGHPUT_EMA: f64 = 0.5;
@@ -47,6 +47,21 @@ pub fn refusal(t: &TaskRecord, task: TaskRef, worker: &str) -> String {
         format!("lease {} of task {} is no longer current (now {})", task.lease, t.id, t.attempts)
     } else {
         format!("task {} is {}, not assigned", t.id, t.state.as_str())
+    }
+}
+
+/// Adds `n` tasks of `tokens` tokens in all, in the state named `state` (as stored by a SQL
+/// store), to `counts`; an unknown state counts as failed.
+pub fn tally(counts: &mut TaskCounts, state: &str, n: u64, tokens: u64) {
+    counts.total_tokens += tokens;
+    match TaskState::parse(state) {
+        Some(TaskState::Pending) => counts.pending += n,
+        Some(TaskState::Assigned) => counts.assigned += n,
+        Some(TaskState::Done) => {
+            counts.done += n;
+            counts.done_tokens += tokens;
+        }
+        Some(TaskState::Failed) | None => counts.failed += n,
     }
 }
 
