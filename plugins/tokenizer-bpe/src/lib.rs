@@ -25,7 +25,7 @@ use tokenizers::models::bpe::{BPE, BpeTrainer};
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::digits::Digits;
 use tokenizers::pre_tokenizers::sequence::Sequence;
-use tokenizers::{AddedToken, PreTokenizerWrapper};
+use tokenizers::{AddedToken, Model, PreTokenizerWrapper};
 
 /// Special tokens in id order.
 pub const SPECIALS: [&str; 6] = ["[PAD]", "[UNK]", "[BOS]", "[EOS]", "[USER]", "[INTENT]"];
@@ -112,6 +112,14 @@ fn check_specials(t: &tokenizers::Tokenizer) -> Result<(), String> {
         if t.token_to_id(s) != Some(id as u32) {
             return Err(format!("special token {s} must have id {id}, has {:?}", t.token_to_id(s)));
         }
+        // The model's vocabulary must not give a special token's id to another token: the id
+        // would then mean two things, and the `tokenizers` crate renumbers the special token
+        // when it saves, so the file would not load back as the same tokenizer.
+        if let Some(other) = t.get_model().id_to_token(id as u32).filter(|o| o != s) {
+            return Err(format!(
+                "id {id} is both the special token {s} and the vocabulary's token {other:?}"
+            ));
+        }
     }
     Ok(())
 }
@@ -157,6 +165,14 @@ impl Bpe {
             ));
         }
         check_specials(&t)?;
+        // Saving must give back this very tokenizer: what it serialises to loads to the same
+        // JSON. Anything else (a file the `tokenizers` crate reads one way and writes another)
+        // is refused here rather than found when a saved copy fails its hash.
+        let again: tokenizers::Tokenizer =
+            compact.parse().map_err(|e| format!("the tokenizer does not load back: {e}"))?;
+        if again.to_string(false).map_err(|e| e.to_string())? != compact {
+            return Err("the tokenizer does not save canonically (it loads back different)".into());
+        }
         Ok(Self { config, inner: Some((t, actual)) })
     }
 
@@ -289,6 +305,22 @@ mod tests {
         let err =
             Bpe::from_json_bytes(tampered.as_bytes(), BpeConfig::default()).expect_err("tampered");
         assert!(err.contains("hash") || err.contains("special"), "{err}");
+    }
+
+    /// Found by fuzzing (`tokenizer_bpe`): a file whose vocabulary gives a special token's id to
+    /// another token (here `!` gets id 0, `[PAD]`'s) loaded, but the `tokenizers` crate renumbered
+    /// `[PAD]` when it saved, so the saved copy did not load back. Refused, with the hash right.
+    #[test]
+    fn a_vocabulary_that_reuses_a_special_id_is_refused() {
+        let json = trained().to_json().expect("json");
+        let mut file: serde_json::Value = serde_json::from_str(&json).expect("parse");
+        file["tokenizer"]["model"]["vocab"]["!"] = 0.into();
+        let inner: tokenizers::Tokenizer = serde_json::from_value(file["tokenizer"].clone())
+            .expect("the tokenizers crate reads it");
+        file["content_hash"] = hash_of(&inner.to_string(false).expect("compact")).into();
+        let bytes = serde_json::to_vec(&file).expect("json");
+        let err = Bpe::from_json_bytes(&bytes, BpeConfig::default()).expect_err("id collision");
+        assert!(err.contains("id 0") && err.contains("[PAD]"), "{err}");
     }
 
     proptest! {

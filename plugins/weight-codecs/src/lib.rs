@@ -142,7 +142,7 @@ impl WeightCodec for TernaryWeights {
             read_f32_into(&scale_name, scale_view.data(), &mut g)?;
             if !ternary::dequantize_latent(&trits, g[0], out) {
                 return Err(WeightsError::Malformed(format!(
-                    "tensor `{}`: scale {} is not a valid absmean",
+                    "tensor `{}`: scale {} is not the absmean of any weights with these trits",
                     spec.name, g[0]
                 )));
             }
@@ -247,6 +247,25 @@ mod tests {
         assert_eq!(w.version, 3);
         assert_eq!(&w.params[..32], &params[..32]);
         assert_eq!(&w.params[96..], &params[96..]);
+    }
+
+    /// Found by fuzzing: a blob whose scale (here subnormal) no weights with its trits could
+    /// have is refused with a message naming the tensor, not decoded to weights that encode to
+    /// different trits.
+    #[test]
+    fn a_scale_that_contradicts_its_trits_is_refused() {
+        let l = layout();
+        let params: Vec<f32> = (0..l.total_params()).map(|i| (i % 3) as f32 - 1.0).collect();
+        let mut blob = TernaryWeights.encode(&l, 2, &params).expect("encode");
+        let g = ternary::absmean(&params[32..96]).to_le_bytes();
+        let at = blob.windows(4).position(|w| w == g).expect("the scale is in the blob");
+        blob[at..at + 4].copy_from_slice(&3.9e-39f32.to_le_bytes());
+        match TernaryWeights.decode(&l, &blob) {
+            Err(WeightsError::Malformed(m)) => {
+                assert!(m.contains("`q`") && m.contains("scale"), "{m}")
+            }
+            other => panic!("expected a malformed-blob error, got {other:?}"),
+        }
     }
 
     #[test]

@@ -128,16 +128,22 @@ pub fn unpack(packed: &[u8], out: &mut [i8]) -> Result<(), String> {
 /// to stay a zero trit), or, when every trit is non-zero, into the last element; either way the
 /// f64 mean `mean|W|` then rounds to `g` exactly, whatever order the kernel sums in (sums of a
 /// few million f32 values are exact in f64). Returns `false` if `g` is not finite and
-/// non-negative or the sizes differ.
+/// non-negative, the sizes differ, or no weights with absmean `g` quantize to `trits` (the
+/// quantizer divides by `g + eps`, so a scale far below `eps` with many non-zero trits, or a zero
+/// scale with any, is a pair no encoder writes); the result is checked against the quantizer, so
+/// whatever it accepts, encoding it again gives the same trits and scale.
 pub fn dequantize_latent(trits: &[i8], g: f32, out: &mut [f32]) -> bool {
     if !g.is_finite() || g < 0.0 || trits.len() != out.len() {
         return false;
     }
     let n = trits.len();
     let nnz = trits.iter().filter(|&&t| t != 0).count();
-    if nnz == 0 || g == 0.0 {
+    if nnz == 0 {
         out.fill(0.0);
         return true;
+    }
+    if g == 0.0 {
+        return false;
     }
     let target = f64::from(g) * n as f64;
     let mut v = (target / nnz as f64) as f32;
@@ -173,7 +179,8 @@ pub fn dequantize_latent(trits: &[i8], g: f32, out: &mut [f32]) -> bool {
         }
         out[i] = f32::from(trits[i]) * last;
     }
-    true
+    let div = g + WEIGHT_EPS;
+    absmean(out) == g && out.iter().zip(trits).all(|(&w, &t)| trit(w / div) == t)
 }
 
 #[cfg(test)]
@@ -191,6 +198,29 @@ mod tests {
         for v in cases {
             assert_eq!(trit(v), reference(v), "{v}");
         }
+    }
+
+    /// Found by fuzzing (`weight_blob`): a scale far below the quantizer's epsilon cannot be the
+    /// absmean of weights whose trits are all non-zero, so it is refused rather than decoded to
+    /// latent weights that quantize to zeros.
+    #[test]
+    fn a_scale_no_weights_could_have_is_refused() {
+        let mut out = [0.0f32; 8];
+        for g in [3.9e-39f32, 1e-7, 4e-6, 0.0] {
+            assert!(!dequantize_latent(&[1, -1, 1, 1, -1, 1, 1, 1], g, &mut out), "scale {g}");
+        }
+        // A small scale is valid when the non-zero trits are few enough: one weight of 6e-6
+        // among 100 zeros has absmean 6e-8 and trit 1.
+        let mut w = vec![0.0f32; 100];
+        w[3] = 6e-6;
+        let mut t = vec![0i8; 100];
+        let g = quantize(&w, &mut t);
+        assert_eq!(t[3], 1);
+        let mut latent = vec![0.0f32; 100];
+        assert!(dequantize_latent(&t, g, &mut latent));
+        let mut t2 = vec![0i8; 100];
+        assert_eq!(quantize(&latent, &mut t2), g);
+        assert_eq!(t2, t);
     }
 
     proptest! {
