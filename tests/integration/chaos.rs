@@ -90,6 +90,22 @@ fn kill_9_the_coordinator_at_random_points_and_nothing_is_lost_or_applied_twice(
         listening();
     }
     eprintln!("chaos: {done} kill -9 of the coordinator (seed {seed:#x})");
+    // The workers finish the queue: however long that is on a large corpus, wait while tasks
+    // keep completing, and fail only when nothing has completed for LIMIT.
+    let mut progress = (s.counts().expect("counts").done, std::time::Instant::now());
+    while workers.iter_mut().any(|w| w.try_wait().is_none()) {
+        let now_done = s.counts().expect("counts").done;
+        if now_done != progress.0 {
+            progress = (now_done, std::time::Instant::now());
+        }
+        assert!(
+            progress.1.elapsed() < LIMIT,
+            "no task completed for {LIMIT:?} ({now_done} done); w1:\n{}\nw2:\n{}",
+            log_of(dir, "w1"),
+            log_of(dir, "w2")
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     for (w, id) in workers.iter_mut().zip(["w1", "w2"]) {
         assert!(w.wait(LIMIT).success(), "{id} failed:\n{}", log_of(dir, id));
     }

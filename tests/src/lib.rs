@@ -281,6 +281,12 @@ pub mod procs {
                 Command::new("kill").arg(format!("-{signal}")).arg(self.pid().to_string()).status();
         }
 
+        /// The exit status if the process has exited, without waiting (asking again, or
+        /// [`Self::wait`] afterwards, gives the same status).
+        pub fn try_wait(&mut self) -> Option<ExitStatus> {
+            self.child.as_mut()?.try_wait().expect("try_wait")
+        }
+
         /// Waits for exit, at most `timeout`; panics (after killing it) on timeout.
         pub fn wait(&mut self, timeout: Duration) -> ExitStatus {
             let deadline = Instant::now() + timeout;

@@ -14,6 +14,7 @@
 
 pub mod commands;
 pub mod logging;
+pub mod memory;
 
 use clap::{Parser, Subcommand};
 

@@ -70,7 +70,8 @@ pub struct HttpConfig {
     pub lockout_failures: u32,
     /// Server: how long a lockout lasts, seconds.
     pub lockout_secs: u64,
-    /// Server: password verifications running at once [default: the machine's cores].
+    /// Server: password verifications running at once [default: half the machine's cores, at
+    /// least 1, so a login flood leaves the rest to the fleet's requests].
     pub max_concurrent_logins: Option<usize>,
     /// Server: logins waiting for a verification slot; more are answered 503.
     pub max_queued_logins: usize,

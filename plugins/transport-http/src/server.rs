@@ -535,7 +535,9 @@ pub fn start(config: &HttpConfig, key: Vec<u8>, ctx: ServeContext) -> Result<Htt
         logins_per_client_per_minute: config.logins_per_client_per_minute,
         lockout_failures: config.lockout_failures,
         lockout: Duration::from_secs(config.lockout_secs),
-        verify_slots: config.max_concurrent_logins.unwrap_or(threads),
+        // Half the cores by default: a login flood (each verification is ~19 MiB of argon2)
+        // can then never take the CPU the fleet's uploads and claims need.
+        verify_slots: config.max_concurrent_logins.unwrap_or((threads / 2).max(1)),
         verify_queue: config.max_queued_logins,
     });
     let connections = Arc::new(ConnectionCounters::default());

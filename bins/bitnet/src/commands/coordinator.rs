@@ -43,6 +43,7 @@ pub fn stop_flag() -> anyhow::Result<Arc<AtomicBool>> {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
+    crate::memory::return_large_frees_to_the_os();
     let loaded = args.config.load()?;
     let registry = registry_for(&loaded.config)?;
     // The values `bitnet run --dry-run` checks, refused here too, every problem at once.
