@@ -136,6 +136,30 @@ fn two_workers_train_until_every_task_is_done_and_loss_falls() {
     server.shutdown();
 }
 
+/// A worker over its coordinator's log quota keeps training: shipping logs is put off until the
+/// quota's Retry-After, never waited for (a chaos run found workers idle 49 s at a time).
+#[test]
+fn a_worker_over_its_log_quota_defers_its_logs_and_keeps_training() {
+    let dir = bitnet_tests::temp_dir();
+    let registry = dist::registry();
+    let config = dist::tiny_config(
+        dir.path(),
+        &["coordinator.log_records_per_minute=2", "worker.give_up_after_secs=600"],
+    );
+    let c = dist::start_coordinator(&config, &registry, dist::pattern_corpus(1, 640), 0, 640);
+    let server = serve(&config, &registry, &c);
+    let report = spawn_worker(&config, &registry, &server.endpoint(), dist::add_client(&c, "w1"))
+        .join()
+        .expect("w1");
+    let status = c.status().expect("status");
+    assert!(status.tasks.finished(), "{status:?}");
+    assert_eq!(report.tasks_accepted, status.tasks.done, "one worker did every task");
+    assert!(report.logs_deferred > 0, "the quota was met and logs put off: {report:?}");
+    assert!(c.store().log_count().expect("logs") <= 2, "the quota held");
+    c.shutdown();
+    server.shutdown();
+}
+
 #[test]
 fn diloco_update_lowers_the_loss_on_its_data() {
     let dir = bitnet_tests::temp_dir();

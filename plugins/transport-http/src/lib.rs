@@ -43,6 +43,9 @@ pub struct HttpConfig {
     pub max_json_bytes: usize,
     /// Threads of the server's runtime.
     pub server_threads: usize,
+    /// Server: threads that run coordinator calls (store I/O, decoding and applying updates)
+    /// [default: 4 per core, at least 8]. Waiting claims hold none; more concurrent calls queue.
+    pub blocking_threads: Option<usize>,
     /// Client: timeout of one request, seconds.
     pub request_timeout_secs: u64,
     /// Client: refresh the token this many seconds before it expires.
@@ -88,6 +91,7 @@ impl Default for HttpConfig {
             max_upload_bytes: 512 << 20,
             max_json_bytes: 4 << 20,
             server_threads: 2,
+            blocking_threads: None,
             request_timeout_secs: 600,
             token_refresh_margin_secs: 60,
             tls_cert_file: None,
@@ -140,6 +144,7 @@ impl HttpConfig {
             ("logins_per_ip_per_minute", self.logins_per_ip_per_minute == 0),
             ("logins_per_client_per_minute", self.logins_per_client_per_minute == 0),
             ("max_concurrent_logins", self.max_concurrent_logins == Some(0)),
+            ("blocking_threads", self.blocking_threads == Some(0)),
         ] {
             if zero {
                 p.push(format!("{key} must be positive, got 0"));

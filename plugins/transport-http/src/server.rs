@@ -518,9 +518,10 @@ pub fn start(config: &HttpConfig, key: Vec<u8>, ctx: ServeContext) -> Result<Htt
         .map_err(|e| ApiError::Internal(format!("binding {}: {e}", config.bind)))?;
     listener.set_nonblocking(true).map_err(|e| ApiError::Internal(e.to_string()))?;
     let addr = listener.local_addr().map_err(|e| ApiError::Internal(e.to_string()))?;
+    let cores = std::thread::available_parallelism().map_or(2, usize::from);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(config.server_threads)
-        .max_blocking_threads(64)
+        .max_blocking_threads(config.blocking_threads.unwrap_or((4 * cores).max(8)))
         .thread_name("bitnet-http")
         .enable_all()
         .build()
@@ -529,7 +530,6 @@ pub fn start(config: &HttpConfig, key: Vec<u8>, ctx: ServeContext) -> Result<Htt
         .api
         .upload_limit()
         .map_or(config.max_upload_bytes, |l| config.max_upload_bytes.min(l as usize));
-    let threads = std::thread::available_parallelism().map_or(2, usize::from);
     let guard = LoginGuard::new(GuardLimits {
         logins_per_ip_per_minute: config.logins_per_ip_per_minute,
         logins_per_client_per_minute: config.logins_per_client_per_minute,
@@ -537,7 +537,7 @@ pub fn start(config: &HttpConfig, key: Vec<u8>, ctx: ServeContext) -> Result<Htt
         lockout: Duration::from_secs(config.lockout_secs),
         // Half the cores by default: a login flood (each verification is ~19 MiB of argon2)
         // can then never take the CPU the fleet's uploads and claims need.
-        verify_slots: config.max_concurrent_logins.unwrap_or((threads / 2).max(1)),
+        verify_slots: config.max_concurrent_logins.unwrap_or((cores / 2).max(1)),
         verify_queue: config.max_queued_logins,
     });
     let connections = Arc::new(ConnectionCounters::default());

@@ -94,6 +94,9 @@ pub struct WorkerReport {
     pub inner_steps: u64,
     /// Where the time of accepted tasks went, summed over them.
     pub timing: TaskTiming,
+    /// Times shipping logs was put off (the coordinator's log quota, or a retryable failure)
+    /// rather than waited for.
+    pub logs_deferred: u64,
 }
 
 /// Wall-clock seconds spent in each phase of a task, summed over tasks. Everything but
@@ -131,6 +134,9 @@ impl TaskTiming {
     }
 }
 
+/// Log records a worker keeps while the coordinator cannot take them (its quota, an outage).
+const MAX_BUFFERED_LOGS: usize = 2000;
+
 /// A worker. Build with [`Worker::new`], then [`Worker::run`].
 pub struct Worker {
     parts: WorkerParts,
@@ -141,6 +147,8 @@ pub struct Worker {
     weights: Option<CachedWeights>,
     shards: HashMap<String, Arc<Vec<u32>>>,
     logs: Vec<LogRecord>,
+    /// Shipping logs waits until then (the coordinator's quota said so, or it was unreachable).
+    logs_not_before: Option<Instant>,
     /// Gradient arena, reused across tasks (sized to the layout on first use).
     grads: Vec<f32>,
     /// async-sgd's f64 accumulator of the task's gradient, reused across tasks.
@@ -202,6 +210,7 @@ impl Worker {
             weights: None,
             shards: HashMap::new(),
             logs: Vec::new(),
+            logs_not_before: None,
             grads: Vec::new(),
             acc: Vec::new(),
             spare: Vec::new(),
@@ -224,13 +233,39 @@ impl Worker {
         self.logs.push(LogRecord { ts_ms: now_ms(), level: level.into(), message });
     }
 
+    /// Ships the buffered log records, at most once per call and never waiting: logs must not
+    /// stall training. A refusal for the coordinator's log quota (429) or a retryable failure
+    /// keeps the records for a later call, after the Retry-After or a backoff; past
+    /// [`MAX_BUFFERED_LOGS`] the oldest are dropped (and said so in the local log). Any other
+    /// error drops the batch with a warning.
     fn flush_logs(&mut self) {
-        if self.logs.is_empty() {
+        if self.logs.is_empty() || self.logs_not_before.is_some_and(|t| Instant::now() < t) {
             return;
         }
+        self.logs_not_before = None;
         let batch = std::mem::take(&mut self.logs);
-        if let Err(e) = self.retry(|c| c.logs(batch.clone())) {
-            tracing::warn!(error = %e, "could not ship logs");
+        match self.parts.client.logs(batch.clone()) {
+            Ok(()) => {}
+            Err(e) if e.is_retryable() => {
+                let wait = match &e {
+                    ApiError::TooMany { retry_after_secs, .. } => {
+                        Duration::from_secs((*retry_after_secs).max(1))
+                    }
+                    _ => Duration::from_millis(self.settings.retry_max_ms.max(1000)),
+                };
+                tracing::debug!(error = %e, "log shipping deferred by {wait:?}");
+                self.report.logs_deferred += 1;
+                self.logs_not_before = Some(Instant::now() + wait);
+                let mut kept = batch;
+                kept.append(&mut self.logs);
+                let over = kept.len().saturating_sub(MAX_BUFFERED_LOGS);
+                if over > 0 {
+                    kept.drain(..over);
+                    tracing::warn!("dropped {over} log records the coordinator could not take yet");
+                }
+                self.logs = kept;
+            }
+            Err(e) => tracing::warn!(error = %e, "could not ship {} log records", batch.len()),
         }
     }
 
@@ -310,7 +345,11 @@ impl Worker {
             format!("registered: calibrated {tps:.0} tokens/s, mode {:?}", registered.mode),
         );
         let result = self.work_loop();
+        self.logs_not_before = None;
         self.flush_logs();
+        if !self.logs.is_empty() {
+            tracing::warn!("{} log records were not shipped to the coordinator", self.logs.len());
+        }
         let draining =
             Heartbeat { task: None, progress_tokens: 0, hand_back: false, draining: true };
         if let Err(e) = self.parts.client.heartbeat(draining) {
