@@ -133,7 +133,7 @@ fn login_floods_get_429_and_repeated_failures_lock_a_client_out() {
 }
 
 #[test]
-fn slow_headers_are_closed_and_connections_are_capped() {
+fn slow_headers_and_idle_connections_are_closed_and_connections_are_capped() {
     let (_dir, c, server) =
         serve(&["transport.header_read_timeout_secs=1", "transport.max_connections=8"]);
     let base = server.endpoint();
@@ -162,6 +162,21 @@ fn slow_headers_are_closed_and_connections_are_capped() {
     }
     let health = reqwest::blocking::get(format!("{base}/health")).expect("health");
     assert_eq!(health.text().expect("text"), "ok");
+    // Idle connections are closed too: one that never sends a byte, and a keep-alive one after
+    // its first answer (the timeout then bounds the wait for the next request's headers).
+    let mut silent = TcpStream::connect(host_port(&base)).expect("connect");
+    let mut kept = TcpStream::connect(host_port(&base)).expect("connect");
+    kept.write_all(b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n").expect("request");
+    for s in [&mut silent, &mut kept] {
+        s.set_read_timeout(Some(Duration::from_secs(8))).expect("timeout");
+    }
+    let mut answer = Vec::new();
+    let closed = kept.read_to_end(&mut answer);
+    assert!(closed.is_ok(), "an idle keep-alive connection is closed: {closed:?}");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200") && answer.ends_with("ok"), "{answer}");
+    let closed = silent.read_to_end(&mut Vec::new());
+    assert!(closed.is_ok(), "a connection that sends nothing is closed: {closed:?}");
     drop(server);
     c.shutdown();
 }
