@@ -259,6 +259,7 @@ fn main() {
                     tokens_per_sec: 1000.0,
                     framework_version: "load".into(),
                     layout_fingerprint: fingerprint,
+                    host: "load-sim".into(),
                 };
                 let registered = client.register(reg);
                 ready.wait();

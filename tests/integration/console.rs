@@ -374,18 +374,28 @@ fn console_in_headless_chromium() {
     let session = b.cookie("bitnet_session");
     assert_eq!(session.len(), 64);
 
-    // The dashboard: two live workers and a loss curve with points.
-    b.wait_on("/admin/", "two active workers and a loss curve", LIMIT, |b| {
+    // The dashboard: two live workers and a loss curve with points, training and validation.
+    b.wait_on("/admin/", "two active workers and both loss curves", LIMIT, |b| {
         let active = b.texts("#workers td.state").iter().filter(|s| *s == "active").count();
-        let points: usize = if b.count("#loss-chart") == 1 {
-            b.attr("#loss-chart", "data-points").and_then(|v| v.parse().ok()).unwrap_or(0)
-        } else {
-            0
+        let points = |attr: &str| -> usize {
+            if b.count("#loss-chart") == 1 {
+                b.attr("#loss-chart", attr).and_then(|v| v.parse().ok()).unwrap_or(0)
+            } else {
+                0
+            }
         };
-        active == 2 && points >= 2 && b.count("#loss-chart circle.pt") == points
+        let (train, val) = (points("data-points"), points("data-validation-points"));
+        active == 2
+            && train >= 2
+            && b.count("#loss-chart circle.pt") == train
+            && val >= 1
+            && b.count("#loss-chart circle.val") == val
     });
     let version: u64 = b.text("#weight-version").parse().expect("version");
     assert!(version >= 2, "weights moved: version {version}");
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").expect("hostname");
+    let hosts = b.texts("#workers td.host");
+    assert!(hosts.len() == 2 && hosts.iter().all(|h| h == host.trim()), "{hosts:?}");
     b.screenshot("dashboard");
 
     // Keys: add one, see its secret once, download its credentials, and they work.
@@ -641,12 +651,14 @@ fn admin_api_needs_an_operator_token_and_drives_the_coordinator() {
             .0
             .layout()
             .fingerprint(),
+            host: "cab-7".into(),
         },
     )
     .expect("register");
     let workers: serde_json::Value = get("/admin/api/workers", &admin).json().expect("json");
     assert_eq!(workers[0]["record"]["id"], "w1");
     assert_eq!(workers[0]["record"]["state"], "active");
+    assert_eq!(workers[0]["record"]["host"], "cab-7", "the host the worker registered with");
 
     let before = c.store().counts().expect("counts").total_tokens;
     let r = http

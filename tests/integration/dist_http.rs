@@ -46,6 +46,7 @@ fn register(c: &Coordinator, id: &str) {
             tokens_per_sec: 1000.0,
             framework_version: "test".into(),
             layout_fingerprint: kernel.layout().fingerprint(),
+            host: String::new(),
         },
     )
     .expect("register");

@@ -49,6 +49,7 @@ task_seconds = 0.005
 heartbeat_secs = 0.2
 min_lease_secs = 2
 sweep_every_secs = 0.1
+eval_every_secs = 0.5
 snapshot_every_updates = 3
 snapshot_every_secs = 0
 [worker]

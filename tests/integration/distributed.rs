@@ -206,6 +206,7 @@ pub(crate) fn register_at(
             tokens_per_sec,
             framework_version: "test".into(),
             layout_fingerprint: kernel.layout().fingerprint(),
+            host: String::new(),
         },
     )
     .expect("register");

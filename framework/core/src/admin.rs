@@ -34,6 +34,10 @@ pub struct Overview {
     pub round_missing: usize,
     /// The run's token budget (0 = one epoch).
     pub token_budget: u64,
+    /// Validation loss of the weights, measured every `coordinator.eval_every_secs`, oldest
+    /// first (`loss` is the mean validation loss of that version).
+    #[serde(default)]
+    pub validation: Vec<LossPoint>,
 }
 
 /// A worker as the console shows it.

@@ -37,6 +37,10 @@ pub struct Registration {
     pub framework_version: String,
     /// Fingerprint of the worker's parameter layout; must match the coordinator's.
     pub layout_fingerprint: String,
+    /// The worker machine's host name, shown to operators (as the worker says: not trusted;
+    /// the coordinator keeps at most 255 printable characters). Empty from older workers.
+    #[serde(default)]
+    pub host: String,
 }
 
 /// The coordinator's answer to a registration.

@@ -277,20 +277,9 @@ impl Trainer {
     /// (the same batches every time), weighted by counted targets; `None` without a source.
     pub fn evaluate(&mut self) -> Result<Option<f32>, TrainError> {
         let Some(source) = self.validation.as_mut() else { return Ok(None) };
-        source.seek(SourcePosition::default())?;
-        let (mut sum, mut count) = (0f64, 0usize);
-        let mut buf = BatchBuffer::default();
-        for _ in 0..self.options.eval_batches.max(1) {
-            source.next_batch(self.options.batch_size, self.options.seq_len, &mut buf)?;
-            let counted = buf.view().counted_targets();
-            if counted == 0 {
-                continue;
-            }
-            let loss = self.kernel.forward_loss(&self.params, &buf.view())?;
-            sum += f64::from(loss) * counted as f64;
-            count += counted;
-        }
-        Ok((count > 0).then(|| (sum / count as f64) as f32))
+        let o = &self.options;
+        let shape = (o.eval_batches, o.batch_size, o.seq_len);
+        mean_loss(self.kernel.as_mut(), &self.params, source.as_mut(), shape)
     }
 
     /// Writes a checkpoint of the current state to `path`.
@@ -632,6 +621,32 @@ impl SplitMix64 {
         z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
         z ^ (z >> 31)
     }
+}
+
+/// Mean loss of `params` over the first `batches` batches of `(batch_size, seq_len)` windows of
+/// `source` (from its start, so the same batches every time), weighted by counted targets;
+/// `None` when they count none. What `bitnet train`'s validation and a fleet run's periodic
+/// validation both measure.
+pub fn mean_loss(
+    kernel: &mut dyn ModelKernel,
+    params: &[f32],
+    source: &mut dyn BatchSource,
+    (batches, batch_size, seq_len): (usize, usize, usize),
+) -> Result<Option<f32>, TrainError> {
+    source.seek(SourcePosition::default())?;
+    let (mut sum, mut count) = (0f64, 0usize);
+    let mut buf = BatchBuffer::default();
+    for _ in 0..batches.max(1) {
+        source.next_batch(batch_size, seq_len, &mut buf)?;
+        let counted = buf.view().counted_targets();
+        if counted == 0 {
+            continue;
+        }
+        let loss = kernel.forward_loss(params, &buf.view())?;
+        sum += f64::from(loss) * counted as f64;
+        count += counted;
+    }
+    Ok((count > 0).then(|| (sum / count as f64) as f32))
 }
 
 #[cfg(test)]

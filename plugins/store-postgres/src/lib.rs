@@ -173,6 +173,7 @@ fn worker_row(r: &Row) -> Result<WorkerRecord, StoreFailure> {
         calibrated_tps: r.try_get(3).map_err(fail)?,
         measured_tps: r.try_get(4).map_err(fail)?,
         last_seen_ms: u(r.try_get(5).map_err(fail)?),
+        host: r.try_get(6).map_err(fail)?,
     })
 }
 
@@ -603,10 +604,10 @@ impl CoordinatorStore for PostgresStore {
                 .await?
                 .execute(
                     "INSERT INTO workers (id, state, threads, calibrated_tps, measured_tps,
-                       last_seen_ms) VALUES ($1, $2, $3, $4, $5, $6)
+                       last_seen_ms, host) VALUES ($1, $2, $3, $4, $5, $6, $7)
                      ON CONFLICT (id) DO UPDATE SET state = $2, threads = $3, calibrated_tps = $4,
                        measured_tps = CASE WHEN $5 > 0 THEN $5 ELSE workers.measured_tps END,
-                       last_seen_ms = $6",
+                       last_seen_ms = $6, host = $7",
                     &[
                         &w.id,
                         &w.state.as_str(),
@@ -614,6 +615,7 @@ impl CoordinatorStore for PostgresStore {
                         &w.calibrated_tps,
                         &w.measured_tps,
                         &i(w.last_seen_ms),
+                        &w.host,
                     ],
                 )
                 .await
@@ -627,7 +629,7 @@ impl CoordinatorStore for PostgresStore {
             self.connection()
                 .await?
                 .query_opt(
-                    "SELECT id, state, threads, calibrated_tps, measured_tps, last_seen_ms
+                    "SELECT id, state, threads, calibrated_tps, measured_tps, last_seen_ms, host
                      FROM workers WHERE id = $1",
                     &[&id],
                 )
@@ -906,7 +908,7 @@ impl CoordinatorStore for PostgresStore {
             self.connection()
                 .await?
                 .query(
-                    "SELECT id, state, threads, calibrated_tps, measured_tps, last_seen_ms
+                    "SELECT id, state, threads, calibrated_tps, measured_tps, last_seen_ms, host
                      FROM workers ORDER BY id",
                     &[],
                 )

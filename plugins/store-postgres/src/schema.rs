@@ -12,9 +12,10 @@ use bitnet_framework::protocol::now_ms;
 const MIGRATION_LOCK: i64 = 0x6269_746e_6574_0001;
 
 /// The migrations, oldest first; a migration is never edited once released, only added.
-pub const MIGRATIONS: &[(i64, &str)] = &[(
-    1,
-    "CREATE TABLE tasks (
+pub const MIGRATIONS: &[(i64, &str)] = &[
+    (
+        1,
+        "CREATE TABLE tasks (
         id BIGSERIAL PRIMARY KEY,
         shard TEXT NOT NULL,
         start BIGINT NOT NULL,
@@ -63,7 +64,9 @@ pub const MIGRATIONS: &[(i64, &str)] = &[(
         message TEXT NOT NULL
     );
     CREATE INDEX logs_by_time ON logs (ts_ms);",
-)];
+    ),
+    (2, "ALTER TABLE workers ADD COLUMN host TEXT NOT NULL DEFAULT '';"),
+];
 
 /// The schema version this build writes.
 pub fn latest_version() -> i64 {

@@ -76,7 +76,8 @@ CREATE TABLE IF NOT EXISTS workers (
     threads INTEGER NOT NULL,
     calibrated_tps REAL NOT NULL,
     measured_tps REAL NOT NULL,
-    last_seen_ms INTEGER NOT NULL
+    last_seen_ms INTEGER NOT NULL,
+    host TEXT NOT NULL DEFAULT ''
 );
 CREATE TABLE IF NOT EXISTS clients (
     id TEXT PRIMARY KEY,
@@ -158,6 +159,7 @@ fn worker_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<WorkerRecord> {
         calibrated_tps: r.get(3)?,
         measured_tps: r.get(4)?,
         last_seen_ms: u(r.get(5)?),
+        host: r.get(6)?,
     })
 }
 
@@ -206,6 +208,19 @@ impl SqliteStore {
         conn.execute_batch("PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;")
             .map_err(fail)?;
         conn.execute_batch(SCHEMA).map_err(fail)?;
+        // Databases made before workers had a host column get it (SQLite has no
+        // `ADD COLUMN IF NOT EXISTS`).
+        let has_host: bool = conn
+            .query_row(
+                "SELECT COUNT(*) > 0 FROM pragma_table_info('workers') WHERE name = 'host'",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(fail)?;
+        if !has_host {
+            conn.execute_batch("ALTER TABLE workers ADD COLUMN host TEXT NOT NULL DEFAULT ''")
+                .map_err(fail)?;
+        }
         Ok(Self { conn: Mutex::new(conn), path: path.to_path_buf() })
     }
 
@@ -461,18 +476,20 @@ impl CoordinatorStore for SqliteStore {
     fn upsert_worker(&self, w: &WorkerRecord) -> Result<(), StoreFailure> {
         self.conn()?
             .execute(
-                "INSERT INTO workers (id, state, threads, calibrated_tps, measured_tps, last_seen_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                "INSERT INTO workers (id, state, threads, calibrated_tps, measured_tps, last_seen_ms,
+                   host)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
                  ON CONFLICT(id) DO UPDATE SET state = ?2, threads = ?3, calibrated_tps = ?4,
                    measured_tps = CASE WHEN ?5 > 0 THEN ?5 ELSE workers.measured_tps END,
-                   last_seen_ms = ?6",
+                   last_seen_ms = ?6, host = ?7",
                 params![
                     w.id,
                     w.state.as_str(),
                     i(w.threads as u64),
                     w.calibrated_tps,
                     w.measured_tps,
-                    i(w.last_seen_ms)
+                    i(w.last_seen_ms),
+                    w.host
                 ],
             )
             .map_err(fail)?;
@@ -482,7 +499,7 @@ impl CoordinatorStore for SqliteStore {
     fn worker(&self, id: &str) -> Result<Option<WorkerRecord>, StoreFailure> {
         self.conn()?
             .query_row(
-                "SELECT id, state, threads, calibrated_tps, measured_tps, last_seen_ms
+                "SELECT id, state, threads, calibrated_tps, measured_tps, last_seen_ms, host
                  FROM workers WHERE id = ?1",
                 [id],
                 worker_row,
@@ -732,7 +749,7 @@ impl CoordinatorStore for SqliteStore {
         let conn = self.conn()?;
         let mut stmt = conn
             .prepare(
-                "SELECT id, state, threads, calibrated_tps, measured_tps, last_seen_ms
+                "SELECT id, state, threads, calibrated_tps, measured_tps, last_seen_ms, host
                  FROM workers ORDER BY id",
             )
             .map_err(fail)?;
@@ -762,6 +779,33 @@ mod tests {
             let path = dir.path().join(format!("s{}.sqlite", n.fetch_add(1, Ordering::SeqCst)));
             Box::new(SqliteStore::open(&path, Duration::from_secs(5)).expect("open"))
         });
+    }
+
+    /// A database made before workers had a host column opens, gains the column, and keeps
+    /// its workers (with an empty host).
+    #[test]
+    fn a_database_without_the_host_column_gains_it() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("old.sqlite");
+        {
+            let conn = rusqlite::Connection::open(&path).expect("open");
+            conn.execute_batch(
+                "CREATE TABLE workers (id TEXT PRIMARY KEY, state TEXT NOT NULL,
+                   threads INTEGER NOT NULL, calibrated_tps REAL NOT NULL,
+                   measured_tps REAL NOT NULL, last_seen_ms INTEGER NOT NULL);
+                 INSERT INTO workers VALUES ('old', 'active', 2, 10.0, 0.0, 5);",
+            )
+            .expect("old schema");
+        }
+        let s = SqliteStore::open(&path, Duration::from_secs(5)).expect("open");
+        let old = s.worker("old").expect("read").expect("kept");
+        assert_eq!((old.threads, old.host.as_str()), (2, ""));
+        let mut w = old.clone();
+        w.host = "cab-7".into();
+        s.upsert_worker(&w).expect("upsert");
+        assert_eq!(s.worker("old").expect("read").expect("kept").host, "cab-7");
+        drop(s);
+        SqliteStore::open(&path, Duration::from_secs(5)).expect("opens again, column there");
     }
 
     #[test]

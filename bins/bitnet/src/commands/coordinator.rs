@@ -3,6 +3,7 @@
 use super::{ConfigArgs, registry_for};
 use anyhow::Context;
 use bitnet_framework::protocol::{CoordinatorApi, StatusReport};
+use bitnet_framework::registry::Registry;
 use bitnet_runtime::config::RunConfig;
 use bitnet_runtime::metrics::{MetricsKind, MetricsSource};
 use bitnet_runtime::run::recorder::Recorder;
@@ -62,7 +63,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     std::fs::write(&url_file, format!("{endpoint}\n"))
         .with_context(|| format!("writing {}", url_file.display()))?;
     println!("coordinator listening on {endpoint} (vocab {})", config.model.vocab_size);
-    let mut recorder = Recorder::new(&config, MetricsSource::Coordinator)?;
+    let mut recorder =
+        with_validation(Recorder::new(&config, MetricsSource::Coordinator)?, &config, &registry);
     // A queue finished before this session (a restart after the budget) has its summary.
     let mut summarised = service.coordinator.status()?.tasks.finished();
     while !stop.load(Ordering::SeqCst) {
@@ -106,6 +108,21 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         checkpoint.display()
     );
     Ok(())
+}
+
+/// `recorder`, measuring the validation loss every `coordinator.eval_every_secs` when the data
+/// directory has a validation split (a warning, and no periodic validation, when it has none).
+pub fn with_validation(recorder: Recorder, config: &RunConfig, registry: &Registry) -> Recorder {
+    if config.coordinator.eval_every_secs <= 0.0 {
+        return recorder;
+    }
+    match bitnet_runtime::run::validation::Validator::open(config, registry) {
+        Ok(v) => recorder.with_validator(v),
+        Err(e) => {
+            tracing::warn!("no validation during the run: {e}");
+            recorder
+        }
+    }
 }
 
 /// The fields of `summary.json` that describe a fleet run (beside the evaluation), for

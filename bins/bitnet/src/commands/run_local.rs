@@ -273,7 +273,11 @@ pub fn run(mut config: RunConfig, registry: &Registry, mode: RunDirMode) -> anyh
         );
     }
 
-    let mut recorder = Recorder::new(&config, MetricsSource::Run)?;
+    let mut recorder = super::coordinator::with_validation(
+        Recorder::new(&config, MetricsSource::Run)?,
+        &config,
+        registry,
+    );
     let started = Instant::now();
     let mut progress = FleetProgress::new(first.tasks.total_tokens);
     let status = loop {

@@ -81,6 +81,8 @@ fn operators_list_and_drain_workers(store: Box<dyn CoordinatorStore>) {
     store.upsert_worker(&worker("a", 7)).expect("upsert");
     let ids: Vec<String> = store.workers().expect("list").into_iter().map(|w| w.id).collect();
     assert_eq!(ids, ["a", "b"], "sorted by id");
+    assert_eq!(store.worker("b").expect("w"), Some(worker("b", 7)), "a worker reads back whole");
+    assert_eq!(store.workers().expect("list")[0].host, "host-of-a");
     assert!(store.drain_worker("a").expect("drain"));
     assert!(!store.drain_worker("nobody").expect("drain"), "an unknown worker is reported");
     let a = store.worker("a").expect("w").expect("w");
@@ -162,6 +164,7 @@ fn worker(id: &str, now: u64) -> WorkerRecord {
         calibrated_tps: 100.0,
         measured_tps: 0.0,
         last_seen_ms: now,
+        host: format!("host-of-{id}"),
     }
 }
 

@@ -147,6 +147,9 @@ pub struct WorkerRecord {
     pub measured_tps: f64,
     /// Last heartbeat, ms since the epoch.
     pub last_seen_ms: u64,
+    /// Host name the worker registered with (empty if it named none).
+    #[serde(default)]
+    pub host: String,
 }
 
 impl WorkerRecord {

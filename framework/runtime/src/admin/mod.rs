@@ -106,6 +106,7 @@ impl AdminApi for Admin {
             round_updates,
             round_missing,
             token_budget: self.config.train.token_budget,
+            validation: self.coordinator.validation_points(),
         })
     }
 

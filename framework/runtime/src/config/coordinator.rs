@@ -30,6 +30,11 @@ pub struct CoordinatorSection {
     /// weights change, seconds, and always when the token budget is reached and at shutdown
     /// (0 = only then). `train.keep_checkpoints` of them are kept.
     pub checkpoint_every_secs: f64,
+    /// A fleet run measures the validation loss of its weights this often while they change,
+    /// seconds (0 = never): a `metrics.jsonl` row and a point of the console's curve.
+    pub eval_every_secs: f64,
+    /// Batches of `train.batch_size` windows each validation averages over.
+    pub eval_batches: usize,
     /// A worker silent this long is marked Gone, seconds.
     pub worker_timeout_secs: f64,
     /// A task whose lease expires this many times is Failed.
@@ -101,6 +106,8 @@ impl Default for CoordinatorSection {
             snapshot_every_secs: 300.0,
             keep_snapshots: 3,
             checkpoint_every_secs: 1800.0,
+            eval_every_secs: 300.0,
+            eval_batches: 8,
             worker_timeout_secs: 120.0,
             max_attempts: 5,
             max_upload_bytes: 512 << 20,
@@ -154,6 +161,15 @@ impl CoordinatorSection {
             if !(v.is_finite() && v > 0.0) {
                 p.push(format!("coordinator.{k} must be positive, is {v}"));
             }
+        }
+        if !(self.eval_every_secs.is_finite() && self.eval_every_secs >= 0.0) {
+            p.push(format!(
+                "coordinator.eval_every_secs must be 0 or positive, is {}",
+                self.eval_every_secs
+            ));
+        }
+        if self.eval_batches == 0 {
+            p.push("coordinator.eval_batches must be positive, is 0".into());
         }
         if !(self.checkpoint_every_secs.is_finite() && self.checkpoint_every_secs >= 0.0) {
             p.push(format!(

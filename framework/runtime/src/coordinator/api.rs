@@ -29,6 +29,7 @@ impl CoordinatorApi for Coordinator {
             calibrated_tps: tokens_per_sec,
             measured_tps: 0.0,
             last_seen_ms: now_ms(),
+            host: reg.host.chars().filter(|c| !c.is_control()).take(255).collect(),
         })?;
         tracing::info!(worker, tokens_per_sec, "worker registered");
         Ok(Registered {

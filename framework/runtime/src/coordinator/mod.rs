@@ -138,7 +138,12 @@ pub struct Coordinator {
     /// Ceiling on a worker's throughput, tokens/s (see `max_worker_tokens_per_sec`).
     max_tps: f64,
     log_quota: quota::LogQuota,
+    /// Validation losses of the run's weights, oldest first (what the recorder measured).
+    validation: Mutex<VecDeque<bitnet_framework::admin::LossPoint>>,
 }
+
+/// Validation points the coordinator keeps for the console.
+const VALIDATION_POINTS: usize = 500;
 
 /// Served weight versions kept for workers still downloading an older one.
 const SERVED_VERSIONS: usize = 4;
@@ -178,6 +183,22 @@ impl Coordinator {
     /// Current weight version.
     pub fn version(&self) -> u64 {
         self.model.lock().map(|m| m.version).unwrap_or(0)
+    }
+
+    /// Records the validation loss of weight version `version` (the console's second curve).
+    pub fn record_validation(&self, version: u64, loss: f32) {
+        if let Ok(mut v) = self.validation.lock() {
+            if v.len() == VALIDATION_POINTS {
+                v.pop_front();
+            }
+            let ts_ms = bitnet_framework::protocol::now_ms();
+            v.push_back(bitnet_framework::admin::LossPoint { version, loss, ts_ms });
+        }
+    }
+
+    /// The validation losses recorded, oldest first.
+    pub fn validation_points(&self) -> Vec<bitnet_framework::admin::LossPoint> {
+        self.validation.lock().map(|v| v.iter().cloned().collect()).unwrap_or_default()
     }
 
     /// A copy of the current parameters and their version.

@@ -175,6 +175,7 @@ impl Coordinator {
             upload_limit,
             max_tps,
             log_quota,
+            validation: Mutex::new(VecDeque::new()),
         });
         let weak = Arc::downgrade(&coordinator);
         let stopping = Arc::clone(&coordinator.stopping);

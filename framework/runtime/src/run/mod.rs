@@ -7,6 +7,7 @@ pub mod assemble;
 pub mod directory;
 pub mod recorder;
 pub mod service;
+pub mod validation;
 
 use crate::config::{ComponentSpec, LoadedConfig, RunConfig};
 use bitnet_framework::context::BuildContext;

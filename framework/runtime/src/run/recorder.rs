@@ -33,6 +33,9 @@ pub enum RecorderError {
     /// The coordinator's state could not be read.
     #[error("reading the coordinator's state: {0}")]
     Coordinator(#[from] ApiError),
+    /// A validation pass failed.
+    #[error("validating the weights: {0}")]
+    Validation(String),
     /// The run config could not be serialised into the checkpoint.
     #[error("serialising the run config: {0}")]
     Config(String),
@@ -79,6 +82,9 @@ pub struct Recorder {
     last_row: Option<Instant>,
     last_checkpoint: Instant,
     checkpointed_version: Option<u64>,
+    validator: Option<super::validation::Validator>,
+    /// When the last validation ran and on which version.
+    last_validation: Option<(Instant, u64)>,
 }
 
 impl Recorder {
@@ -95,7 +101,43 @@ impl Recorder {
             last_row: None,
             last_checkpoint: Instant::now(),
             checkpointed_version: None,
+            validator: None,
+            last_validation: None,
         })
+    }
+
+    /// Measures the validation loss with `validator` every `coordinator.eval_every_secs`.
+    pub fn with_validator(mut self, validator: super::validation::Validator) -> Self {
+        self.validator = Some(validator);
+        self
+    }
+
+    /// Measures the validation loss of the current weights, writes a `validation` row and
+    /// gives the point to the coordinator (the console's curve). Returns the loss.
+    pub fn validate(
+        &mut self,
+        coordinator: &Coordinator,
+        status: &StatusReport,
+    ) -> Result<Option<f32>, RecorderError> {
+        let Some(validator) = self.validator.as_mut() else { return Ok(None) };
+        let (version, params) = coordinator.params()?;
+        self.last_validation = Some((Instant::now(), version));
+        let Some(loss) = validator.loss(&params).map_err(RecorderError::Validation)? else {
+            return Ok(None);
+        };
+        coordinator.record_validation(version, loss);
+        let mut row = MetricsRow::from_status(
+            self.source,
+            MetricsKind::Validation,
+            self.started.elapsed().as_secs_f64(),
+            status,
+        );
+        row.val_loss = Some(loss);
+        self.metrics.write(&row).map_err(|source| RecorderError::Metrics {
+            path: self.metrics.path().to_path_buf(),
+            source,
+        })?;
+        Ok(Some(loss))
     }
 
     /// Seconds since the recorder started.
@@ -114,6 +156,16 @@ impl Recorder {
         if self.last_row.is_none_or(|t| t.elapsed() >= ROW_EVERY) {
             self.last_row = Some(Instant::now());
             self.row(MetricsKind::Progress, status)?;
+        }
+        let eval_every = self.config.coordinator.eval_every_secs;
+        if eval_every > 0.0
+            && self.validator.is_some()
+            && status.weight_version > 0
+            && self.last_validation.is_none_or(|(t, v)| {
+                t.elapsed().as_secs_f64() >= eval_every && v != status.weight_version
+            })
+        {
+            self.validate(coordinator, status)?;
         }
         let every = self.config.coordinator.checkpoint_every_secs;
         if every > 0.0

@@ -134,6 +134,17 @@ impl TaskTiming {
     }
 }
 
+/// This machine's host name for the console's worker table: the kernel's on Linux, else the
+/// usual environment variables, else empty.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .or_else(|| std::env::var("COMPUTERNAME").ok())
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default()
+}
+
 /// Log records a worker keeps while the coordinator cannot take them (its quota, an outage).
 const MAX_BUFFERED_LOGS: usize = 2000;
 
@@ -337,6 +348,7 @@ impl Worker {
             tokens_per_sec: tps,
             framework_version: env!("CARGO_PKG_VERSION").into(),
             layout_fingerprint: self.parts.kernel.layout().fingerprint(),
+            host: host_name(),
         };
         let registered = self.retry(|c| c.register(registration.clone()))?;
         self.heartbeat_every = Duration::from_millis(registered.heartbeat_ms.max(100));

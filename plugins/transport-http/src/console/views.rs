@@ -146,15 +146,16 @@ pub fn live(s: &SessionView, o: &Overview, workers: &[WorkerView]) -> Markup {
             div { "open round" b id="round" { (o.round_updates) " in, " (o.round_missing) " waited for" } }
             div { "workers (active / draining / gone)" b { (st.workers.active) " / " (st.workers.draining) " / " (st.workers.gone) } }
         }
-        h2 { "Training loss" }
-        (loss_chart(&o.loss))
-        p.muted { "Each point is an applied update (weight version, mean training loss). Validation loss is in summary.json when the run ends (Runs)." }
+        h2 { "Loss" }
+        (loss_chart(&o.loss, &o.validation))
+        p.muted { "Blue: each applied update (weight version, mean training loss). Orange: the validation loss of the weights, measured every coordinator.eval_every_secs (also in metrics.jsonl)." }
         h2 { "Workers" }
         table id="workers" {
-            tr { th { "worker" } th { "state" } th { "threads" } th { "tokens/s" } th { "last heartbeat" } th { "current task" } th { "" } }
+            tr { th { "worker" } th { "host" } th { "state" } th { "threads" } th { "tokens/s" } th { "last heartbeat" } th { "current task" } th { "" } }
             @for w in workers {
                 tr data-worker=(w.record.id) {
                     td { (w.record.id) }
+                    td class="host" { @if w.record.host.is_empty() { "-" } @else { (w.record.host) } }
                     td class="state" { (w.record.state.as_str()) @if w.revoked { " (revoked)" } }
                     td { (w.record.threads) }
                     td { (format!("{:.0}", w.record.throughput())) }
