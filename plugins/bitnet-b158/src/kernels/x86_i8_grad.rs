@@ -240,8 +240,13 @@ pub(crate) unsafe fn pack_a_avx512(
                 .then(|| dy.as_ptr().wrapping_add((i + PREFETCH_TOKENS) * n + j0));
             for g in 0..groups {
                 if let Some(p) = ahead {
-                    // A prefetch never faults; the address is inside `dy` (token < m).
-                    _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(16 * g).cast());
+                    // SAFETY: a prefetch never faults; the address is inside `dy` (token < m).
+                    // (An `unsafe` call for older compilers, such as the workspace's
+                    // rust-version 1.90; a safe one in this target-feature context for newer.)
+                    #[allow(unused_unsafe)]
+                    unsafe {
+                        _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(16 * g).cast())
+                    };
                 }
                 let x = _mm512_abs_ps(scaled(i, g));
                 seen_nan[g] |= _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(x, x);
