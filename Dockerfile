@@ -21,8 +21,11 @@ COPY deploy/docker/coordinator-entrypoint.sh deploy/docker/worker-entrypoint.sh 
 USER bitnet:bitnet
 WORKDIR /var/lib/bitnet
 EXPOSE 8443
-# The coordinator's /health, at the URL it wrote when it started listening (its own CA).
+# The coordinator's /health over its own TLS, by a name its certificate holds (the entry point
+# makes it for `coordinator`, `localhost` and 127.0.0.1 and binds 0.0.0.0:8443; the URL it
+# writes names 0.0.0.0, which no certificate holds). Podman keeps a HEALTHCHECK only in docker
+# format images (`podman build --format docker`, or BUILDAH_FORMAT=docker for podman-compose).
 HEALTHCHECK --interval=10s --timeout=3s --start-period=120s --retries=3 \
-  CMD curl -fsS --cacert /var/lib/bitnet/tls/ca.pem "$(cat /var/lib/bitnet/run/coordinator.url)/health" || exit 1
+  CMD curl -fsS --cacert /var/lib/bitnet/tls/ca.pem https://localhost:8443/health || exit 1
 ENTRYPOINT ["bitnet"]
 CMD ["--help"]

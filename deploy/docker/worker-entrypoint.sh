@@ -10,8 +10,11 @@ WORK=/var/lib/bitnet/$ID
 mkdir -p "$WORK" && cd "$WORK"
 until [ -s "$CA" ] && curl -fsS --cacert "$CA" "$URL/health" >/dev/null 2>&1; do sleep 2; done
 CURL=(curl -fsS --cacert "$CA")
-ADMIN=$("${CURL[@]}" "$URL/connect/token" -d grant_type=client_credentials -d client_id=admin \
-  --data-urlencode client_secret@/run/secrets/operator_password -d scope=admin \
+# The password is the secret file's first line, as `bitnet admin add --password-stdin` read it
+# (curl's `@file` would send the newline too); it goes through stdin, never the command line.
+ADMIN=$(head -n1 /run/secrets/operator_password | tr -d '\r\n' \
+  | "${CURL[@]}" "$URL/connect/token" -d grant_type=client_credentials -d client_id=admin \
+    --data-urlencode client_secret@- -d scope=admin \
   | sed -n 's/.*"access_token":"\([^"]*\)".*/\1/p')
 printf 'Authorization: Bearer %s\n' "$ADMIN" > .admin-auth
 umask 077
