@@ -187,15 +187,13 @@ fn main() {
     assert!(!endpoint.is_empty(), "the coordinator process did not start");
     let pid = child.id();
 
-    let (kernel, _) =
+    let (kernel, ctx) =
         bitnet_runtime::run::assemble::kernel_and_context(&config, &registry).expect("kernel");
     let fingerprint = kernel.layout().fingerprint();
     // One real update of the model, encoded once and uploaded by every simulated worker.
     let update: Vec<f32> =
         (0..kernel.layout().total_params()).map(|i| ((i % 13) as f32 - 6.0) * 1e-4).collect();
     let payload = {
-        let (_, ctx) =
-            bitnet_runtime::run::assemble::kernel_and_context(&config, &registry).expect("ctx");
         let mut codec = registry
             .build::<dyn bitnet_framework::codec::GradientCodec>(
                 &config.codec.kind,

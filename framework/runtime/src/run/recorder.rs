@@ -133,10 +133,7 @@ impl Recorder {
             status,
         );
         row.val_loss = Some(loss);
-        self.metrics.write(&row).map_err(|source| RecorderError::Metrics {
-            path: self.metrics.path().to_path_buf(),
-            source,
-        })?;
+        self.write(&row)?;
         Ok(Some(loss))
     }
 
@@ -187,7 +184,11 @@ impl Recorder {
             self.started.elapsed().as_secs_f64(),
             status,
         );
-        self.metrics.write(&row).map_err(|source| RecorderError::Metrics {
+        self.write(&row)
+    }
+
+    fn write(&mut self, row: &MetricsRow) -> Result<(), RecorderError> {
+        self.metrics.write(row).map_err(|source| RecorderError::Metrics {
             path: self.metrics.path().to_path_buf(),
             source,
         })

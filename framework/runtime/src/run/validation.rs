@@ -3,7 +3,7 @@
 //! measures it. The recorder runs it every `coordinator.eval_every_secs`; the console draws it.
 
 use crate::config::RunConfig;
-use crate::data::{BatchSource, DataDir, LoaderOptions, PackedLoader, Split, VocabHash};
+use crate::data::{BatchSource, DataDir, LoaderOptions, Split};
 use crate::trainer::mean_loss;
 use bitnet_framework::model::ModelKernel;
 use bitnet_framework::registry::Registry;
@@ -35,16 +35,14 @@ impl Validator {
             .map_err(|e| format!("building the tokenizer: {e}"))?;
         let file = dir.tokenizer_file(kind);
         tokenizer.load(&file).map_err(|e| format!("loading {}: {e}", file.display()))?;
-        let vocab = VocabHash::from_hex(&tokenizer.content_hash())
-            .map_err(|e| format!("tokenizer content hash: {e}"))?;
-        let shards = dir.open_split(kind, Split::Validation, &vocab).map_err(|e| e.to_string())?;
         let options = LoaderOptions {
             seed: config.train.seed,
             stream: 0,
             shuffle: false,
             mask_prompt: false,
         };
-        let source = PackedLoader::new(shards, tokenizer.special_tokens(), options)
+        let source = dir
+            .loader(kind, Split::Validation, tokenizer.as_ref(), options)
             .map_err(|e| e.to_string())?;
         let kernel =
             super::build_kernel(config, registry).map_err(|e| format!("the model kernel: {e}"))?;
