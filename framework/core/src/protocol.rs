@@ -396,6 +396,14 @@ pub trait CoordinatorApi: Send + Sync {
         let _ = worker;
         false
     }
+    /// [`Self::claim_would_wait`], and when the claim would wait, `waker` is woken once the
+    /// answer may have changed (the round closed), so an async transport answers the claim
+    /// then rather than at its next timer tick. The default never wakes: callers keep a timer
+    /// as well.
+    fn claim_would_wait_or_wake(&self, worker: &str, waker: &std::task::Waker) -> bool {
+        let _ = waker;
+        self.claim_would_wait(worker)
+    }
     /// Largest upload body this coordinator can accept, bytes (`None`: no limit of its own).
     /// Transports refuse larger bodies before reading them.
     fn upload_limit(&self) -> Option<u64> {

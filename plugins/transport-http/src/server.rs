@@ -54,8 +54,9 @@ struct Caller(String);
 
 /// Longest a claim waits for its worker's round to close before answering "no task".
 const CLAIM_WAIT: Duration = Duration::from_secs(10);
-/// How often a waiting claim looks at its round again.
-const CLAIM_POLL: Duration = Duration::from_millis(20);
+/// How often a waiting claim looks at its round again when nothing woke it (a fallback: the
+/// coordinator wakes it when the round closes).
+const CLAIM_POLL: Duration = Duration::from_millis(50);
 
 /// Largest `POST /connect/token` body: a form with an id and a secret.
 const MAX_LOGIN_BYTES: usize = 4 << 10;
@@ -283,14 +284,25 @@ async fn work(
     State(state): Shared,
     Extension(Caller(who)): Extension<Caller>,
 ) -> HttpResult<Response> {
-    // A synchronous round's worker waits for the round to close before its next task; wait
-    // on a timer here, so hundreds of waiting workers hold no threads.
+    // A synchronous round's worker waits for the round to close before its next task. The
+    // wait is parked on a waker the round wakes when it closes, so hundreds of waiting workers
+    // hold no threads and each is answered at once; the timer is only a fallback (for an API
+    // that does not wake).
     let deadline = tokio::time::Instant::now() + CLAIM_WAIT;
-    while state.api.claim_would_wait(&who) {
+    loop {
+        let closed = std::future::poll_fn(|cx| {
+            if state.api.claim_would_wait_or_wake(&who, cx.waker()) {
+                std::task::Poll::Pending
+            } else {
+                std::task::Poll::Ready(())
+            }
+        });
+        if tokio::time::timeout(CLAIM_POLL, closed).await.is_ok() {
+            break;
+        }
         if tokio::time::Instant::now() >= deadline {
             return Ok(StatusCode::NO_CONTENT.into_response());
         }
-        tokio::time::sleep(CLAIM_POLL).await;
     }
     let api = Arc::clone(&state.api);
     Ok(match blocking(move || api.claim(&who)).await? {

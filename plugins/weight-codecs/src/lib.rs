@@ -85,14 +85,11 @@ impl WeightCodec for TernaryWeights {
         check_params(layout, params)?;
         check_names(layout)?;
         let mut tensors = Vec::with_capacity(layout.tensors().len() * 2);
-        let mut trits = Vec::new();
         for (spec, range) in layout.iter() {
             let values = &params[range];
             if spec.role == TensorRole::BitLinear {
-                trits.resize(values.len(), 0i8);
-                let g = ternary::quantize(values, &mut trits);
                 let mut packed = Vec::new();
-                ternary::pack(&trits, &mut packed);
+                let g = ternary::quantize_packed(values, &mut packed);
                 tensors.push(ContainerTensor {
                     name: spec.name.clone(),
                     dtype: Dtype::U8,

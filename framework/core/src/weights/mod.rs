@@ -104,9 +104,9 @@ pub trait WeightCodec: Send + Sync {
 
 /// Little-endian bytes of `values`.
 pub fn f32_bytes(values: &[f32]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(values.len() * 4);
-    for v in values {
-        out.extend_from_slice(&v.to_le_bytes());
+    let mut out = vec![0u8; values.len() * 4];
+    for (o, v) in out.chunks_exact_mut(4).zip(values) {
+        o.copy_from_slice(&v.to_le_bytes());
     }
     out
 }
@@ -117,7 +117,9 @@ pub fn check_params(layout: &ParamLayout, params: &[f32]) -> Result<(), WeightsE
         return Err(WeightsError::Size { expected: layout.total_params(), found: params.len() });
     }
     for (spec, range) in layout.iter() {
-        if !params[range].iter().all(|v| v.is_finite()) {
+        // Branch-free per block, so the scan vectorises; a block that fails ends it.
+        let finite = |block: &[f32]| block.iter().fold(true, |ok, v| ok & v.is_finite());
+        if !params[range].chunks(4096).all(finite) {
             return Err(WeightsError::NonFinite(spec.name.clone()));
         }
     }

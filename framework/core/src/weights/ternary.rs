@@ -1,7 +1,7 @@
 //! BitNet b1.58 ternary weights: the absmean quantizer, base-3 packing, and the inverse the
 //! ternary weight codec needs.
 //!
-//! The quantizer is the kernel's: `g = mean|W|` summed in f64, then
+//! The quantizer is the kernel's: `g = mean|W|` summed in f64 over 16 lanes ([`absmean`]), then
 //! `W_q = clamp(round_half_even(W / (g + 1e-5)), -1, 1)`, with `W ~ W_q * g`. Five trits fit in
 //! a byte as `sum (t_i + 1) * 3^i` (1.6 bits per weight; bytes above 242 are invalid).
 
@@ -12,12 +12,32 @@ pub const TRITS_PER_BYTE: usize = 5;
 /// Largest valid packed byte (`3^5 - 1`).
 pub const MAX_PACKED: u8 = 242;
 
-/// The per-tensor absmean `g = mean|W|`, summed in f64 (the correctly rounded mean).
+/// Lanes of the absmean's partial sums: element `i` of each full block of 16 goes to lane
+/// `i % 16`, the tail is summed on its own. The kernel's quantizer sums in exactly this order
+/// (one AVX-512 register of f32 is two of f64), so the codec, the kernel and every ISA path
+/// agree on `g` to the bit; and sixteen independent f64 chains run at memory speed where one
+/// sequential chain waits out each addition's latency.
+pub const ABSMEAN_LANES: usize = 16;
+
+/// The per-tensor absmean `g = mean|W|`, summed in f64 over [`ABSMEAN_LANES`] lanes, reduced
+/// in a fixed order (pairs `(j, j + 8)`, then the tail), divided in f64 and rounded once.
 pub fn absmean(w: &[f32]) -> f32 {
     if w.is_empty() {
         return 0.0;
     }
-    (w.iter().map(|v| f64::from(v.abs())).sum::<f64>() / w.len() as f64) as f32
+    let full = w.len() / ABSMEAN_LANES * ABSMEAN_LANES;
+    let mut lanes = [0.0f64; ABSMEAN_LANES];
+    for block in w[..full].chunks_exact(ABSMEAN_LANES) {
+        for (l, &v) in lanes.iter_mut().zip(block) {
+            *l += f64::from(v.abs());
+        }
+    }
+    let tail = w[full..].iter().fold(0.0f64, |a, v| a + f64::from(v.abs()));
+    let mut total = 0.0f64;
+    for j in 0..ABSMEAN_LANES / 2 {
+        total += lanes[j] + lanes[j + ABSMEAN_LANES / 2];
+    }
+    ((total + tail) / w.len() as f64) as f32
 }
 
 /// Quantizes `w` to trits in `{-1, 0, 1}` written to `trits`; returns the scale `g`.
@@ -30,6 +50,26 @@ pub fn quantize(w: &[f32], trits: &mut [i8]) -> f32 {
     let div = g + WEIGHT_EPS;
     for (t, &x) in trits.iter_mut().zip(w) {
         *t = trit(x / div);
+    }
+    g
+}
+
+/// Quantizes `w` and packs its trits five to a byte, appended to `out` (the weight codec's
+/// encoder); returns the scale `g`. The same bytes as [`quantize`] then [`pack`], a block at a
+/// time (the quantizing loop vectorises on its own; fused with packing it would not).
+pub fn quantize_packed(w: &[f32], out: &mut Vec<u8>) -> f32 {
+    // A multiple of five, so only the last block can end in a short packed byte.
+    const BLOCK: usize = 4095;
+    let g = absmean(w);
+    let div = g + WEIGHT_EPS;
+    let mut trits = [0i8; BLOCK];
+    out.reserve(packed_len(w.len()));
+    for block in w.chunks(BLOCK) {
+        let t = &mut trits[..block.len()];
+        for (t, &x) in t.iter_mut().zip(block) {
+            *t = trit(x / div);
+        }
+        pack(t, out);
     }
     g
 }
@@ -66,16 +106,23 @@ pub fn packed_len(n: usize) -> usize {
     n.div_ceil(TRITS_PER_BYTE)
 }
 
-/// Packs trits (each in `{-1, 0, 1}`) five to a byte.
+/// Packs trits (each in `{-1, 0, 1}`) five to a byte: `sum (t_i + 1) * 3^i`.
 pub fn pack(trits: &[i8], out: &mut Vec<u8>) {
-    out.reserve(packed_len(trits.len()));
-    for chunk in trits.chunks(TRITS_PER_BYTE) {
-        let mut byte = 0u8;
-        for &t in chunk.iter().rev() {
-            byte = byte * 3 + (t.clamp(-1, 1) + 1) as u8;
-        }
+    let digit = |t: i8| (t.clamp(-1, 1) + 1) as u8;
+    let start = out.len();
+    out.resize(start + packed_len(trits.len()), 0);
+    let bytes = &mut out[start..];
+    let chunks = trits.chunks_exact(TRITS_PER_BYTE);
+    let rest = chunks.remainder();
+    for (b, c) in bytes.iter_mut().zip(chunks) {
+        *b = digit(c[0]) + 3 * digit(c[1]) + 9 * digit(c[2]) + 27 * digit(c[3]) + 81 * digit(c[4]);
+    }
+    if !rest.is_empty() {
         // A short last chunk packs as if padded with -1 (digit 0) in the high places.
-        out.push(byte);
+        let last = rest.iter().rev().fold(0u8, |byte, &t| byte * 3 + digit(t));
+        if let Some(b) = bytes.last_mut() {
+            *b = last;
+        }
     }
 }
 
@@ -125,19 +172,23 @@ pub fn unpack(packed: &[u8], out: &mut [i8]) -> Result<(), String> {
 ///
 /// Every non-zero trit becomes `t * v` with `v ~ g * n / nnz`, so `|W| / (g + eps) >= 1/2`
 /// there. What rounding leaves of `sum |W| = g * n` goes into one zero-trit element (small enough
-/// to stay a zero trit), or, when every trit is non-zero, into the last element; either way the
-/// f64 mean `mean|W|` then rounds to `g` exactly, whatever order the kernel sums in (sums of a
-/// few million f32 values are exact in f64). Returns `false` if `g` is not finite and
-/// non-negative, the sizes differ, or no weights with absmean `g` quantize to `trits` (the
-/// quantizer divides by `g + eps`, so a scale far below `eps` with many non-zero trits, or a zero
-/// scale with any, is a pair no encoder writes); the result is checked against the quantizer, so
-/// whatever it accepts, encoding it again gives the same trits and scale.
+/// to stay a zero trit), or, when every trit is non-zero, into the last element; of the few
+/// candidate values for it, the first whose [`absmean`] is exactly `g` is taken. Returns `false`
+/// if `g` is not finite and non-negative, the sizes differ, or no weights with absmean `g`
+/// quantize to `trits` (the quantizer divides by `g + eps`, so a scale far below `eps` with many
+/// non-zero trits, or a zero scale with any, is a pair no encoder writes); the result is checked
+/// against the quantizer, so whatever it accepts, encoding it again gives the same trits and
+/// scale.
+///
+/// The check costs one pass: every element but the adjusted one is `0`, `v` or `-v`, so the
+/// quantizer's verdict on them is the verdict on `v` (it is odd: `trit(-x) = -trit(x)`), and
+/// only the adjusted element and the absmean are checked on their own.
 pub fn dequantize_latent(trits: &[i8], g: f32, out: &mut [f32]) -> bool {
     if !g.is_finite() || g < 0.0 || trits.len() != out.len() {
         return false;
     }
     let n = trits.len();
-    let nnz = trits.iter().filter(|&&t| t != 0).count();
+    let nnz = trits.iter().fold(0usize, |c, &t| c + usize::from(t != 0));
     if nnz == 0 {
         out.fill(0.0);
         return true;
@@ -150,37 +201,38 @@ pub fn dequantize_latent(trits: &[i8], g: f32, out: &mut [f32]) -> bool {
     if nnz as f64 * f64::from(v) > target {
         v = v.next_down();
     }
-    if !v.is_finite() {
+    let div = g + WEIGHT_EPS;
+    if !v.is_finite() || trit(v / div) != 1 || trit(-v / div) != -1 {
         return false;
     }
-    let mean_with = |rest: f64, adjust: f32| ((rest + f64::from(adjust)) / n as f64) as f32;
-    let closest = |rest: f64| {
-        let ideal = (target - rest) as f32;
-        [ideal, ideal.next_down(), ideal.next_up()]
-            .into_iter()
-            .find(|&a| mean_with(rest, a) == g)
-            .unwrap_or(ideal)
-    };
     for (o, &t) in out.iter_mut().zip(trits) {
         *o = f32::from(t) * v;
     }
-    if nnz < n {
-        // The remainder is at most about n ulps of g, far below the zero-trit threshold g / 2.
-        let remainder = closest(nnz as f64 * f64::from(v)).max(0.0);
-        if remainder < 0.25 * g
-            && let Some(i) = trits.iter().position(|&t| t == 0)
-        {
-            out[i] = remainder;
+    // The element that takes what is left of `g * n`, and the candidates for its magnitude:
+    // the ideal remainder and its neighbours (the f64 sum rounds), or nothing at all.
+    let (at, rest) = match trits.iter().position(|&t| t == 0) {
+        Some(i) => (i, nnz as f64 * f64::from(v)),
+        None => (n - 1, (nnz - 1) as f64 * f64::from(v)),
+    };
+    let ideal = (target - rest) as f32;
+    let sign = f32::from(trits[at]);
+    let candidates = [ideal, ideal.next_down(), ideal.next_up()];
+    let zero_trit = trits[at] == 0;
+    for magnitude in candidates.into_iter().chain(zero_trit.then_some(0.0)) {
+        let magnitude = if zero_trit { magnitude.max(0.0) } else { magnitude };
+        if !magnitude.is_finite() || (zero_trit && magnitude >= 0.25 * g) {
+            continue;
         }
-    } else if let Some(i) = trits.len().checked_sub(1) {
-        let last = closest((nnz - 1) as f64 * f64::from(v));
-        if !last.is_finite() {
-            return false;
+        let w = if zero_trit { magnitude } else { sign * magnitude };
+        if trit(w / div) != trits[at] {
+            continue;
         }
-        out[i] = f32::from(trits[i]) * last;
+        out[at] = w;
+        if absmean(out) == g {
+            return true;
+        }
     }
-    let div = g + WEIGHT_EPS;
-    absmean(out) == g && out.iter().zip(trits).all(|(&w, &t)| trit(w / div) == t)
+    false
 }
 
 #[cfg(test)]
@@ -261,8 +313,48 @@ mod tests {
         }
 
         #[test]
+        fn quantize_packed_is_quantize_then_pack(w in prop::collection::vec(-2.0f32..2.0, 0..80)) {
+            let mut t = vec![0i8; w.len()];
+            let g = quantize(&w, &mut t);
+            let mut packed = vec![7u8];
+            pack(&t, &mut packed);
+            let mut fused = vec![7u8];
+            prop_assert_eq!(quantize_packed(&w, &mut fused), g);
+            prop_assert_eq!(fused, packed);
+        }
+
+        /// The lane-split sum is the sequential one up to rounding: the means agree to a few
+        /// ulps of f32 (exactly, in all but rare ties).
+        #[test]
+        fn absmean_is_the_mean_magnitude(w in prop::collection::vec(-1e3f32..1e3, 1..200)) {
+            let exact = w.iter().map(|v| f64::from(v.abs())).sum::<f64>() / w.len() as f64;
+            let g = f64::from(absmean(&w));
+            prop_assert!((g - exact).abs() <= exact * 1e-6, "{} vs {}", g, exact);
+        }
+
+        /// Soundness of the one-pass check: whatever `(trits, g)` pair is accepted, the latent
+        /// weights quantize back to exactly that pair, checked element by element.
+        #[test]
+        fn accepted_pairs_requantize_exactly(
+            trits in prop::collection::vec(-1i8..=1, 1..120),
+            g in prop_oneof![0.0f32..2.0, 0.0f32..1e-5, Just(1e-38f32), 1e30f32..3e38],
+        ) {
+            let mut latent = vec![0.0f32; trits.len()];
+            if dequantize_latent(&trits, g, &mut latent) && trits.iter().any(|&t| t != 0) {
+                let mut back = vec![0i8; trits.len()];
+                prop_assert_eq!(quantize(&latent, &mut back), g);
+                prop_assert_eq!(back, trits);
+            }
+        }
+
+        #[test]
         fn dequantized_latent_requantizes_to_the_same_weights(
-            w in prop::collection::vec(-2.0f32..2.0, 1..300),
+            w in prop_oneof![
+                prop::collection::vec(-2.0f32..2.0, 1..300),
+                // Every weight far from zero: every trit non-zero (the last element adjusts).
+                prop::collection::vec(prop_oneof![0.9f32..1.1, -1.1f32..-0.9], 1..300),
+                prop::collection::vec(-1e-6f32..1e-6, 1..300),
+            ],
         ) {
             let mut t = vec![0i8; w.len()];
             let g = quantize(&w, &mut t);

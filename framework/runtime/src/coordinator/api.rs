@@ -360,14 +360,11 @@ impl CoordinatorApi for Coordinator {
     }
 
     fn claim_would_wait(&self, worker: &str) -> bool {
-        if !self.settings.sync_rounds {
-            return false;
-        }
-        match self.model.try_lock() {
-            Ok(m) => m.round.has_update_from(worker),
-            // Busy (a round being applied) or poisoned: ask again shortly.
-            Err(_) => true,
-        }
+        self.settings.sync_rounds && self.claim_gate.would_wait(worker, None)
+    }
+
+    fn claim_would_wait_or_wake(&self, worker: &str, waker: &std::task::Waker) -> bool {
+        self.settings.sync_rounds && self.claim_gate.would_wait(worker, Some(waker))
     }
 }
 

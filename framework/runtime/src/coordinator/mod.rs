@@ -120,6 +120,8 @@ pub struct Coordinator {
     model: Mutex<ModelState>,
     /// Signalled (with `model`) whenever a round closes.
     round_closed: Condvar,
+    /// The open round's workers and the async claims waiting on it (no model lock needed).
+    claim_gate: Arc<round::ClaimGate>,
     served: Mutex<VecDeque<Blob>>,
     /// Held while a weight version is encoded, so each version is encoded once even when
     /// many claims arrive together (encoding the medium preset takes tens of milliseconds).

@@ -140,6 +140,8 @@ impl Coordinator {
         };
         let log_quota = quota::LogQuota::new(settings.log_records_per_minute);
         tracing::debug!(upload_limit, max_tps, "coordinator limits");
+        let round = Round::default();
+        let claim_gate = round.gate();
         let coordinator = Arc::new(Self {
             settings,
             shape,
@@ -157,11 +159,12 @@ impl Coordinator {
                 updates_since_snapshot: 0,
                 last_snapshot: Instant::now(),
                 recent: VecDeque::new(),
-                round: Round::default(),
+                round,
                 tokens_applied,
                 ledger,
             }),
             round_closed: Condvar::new(),
+            claim_gate,
             served: Mutex::new(VecDeque::new()),
             encoding: Mutex::new(()),
             snapshot_tx: Mutex::new(Some(tx)),

@@ -13,8 +13,75 @@
 //! reported, or the round waited long enough) and applies it under its model lock.
 
 use bitnet_framework::protocol::TaskRef;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::Waker;
 use std::time::Instant;
+
+/// Which workers' updates wait in the open round, readable without the model lock, and the
+/// wakers of the asynchronous claims waiting for that round to close.
+///
+/// A worker whose update waits in the round cannot get its next task before the round closes.
+/// An async transport parks such a claim on a [`Waker`] instead of a thread; the round wakes
+/// it in the same critical section that empties it, so a claim is answered as soon as the
+/// weights it needs exist, not at the next tick of a polling timer (which used to add half its
+/// 20-ms period to every round). The set mirrors [`Round`]'s entries and is only changed by
+/// [`Round::add`] and [`Round::finish`], under the model lock.
+#[derive(Default)]
+pub struct ClaimGate {
+    state: Mutex<GateState>,
+}
+
+#[derive(Default)]
+struct GateState {
+    /// Workers with an update in the open round.
+    waiting: HashSet<String>,
+    /// One waker per waiting claim (the newest poll's).
+    wakers: HashMap<String, Waker>,
+}
+
+impl ClaimGate {
+    fn state(&self) -> MutexGuard<'_, GateState> {
+        // The state is two sets updated in single statements; a panic elsewhere while it was
+        // held leaves nothing half-done.
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Whether `worker`'s claim must wait for the open round; if so and `waker` is given, it
+    /// is woken when the round closes.
+    pub fn would_wait(&self, worker: &str, waker: Option<&Waker>) -> bool {
+        let mut state = self.state();
+        let wait = state.waiting.contains(worker);
+        if let (true, Some(w)) = (wait, waker) {
+            match state.wakers.get_mut(worker) {
+                Some(old) if old.will_wake(w) => {}
+                Some(old) => old.clone_from(w),
+                None => {
+                    state.wakers.insert(worker.to_string(), w.clone());
+                }
+            }
+        }
+        wait
+    }
+
+    fn join(&self, worker: &str) {
+        let mut state = self.state();
+        if !state.waiting.contains(worker) {
+            state.waiting.insert(worker.to_string());
+        }
+    }
+
+    fn close(&self) {
+        let wakers = {
+            let mut state = self.state();
+            state.waiting.clear();
+            std::mem::take(&mut state.wakers)
+        };
+        for w in wakers.into_values() {
+            w.wake();
+        }
+    }
+}
 
 /// One update waiting in a round.
 #[derive(Debug, Clone, PartialEq)]
@@ -53,6 +120,8 @@ pub struct Round {
     opened: Option<Instant>,
     /// Rounds closed so far (waiters compare it to see that theirs closed).
     generation: u64,
+    /// The entries' workers, for claims that wait without the model lock.
+    gate: Arc<ClaimGate>,
 }
 
 /// What a closed round hands to the optimizer.
@@ -87,6 +156,11 @@ impl Round {
     /// Whether `task` already has its update in this round.
     pub fn holds(&self, task: TaskRef) -> bool {
         self.entries.iter().any(|e| e.task == task)
+    }
+
+    /// The gate that mirrors this round's workers (shared: read without the model lock).
+    pub fn gate(&self) -> Arc<ClaimGate> {
+        Arc::clone(&self.gate)
     }
 
     /// Whether `worker` has an update in this round.
@@ -156,6 +230,7 @@ impl Round {
         }
         self.members.remove(&entry.task.task_id);
         self.opened.get_or_insert_with(Instant::now);
+        self.gate.join(&entry.worker);
         self.entries.push(entry);
     }
 
@@ -187,6 +262,7 @@ impl Round {
         self.members.clear();
         self.opened = None;
         self.generation += 1;
+        self.gate.close();
         std::mem::take(&mut self.entries)
     }
 }
@@ -236,6 +312,32 @@ mod tests {
         r.add(entry(1, "a", 0, 1.0), vec![1.0]);
         assert!(r.close().update.is_none());
         assert_eq!(r.finish().len(), 1);
+    }
+
+    struct Count(std::sync::atomic::AtomicUsize);
+
+    impl std::task::Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn a_waiting_claim_is_woken_when_its_round_closes() {
+        let mut r = Round::default();
+        let gate = r.gate();
+        let count = Arc::new(Count(Default::default()));
+        let waker = Waker::from(Arc::clone(&count));
+        assert!(!gate.would_wait("a", Some(&waker)), "no update from a yet");
+        r.add(entry(1, "a", 10, 1.0), vec![1.0; 2]);
+        assert!(gate.would_wait("a", Some(&waker)) && !gate.would_wait("b", Some(&waker)));
+        // Polled again with the same waker: registered once, woken once.
+        assert!(gate.would_wait("a", Some(&waker)));
+        assert_eq!(count.0.load(std::sync::atomic::Ordering::SeqCst), 0);
+        r.close();
+        r.finish();
+        assert_eq!(count.0.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert!(!gate.would_wait("a", None), "the next round starts empty");
     }
 
     #[test]

@@ -269,6 +269,21 @@ mod tests {
     }
 
     proptest! {
+        /// The weight codec (which sends trits and scales to async-sgd workers) quantizes like
+        /// the kernel, to the bit: same scale, same trits.
+        #[test]
+        fn the_weight_codec_quantizes_like_the_kernel(
+            w in prop::collection::vec(-4.0f32..4.0, 0..300),
+        ) {
+            use bitnet_framework::weights::ternary;
+            let mut want = vec![0i8; w.len()];
+            let g = quantize_weights_absmean(&w).1;
+            quantize_weights_absmean_into(&w, &mut want).expect("quantize");
+            let mut got = vec![0i8; w.len()];
+            prop_assert_eq!(ternary::quantize(&w, &mut got).to_bits(), g.to_bits());
+            prop_assert_eq!(got, want);
+        }
+
         #[test]
         fn weight_paths_bit_identical(w in prop::collection::vec(f32_any(), 0..300)) {
             let mut want = vec![0i8; w.len()];
