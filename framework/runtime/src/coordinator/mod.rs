@@ -10,6 +10,7 @@
 
 pub mod blob;
 pub mod corpus;
+pub mod direct;
 pub mod memory;
 mod metrics;
 pub mod round;
@@ -120,7 +121,10 @@ pub struct Coordinator {
     model: Mutex<ModelState>,
     /// Signalled (with `model`) whenever a round closes.
     round_closed: Condvar,
-    served: Mutex<VecDeque<Blob>>,
+    /// The newest weight versions, encoded for download (and where published, if they are).
+    served: Mutex<VecDeque<direct::Served>>,
+    /// What is published for direct download from the object store.
+    published: direct::Published,
     /// Held while a weight version is encoded, so each version is encoded once even when
     /// many claims arrive together (encoding the medium preset takes tens of milliseconds).
     encoding: Mutex<()>,
