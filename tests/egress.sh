@@ -4,10 +4,11 @@
 # `bitnet` binary, HTTP, the "s3" weight store on a local moto server) once with
 # coordinator.direct_downloads = true and once with false. Prints one row per case, from the
 # coordinator's /metrics and the workers' own counts. Not part of CI.
-# Usage: tests/egress.sh [WORKERS] [CORPUS_UTTERANCES] [MODE]   (MODE: async-sgd or diloco)
+# Usage: tests/egress.sh [WORKERS] [CORPUS_UTTERANCES] [MODE] [SYNC_ROUNDS]
+#   MODE: async-sgd (default) or diloco; SYNC_ROUNDS: true (default) or false.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-WORKERS="${1:-4}" CORPUS="${2:-600}" MODE="${3:-async-sgd}"
+WORKERS="${1:-4}" CORPUS="${2:-600}" MODE="${3:-async-sgd}" SYNC="${4:-true}"
 cargo build -q -p bitnet-cli
 BITNET="$PWD/target/debug/bitnet"
 WORK="$(mktemp -d)"
@@ -73,6 +74,7 @@ task_seconds = 0.005
 heartbeat_secs = 0.5
 snapshot_every_secs = 0
 direct_downloads = $direct
+sync_rounds = $SYNC
 [worker]
 calibration_steps = 1
 idle_poll_ms = 50
@@ -101,13 +103,13 @@ EOF
   curl -s -H "Authorization: Bearer $token" "$base/metrics" >"$dir/metrics.txt"
   kill -TERM "$coord"
   wait "$coord" || true
-  local m="$dir/metrics.txt" claims served_w served_s pub_w pub_s direct coord_bytes fallbacks
+  local m="$dir/metrics.txt" claims served_w served_s pub_w pub_s from_store from_coord fallbacks
   claims="$(metric bitnet_claims_total "$m")"
   served_w="$(metric 'bitnet_served_bytes_total\{what="weights"\}' "$m")"
   served_s="$(metric 'bitnet_served_bytes_total\{what="shards"\}' "$m")"
   pub_w="$(metric 'bitnet_published_bytes_total\{what="weights"\}' "$m")"
   pub_s="$(metric 'bitnet_published_bytes_total\{what="shards"\}' "$m")"
-  read -r direct coord_bytes fallbacks < <(cat "$dir"/w*.log | python3 -c '
+  read -r from_store from_coord fallbacks < <(cat "$dir"/w*.log | python3 -c '
 import re, sys
 d = c = f = 0
 for line in sys.stdin:
@@ -115,7 +117,7 @@ for line in sys.stdin:
     if m:
         d += int(m[1]); c += int(m[2]); f += int(m[3])
 print(d, c, f)')
-  python3 - "$direct" "$claims" "$served_w" "$served_s" "$pub_w" "$pub_s" "$direct" "$coord_bytes" "$fallbacks" <<'EOF'
+  python3 - "$direct" "$claims" "$served_w" "$served_s" "$pub_w" "$pub_s" "$from_store" "$from_coord" "$fallbacks" <<'EOF'
 import sys
 case, claims, sw, ss, pw, ps, d, c, f = sys.argv[1], *map(int, sys.argv[2:])
 t = max(claims, 1)
@@ -124,7 +126,7 @@ print(f"| {case} | {claims} | {(sw + ss) / t:,.0f} | {sw / t:,.0f} | {ss / t:,.0
 EOF
 }
 
-echo "$WORKERS workers, $CORPUS utterances, $MODE, tiny preset; bytes per task (claims)"
+echo "$WORKERS workers, $CORPUS utterances, $MODE, sync_rounds = $SYNC, tiny preset; bytes per task (claims)"
 echo "| direct_downloads | tasks | coordinator egress | of it weights | of it shards | uploaded to the store | workers from the store | workers from the coordinator | fallbacks |"
 echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
 run_case true
