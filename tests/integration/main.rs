@@ -12,6 +12,7 @@ mod dynamic;
 mod fleet_runs;
 mod http_hardening;
 mod presets;
+mod presigned;
 mod registry;
 mod scaled;
 mod serve;

@@ -92,6 +92,47 @@ pub struct TaskSpec {
     /// life.
     #[serde(default)]
     pub schedule_step: u64,
+    /// Where to download the weights straight from the object store, when the coordinator's
+    /// weight store offers it; `None`: from the coordinator (`weights`). The bytes are checked
+    /// against `weights_sha256` all the same, and a failed download falls back to the
+    /// coordinator.
+    ///
+    /// The URL travels in the task rather than as a redirect from the weights endpoint: the
+    /// worker then fetches it with a client of its own (the object store's certificates, not
+    /// the run's pinned CA; no bearer token), bounded by the length given here, and an old
+    /// worker that ignores the field still downloads from the coordinator.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weights_url: Option<PresignedUrl>,
+    /// Where to download the shard straight from the object store (as `weights_url`), checked
+    /// against `shard_sha256`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard_url: Option<PresignedUrl>,
+}
+
+/// A short-lived URL that GETs one object of an object store without credentials.
+///
+/// Whoever holds it can read that object until it expires: it is handed only to authenticated
+/// workers, with tasks, and is never logged.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PresignedUrl {
+    /// The URL (`https://`, or `http://` for a store the operator allowed plain HTTP to).
+    pub url: String,
+    /// The object's length, bytes: a download reads no more.
+    pub bytes: u64,
+    /// When the URL stops working, ms since the epoch.
+    pub expires_ms: u64,
+}
+
+impl std::fmt::Debug for PresignedUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The query string holds the signature: only the object's address is shown.
+        let address = self.url.split('?').next().unwrap_or_default();
+        f.debug_struct("PresignedUrl")
+            .field("url", &format_args!("{address}?..."))
+            .field("bytes", &self.bytes)
+            .field("expires_ms", &self.expires_ms)
+            .finish()
+    }
 }
 
 /// The special tokens a worker needs to pack a slice of examples into windows.
@@ -431,4 +472,12 @@ pub trait CoordinatorClient: Send {
     fn corpus(&mut self, shard: &str) -> Result<Blob, ApiError>;
     /// See [`CoordinatorApi::status`].
     fn status(&mut self) -> Result<StatusReport, ApiError>;
+    /// Downloads the object `url` names straight from the object store, reading at most
+    /// `url.bytes` bytes, without the coordinator's credentials or pinned CA. `None` (the
+    /// default): this transport cannot, and the worker downloads from the coordinator. The
+    /// caller verifies the bytes.
+    fn fetch_presigned(&mut self, url: &PresignedUrl) -> Option<Result<Vec<u8>, ApiError>> {
+        let _ = url;
+        None
+    }
 }

@@ -4,8 +4,8 @@
 use crate::HttpConfig;
 use crate::server::{SHA256_HEADER, TokenResponse, UPLOAD_META_HEADER, VERSION_HEADER};
 use bitnet_framework::protocol::{
-    ApiError, Blob, CoordinatorClient, Heartbeat, HeartbeatReply, LogRecord, Registered,
-    Registration, StatusReport, TaskSpec, UpdateUpload, UploadReceipt,
+    ApiError, Blob, CoordinatorClient, Heartbeat, HeartbeatReply, LogRecord, PresignedUrl,
+    Registered, Registration, StatusReport, TaskSpec, UpdateUpload, UploadReceipt,
 };
 use bitnet_framework::transport::Credentials;
 use reqwest::StatusCode;
@@ -21,6 +21,9 @@ pub struct HttpClient {
     http: Client,
     token: Option<(String, Instant)>,
     refresh_margin: Duration,
+    /// Downloads from the object store: built on first use, see [`HttpClient::fetch_direct`].
+    direct: Option<Client>,
+    timeout: Duration,
 }
 
 fn transport_err(e: reqwest::Error) -> ApiError {
@@ -91,7 +94,58 @@ impl HttpClient {
             http,
             token: None,
             refresh_margin: Duration::from_secs(config.token_refresh_margin_secs),
+            direct: None,
+            timeout: Duration::from_secs(config.request_timeout_secs.max(1)),
         })
+    }
+
+    /// Downloads a presigned object-store URL, reading at most `url.bytes` bytes.
+    ///
+    /// Its client is not the coordinator's: it trusts the built-in web roots (the object
+    /// store's certificates), never the CA pinned for the coordinator, sends no token, and
+    /// follows no redirect. Plain `http://` is accepted, as the coordinator's store config
+    /// allowed it (`weight_store.allow_http`) and the caller checks the SHA-256 of every byte.
+    /// Errors never quote the URL (its query string is a credential).
+    pub fn fetch_direct(&mut self, url: &PresignedUrl) -> Result<Vec<u8>, ApiError> {
+        let lower = url.url.get(..8).unwrap_or(&url.url).to_ascii_lowercase();
+        if !lower.starts_with("https://") && !lower.starts_with("http://") {
+            return Err(ApiError::Invalid("a presigned URL must be http:// or https://".into()));
+        }
+        let client = match &self.direct {
+            Some(c) => c.clone(),
+            None => {
+                let c = Client::builder()
+                    .timeout(self.timeout)
+                    .connect_timeout(Duration::from_secs(10))
+                    .redirect(reqwest::redirect::Policy::none())
+                    .build()
+                    .map_err(|e| ApiError::Transport(e.without_url().to_string()))?;
+                self.direct = Some(c.clone());
+                c
+            }
+        };
+        let resp = client
+            .get(&url.url)
+            .send()
+            .map_err(|e| ApiError::Transport(e.without_url().to_string()))?;
+        let status = resp.status();
+        if !status.is_success() {
+            // The body is the store's XML error; the status says enough.
+            return Err(crate::status::error_from_status(
+                status.as_u16(),
+                format!("the object store answered {status}"),
+                None,
+            ));
+        }
+        if let Some(len) = resp.content_length()
+            && len != url.bytes
+        {
+            return Err(ApiError::Invalid(format!(
+                "the object store announced {len} bytes, the task {}",
+                url.bytes
+            )));
+        }
+        read_bounded(resp, url.bytes)
     }
 
     /// Requests a fresh token with the client credentials.
@@ -166,6 +220,25 @@ impl HttpClient {
     }
 }
 
+/// Reads `resp`'s body, which must hold exactly `expected` bytes; never more is read.
+fn read_bounded(resp: Response, expected: u64) -> Result<Vec<u8>, ApiError> {
+    use std::io::Read;
+    // Reserve no more than a sane amount up front: `expected` comes from the coordinator, but
+    // the body may still end early.
+    let mut body = Vec::with_capacity(expected.min(64 << 20) as usize);
+    resp.take(expected.saturating_add(1))
+        .read_to_end(&mut body)
+        .map_err(|e| ApiError::Transport(format!("reading from the object store: {e}")))?;
+    if body.len() as u64 != expected {
+        return Err(ApiError::Invalid(format!(
+            "the object store sent {}{} bytes, the task announced {expected}",
+            body.len(),
+            if body.len() as u64 > expected { " or more" } else { "" }
+        )));
+    }
+    Ok(body)
+}
+
 /// Percent-encodes a form value.
 fn urlencode(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -238,6 +311,10 @@ impl CoordinatorClient for HttpClient {
         }
         json(resp)
     }
+
+    fn fetch_presigned(&mut self, url: &PresignedUrl) -> Option<Result<Vec<u8>, ApiError>> {
+        Some(self.fetch_direct(url))
+    }
 }
 
 /// The payload as a cheaply clonable body (a retried request resends it).
@@ -256,6 +333,94 @@ mod bytes_shim {
         fn from(b: SharedBytes) -> Self {
             // One copy per attempt; uploads are rarely retried.
             reqwest::blocking::Body::from(b.0.as_ref().clone())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::net::TcpListener;
+    use std::thread::JoinHandle;
+
+    /// A server answering one request with `response`; returns the URL (with a stand-in
+    /// signature) and the request head it received.
+    fn serve_once(response: Vec<u8>) -> (String, JoinHandle<String>) {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let handle = std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().expect("accept");
+            let mut head = [0u8; 4096];
+            let n = stream.read(&mut head).expect("read");
+            stream.write_all(&response).expect("write");
+            String::from_utf8_lossy(&head[..n]).into_owned()
+        });
+        (format!("http://{addr}/bucket/key?X-Amz-Signature=s3cr3t"), handle)
+    }
+
+    fn client() -> HttpClient {
+        let credentials =
+            Credentials { client_id: "w".into(), client_secret: "pw".into(), ca_certificate: None };
+        HttpClient::new("http://127.0.0.1:1", credentials, &HttpConfig::default()).expect("client")
+    }
+
+    fn presigned(url: String, bytes: u64) -> PresignedUrl {
+        PresignedUrl { url, bytes, expires_ms: u64::MAX }
+    }
+
+    #[test]
+    fn a_presigned_download_reads_exactly_the_announced_bytes_and_sends_no_token() {
+        let (url, server) =
+            serve_once(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello".to_vec());
+        assert_eq!(client().fetch_direct(&presigned(url, 5)).expect("download"), b"hello");
+        let head = server.join().expect("server").to_ascii_lowercase();
+        assert!(head.starts_with("get /bucket/key?x-amz-signature="), "{head}");
+        assert!(!head.contains("authorization"), "no credentials go to the store: {head}");
+    }
+
+    #[test]
+    fn a_presigned_download_of_another_length_is_refused() {
+        let (url, server) =
+            serve_once(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nhello!!!!".to_vec());
+        let err = client().fetch_direct(&presigned(url, 5)).expect_err("announced 9");
+        assert!(matches!(&err, ApiError::Invalid(m) if m.contains("announced 9")), "{err}");
+        server.join().expect("server");
+        // No length announced: the body is read up to one byte past the bound, no further.
+        let mut long = b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n".to_vec();
+        long.extend_from_slice(&[7u8; 4096]);
+        let (url, server) = serve_once(long);
+        let err = client().fetch_direct(&presigned(url, 5)).expect_err("too long");
+        assert!(matches!(&err, ApiError::Invalid(m) if m.contains("6 or more")), "{err}");
+        server.join().expect("server");
+        let (url, server) = serve_once(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nhi".to_vec());
+        let err = client().fetch_direct(&presigned(url, 5)).expect_err("too short");
+        assert!(matches!(&err, ApiError::Invalid(m) if m.contains("sent 2 bytes")), "{err}");
+        server.join().expect("server");
+    }
+
+    #[test]
+    fn refusals_map_to_errors_that_never_quote_the_signature() {
+        let (url, server) = serve_once(
+            b"HTTP/1.1 403 Forbidden\r\nContent-Length: 22\r\n\r\n<Error>expired</Error>".to_vec(),
+        );
+        let err = client().fetch_direct(&presigned(url, 5)).expect_err("403");
+        assert!(matches!(err, ApiError::Forbidden(_)) && !err.is_retryable(), "{err}");
+        assert!(!err.to_string().contains("s3cr3t"), "{err}");
+        server.join().expect("server");
+        let (url, server) = serve_once(
+            b"HTTP/1.1 307 Temporary Redirect\r\nLocation: http://127.0.0.1:1/\r\nContent-Length: 0\r\n\r\n"
+                .to_vec(),
+        );
+        assert!(client().fetch_direct(&presigned(url, 5)).is_err(), "redirects are not followed");
+        server.join().expect("server");
+        let closed = TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr");
+        let url = format!("http://{closed}/k?X-Amz-Signature=s3cr3t");
+        let err = client().fetch_direct(&presigned(url, 5)).expect_err("nothing listens");
+        assert!(err.is_retryable() && !err.to_string().contains("s3cr3t"), "{err}");
+        for url in ["ftp://example.com/k", "file:///etc/passwd", "k"] {
+            let err = client().fetch_direct(&presigned(url.into(), 5)).expect_err(url);
+            assert!(matches!(err, ApiError::Invalid(_)), "{url}: {err}");
         }
     }
 }

@@ -10,6 +10,10 @@
 //!   commits a version, across processes and replicas, and a committed version is never
 //!   replaced.
 //!
+//! Blobs workers download straight from the bucket ([`DirectDownloads`]: the encoded weights
+//! of served versions, corpus shards) are kept under `downloads/`, apart from the versions, and
+//! read through SigV4 presigned GET URLs that expire after `presign_secs`.
+//!
 //! A version exists once its record does. A crash leaves at worst a blob without a record (not
 //! listed, not served, removed by the next delete of that version) or an unfinished multipart
 //! upload (invisible; a bucket lifecycle rule `AbortIncompleteMultipartUpload` reclaims its
@@ -18,17 +22,23 @@
 //! Credentials come from the standard AWS environment variables (`AWS_ACCESS_KEY_ID`,
 //! `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, ...), never from the run config.
 
+use bitnet_framework::protocol::now_ms;
 use bitnet_framework::registry::{BuildError, PluginConfig, Slot};
-use bitnet_framework::store::{StoreError, WeightMeta, WeightStore, sha256_hex};
+use bitnet_framework::store::{
+    DirectDownloads, PresignedUrl, StoreError, WeightMeta, WeightStore, sha256_hex,
+    valid_download_key,
+};
 use bitnet_framework::{BuildContext, register_plugin};
 use object_store::aws::AmazonS3;
 /// The client builder [`S3WeightStore::open_with`] takes (credentials, retries, timeouts).
 pub use object_store::aws::AmazonS3Builder;
 use object_store::path::Path as ObjectPath;
+use object_store::signer::Signer;
 use object_store::{ObjectStore, PutMode, PutOptions, PutPayload, WriteMultipart};
 use serde::{Deserialize, Serialize};
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 #[cfg(any(test, feature = "test-support"))]
 pub mod test_support;
@@ -37,6 +47,8 @@ pub mod test_support;
 const MULTIPART_OVER: usize = 64 << 20;
 /// Size of one part of a multipart upload (S3's minimum is 5 MiB).
 const PART_SIZE: usize = 16 << 20;
+/// Longest lifetime of a SigV4 presigned URL (7 days).
+const MAX_PRESIGN_SECS: u64 = 7 * 24 * 3600;
 
 /// Options of "s3".
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -51,8 +63,13 @@ pub struct S3StoreConfig {
     pub endpoint: Option<String>,
     /// Region.
     pub region: String,
-    /// Allow a plain `http://` endpoint (a server on loopback or a private network).
+    /// Allow a plain `http://` endpoint (a server on loopback or a private network). Workers
+    /// then download presigned objects over plain HTTP too (their SHA-256 is still checked).
     pub allow_http: bool,
+    /// Lifetime of the presigned URLs workers download weights and shards through, seconds
+    /// (1 to 604800). A worker downloads right after claiming its task; short is safer, as
+    /// anyone holding a URL can read that object until it expires.
+    pub presign_secs: u64,
 }
 
 impl Default for S3StoreConfig {
@@ -63,6 +80,7 @@ impl Default for S3StoreConfig {
             endpoint: None,
             region: "us-east-1".into(),
             allow_http: false,
+            presign_secs: 300,
         }
     }
 }
@@ -94,6 +112,8 @@ pub struct S3WeightStore {
     /// Blobs larger than this go up in parts of `part_size` bytes.
     multipart_over: usize,
     part_size: usize,
+    /// Lifetime of presigned URLs.
+    presign: Duration,
 }
 
 impl std::fmt::Debug for S3WeightStore {
@@ -152,6 +172,13 @@ impl S3WeightStore {
                 config.prefix
             )));
         }
+        if !(1..=MAX_PRESIGN_SECS).contains(&config.presign_secs) {
+            return Err(StoreError::Other(format!(
+                "weight_store.presign_secs = {} must be between 1 and {MAX_PRESIGN_SECS} (7 days, \
+                 the longest a presigned URL can live)",
+                config.presign_secs
+            )));
+        }
         let mut builder = builder
             .with_bucket_name(&config.bucket)
             .with_region(&config.region)
@@ -175,6 +202,7 @@ impl S3WeightStore {
             runtime: Some(runtime),
             multipart_over: MULTIPART_OVER,
             part_size: PART_SIZE,
+            presign: Duration::from_secs(config.presign_secs),
         };
         // Fail at start, not at the first snapshot, when the bucket or credentials are wrong.
         s.block(async {
@@ -199,6 +227,24 @@ impl S3WeightStore {
     /// The object path of `rest` under the prefix.
     pub fn path(&self, rest: &str) -> ObjectPath {
         ObjectPath::from(format!("{}/{rest}", self.prefix))
+    }
+
+    /// The object path of direct-download `key`, refused unless it is a plain relative name.
+    fn download_path(&self, key: &str) -> Result<ObjectPath, StoreError> {
+        if !valid_download_key(key) {
+            return Err(StoreError::Other(format!(
+                "download key `{key}` must be `/`-separated names of [A-Za-z0-9._-]"
+            )));
+        }
+        Ok(self.path(&format!("downloads/{key}")))
+    }
+
+    async fn published_len(&self, path: &ObjectPath) -> Result<Option<u64>, StoreError> {
+        match self.store.head(path).await {
+            Ok(meta) => Ok(Some(meta.size)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(other(&format!("looking up {path}"), e)),
+        }
     }
 
     /// Runs `fut` on the store's runtime, blocking the caller (off a tokio worker with
@@ -389,6 +435,50 @@ impl WeightStore for S3WeightStore {
 
     fn delete_version(&self, version: u64) -> Result<(), StoreError> {
         self.block(self.delete_async(version))
+    }
+
+    fn direct_downloads(&self) -> Option<&dyn DirectDownloads> {
+        Some(self)
+    }
+}
+
+impl DirectDownloads for S3WeightStore {
+    fn publish(&self, key: &str, bytes: &[u8]) -> Result<(), StoreError> {
+        let path = self.download_path(key)?;
+        self.block(async {
+            if self.published_len(&path).await? != Some(bytes.len() as u64) {
+                self.put_blob(&path, bytes).await?;
+            }
+            Ok(())
+        })
+    }
+
+    fn is_published(&self, key: &str, bytes: u64) -> Result<bool, StoreError> {
+        let path = self.download_path(key)?;
+        Ok(self.block(self.published_len(&path))? == Some(bytes))
+    }
+
+    fn presign_get(&self, key: &str, bytes: u64) -> Result<PresignedUrl, StoreError> {
+        let path = self.download_path(key)?;
+        // Taken before signing, so the URL lives at least until then.
+        let expires_ms = now_ms() + self.presign.as_millis() as u64;
+        let url = self.block(async {
+            self.store
+                .signed_url(reqwest::Method::GET, &path, self.presign)
+                .await
+                .map_err(|e| other(&format!("signing a URL for {path}"), e))
+        })?;
+        Ok(PresignedUrl { url: url.to_string(), bytes, expires_ms })
+    }
+
+    fn unpublish(&self, key: &str) -> Result<(), StoreError> {
+        let path = self.download_path(key)?;
+        self.block(async {
+            match self.store.delete(&path).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+                Err(e) => Err(other(&format!("deleting {path}"), e)),
+            }
+        })
     }
 }
 

@@ -90,12 +90,16 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let stop = super::coordinator::stop_flag()?;
     let report = run_worker(&config, &registry, &args.coordinator, credentials, stop)?;
     println!(
-        "worker done: {} tasks accepted, {} rejected, {} abandoned, {} tokens, calibrated {:.0} tokens/s",
+        "worker done: {} tasks accepted, {} rejected, {} abandoned, {} tokens, calibrated {:.0} tokens/s; \
+         downloaded {} bytes from the object store, {} from the coordinator ({} fallbacks)",
         report.tasks_accepted,
         report.tasks_rejected,
         report.tasks_abandoned,
         report.tokens,
-        report.calibrated_tps
+        report.calibrated_tps,
+        report.direct_bytes,
+        report.coordinator_bytes,
+        report.direct_fallbacks
     );
     Ok(())
 }

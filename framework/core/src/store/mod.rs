@@ -1,6 +1,13 @@
 //! The `WeightStore` slot: immutable, versioned, checksummed weight blobs.
 //!
 //! `conformance` (feature `conformance`) is the crash-consistency suite every store plugin runs.
+//!
+//! A store may also offer [`DirectDownloads`]: objects that workers fetch straight from the
+//! store through short-lived presigned URLs, so the coordinator's egress does not grow with the
+//! fleet. The coordinator publishes the blobs workers download (the encoded weights of a
+//! version, the corpus shards) under content-addressed keys and hands out URLs with each task;
+//! workers verify every byte against the task's SHA-256 and fall back to the coordinator when a
+//! URL fails.
 
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
@@ -59,6 +66,12 @@ pub trait WeightStore: Send + Sync {
     /// Deletes `version` (pruning old snapshots), so that a crash part-way never leaves it
     /// listed with a missing or partial blob. Deleting a version that does not exist succeeds.
     fn delete_version(&self, version: u64) -> Result<(), StoreError>;
+    /// Direct downloads, when workers can fetch objects from this store without credentials
+    /// (the "s3" store's presigned URLs). `None` (the default): the coordinator serves every
+    /// download itself.
+    fn direct_downloads(&self) -> Option<&dyn DirectDownloads> {
+        None
+    }
     /// Newest version, if any.
     fn latest(&self) -> Result<Option<WeightMeta>, StoreError> {
         Ok(self.list_versions()?.into_iter().max_by_key(|m| m.version))
@@ -82,8 +95,54 @@ pub trait WeightStore: Send + Sync {
     }
 }
 
+/// Objects workers download straight from a store, through URLs that expire.
+///
+/// Keys are `/`-separated names of `[A-Za-z0-9._-]` chosen by the coordinator and kept apart
+/// from the store's weight versions. A key names its content (it holds the SHA-256), so
+/// publishing a key again publishes the same bytes and may be skipped.
+pub trait DirectDownloads: Send + Sync {
+    /// Stores `bytes` under `key` unless an object of that key and length is already there.
+    fn publish(&self, key: &str, bytes: &[u8]) -> Result<(), StoreError>;
+    /// Whether an object of `key` and length `bytes` is there.
+    fn is_published(&self, key: &str, bytes: u64) -> Result<bool, StoreError>;
+    /// A URL that GETs `key` without credentials until it expires (the store's configured
+    /// lifetime); `bytes` is the object's length, passed through to the worker as its bound.
+    /// Signing does not check that the object exists.
+    fn presign_get(&self, key: &str, bytes: u64) -> Result<PresignedUrl, StoreError>;
+    /// Removes `key`; removing a key that is not there succeeds.
+    fn unpublish(&self, key: &str) -> Result<(), StoreError>;
+}
+
+pub use crate::protocol::PresignedUrl;
+
+/// Whether `key` is a valid [`DirectDownloads`] key: non-empty `/`-separated names of
+/// `[A-Za-z0-9._-]`, none of them `.` or `..`.
+pub fn valid_download_key(key: &str) -> bool {
+    key.split('/').all(|part| {
+        !part.is_empty()
+            && part != "."
+            && part != ".."
+            && part.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    })
+}
+
 /// SHA-256 of `bytes` as lowercase hex.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::{Digest, Sha256};
     hex::encode(Sha256::digest(bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::valid_download_key;
+
+    #[test]
+    fn download_keys_are_plain_relative_names() {
+        for k in ["weights/v1-ab.bin", "shards/0123.bin", "a"] {
+            assert!(valid_download_key(k), "{k}");
+        }
+        for k in ["", "/a", "a/", "a//b", "../a", "a/./b", "a b", "a?x=1", "a%2f"] {
+            assert!(!valid_download_key(k), "{k}");
+        }
+    }
 }

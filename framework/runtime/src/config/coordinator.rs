@@ -93,6 +93,12 @@ pub struct CoordinatorSection {
     /// init` writes `ca.pem`): the console puts it in the credentials files and install
     /// scripts it makes, so workers pin it. Relative paths are under the run directory.
     pub ca_file: Option<std::path::PathBuf>,
+    /// When the weight store can hand out presigned URLs (`s3`), publish the served weights and
+    /// the corpus shards there and let workers download them straight from the object store
+    /// (verified against the task's SHA-256, falling back to the coordinator), so the
+    /// coordinator's egress does not grow with the fleet. false: the coordinator serves every
+    /// download (workers that cannot reach the bucket).
+    pub direct_downloads: bool,
 }
 
 impl Default for CoordinatorSection {
@@ -126,6 +132,7 @@ impl Default for CoordinatorSection {
             round_wait_secs: 120.0,
             schedule_unit_tokens: 0,
             ca_file: None,
+            direct_downloads: true,
         }
     }
 }

@@ -69,6 +69,9 @@ impl CoordinatorApi for Coordinator {
         let shard = self.corpus.info(&task.shard).ok_or_else(|| {
             ApiError::Internal(format!("task {} names unknown shard `{}`", task.id, task.shard))
         })?;
+        // Signing is local (no request to the store) and happens only for a claimed task.
+        let (weights_url, shard_url) = (self.weights_url(&weights), self.shard_url(&shard));
+        let weights = weights.blob;
         let schedule_step = {
             let mut m = lock(&self.model, "model")?;
             // A task leased on the open round's version is waited for by that round.
@@ -94,6 +97,8 @@ impl CoordinatorApi for Coordinator {
             weights_sha256: weights.sha256,
             packing: self.shape.packing,
             schedule_step,
+            weights_url,
+            shard_url,
         }))
     }
 
@@ -304,25 +309,16 @@ impl CoordinatorApi for Coordinator {
     }
 
     fn weights(&self, version: u64) -> Result<Blob, ApiError> {
-        if version == u64::MAX {
-            return self.current_blob();
-        }
-        if let Some(b) = lock(&self.served, "served")?.iter().find(|b| b.version == version) {
-            return Ok(b.clone());
-        }
-        let current = self.current_blob()?;
-        if current.version == version {
-            Ok(current)
-        } else {
-            Err(ApiError::NotFound(format!(
-                "weight version {version} is no longer served; the newest is {}",
-                current.version
-            )))
-        }
+        let blob = self.served_weights(version)?;
+        // Egress as handed to the transport (a Range request counts the whole blob).
+        self.metrics.served_weight_bytes.fetch_add(blob.bytes.len() as u64, Ordering::Relaxed);
+        Ok(blob)
     }
 
     fn corpus(&self, shard: &str) -> Result<Blob, ApiError> {
-        self.corpus.shard(shard)
+        let blob = self.corpus.shard(shard)?;
+        self.metrics.served_shard_bytes.fetch_add(blob.bytes.len() as u64, Ordering::Relaxed);
+        Ok(blob)
     }
 
     fn status(&self) -> Result<StatusReport, ApiError> {
@@ -381,6 +377,25 @@ fn first_beyond(values: &[f32], bound: f32) -> Option<(usize, f32)> {
 }
 
 impl Coordinator {
+    /// Weights of `version` (`u64::MAX`: the newest), if still served.
+    fn served_weights(&self, version: u64) -> Result<Blob, ApiError> {
+        if version != u64::MAX
+            && let Some(s) =
+                lock(&self.served, "served")?.iter().find(|s| s.blob.version == version)
+        {
+            return Ok(s.blob.clone());
+        }
+        let current = self.current_blob()?.blob;
+        if version == u64::MAX || current.version == version {
+            Ok(current)
+        } else {
+            Err(ApiError::NotFound(format!(
+                "weight version {version} is no longer served; the newest is {}",
+                current.version
+            )))
+        }
+    }
+
     /// `tokens_per_sec` as a worker reported it, clamped to what the model can plausibly run
     /// (`coordinator.max_worker_tokens_per_sec`); non-finite or negative reads as 0.
     pub(super) fn plausible_tps(&self, tokens_per_sec: f64) -> f64 {

@@ -17,6 +17,11 @@ pub trait Corpus: Send + Sync {
     }
     /// One shard's bytes (a token shard file, see [`crate::data::shard`]).
     fn shard(&self, name: &str) -> Result<Blob, ApiError>;
+    /// One shard's bytes for a one-off use (publishing it to the object store), verified like
+    /// [`Self::shard`] but not kept in memory by a corpus that caches what it serves.
+    fn read(&self, name: &str) -> Result<Blob, ApiError> {
+        self.shard(name)
+    }
     /// `Some` when the shards hold `[BOS]`-delimited examples that workers pack into windows
     /// like the single-process loader; `None` for plain token streams.
     fn packing(&self) -> Option<Packing> {
@@ -78,7 +83,7 @@ impl Corpus for MemoryCorpus {
 #[derive(Debug)]
 pub struct DirCorpus {
     files: BTreeMap<String, (ShardInfo, PathBuf)>,
-    loaded: Mutex<BTreeMap<String, Arc<Vec<u8>>>>,
+    loaded: Mutex<Loaded>,
     packing: Option<Packing>,
 }
 
@@ -140,25 +145,47 @@ impl Corpus for DirCorpus {
     fn shard(&self, name: &str) -> Result<Blob, ApiError> {
         let (info, path) =
             self.files.get(name).ok_or_else(|| ApiError::NotFound(format!("shard `{name}`")))?;
-        let mut loaded =
-            self.loaded.lock().map_err(|_| ApiError::Internal("corpus lock poisoned".into()))?;
+        let mut loaded = self.loaded()?;
         if let Some(b) = loaded.get(name) {
             return Ok(Blob { version: 0, sha256: info.sha256.clone(), bytes: Arc::clone(b) });
         }
-        let bytes = std::fs::read(path)
-            .map_err(|e| ApiError::Internal(format!("{}: {e}", path.display())))?;
-        let found = sha256_hex(&bytes);
-        if found != info.sha256 {
-            return Err(ApiError::Internal(format!(
-                "{} is corrupt: sha256 {found}, sidecar says {}",
-                path.display(),
-                info.sha256
-            )));
-        }
-        let bytes = Arc::new(bytes);
+        let bytes = read_verified(info, path)?;
         loaded.insert(name.into(), Arc::clone(&bytes));
         Ok(Blob { version: 0, sha256: info.sha256.clone(), bytes })
     }
+
+    fn read(&self, name: &str) -> Result<Blob, ApiError> {
+        let (info, path) =
+            self.files.get(name).ok_or_else(|| ApiError::NotFound(format!("shard `{name}`")))?;
+        if let Some(b) = self.loaded()?.get(name) {
+            return Ok(Blob { version: 0, sha256: info.sha256.clone(), bytes: Arc::clone(b) });
+        }
+        Ok(Blob { version: 0, sha256: info.sha256.clone(), bytes: read_verified(info, path)? })
+    }
+}
+
+/// Shards read so far, by name.
+type Loaded = BTreeMap<String, Arc<Vec<u8>>>;
+
+impl DirCorpus {
+    fn loaded(&self) -> Result<std::sync::MutexGuard<'_, Loaded>, ApiError> {
+        self.loaded.lock().map_err(|_| ApiError::Internal("corpus lock poisoned".into()))
+    }
+}
+
+/// The bytes of the shard file at `path`, checked against its sidecar's SHA-256.
+fn read_verified(info: &ShardInfo, path: &Path) -> Result<Arc<Vec<u8>>, ApiError> {
+    let bytes =
+        std::fs::read(path).map_err(|e| ApiError::Internal(format!("{}: {e}", path.display())))?;
+    let found = sha256_hex(&bytes);
+    if found != info.sha256 {
+        return Err(ApiError::Internal(format!(
+            "{} is corrupt: sha256 {found}, sidecar says {}",
+            path.display(),
+            info.sha256
+        )));
+    }
+    Ok(Arc::new(bytes))
 }
 
 /// Decodes the tokens of a shard file held in memory (structure checked by

@@ -54,6 +54,15 @@ pub struct Metrics {
     /// Rounds whose completion the store failed to record (retried; nothing applied).
     pub commit_failures: AtomicU64,
     pub tokens: AtomicU64,
+    /// Bytes of weights and shards the coordinator served itself (its download egress).
+    pub served_weight_bytes: AtomicU64,
+    pub served_shard_bytes: AtomicU64,
+    /// Presigned URLs handed out with tasks.
+    pub presigned_weights: AtomicU64,
+    pub presigned_shards: AtomicU64,
+    /// Bytes uploaded to the object store for direct download.
+    pub published_weight_bytes: AtomicU64,
+    pub published_shard_bytes: AtomicU64,
     pub claim_latency: Histogram,
     pub heartbeat_latency: Histogram,
     pub decode_latency: Histogram,
@@ -62,6 +71,15 @@ pub struct Metrics {
 
 fn counter(out: &mut String, name: &str, help: &str, v: u64) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
+}
+
+/// A counter with a `what` label of `weights` and `shards`.
+fn by_what(out: &mut String, name: &str, help: &str, weights: u64, shards: u64) {
+    let _ = writeln!(
+        out,
+        "# HELP {name} {help}\n# TYPE {name} counter\n{name}{{what=\"weights\"}} {weights}\n\
+         {name}{{what=\"shards\"}} {shards}"
+    );
 }
 
 impl Metrics {
@@ -101,6 +119,27 @@ impl Metrics {
             "bitnet_tokens_trained_total",
             "Tokens in applied updates.",
             l(&self.tokens),
+        );
+        by_what(
+            &mut out,
+            "bitnet_served_bytes_total",
+            "Bytes of downloads the coordinator served itself (its egress to workers).",
+            l(&self.served_weight_bytes),
+            l(&self.served_shard_bytes),
+        );
+        by_what(
+            &mut out,
+            "bitnet_presigned_urls_total",
+            "Presigned object-store URLs handed out with tasks.",
+            l(&self.presigned_weights),
+            l(&self.presigned_shards),
+        );
+        by_what(
+            &mut out,
+            "bitnet_published_bytes_total",
+            "Bytes uploaded to the object store for workers to download directly.",
+            l(&self.published_weight_bytes),
+            l(&self.published_shard_bytes),
         );
         if let Some(s) = status {
             let _ = writeln!(

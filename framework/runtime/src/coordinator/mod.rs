@@ -10,6 +10,7 @@
 
 pub mod blob;
 pub mod corpus;
+pub mod direct;
 pub mod memory;
 mod metrics;
 pub mod round;
@@ -122,7 +123,10 @@ pub struct Coordinator {
     round_closed: Condvar,
     /// The open round's workers and the async claims waiting on it (no model lock needed).
     claim_gate: Arc<round::ClaimGate>,
-    served: Mutex<VecDeque<Blob>>,
+    /// The newest weight versions, encoded for download (and where published, if they are).
+    served: Mutex<VecDeque<direct::Served>>,
+    /// What is published for direct download from the object store.
+    published: direct::Published,
     /// Held while a weight version is encoded, so each version is encoded once even when
     /// many claims arrive together (encoding the medium preset takes tens of milliseconds).
     encoding: Mutex<()>,

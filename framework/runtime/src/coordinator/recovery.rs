@@ -166,6 +166,7 @@ impl Coordinator {
             round_closed: Condvar::new(),
             claim_gate,
             served: Mutex::new(VecDeque::new()),
+            published: direct::Published::default(),
             encoding: Mutex::new(()),
             snapshot_tx: Mutex::new(Some(tx)),
             snapshot_version,
@@ -201,6 +202,7 @@ impl Coordinator {
             .map_err(|e| comp(&e))?;
         *coordinator.maintenance.lock().map_err(|_| comp(&"maintenance lock poisoned"))? =
             Some(handle);
+        coordinator.start_shard_publisher()?;
         Ok(coordinator)
     }
 }

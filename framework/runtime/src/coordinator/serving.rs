@@ -1,14 +1,18 @@
-//! Serving weights: each version is encoded once and the newest few are kept for downloads.
+//! Serving weights: each version is encoded once and the newest few are kept for downloads
+//! (and published for direct download, see [`super::direct`]).
 
+use super::direct::Served;
 use super::*;
 
 impl Coordinator {
-    pub(super) fn current_blob(&self) -> Result<Blob, ApiError> {
+    /// The current version's blob, encoded (and published) on first use.
+    pub(super) fn current_blob(&self) -> Result<Served, ApiError> {
         let _encoding = lock(&self.encoding, "encoding")?;
         let (version, params) = {
             let m = lock(&self.model, "model")?;
-            if let Some(b) = lock(&self.served, "served")?.iter().find(|b| b.version == m.version) {
-                return Ok(b.clone());
+            let served = lock(&self.served, "served")?;
+            if let Some(s) = served.iter().find(|s| s.blob.version == m.version) {
+                return Ok(s.clone());
             }
             (m.version, m.params.clone())
         };
@@ -16,14 +20,19 @@ impl Coordinator {
             .weight_codec
             .encode(&self.layout, version, &params)
             .map_err(|e| ApiError::Internal(format!("encoding weights: {e}")))?;
-        let b = Blob { version, sha256: sha256_hex(&bytes), bytes: Arc::new(bytes) };
+        let blob = Blob { version, sha256: sha256_hex(&bytes), bytes: Arc::new(bytes) };
+        let served = Served { key: self.publish_weights(&blob), blob };
         // Only this function adds to `served`, under the encoding lock, after finding `version`
         // missing: it is still missing.
-        let mut served = lock(&self.served, "served")?;
-        served.push_back(b.clone());
-        while served.len() > SERVED_VERSIONS {
-            served.pop_front();
+        let mut evicted = Vec::new();
+        {
+            let mut all = lock(&self.served, "served")?;
+            all.push_back(served.clone());
+            while all.len() > SERVED_VERSIONS {
+                evicted.extend(all.pop_front().and_then(|s| s.key));
+            }
         }
-        Ok(b)
+        self.unpublish(evicted);
+        Ok(served)
     }
 }

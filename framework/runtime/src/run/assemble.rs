@@ -110,6 +110,20 @@ pub fn build_coordinator(
     store: Arc<dyn CoordinatorStore>,
     corpus: Arc<dyn Corpus>,
 ) -> Result<Arc<Coordinator>, AssembleError> {
+    let parts = coordinator_parts(config, registry, store, corpus)?;
+    let shape = TaskShape::from_train(&config.train, config.model.seq_len);
+    Coordinator::start(parts, config.coordinator.clone(), shape)
+        .map_err(|e| AssembleError::Other(e.to_string()))
+}
+
+/// The components of a coordinator for `config` (see [`build_coordinator`]), to adjust before
+/// [`Coordinator::start`]: a test hands it a weight store opened with its own credentials.
+pub fn coordinator_parts(
+    config: &RunConfig,
+    registry: &Registry,
+    store: Arc<dyn CoordinatorStore>,
+    corpus: Arc<dyn Corpus>,
+) -> Result<CoordinatorParts, AssembleError> {
     let (kernel, ctx) = kernel_and_context(config, registry)?;
     let ctx = ctx.with_total_steps(crate::coordinator::schedule_steps(config));
     let layout = kernel.layout().clone();
@@ -138,9 +152,7 @@ pub fn build_coordinator(
         store,
         corpus,
     };
-    let shape = TaskShape::from_train(&config.train, config.model.seq_len);
-    Coordinator::start(parts, config.coordinator.clone(), shape)
-        .map_err(|e| AssembleError::Other(e.to_string()))
+    Ok(parts)
 }
 
 /// Builds a worker's components around an authenticated `client`.

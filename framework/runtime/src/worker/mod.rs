@@ -5,6 +5,12 @@
 //! heartbeats, log shipping, retries with backoff, and a stop flag (SIGTERM) that hands the
 //! current task back.
 //!
+//! A task may name presigned object-store URLs for its weights and shard
+//! ([`TaskSpec::weights_url`], [`TaskSpec::shard_url`]): the worker downloads from there first
+//! (through its transport's [`CoordinatorClient::fetch_presigned`], a few tries), checks the
+//! bytes against the task's SHA-256 and falls back to the coordinator, with a warning, when the
+//! download fails or does not verify.
+//!
 //! A task's slice is packed into windows like the single-process loader packs its shards (see
 //! [`batches`]): the worker trains every example whose `[BOS]` lies in the slice, shuffled
 //! from `(train.seed, task id)`.
@@ -26,8 +32,8 @@ use bitnet_framework::codec::GradientCodec;
 use bitnet_framework::model::{ModelKernel, TokenBatch};
 use bitnet_framework::optim::{Optimizer, StepInfo};
 use bitnet_framework::protocol::{
-    ApiError, CoordinatorClient, Heartbeat, LogRecord, Registration, TaskRef, TaskSpec,
-    UpdateUpload, now_ms,
+    ApiError, CoordinatorClient, Heartbeat, LogRecord, PresignedUrl, Registration, TaskRef,
+    TaskSpec, UpdateUpload, now_ms,
 };
 use bitnet_framework::store::sha256_hex;
 use bitnet_framework::weights::WeightCodec;
@@ -97,6 +103,13 @@ pub struct WorkerReport {
     /// Times shipping logs was put off (the coordinator's log quota, or a retryable failure)
     /// rather than waited for.
     pub logs_deferred: u64,
+    /// Bytes of weights and shards downloaded straight from the object store (verified).
+    pub direct_bytes: u64,
+    /// Bytes of weights and shards downloaded from the coordinator.
+    pub coordinator_bytes: u64,
+    /// Presigned downloads that failed or did not verify, and were fetched from the
+    /// coordinator instead.
+    pub direct_fallbacks: u64,
 }
 
 /// Wall-clock seconds spent in each phase of a task, summed over tasks. Everything but
@@ -147,6 +160,9 @@ fn host_name() -> String {
 
 /// Log records a worker keeps while the coordinator cannot take them (its quota, an outage).
 const MAX_BUFFERED_LOGS: usize = 2000;
+/// Tries of a presigned download that fails with a retryable error (a connection error, a 5xx)
+/// before falling back to the coordinator.
+const DIRECT_TRIES: u32 = 3;
 
 /// A worker. Build with [`Worker::new`], then [`Worker::run`].
 pub struct Worker {
@@ -394,19 +410,79 @@ impl Worker {
         Ok(())
     }
 
-    /// Weights of `version` (verified against `sha`), from cache or downloaded; falls back to
-    /// the newest version when that one is no longer served.
-    fn fetch_weights(&mut self, version: u64, sha: &str) -> Result<u64, WorkerError> {
+    /// Downloads `url` straight from the object store (a few tries on retryable errors) and
+    /// returns its bytes when they hash to `sha`; `None`, with a warning, otherwise, and the
+    /// caller asks the coordinator. `None` without a word when the transport cannot.
+    fn fetch_direct(&mut self, what: &str, url: &PresignedUrl, sha: &str) -> Option<Vec<u8>> {
+        let mut backoff = Duration::from_millis(self.settings.retry_base_ms.max(1));
+        let mut attempt = 1;
+        let outcome = loop {
+            match self.parts.client.fetch_presigned(url)? {
+                Err(e) if e.is_retryable() && attempt < DIRECT_TRIES => {
+                    tracing::debug!(error = %e, attempt, "direct download failed; retrying");
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(Duration::from_millis(self.settings.retry_max_ms));
+                    attempt += 1;
+                }
+                Err(e) => break Err(e.to_string()),
+                Ok(bytes) => {
+                    let found = sha256_hex(&bytes);
+                    if found == sha {
+                        break Ok(bytes);
+                    }
+                    break Err(format!("sha256 {found}, expected {sha}"));
+                }
+            }
+        };
+        match outcome {
+            Ok(bytes) => {
+                self.report.direct_bytes += bytes.len() as u64;
+                Some(bytes)
+            }
+            Err(why) => {
+                self.report.direct_fallbacks += 1;
+                self.log(
+                    "warn",
+                    format!(
+                        "downloading {what} from the object store failed ({why}); asking the \
+                         coordinator"
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    /// Weights of `version` (verified against `sha`), from cache, the object store (`url`) or
+    /// the coordinator; falls back to the newest version when that one is no longer served.
+    fn fetch_weights(
+        &mut self,
+        version: u64,
+        sha: &str,
+        url: Option<&PresignedUrl>,
+    ) -> Result<u64, WorkerError> {
         if let Some(cached) = &self.weights
             && cached.version == version
             && cached.sha256 == sha
         {
             return Ok(version);
         }
-        let blob = match self.retry(|c| c.weights(version)) {
-            Ok(b) => b,
-            Err(ApiError::NotFound(_)) => self.retry(|c| c.weights(u64::MAX))?,
-            Err(e) => return Err(e.into()),
+        let direct = url.and_then(|u| self.fetch_direct(&format!("weights {version}"), u, sha));
+        let blob = match direct {
+            Some(bytes) => bitnet_framework::protocol::Blob {
+                version,
+                sha256: sha.into(),
+                bytes: bytes.into(),
+            },
+            None => {
+                let blob = match self.retry(|c| c.weights(version)) {
+                    Ok(b) => b,
+                    Err(ApiError::NotFound(_)) => self.retry(|c| c.weights(u64::MAX))?,
+                    Err(e) => return Err(e.into()),
+                };
+                self.report.coordinator_bytes += blob.bytes.len() as u64;
+                blob
+            }
         };
         let found = sha256_hex(&blob.bytes);
         if found != blob.sha256 {
@@ -441,7 +517,12 @@ impl Worker {
         self.settings.cache_dir.as_ref().map(|d| d.join("shards").join(format!("{sha}.bin")))
     }
 
-    fn fetch_shard(&mut self, name: &str, sha: &str) -> Result<Arc<Vec<u32>>, WorkerError> {
+    fn fetch_shard(
+        &mut self,
+        name: &str,
+        sha: &str,
+        url: Option<&PresignedUrl>,
+    ) -> Result<Arc<Vec<u32>>, WorkerError> {
         if let Some(t) = self.shards.get(sha) {
             return Ok(Arc::clone(t));
         }
@@ -449,14 +530,23 @@ impl Worker {
         let bytes = match cached.filter(|b| sha256_hex(b) == sha) {
             Some(b) => b,
             None => {
-                let blob = self.retry(|c| c.corpus(name))?;
-                let found = sha256_hex(&blob.bytes);
-                if found != sha {
-                    return Err(WorkerError::Download(format!(
-                        "shard `{name}` failed verification: sha256 {found}, expected {sha}"
-                    )));
-                }
-                let bytes = blob.bytes.as_ref().clone();
+                let direct =
+                    url.and_then(|u| self.fetch_direct(&format!("shard `{name}`"), u, sha));
+                let bytes = match direct {
+                    Some(bytes) => bytes,
+                    None => {
+                        let blob = self.retry(|c| c.corpus(name))?;
+                        self.report.coordinator_bytes += blob.bytes.len() as u64;
+                        let found = sha256_hex(&blob.bytes);
+                        if found != sha {
+                            return Err(WorkerError::Download(format!(
+                                "shard `{name}` failed verification: sha256 {found}, expected \
+                                 {sha}"
+                            )));
+                        }
+                        Arc::try_unwrap(blob.bytes).unwrap_or_else(|shared| shared.as_ref().clone())
+                    }
+                };
                 if let Some(p) = self.shard_path(sha) {
                     let tmp = p.with_extension("tmp");
                     let written = p
@@ -540,10 +630,14 @@ impl Worker {
     ) -> Result<PreparedTask, WorkerError> {
         let phase = Instant::now();
         let task_ref = TaskRef { task_id: task.task_id, lease: task.lease };
-        let base_version = self.fetch_weights(task.weights_version, &task.weights_sha256)?;
+        let base_version = self.fetch_weights(
+            task.weights_version,
+            &task.weights_sha256,
+            task.weights_url.as_ref(),
+        )?;
         timing.weights = phase.elapsed().as_secs_f64();
         let phase = Instant::now();
-        let tokens = self.fetch_shard(&task.shard, &task.shard_sha256)?;
+        let tokens = self.fetch_shard(&task.shard, &task.shard_sha256, task.shard_url.as_ref())?;
         timing.data = phase.elapsed().as_secs_f64();
         Ok(PreparedTask { spec: task, task: task_ref, base_version, tokens })
     }
