@@ -115,11 +115,23 @@ impl WeightCodec for TernaryWeights {
     }
 
     fn decode(&self, layout: &ParamLayout, bytes: &[u8]) -> Result<Weights, WeightsError> {
+        let mut params = Vec::new();
+        let version = self.decode_into(layout, bytes, &mut params)?;
+        Ok(Weights { version, params })
+    }
+
+    fn decode_into(
+        &self,
+        layout: &ParamLayout,
+        bytes: &[u8],
+        params: &mut Vec<f32>,
+    ) -> Result<u64, WeightsError> {
         check_names(layout)?;
         let bitlinear = layout.tensors().iter().filter(|t| t.role == TensorRole::BitLinear);
         let expected = layout.tensors().len() + bitlinear.count();
         let (info, st) = open_container(bytes, TERNARY, layout, expected)?;
-        let mut params = vec![0.0f32; layout.total_params()];
+        // Every element is written below (the layout's ranges tile the arena).
+        params.resize(layout.total_params(), 0.0);
         let mut trits = Vec::new();
         for (spec, range) in layout.iter() {
             let out = &mut params[range];
@@ -144,7 +156,7 @@ impl WeightCodec for TernaryWeights {
                 )));
             }
         }
-        Ok(Weights { version: info.version, params })
+        Ok(info.version)
     }
 }
 

@@ -129,7 +129,9 @@ pub struct Coordinator {
     published: direct::Published,
     /// Held while a weight version is encoded, so each version is encoded once even when
     /// many claims arrive together (encoding the medium preset takes tens of milliseconds).
-    encoding: Mutex<()>,
+    /// The lock also guards the copy of the parameters being encoded, reused from version to
+    /// version (a fresh arena-sized copy costs its page faults on every version).
+    encoding: Mutex<Vec<f32>>,
     snapshot_tx: Mutex<Option<mpsc::Sender<SnapshotJob>>>,
     snapshot_version: Arc<AtomicU64>,
     snapshots: Arc<dyn WeightStore>,

@@ -167,7 +167,7 @@ impl Coordinator {
             claim_gate,
             served: Mutex::new(VecDeque::new()),
             published: direct::Published::default(),
-            encoding: Mutex::new(()),
+            encoding: Mutex::new(Vec::new()),
             snapshot_tx: Mutex::new(Some(tx)),
             snapshot_version,
             snapshots,

@@ -7,14 +7,16 @@ use super::*;
 impl Coordinator {
     /// The current version's blob, encoded (and published) on first use.
     pub(super) fn current_blob(&self) -> Result<Served, ApiError> {
-        let _encoding = lock(&self.encoding, "encoding")?;
-        let (version, params) = {
+        let mut params = lock(&self.encoding, "encoding")?;
+        let version = {
             let m = lock(&self.model, "model")?;
             let served = lock(&self.served, "served")?;
             if let Some(s) = served.iter().find(|s| s.blob.version == m.version) {
                 return Ok(s.clone());
             }
-            (m.version, m.params.clone())
+            params.clear();
+            params.extend_from_slice(&m.params);
+            m.version
         };
         let bytes = self
             .weight_codec

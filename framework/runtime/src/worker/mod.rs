@@ -497,20 +497,21 @@ impl Worker {
                 "weights version {version} is now {found}, the task named {sha}"
             )));
         }
-        let weights = self
+        // Decoded into the previous version's arena (this one replaces it).
+        let mut params = self.weights.take().map(|c| c.params).unwrap_or_default();
+        let decoded = self
             .parts
             .weight_codec
-            .decode(self.parts.kernel.layout(), &blob.bytes)
+            .decode_into(self.parts.kernel.layout(), &blob.bytes, &mut params)
             .map_err(|e| WorkerError::Download(e.to_string()))?;
-        if weights.version != blob.version {
+        if decoded != blob.version {
             return Err(WorkerError::Download(format!(
-                "blob served as version {} holds version {}",
-                blob.version, weights.version
+                "blob served as version {} holds version {decoded}",
+                blob.version
             )));
         }
-        self.weights =
-            Some(CachedWeights { version: weights.version, sha256: found, params: weights.params });
-        Ok(weights.version)
+        self.weights = Some(CachedWeights { version: decoded, sha256: found, params });
+        Ok(decoded)
     }
 
     fn shard_path(&self, sha: &str) -> Option<PathBuf> {
