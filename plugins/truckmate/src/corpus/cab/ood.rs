@@ -49,6 +49,17 @@ pub const OOD: &[&str] = &[
     "(open|close) the (window|garage|door)",
     "(how do i|can you) (fix a leaky faucet|make chili|tie a tie)",
     "(did you see|you hear about) (that|the) (game|news|movie) (last night|)",
+    "(set|bump|turn off|turn on) the (cruise|cruise control|wipers|headlights|jake brake|fog lights) (to sixty five|on|off|up|)",
+    "(text|message|email) (dispatch|my wife|the shipper|my buddy) (that|) (i'm running late|i'll be there soon|i love her|to call me back)",
+    "(i love|i hate|i miss|i'm sick of) (my truck|this road|home|my dog|this job|these four wheelers)",
+    "(man|geez|) i'm (so bored|missing home|tired of driving|sick of this traffic) (today|)",
+    "(what's|read me|tell me) the (news|headlines|stock market) (today|this morning|)",
+    "(how do i|can you help me) (fix|reset|update) my (phone|tablet|radio|reefer unit)",
+    "(what's|recommend) a good (podcast|audiobook|movie|song) (to listen to|)",
+    "(my|the) (dog|cat|kid) (needs|wants) (a walk|to eat|attention|to go out)",
+    "(did you see|look at) (that sunset|that deer|those clouds|that rainbow)",
+    "(lol|haha|ha ha|lmao) (okay|ok|nice|)",
+    "(what's|what is) (two plus two|ten times five|half of sixty|the square root of nine)",
 ];
 
 #[cfg(test)]
