@@ -32,6 +32,7 @@ pub const CORES: &[(&str, &[&str])] = &[
             "(open|create|set up) a (new|) (trip|run) (for|to|going to) {dest}",
             "(let's|lets) get (the|this|my) (trip|run) (going|started|rolling) (to {dest}|)",
             "(time to roll|let's roll|rolling out|heading out) (new|a new|) (trip|run|load) (out to|to|for) {dest}",
+            "(kick it off|start it up|let's go|fire it up) (destination|headed to|going to|we're going to) {dest}",
         ],
     ),
     (
@@ -140,6 +141,7 @@ pub const CORES: &[(&str, &[&str])] = &[
             "(i don't|i dont) (want|wanna deal with|need) {pref_object} (this trip|today|on this load|)",
             "(set|switch) (it|the route|routing) to {pref_fastest}",
             "(set|switch) (it|the route|routing) to {pref_shortest}",
+            "(don't|dont|do not) (take|route|send) me (over|through|on) {pref_object} (my brakes are shot|i'm too heavy|i'm loaded heavy|with this trailer)",
         ],
     ),
     (
@@ -182,7 +184,7 @@ pub const CORES: &[(&str, &[&str])] = &[
             "(is|has) my (break|thirty|30) (reset|been taken|done)",
             "(should|can) i take my (break|thirty|30) (now|here|at this stop)",
             "(break|thirty) (check|status|time)",
-            "(how long|how much time) (until|till|before) (i need|i owe|i gotta take) my (half hour|thirty|30|break)",
+            "(how long|how much time) (until|till|before) (i need|i have to take|i gotta take) my (half hour|thirty|30|break)",
             "(did i|have i) (already|) (get|got|gotten) my (thirty|30|break|half hour) in (yet|today|)",
             "(when|where) should i (stop|pull over|take) (for|) my (thirty|30|break|half hour)",
             "(is it|it's) time (for|to take) my (break|thirty|30|half hour) (yet|now|)",
@@ -280,6 +282,7 @@ pub const CORES: &[(&str, &[&str])] = &[
             "(what's|whats|how's) my arrival (looking|look like|time)",
             "(am i|are we) gonna (make it|get) to {dest} (by dark|tonight|today|by morning|before dark)",
             "(how many|how much) (hours|time|miles) (to go|left) (till|until|to) {dest}",
+            "(eta|e t a|arrival time|arrival) (on|for) (this|the|my) (load|delivery|run|drop)",
         ],
     ),
     (
@@ -307,7 +310,7 @@ pub const CORES: &[(&str, &[&str])] = &[
     (
         "trip_status",
         &[
-            "(how's|hows|how is) (the|my|this) (trip|run|load) (going|looking|coming along)",
+            "(how's|hows|how is) (the|my|this) (trip|run|load) (going|looking|coming along|shaping up|holding up)",
             "(trip|run|load) (status|progress|update)",
             "(what's|whats|what is) the (status|progress) (of|on) (my|the|this) (trip|run|load)",
             "(how many|how much) (miles|distance) (left|to go|remaining) on (this|my|the) (trip|run|load)",

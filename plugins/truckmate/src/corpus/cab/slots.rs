@@ -121,7 +121,16 @@ const PREF_ALLOW: Spoken = &[
 
 /// What a driver says about the load that implies a preference ("i'm ..." precedes it).
 const PREF_CAUSES: Spoken = &[
-    ("avoid_hazmat_restricted", &["hauling hazmat", "placarded", "running hazmat"]),
+    (
+        "avoid_hazmat_restricted",
+        &[
+            "hauling hazmat",
+            "placarded",
+            "running hazmat",
+            "hauling hazardous",
+            "carrying hazardous material",
+        ],
+    ),
     ("avoid_low_bridges", &["pulling a tall trailer", "too tall for low bridges"]),
     ("avoid_tolls", &["not paying any tolls", "done paying tolls"]),
     ("avoid_steep_grades", &["too heavy for the mountain grades"]),
@@ -321,7 +330,7 @@ fn amount(rng: &mut ChaCha8Rng) -> (String, String) {
         (1, 0) => format!("{} dollars", number(rng, d)),
         (1, _) => format!("{d} dollars and {c} cents"),
         (2, 0) => format!("{} bucks", number(rng, d)),
-        (3, 10..) if d < 100 => format!("{} {}", spell(d), spell(c)),
+        (3 | 5, 10..) if d < 100 => format!("{} {}", spell(d), spell(c)),
         (4, 10..) => format!("{} dollars {}", spell(d), spell(c)),
         (4, 0) if d > 100 && d % 100 != 0 => {
             format!("{} hundred and {} dollars", spell(d / 100), spell(d % 100))
