@@ -282,13 +282,13 @@ mod tests {
         assert_eq!(r.misses.iter().map(|m| m.line).collect::<Vec<_>>(), vec![2, 3, 4]);
     }
 
-    #[test]
-    fn the_shipped_hand_written_set_is_well_formed() {
-        let text = include_str!("../data/handwritten-eval.jsonl");
+    /// Parses a shipped set and checks that it names known intents, with at least `per_intent`
+    /// utterances of each and `none` of the out-of-domain ones.
+    fn check_shipped(text: &str, per_intent: usize, none: usize) -> Vec<LabelledUtterance> {
         let items = parse_eval_set(text).expect("the shipped set parses");
         let intents: std::collections::BTreeSet<&str> =
             crate::corpus::INTENTS.iter().map(|(name, _)| *name).collect();
-        let mut per_intent: BTreeMap<&str, usize> = BTreeMap::new();
+        let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
         for item in &items {
             assert!(
                 item.intent == NONE_INTENT || intents.contains(item.intent.as_str()),
@@ -296,12 +296,31 @@ mod tests {
                 item.line,
                 item.intent
             );
-            *per_intent.entry(item.intent.as_str()).or_default() += 1;
+            *counts.entry(item.intent.as_str()).or_default() += 1;
         }
         for name in &intents {
-            assert!(per_intent.get(name).copied().unwrap_or(0) >= 20, "{name}: {per_intent:?}");
+            assert!(counts.get(name).copied().unwrap_or(0) >= per_intent, "{name}: {counts:?}");
         }
-        assert!(per_intent.get(NONE_INTENT).copied().unwrap_or(0) >= 50, "{per_intent:?}");
+        assert!(counts.get(NONE_INTENT).copied().unwrap_or(0) >= none, "{counts:?}");
+        items
+    }
+
+    #[test]
+    fn the_shipped_hand_written_set_is_well_formed() {
+        let items = check_shipped(include_str!("../data/handwritten-eval.jsonl"), 20, 50);
         assert!(items.len() >= 350, "{}", items.len());
+    }
+
+    #[test]
+    fn the_development_set_is_well_formed_and_shares_no_utterance_with_the_test_set() {
+        let dev = check_shipped(include_str!("../data/handwritten-dev.jsonl"), 15, 40);
+        let test = check_shipped(include_str!("../data/handwritten-eval.jsonl"), 20, 50);
+        let normalise = |u: &str| u.split_whitespace().collect::<Vec<_>>().join(" ");
+        let test: std::collections::BTreeSet<String> =
+            test.iter().map(|i| normalise(&i.utterance)).filter(|u| !u.is_empty()).collect();
+        for item in &dev {
+            let u = normalise(&item.utterance);
+            assert!(!test.contains(&u), "dev line {} is in the test set: {u:?}", item.line);
+        }
     }
 }

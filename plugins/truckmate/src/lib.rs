@@ -69,6 +69,9 @@ mod tests {
         assert_eq!(read_manifest(&dir).expect("read"), None);
         write_manifest(&dir, &options).expect("manifest");
         let recorded = read_manifest(&dir).expect("read");
-        assert_eq!(recorded.as_deref(), Some("generator cab count 60 seed 4 none_share 0.1"));
+        assert_eq!(
+            recorded.as_deref(),
+            Some("generator cab revision 3 count 60 seed 4 none_share 0.1")
+        );
     }
 }

@@ -60,6 +60,11 @@ pub enum CorpusError {
     NoneShare(f64),
 }
 
+/// Revision of the `cab` generator's phrasings, recorded in the data directory's manifest: a
+/// corpus an older revision wrote is refused instead of silently reused. Raise it whenever a
+/// change makes `cab` write different examples for the same options.
+pub const CAB_REVISION: u32 = 3;
+
 /// Which generator writes the corpus.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Generator {
@@ -139,7 +144,7 @@ impl CorpusOptions {
     pub fn describe(&self) -> String {
         match self.generator {
             Generator::Cab => format!(
-                "generator {} count {} seed {} none_share {}",
+                "generator {} revision {CAB_REVISION} count {} seed {} none_share {}",
                 self.generator.name(),
                 self.count,
                 self.seed,

@@ -32,6 +32,33 @@ fn templates_v1_is_byte_identical_to_the_generator_before_cab() {
     assert_eq!(with_share.generate(), options(Generator::TemplatesV1, 500, 9).generate());
 }
 
+/// `cab`'s output for one set of options, with the revision it belongs to: a change to its
+/// phrasings fails here until [`CAB_REVISION`] is raised (so data directories that an older
+/// revision wrote are refused, not reused) and the hash below is updated.
+#[test]
+fn cab_output_is_pinned_to_its_revision() {
+    let c = options(Generator::Cab, 2000, 42).generate().expect("generate");
+    assert_eq!(
+        (CAB_REVISION, hash_lines(&c).as_str()),
+        (3, "b9dc92775f2a1138aad89f3e759c9add4576782d8105038827d0b8499240757c"),
+        "cab's output changed: raise CAB_REVISION and update this hash"
+    );
+}
+
+#[test]
+fn the_manifest_line_names_the_cab_revision() {
+    let cab = CorpusOptions::new(50_000, 42);
+    assert_eq!(
+        cab.describe(),
+        format!("generator cab revision {CAB_REVISION} count 50000 seed 42 none_share 0.1")
+    );
+    // What revision 1 wrote no longer matches, so its directories are refused.
+    assert_ne!(cab.describe(), "generator cab count 50000 seed 42 none_share 0.1");
+    // templates-v1 never changes: no revision.
+    let v1 = options(Generator::TemplatesV1, 50_000, 42);
+    assert_eq!(v1.describe(), "generator templates-v1 count 50000 seed 42");
+}
+
 #[test]
 fn byte_identical_for_a_seed_and_different_across_seeds() {
     for g in [Generator::Cab, Generator::TemplatesV1] {

@@ -28,11 +28,29 @@ const POI_EXTRA: Spoken = &[
 /// A cause that asks for a point of interest without naming it.
 const POI_CAUSES: Spoken = &[
     ("fuel", &["i'm running on fumes", "i'm low on fuel", "fuel light just came on"]),
-    ("parking", &["i need to shut down for the night", "i need somewhere to sleep tonight"]),
+    (
+        "parking",
+        &[
+            "i need to shut down for the night",
+            "i need somewhere to sleep tonight",
+            "i'm about out of hours",
+            "my clock's almost out",
+        ],
+    ),
     ("restaurant", &["i'm starving", "i'm hungry", "i could use a bite"]),
     ("shower", &["i really need a shower", "i need to clean up"]),
-    ("repair", &["my check engine light is on", "i think i blew an air line"]),
-    ("tire_shop", &["i got a flat", "i think i blew a tire", "my tire's going flat"]),
+    (
+        "repair",
+        &[
+            "my check engine light is on",
+            "i think i blew an air line",
+            "the truck's making a noise",
+        ],
+    ),
+    (
+        "tire_shop",
+        &["i got a flat", "i think i blew a tire", "my tire's going flat", "i got a blowout"],
+    ),
     ("rest_area", &["i gotta use the bathroom", "nature's calling"]),
     ("truck_wash", &["this truck is filthy", "the rig is covered in mud"]),
     ("cat_scale", &["i need to scale this load", "i need to weigh this load"]),
@@ -81,6 +99,9 @@ const PREF_ALLOW: Spoken = &[
             "go ahead and use toll roads",
             "i don't mind tolls",
             "stop avoiding tolls",
+            "tollways are okay",
+            "you can use toll roads again",
+            "tolls are fine now",
         ],
     ),
     (
@@ -91,16 +112,49 @@ const PREF_ALLOW: Spoken = &[
             "go ahead and use the interstate",
             "stop avoiding highways",
             "highways are okay",
+            "the interstate's fine now",
+            "you can take the interstate again",
+            "highways are fine",
         ],
     ),
 ];
 
 /// What a driver says about the load that implies a preference ("i'm ..." precedes it).
 const PREF_CAUSES: Spoken = &[
-    ("avoid_hazmat_restricted", &["hauling hazmat", "placarded", "running hazmat"]),
+    (
+        "avoid_hazmat_restricted",
+        &[
+            "hauling hazmat",
+            "placarded",
+            "running hazmat",
+            "hauling hazardous",
+            "carrying hazardous material",
+        ],
+    ),
     ("avoid_low_bridges", &["pulling a tall trailer", "too tall for low bridges"]),
     ("avoid_tolls", &["not paying any tolls", "done paying tolls"]),
     ("avoid_steep_grades", &["too heavy for the mountain grades"]),
+    (
+        "avoid_low_bridges",
+        &["thirteen six tall", "fourteen foot tall", "thirteen foot six", "running a tall load"],
+    ),
+];
+
+/// What a driver has on that implies a preference ("i got ..." precedes it).
+const PREF_HAVE: Spoken = &[
+    ("avoid_hazmat_restricted", &["placards on", "hazmat on board", "a placarded load"]),
+    ("avoid_low_bridges", &["a tall trailer", "a high load", "an over height load"]),
+];
+
+/// What a preference keeps the truck off ("don't take me over ...", "keep me off ...").
+const PREF_OBJECTS: Spoken = &[
+    ("avoid_tolls", &["toll roads", "any tolls", "the turnpike", "tollways"]),
+    ("avoid_low_bridges", &["low bridges", "low clearances", "any low overpasses"]),
+    ("avoid_hazmat_restricted", &["hazmat restricted roads", "roads that ban hazmat"]),
+    ("avoid_highways", &["the interstate", "the interstates", "the big highways"]),
+    ("avoid_ferries", &["ferries", "any ferries"]),
+    ("avoid_steep_grades", &["mountain passes", "any mountain passes", "steep grades"]),
+    ("avoid_residential", &["neighborhoods", "residential streets", "any subdivisions"]),
 ];
 
 const PREF_FASTEST: Spoken = &[("fastest", &["the fastest route", "the quickest way", "fastest"])];
@@ -120,6 +174,37 @@ const CATEGORY_EXTRA: Spoken = &[
     ("tires", &["a steer tire", "a drive tire"]),
 ];
 
+/// Who was paid, naming an expense category ("paid the lumper ...", "the motel charged me ...").
+const PAYEES: Spoken = &[
+    ("fuel", &["pump", "fuel desk"]),
+    ("tolls", &["toll booth", "turnpike"]),
+    ("scale", &["scale", "cat scale"]),
+    ("parking", &["parking lot", "lot attendant"]),
+    ("lumper", &["lumper", "lumper guy", "unloaders"]),
+    ("meals", &["diner", "restaurant", "waitress"]),
+    ("repairs", &["mechanic", "shop", "road service guy"]),
+    ("truck_wash", &["truck wash", "wash bay"]),
+    ("lodging", &["motel", "hotel"]),
+    ("tires", &["tire guy", "tire shop"]),
+];
+
+/// A cause said as a whole clause, naming why the driver wants another way.
+const REASON_CAUSES: Spoken = &[
+    (
+        "weather",
+        &[
+            "snow's coming down hard",
+            "roads are icing up",
+            "wind's blowing hard",
+            "fog's real thick",
+        ],
+    ),
+    ("accident", &["somebody jackknifed", "there's a bad crash", "a wreck's got it blocked"]),
+    ("construction", &["they're paving", "lanes are closed for work", "there's road work"]),
+    ("traffic", &["traffic's not moving", "we're sitting still", "everything's backed up"]),
+    ("road_closure", &["they closed the road", "the road's shut", "the highway's closed"]),
+];
+
 const REASON_EXTRA: Spoken = &[
     ("accident", &["a pileup", "a rollover", "a jackknife"]),
     ("construction", &["orange barrels", "lane closures"]),
@@ -135,6 +220,30 @@ const REASON_STATES: Spoken = &[
     ("construction", &["all torn up", "nothing but orange barrels", "down to one lane"]),
     ("weather", &["iced over", "a sheet of ice", "snowed in", "flooded"]),
     ("road_closure", &["closed", "shut down", "closed up ahead"]),
+];
+
+/// More to-do items (the label is the task as said), so the model learns to copy any errand.
+const TASKS_EXTRA: &[&str] = &[
+    "buy a new phone charger",
+    "pick up dog food",
+    "call the insurance company",
+    "pay the ifta taxes",
+    "get a new headlight bulb",
+    "check the oil",
+    "print the rate confirmation",
+    "send my logs to the safety department",
+    "get my annual inspection done",
+    "call the bank",
+    "buy wiper fluid",
+    "replace the mud flap",
+    "drop off the permits",
+    "text my daughter happy birthday",
+    "get a haircut",
+    "sign the settlement sheet",
+    "order new gloves",
+    "check the trailer seal",
+    "pick up my paycheck",
+    "schedule a dot physical",
 ];
 
 /// Picks a canonical value of `base` uniformly, then one of its spoken forms from `base` and
@@ -205,6 +314,7 @@ fn time(rng: &mut ChaCha8Rng) -> (String, String) {
         (4, 0) => format!("{h12}{ampm}"),
         (5, 15) => format!("quarter after {} {ampm}", spell(h12)),
         (5, 30) => format!("half past {} {ampm}", spell(h12)),
+        (5, 45) if h12 < 11 => format!("quarter to {} {ampm}", spell(h12 + 1)),
         (6, _) if m > 0 => format!("{} {} {part}", spell(h12), spell(m)),
         (_, 0) => format!("{} {ampm}", spell(h12)),
         (_, _) => format!("{h12}:{m:02} {ampm}"),
@@ -220,8 +330,11 @@ fn amount(rng: &mut ChaCha8Rng) -> (String, String) {
         (1, 0) => format!("{} dollars", number(rng, d)),
         (1, _) => format!("{d} dollars and {c} cents"),
         (2, 0) => format!("{} bucks", number(rng, d)),
-        (3, 10..) if d < 100 => format!("{} {}", spell(d), spell(c)),
+        (3 | 5, 10..) if d < 100 => format!("{} {}", spell(d), spell(c)),
         (4, 10..) => format!("{} dollars {}", spell(d), spell(c)),
+        (4, 0) if d > 100 && d % 100 != 0 => {
+            format!("{} hundred and {} dollars", spell(d / 100), spell(d % 100))
+        }
         (_, 0) => format!("{d} bucks"),
         (_, _) => format!("${d}.{c:02}"),
     };
@@ -245,7 +358,8 @@ fn weight(rng: &mut ChaCha8Rng) -> (String, String) {
 
 fn highway(rng: &mut ChaCha8Rng) -> (String, String) {
     let n = *pick(rng, INTERSTATES);
-    let spoken = match rng.gen_range(0..8) {
+    let spoken = match rng.gen_range(0..9) {
+        8 => n.to_string(),
         0 => format!("i-{n}"),
         1 => format!("i {n}"),
         2 => format!("interstate {n}"),
@@ -337,11 +451,14 @@ pub fn fill(rng: &mut ChaCha8Rng, name: &str, slots: &mut BTreeMap<String, Strin
             let (v, s) = categorical(rng, CHAINS_BARE, &[]);
             ("chain", v.to_string(), s.to_string())
         }
-        "pref" | "pref_allow" | "pref_cause" | "pref_fastest" | "pref_shortest" => {
+        "pref" | "pref_allow" | "pref_cause" | "pref_have" | "pref_object" | "pref_fastest"
+        | "pref_shortest" => {
             let (base, extra) = match name {
                 "pref" => (PREFERENCES, PREF_EXTRA),
                 "pref_allow" => (PREF_ALLOW, &[][..]),
                 "pref_cause" => (PREF_CAUSES, &[][..]),
+                "pref_have" => (PREF_HAVE, &[][..]),
+                "pref_object" => (PREF_OBJECTS, &[][..]),
                 "pref_fastest" => (PREF_FASTEST, &[][..]),
                 _ => (PREF_SHORTEST, &[][..]),
             };
@@ -349,7 +466,7 @@ pub fn fill(rng: &mut ChaCha8Rng, name: &str, slots: &mut BTreeMap<String, Strin
             ("preference", v.to_string(), s.to_string())
         }
         "task" => {
-            let t = *pick(rng, TASKS);
+            let t = if rng.gen_bool(0.4) { *pick(rng, TASKS_EXTRA) } else { *pick(rng, TASKS) };
             ("task", t.to_string(), t.to_string())
         }
         "time" => {
@@ -360,8 +477,13 @@ pub fn fill(rng: &mut ChaCha8Rng, name: &str, slots: &mut BTreeMap<String, Strin
             let (v, s) = amount(rng);
             ("amount", v, s)
         }
-        "category" => {
-            let (v, s) = categorical(rng, EXPENSE_CATEGORIES, CATEGORY_EXTRA);
+        "category" | "payee" => {
+            let (base, extra) = if name == "category" {
+                (EXPENSE_CATEGORIES, CATEGORY_EXTRA)
+            } else {
+                (PAYEES, &[][..])
+            };
+            let (v, s) = categorical(rng, base, extra);
             ("category", v.to_string(), s.to_string())
         }
         "weight" => {
@@ -377,11 +499,11 @@ pub fn fill(rng: &mut ChaCha8Rng, name: &str, slots: &mut BTreeMap<String, Strin
             let (v, s) = reference_number(rng, len);
             (name, v, s)
         }
-        "reason" | "reason_state" => {
-            let (base, extra) = if name == "reason" {
-                (REROUTE_REASONS, REASON_EXTRA)
-            } else {
-                (REASON_STATES, &[][..])
+        "reason" | "reason_state" | "reason_cause" => {
+            let (base, extra) = match name {
+                "reason" => (REROUTE_REASONS, REASON_EXTRA),
+                "reason_state" => (REASON_STATES, &[][..]),
+                _ => (REASON_CAUSES, &[][..]),
             };
             let (v, s) = categorical(rng, base, extra);
             ("reason", v.to_string(), s.to_string())
@@ -403,11 +525,15 @@ pub fn forms(name: &str, value: &str) -> Vec<&'static str> {
         "pref" => &[PREFERENCES, PREF_EXTRA],
         "pref_allow" => &[PREF_ALLOW],
         "pref_cause" => &[PREF_CAUSES],
+        "pref_have" => &[PREF_HAVE],
+        "pref_object" => &[PREF_OBJECTS],
         "pref_fastest" => &[PREF_FASTEST],
         "pref_shortest" => &[PREF_SHORTEST],
         "category" => &[EXPENSE_CATEGORIES, CATEGORY_EXTRA],
+        "payee" => &[PAYEES],
         "reason" => &[REROUTE_REASONS, REASON_EXTRA],
         "reason_state" => &[REASON_STATES],
+        "reason_cause" => &[REASON_CAUSES],
         _ => &[],
     };
     lists
@@ -435,6 +561,10 @@ mod tests {
             (POI_CAUSES, POI_TYPES),
             (PREF_EXTRA, PREFERENCES),
             (PREF_CAUSES, PREFERENCES),
+            (PREF_HAVE, PREFERENCES),
+            (PREF_OBJECTS, PREFERENCES),
+            (PAYEES, EXPENSE_CATEGORIES),
+            (REASON_CAUSES, REROUTE_REASONS),
             (CATEGORY_EXTRA, EXPENSE_CATEGORIES),
             (REASON_EXTRA, REROUTE_REASONS),
             (REASON_STATES, REROUTE_REASONS),

@@ -131,6 +131,7 @@ fn time_value(w: &[&str]) -> Option<String> {
         ["midnight"] => (0, 0),
         ["quarter", "after", h @ .., _] => (h24(number(h)?), 15),
         ["half", "past", h @ .., _] => (h24(number(h)?), 30),
+        ["quarter", "to", h @ .., _] => (h24(number(h)?.checked_sub(1)?), 45),
         [h @ .., "hundred"] => (number(h)?, 0),
         [one, ..] if one.ends_with("am") || one.ends_with("pm") => {
             (h24(one.trim_end_matches("am").trim_end_matches("pm").parse().ok()?), 0)
@@ -168,6 +169,12 @@ fn the_number_reader_reads_what_the_generator_says() {
     assert_eq!(numeric_value("time", "quarter after three pm").as_deref(), Some("15:15"));
     assert_eq!(numeric_value("time", "three fifteen in the afternoon").as_deref(), Some("15:15"));
     assert_eq!(numeric_value("weight", "forty two thousand").as_deref(), Some("42000"));
+    assert_eq!(numeric_value("time", "quarter to four pm").as_deref(), Some("15:45"));
+    assert_eq!(
+        numeric_value("amount", "six hundred and twelve dollars").as_deref(),
+        Some("612.00")
+    );
+    assert_eq!(numeric_value("highway", "95").as_deref(), Some("i-95"));
 }
 
 #[test]
@@ -189,18 +196,17 @@ fn every_slot_label_is_said_in_the_utterance() {
                 "exit" => "exit",
                 "poi" | "poi_cause" => "poi_type",
                 "chain" => "chain",
-                "pref" | "pref_allow" | "pref_cause" | "pref_fastest" | "pref_shortest" => {
-                    "preference"
-                }
+                "pref" | "pref_allow" | "pref_cause" | "pref_have" | "pref_object"
+                | "pref_fastest" | "pref_shortest" => "preference",
                 "task" => "task",
                 "time" => "time",
                 "amount" => "amount",
-                "category" => "category",
+                "category" | "payee" => "category",
                 "weight" => "weight_lbs",
                 "commodity" => "commodity",
                 "bol" => "bol",
                 "po" => "po",
-                "reason" | "reason_state" => "reason",
+                "reason" | "reason_state" | "reason_cause" => "reason",
                 other => panic!("unexpected placeholder {other}"),
             };
             keys.insert(key);
