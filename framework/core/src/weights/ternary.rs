@@ -155,13 +155,19 @@ pub fn unpack(packed: &[u8], out: &mut [i8]) -> Result<(), String> {
             packed_len(out.len())
         ));
     }
-    for (chunk, &byte) in out.chunks_mut(TRITS_PER_BYTE).zip(packed) {
-        if byte > MAX_PACKED {
-            return Err(format!("packed byte {byte} is not 5 trits (max {MAX_PACKED})"));
-        }
-        let trits = &UNPACK[byte as usize];
-        chunk.copy_from_slice(&trits[..chunk.len()]);
-        if trits[chunk.len()..].iter().any(|&t| t != -1) {
+    // One branch-free pass for the range check (it vectorises), then fixed-size copies.
+    if let Some(&byte) = packed.iter().max().filter(|&&b| b > MAX_PACKED) {
+        return Err(format!("packed byte {byte} is not 5 trits (max {MAX_PACKED})"));
+    }
+    let mut chunks = out.chunks_exact_mut(TRITS_PER_BYTE);
+    for (chunk, &byte) in (&mut chunks).zip(packed) {
+        chunk.copy_from_slice(&UNPACK[usize::from(byte)]);
+    }
+    let rest = chunks.into_remainder();
+    if let (false, Some(&byte)) = (rest.is_empty(), packed.last()) {
+        let trits = &UNPACK[usize::from(byte)];
+        rest.copy_from_slice(&trits[..rest.len()]);
+        if trits[rest.len()..].iter().any(|&t| t != -1) {
             return Err("non-canonical padding in the last packed byte".into());
         }
     }
