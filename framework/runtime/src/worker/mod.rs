@@ -468,12 +468,16 @@ impl Worker {
             return Ok(version);
         }
         let direct = url.and_then(|u| self.fetch_direct(&format!("weights {version}"), u, sha));
-        let blob = match direct {
-            Some(bytes) => bitnet_framework::protocol::Blob {
-                version,
-                sha256: sha.into(),
-                bytes: bytes.into(),
-            },
+        // A direct download was checked against `sha` already; hash it only once.
+        let (blob, found) = match direct {
+            Some(bytes) => {
+                let blob = bitnet_framework::protocol::Blob {
+                    version,
+                    sha256: sha.into(),
+                    bytes: bytes.into(),
+                };
+                (blob, sha.to_string())
+            }
             None => {
                 let blob = match self.retry(|c| c.weights(version)) {
                     Ok(b) => b,
@@ -481,10 +485,10 @@ impl Worker {
                     Err(e) => return Err(e.into()),
                 };
                 self.report.coordinator_bytes += blob.bytes.len() as u64;
-                blob
+                let found = sha256_hex(&blob.bytes);
+                (blob, found)
             }
         };
-        let found = sha256_hex(&blob.bytes);
         if found != blob.sha256 {
             return Err(WorkerError::Download(format!(
                 "weights version {} failed verification: sha256 {found}, served as {}",
