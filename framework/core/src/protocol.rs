@@ -431,19 +431,13 @@ pub trait CoordinatorApi: Send + Sync {
     /// Prometheus text exposition of the coordinator's metrics.
     fn metrics(&self) -> String;
     /// Whether a claim by `worker` would now wait for the open round to close (its update
-    /// waits in it), answered without blocking. An async transport waits this out with a timer
-    /// before calling [`Self::claim`], so a waiting claim holds no thread.
-    fn claim_would_wait(&self, worker: &str) -> bool {
-        let _ = worker;
+    /// waits in it), answered without blocking; if so, `waker` is woken once the answer may have
+    /// changed (the round closed). An async transport parks the claim on the waker before
+    /// calling [`Self::claim`], so a waiting claim holds no thread and is answered when the
+    /// round closes. An implementation that never wakes leaves the caller its fallback timer.
+    fn claim_would_wait(&self, worker: &str, waker: &std::task::Waker) -> bool {
+        let _ = (worker, waker);
         false
-    }
-    /// [`Self::claim_would_wait`], and when the claim would wait, `waker` is woken once the
-    /// answer may have changed (the round closed), so an async transport answers the claim
-    /// then rather than at its next timer tick. The default never wakes: callers keep a timer
-    /// as well.
-    fn claim_would_wait_or_wake(&self, worker: &str, waker: &std::task::Waker) -> bool {
-        let _ = waker;
-        self.claim_would_wait(worker)
     }
     /// Largest upload body this coordinator can accept, bytes (`None`: no limit of its own).
     /// Transports refuse larger bodies before reading them.

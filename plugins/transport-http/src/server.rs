@@ -291,7 +291,7 @@ async fn work(
     let deadline = tokio::time::Instant::now() + CLAIM_WAIT;
     loop {
         let closed = std::future::poll_fn(|cx| {
-            if state.api.claim_would_wait_or_wake(&who, cx.waker()) {
+            if state.api.claim_would_wait(&who, cx.waker()) {
                 std::task::Poll::Pending
             } else {
                 std::task::Poll::Ready(())

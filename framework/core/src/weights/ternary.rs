@@ -33,11 +33,19 @@ pub fn absmean(w: &[f32]) -> f32 {
         }
     }
     let tail = w[full..].iter().fold(0.0f64, |a, v| a + f64::from(v.abs()));
+    finish_absmean(&lanes, tail, w.len())
+}
+
+/// The fixed reduction order of the absmean lanes: pairs `(j, j + 8)`, then `0..8` in order,
+/// then the tail; divided by `n` in f64 and rounded once to f32. The kernel's SIMD paths
+/// accumulate the lanes in registers and finish with this.
+#[inline]
+pub fn finish_absmean(lanes: &[f64; ABSMEAN_LANES], tail: f64, n: usize) -> f32 {
     let mut total = 0.0f64;
     for j in 0..ABSMEAN_LANES / 2 {
         total += lanes[j] + lanes[j + ABSMEAN_LANES / 2];
     }
-    ((total + tail) / w.len() as f64) as f32
+    ((total + tail) / n as f64) as f32
 }
 
 /// Quantizes `w` to trits in `{-1, 0, 1}` written to `trits`; returns the scale `g`.

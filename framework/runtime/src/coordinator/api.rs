@@ -355,11 +355,7 @@ impl CoordinatorApi for Coordinator {
         Some(self.upload_limit)
     }
 
-    fn claim_would_wait(&self, worker: &str) -> bool {
-        self.settings.sync_rounds && self.claim_gate.would_wait(worker, None)
-    }
-
-    fn claim_would_wait_or_wake(&self, worker: &str, waker: &std::task::Waker) -> bool {
+    fn claim_would_wait(&self, worker: &str, waker: &std::task::Waker) -> bool {
         self.settings.sync_rounds && self.claim_gate.would_wait(worker, Some(waker))
     }
 }

@@ -16,14 +16,15 @@ use super::{GemmError, Isa, check_isa, check_len, checked_area, clamp_like_simd}
 
 /// Floor of the activation absmax (avoids dividing by zero on an all-zero row).
 pub const ACT_ABSMAX_FLOOR: f32 = 1e-5;
-/// Added to the weight absmean before dividing.
-pub const WEIGHT_EPS: f32 = 1e-5;
+/// Added to the weight absmean before dividing (the weight codec's, so both quantize alike).
+pub use bitnet_framework::weights::ternary::WEIGHT_EPS;
 
 /// Paths the quantizers implement.
 pub const QUANT_PATHS: [Isa; 4] = [Isa::Scalar, Isa::Avx2, Isa::Avx512, Isa::Neon];
 
-/// Lanes of the absmean partial sums (one AVX-512 register of f32, as two of f64).
-pub(crate) const ABSMEAN_LANES: usize = 16;
+/// Lanes of the absmean partial sums (one AVX-512 register of f32, as two of f64) and their
+/// fixed reduction: the weight codec's, which every path here matches to the bit.
+pub(crate) use bitnet_framework::weights::ternary::{ABSMEAN_LANES, finish_absmean};
 
 /// Quantizes a weight tensor to ternary; returns `(W_q, g)` with `W ~ W_q * g`. An empty tensor
 /// gives `g = 0`.
@@ -162,32 +163,10 @@ pub(crate) fn quantize_weights_scalar(w: &[f32], q: &mut [i8]) -> f32 {
     g
 }
 
-/// `mean|w|` with the lane-split f64 summation both paths share.
+/// `mean|w|` with the lane-split f64 summation every path shares (the weight codec's).
 #[inline]
 pub(crate) fn absmean_scalar(w: &[f32]) -> f32 {
-    if w.is_empty() {
-        return 0.0;
-    }
-    let full = w.len() / ABSMEAN_LANES * ABSMEAN_LANES;
-    let mut lanes = [0.0f64; ABSMEAN_LANES];
-    for block in w[..full].chunks_exact(ABSMEAN_LANES) {
-        for (l, &v) in lanes.iter_mut().zip(block) {
-            *l += f64::from(v.abs());
-        }
-    }
-    let tail: f64 = w[full..].iter().map(|v| f64::from(v.abs())).fold(0.0, |a, b| a + b);
-    finish_absmean(&lanes, tail, w.len())
-}
-
-/// The fixed reduction order of the absmean lanes: pairs `(j, j + 8)`, then `0..8` in order,
-/// then the tail; divided by `n` in f64 and rounded once to f32.
-#[inline]
-pub(crate) fn finish_absmean(lanes: &[f64; ABSMEAN_LANES], tail: f64, n: usize) -> f32 {
-    let mut total = 0.0f64;
-    for j in 0..ABSMEAN_LANES / 2 {
-        total += lanes[j] + lanes[j + ABSMEAN_LANES / 2];
-    }
-    ((total + tail) / n as f64) as f32
+    bitnet_framework::weights::ternary::absmean(w)
 }
 
 /// The activation scale of a row whose absmax is `absmax`.
