@@ -49,6 +49,21 @@ pub struct ServeContext {
     pub auth: Arc<dyn Authenticator>,
     /// Operator actions (the console and admin API); `None` serves none.
     pub admin: Option<Arc<dyn AdminApi>>,
+    /// Set on a follower replica: the server answers logins and `/health` itself and relays
+    /// every other request to the leader this names (`api` and `admin` then answer nothing).
+    /// A transport that cannot relay refuses to serve.
+    pub relay: Option<Arc<dyn LeaderLocator>>,
+}
+
+/// Where a follower replica finds the leader it relays requests to.
+pub trait LeaderLocator: Send + Sync {
+    /// The leader's endpoint (`http(s)://host:port`); `None` while no replica leads.
+    fn leader_endpoint(&self) -> Option<String>;
+    /// PEM certificate of the CA the leader's TLS certificate chains to, trusted alone for the
+    /// relayed requests; `None` trusts the system's roots.
+    fn ca_certificate(&self) -> Option<String> {
+        None
+    }
 }
 
 /// A running server; dropping it or calling [`ServerHandle::shutdown`] stops it.

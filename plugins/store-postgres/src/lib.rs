@@ -93,6 +93,8 @@ macro_rules! in_transaction {
     };
 }
 
+mod leadership;
+
 /// A [`CoordinatorStore`] in a PostgreSQL database.
 pub struct PostgresStore {
     pool: Pool,
@@ -100,6 +102,8 @@ pub struct PostgresStore {
     runtime: Option<tokio::runtime::Runtime>,
     /// `host:port/dbname`, for messages (never the password).
     target: String,
+    /// The leader epoch fencing this handle's commits (0: not fenced; see [`leadership`]).
+    fence: std::sync::atomic::AtomicI64,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -240,7 +244,7 @@ impl PostgresStore {
             .recycle_timeout(Some(timeout))
             .build()
             .map_err(|e| fail(format!("{target}: {e}")))?;
-        let store = Self { pool, runtime: Some(runtime), target };
+        let store = Self { pool, runtime: Some(runtime), target, fence: Default::default() };
         let before = store.block(async {
             let mut client = store.connection().await?;
             schema::migrate(&mut client).await
@@ -539,7 +543,13 @@ impl CoordinatorStore for PostgresStore {
         tasks: &[Finished],
         applied_version: u64,
     ) -> Result<Vec<Completion>, StoreFailure> {
-        in_transaction!(self, |tx| complete_in(&tx, tasks, applied_version))
+        let fence = self.fence_epoch();
+        in_transaction!(self, |tx| async {
+            if let Some(epoch) = fence {
+                leadership::check_fence(&tx, epoch).await?;
+            }
+            complete_in(&tx, tasks, applied_version).await
+        })
     }
 
     fn release(&self, task: TaskRef, worker: &str) -> Result<bool, StoreFailure> {
@@ -581,16 +591,18 @@ impl CoordinatorStore for PostgresStore {
     }
 
     fn reset_after_recovery(&self, snapshot_version: u64) -> Result<u64, StoreFailure> {
-        self.block(async {
-            self.connection()
-                .await?
-                .execute(
-                    "UPDATE tasks SET state = 'pending', lease_deadline_ms = 0, applied_version = 0
+        let fence = self.fence_epoch();
+        in_transaction!(self, |tx| async {
+            if let Some(epoch) = fence {
+                leadership::check_fence(&tx, epoch).await?;
+            }
+            tx.execute(
+                "UPDATE tasks SET state = 'pending', lease_deadline_ms = 0, applied_version = 0
                      WHERE state = 'assigned' OR (state = 'done' AND applied_version > $1)",
-                    &[&i(snapshot_version)],
-                )
-                .await
-                .map_err(fail)
+                &[&i(snapshot_version)],
+            )
+            .await
+            .map_err(fail)
         })
     }
 
@@ -927,6 +939,10 @@ impl CoordinatorStore for PostgresStore {
                 .map_err(fail)
         })?;
         Ok(n > 0)
+    }
+
+    fn leadership(&self) -> Option<&dyn bitnet_framework::coordinator_store::Leadership> {
+        Some(self)
     }
 }
 

@@ -66,6 +66,24 @@ pub const MIGRATIONS: &[(i64, &str)] = &[
     CREATE INDEX logs_by_time ON logs (ts_ms);",
     ),
     (2, "ALTER TABLE workers ADD COLUMN host TEXT NOT NULL DEFAULT '';"),
+    (
+        3,
+        "CREATE TABLE leader_lease (
+        id INT PRIMARY KEY CHECK (id = 1),
+        holder TEXT NOT NULL,
+        epoch BIGINT NOT NULL,
+        endpoint TEXT NOT NULL,
+        expires_at TIMESTAMPTZ NOT NULL
+    );
+    INSERT INTO leader_lease (id, holder, epoch, endpoint, expires_at)
+        VALUES (1, '', 0, '', 'epoch');
+    CREATE TABLE snapshot_head (
+        id INT PRIMARY KEY CHECK (id = 1),
+        version BIGINT NOT NULL,
+        sha256 TEXT NOT NULL,
+        epoch BIGINT NOT NULL
+    );",
+    ),
 ];
 
 /// The schema version this build writes.

@@ -171,3 +171,109 @@ fn bad_options_are_refused_with_what_was_wrong() {
     assert!(!err.0.contains("s3cret"), "the password leaked into an error: {err}");
     assert!(toml::from_str::<PostgresStoreConfig>("path = \"x\"").is_err(), "unknown key");
 }
+
+mod leadership {
+    use super::*;
+    use bitnet_framework::coordinator_store::{Leadership, SnapshotHead};
+    use std::time::Duration;
+
+    const LONG: Duration = Duration::from_secs(60);
+
+    fn done_task(s: &PostgresStore, version: u64) -> TaskRef {
+        s.add_tasks(&[NewTask { shard: "a".into(), offset: 0, tokens: 10 }]).expect("add");
+        let t = s.claim(&claim_req("w", 10)).expect("claim").expect("task");
+        let r = TaskRef { task_id: t.id, lease: t.attempts };
+        let done = s.complete(&[Finished { task: r, worker: "w".into() }], version).expect("c");
+        assert_eq!(done, [Completion::Completed]);
+        r
+    }
+
+    #[test]
+    fn one_replica_leads_and_a_takeover_bumps_the_epoch() {
+        let server = server();
+        let url = server.create_database().expect("database");
+        let (a, b) = (open(&url), open(&url));
+        assert_eq!(a.leader().expect("leader"), None, "a fresh database has no leader");
+        let la = a.acquire("a", "https://a:1", LONG).expect("acquire").expect("a leads");
+        assert_eq!(b.acquire("b", "https://b:1", LONG).expect("acquire"), None, "a holds it");
+        let info = b.leader().expect("leader").expect("a leads");
+        assert_eq!(
+            (info.holder.as_str(), info.epoch, info.endpoint.as_str()),
+            ("a", la.epoch, "https://a:1")
+        );
+        assert!(info.expires_in_ms > 50_000 && info.expires_in_ms <= 60_000, "{info:?}");
+        // Renewing keeps the epoch; acquiring again as the holder is a renewal too.
+        assert!(a.renew(&la, LONG).expect("renew"));
+        assert_eq!(a.acquire("a", "https://a:1", LONG).expect("again"), Some(la.clone()));
+        // Resigning frees it at once; the next holder gets a larger epoch.
+        a.resign(&la).expect("resign");
+        assert_eq!(a.leader().expect("leader"), None);
+        assert!(!a.renew(&la, LONG).expect("renew"), "a resigned lease does not renew");
+        let lb = b.acquire("b", "https://b:1", LONG).expect("acquire").expect("b leads");
+        assert!(lb.epoch > la.epoch, "{lb:?} after {la:?}");
+        assert!(!a.renew(&la, LONG).expect("renew"), "a deposed holder cannot renew");
+    }
+
+    #[test]
+    fn an_expired_lease_passes_to_another_replica() {
+        let server = server();
+        let url = server.create_database().expect("database");
+        let (a, b) = (open(&url), open(&url));
+        let la = a.acquire("a", "x", Duration::from_millis(200)).expect("a").expect("a leads");
+        assert_eq!(b.acquire("b", "y", LONG).expect("b"), None);
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(a.leader().expect("leader"), None, "the lease expired");
+        assert!(!a.renew(&la, LONG).expect("renew"), "an expired lease is not renewed");
+        let lb = b.acquire("b", "y", LONG).expect("b").expect("b leads");
+        assert_eq!(lb.epoch, la.epoch + 1);
+    }
+
+    #[test]
+    fn a_deposed_leader_can_record_nothing() {
+        let server = server();
+        let url = server.create_database().expect("database");
+        let (a, b) = (open(&url), open(&url));
+        let la = a.acquire("a", "x", LONG).expect("a").expect("a leads");
+        a.fence(la.epoch);
+        // While it leads, its commits go through.
+        done_task(&a, 1);
+        a.set_snapshot_head(&SnapshotHead { version: 1, sha256: "s1".into() }).expect("head");
+        assert_eq!(a.reset_after_recovery(1).expect("reset"), 0);
+        a.resign(&la).expect("resign");
+        let lb = b.acquire("b", "y", LONG).expect("b").expect("b leads");
+        b.fence(lb.epoch);
+        // Now a's round commit, reset and head record are refused, and change nothing.
+        a.add_tasks(&[NewTask { shard: "a".into(), offset: 10, tokens: 10 }]).expect("add");
+        let t = a.claim(&claim_req("w", 10)).expect("claim").expect("task");
+        let r = TaskRef { task_id: t.id, lease: t.attempts };
+        let e = a.complete(&[Finished { task: r, worker: "w".into() }], 2).expect_err("fenced");
+        assert!(e.to_string().contains("leadership (epoch 1) has ended"), "{e}");
+        assert_eq!(a.task(r.task_id).expect("t").expect("t").state, TaskState::Assigned);
+        assert!(a.reset_after_recovery(0).is_err());
+        assert_eq!(a.counts().expect("counts").done, 1, "the refused reset changed nothing");
+        assert!(
+            a.set_snapshot_head(&SnapshotHead { version: 9, sha256: "zombie".into() }).is_err()
+        );
+        assert_eq!(b.snapshot_head().expect("head").map(|h| h.version), Some(1));
+        // b's go through.
+        let done = b.complete(&[Finished { task: r, worker: "w".into() }], 2).expect("b commits");
+        assert_eq!(done, [Completion::Completed]);
+        assert_eq!(b.newest_task_version().expect("newest"), 2);
+    }
+
+    #[test]
+    fn the_snapshot_head_never_moves_back() {
+        let server = server();
+        let s = fresh(&server);
+        assert_eq!(s.snapshot_head().expect("head"), None);
+        s.set_snapshot_head(&SnapshotHead { version: 5, sha256: "five".into() }).expect("5");
+        s.set_snapshot_head(&SnapshotHead { version: 3, sha256: "three".into() }).expect("3");
+        assert_eq!(
+            s.snapshot_head().expect("head"),
+            Some(SnapshotHead { version: 5, sha256: "five".into() })
+        );
+        s.set_snapshot_head(&SnapshotHead { version: 6, sha256: "six".into() }).expect("6");
+        assert_eq!(s.snapshot_head().expect("head").map(|h| h.version), Some(6));
+        assert_eq!(s.newest_task_version().expect("newest"), 0);
+    }
+}

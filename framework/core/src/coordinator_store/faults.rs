@@ -191,4 +191,7 @@ impl CoordinatorStore for FaultyStore {
     fn query_logs(&self, query: &LogQuery) -> Result<LogPage, StoreFailure> {
         self.inner.query_logs(query)
     }
+    fn leadership(&self) -> Option<&dyn super::Leadership> {
+        self.inner.leadership()
+    }
 }

@@ -8,7 +8,10 @@ use serde::{Deserialize, Serialize};
 pub mod conformance;
 #[cfg(any(test, feature = "conformance"))]
 pub mod faults;
+pub mod leadership;
 pub mod queue;
+
+pub use leadership::{LeaderInfo, Leadership, Lease, SnapshotHead};
 
 /// State of a task.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -437,4 +440,12 @@ pub trait CoordinatorStore: Send + Sync {
     fn log_count(&self) -> Result<u64, StoreFailure>;
     /// One page of the stored log records matching `query`, newest first.
     fn query_logs(&self, query: &LogQuery) -> Result<LogPage, StoreFailure>;
+
+    // --- replicas --------------------------------------------------------------------------
+
+    /// The leader election of a store that several coordinator replicas can share; `None` (the
+    /// default) for a store only one coordinator process may use.
+    fn leadership(&self) -> Option<&dyn Leadership> {
+        None
+    }
 }
