@@ -45,7 +45,7 @@ pub fn serve_context(
     api: Arc<dyn CoordinatorApi>,
     store: Arc<dyn CoordinatorStore>,
 ) -> ServeContext {
-    ServeContext { api, auth: Arc::new(StoreAuthenticator::new(store)), admin: None }
+    ServeContext { api, auth: Arc::new(StoreAuthenticator::new(store)), admin: None, relay: None }
 }
 
 /// The hash unknown client ids are verified against: a random secret's, made once.

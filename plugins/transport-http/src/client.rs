@@ -16,7 +16,10 @@ use std::time::{Duration, Instant};
 
 /// A worker's connection to an HTTP coordinator.
 pub struct HttpClient {
-    base: String,
+    /// The coordinator's endpoints: one, or every replica of a replicated coordinator.
+    bases: Vec<String>,
+    /// The endpoint in use; the next one is tried after a connection failure.
+    current: usize,
     credentials: Credentials,
     http: Client,
     token: Option<(String, Instant)>,
@@ -51,7 +54,8 @@ fn json<T: DeserializeOwned>(resp: Response) -> Result<T, ApiError> {
 }
 
 impl HttpClient {
-    /// A client of the coordinator at `base` (e.g. `https://coordinator:8443`). With a CA
+    /// A client of the coordinator at `base` (e.g. `https://coordinator:8443`, or the URLs of
+    /// its replicas separated by commas, tried in turn when one is unreachable). With a CA
     /// certificate in the credentials, that CA alone is trusted (pinned). Refuses a plain
     /// `http://` coordinator that is not on loopback unless `allow_plain_http`: the secret
     /// would cross the network in clear text.
@@ -60,22 +64,7 @@ impl HttpClient {
         credentials: Credentials,
         config: &HttpConfig,
     ) -> Result<Self, ApiError> {
-        let lower = base.to_ascii_lowercase();
-        if lower.starts_with("http://")
-            && !crate::tls::is_loopback_host(crate::tls::url_host(base))
-            && !config.allow_plain_http
-        {
-            return Err(ApiError::Invalid(format!(
-                "refusing to send credentials to {base} over plain HTTP; use https:// (the \
-                 coordinator's transport.tls_cert_file), or set transport.allow_plain_http = \
-                 true on a network you trust"
-            )));
-        }
-        if !lower.starts_with("http://") && !lower.starts_with("https://") {
-            return Err(ApiError::Invalid(format!(
-                "coordinator endpoint `{base}` must start with https:// or http://"
-            )));
-        }
+        let bases = endpoints(base, config)?;
         let mut builder = Client::builder()
             .timeout(Duration::from_secs(config.request_timeout_secs.max(1)))
             .connect_timeout(Duration::from_secs(10));
@@ -89,7 +78,8 @@ impl HttpClient {
         }
         let http = builder.build().map_err(transport_err)?;
         Ok(Self {
-            base: base.trim_end_matches('/').to_string(),
+            bases,
+            current: 0,
             credentials,
             http,
             token: None,
@@ -148,6 +138,31 @@ impl HttpClient {
         read_bounded(resp, url.bytes)
     }
 
+    /// The endpoint in use.
+    pub fn base(&self) -> &str {
+        &self.bases[self.current]
+    }
+
+    /// Every endpoint, in the order they are tried.
+    pub fn endpoints(&self) -> &[String] {
+        &self.bases
+    }
+
+    /// A request that reached no server: the next call goes to the next endpoint (another
+    /// replica), and the worker's retry loop makes it.
+    fn connection_failed(&mut self, e: reqwest::Error) -> ApiError {
+        if self.bases.len() > 1 && (e.is_connect() || e.is_timeout() || e.is_request()) {
+            let from = self.current;
+            self.current = (self.current + 1) % self.bases.len();
+            tracing::warn!(
+                from = %self.bases[from],
+                to = %self.bases[self.current],
+                "coordinator endpoint unreachable; trying the next replica"
+            );
+        }
+        transport_err(e)
+    }
+
     /// Requests a fresh token with the client credentials.
     pub fn refresh_token(&mut self) -> Result<(), ApiError> {
         let form = [
@@ -159,11 +174,11 @@ impl HttpClient {
             form.iter().map(|(k, v)| format!("{k}={}", urlencode(v))).collect::<Vec<_>>().join("&");
         let resp = self
             .http
-            .post(format!("{}/connect/token", self.base))
+            .post(format!("{}/connect/token", self.base()))
             .header("content-type", "application/x-www-form-urlencoded")
             .body(body)
             .send()
-            .map_err(transport_err)?;
+            .map_err(|e| self.connection_failed(e))?;
         if !resp.status().is_success() {
             return Err(error_of(resp));
         }
@@ -194,8 +209,10 @@ impl HttpClient {
         let mut refreshed = false;
         loop {
             let token = self.bearer()?;
-            let resp =
-                make(&self.http, &self.base).bearer_auth(token).send().map_err(transport_err)?;
+            let resp = make(&self.http, self.base())
+                .bearer_auth(token)
+                .send()
+                .map_err(|e| self.connection_failed(e))?;
             if resp.status() == StatusCode::UNAUTHORIZED && !refreshed {
                 refreshed = true;
                 self.token = None;
@@ -218,6 +235,39 @@ impl HttpClient {
         let bytes = resp.bytes().map_err(transport_err)?.to_vec();
         Ok(Blob { version, sha256, bytes: Arc::new(bytes) })
     }
+}
+
+/// The endpoints of `list` (one URL, or several separated by commas: the replicas of one
+/// coordinator). Refuses a plain `http://` endpoint that is not on loopback unless
+/// `allow_plain_http`: the secret would cross the network in clear text.
+fn endpoints(list: &str, config: &HttpConfig) -> Result<Vec<String>, ApiError> {
+    let mut out = Vec::new();
+    for base in list.split(',').map(str::trim).filter(|b| !b.is_empty()) {
+        let lower = base.to_ascii_lowercase();
+        if lower.starts_with("http://")
+            && !crate::tls::is_loopback_host(crate::tls::url_host(base))
+            && !config.allow_plain_http
+        {
+            return Err(ApiError::Invalid(format!(
+                "refusing to send credentials to {base} over plain HTTP; use https:// (the \
+                 coordinator's transport.tls_cert_file), or set transport.allow_plain_http = \
+                 true on a network you trust"
+            )));
+        }
+        if !lower.starts_with("http://") && !lower.starts_with("https://") {
+            return Err(ApiError::Invalid(format!(
+                "coordinator endpoint `{base}` must start with https:// or http://"
+            )));
+        }
+        out.push(base.trim_end_matches('/').to_string());
+    }
+    if out.is_empty() {
+        return Err(ApiError::Invalid(format!(
+            "no coordinator endpoint in `{list}` (one URL, or the replicas' URLs separated by \
+             commas)"
+        )));
+    }
+    Ok(out)
 }
 
 /// Reads `resp`'s body, which must hold exactly `expected` bytes; never more is read.
@@ -305,7 +355,8 @@ impl CoordinatorClient for HttpClient {
     }
 
     fn status(&mut self) -> Result<StatusReport, ApiError> {
-        let resp = self.http.get(format!("{}/status", self.base)).send().map_err(transport_err)?;
+        let url = format!("{}/status", self.base());
+        let resp = self.http.get(url).send().map_err(|e| self.connection_failed(e))?;
         if !resp.status().is_success() {
             return Err(error_of(resp));
         }

@@ -13,6 +13,7 @@ pub mod console;
 pub mod guard;
 pub mod listener;
 pub mod range;
+pub mod relay;
 pub mod server;
 pub mod status;
 pub mod tls;
@@ -228,9 +229,19 @@ impl Transport for HttpTransport {
         credentials: Credentials,
     ) -> Result<Box<dyn CoordinatorClient>, ApiError> {
         let mut c = client::HttpClient::new(endpoint, credentials, &self.config)?;
-        // Refuses before the secret is sent, not after.
-        c.refresh_token()?;
-        Ok(Box::new(c))
+        // Refuses before the secret is sent, not after. Each replica is tried once: the first
+        // may be the one that is down.
+        let mut tries = c.endpoints().len();
+        loop {
+            match c.refresh_token() {
+                Ok(()) => return Ok(Box::new(c)),
+                Err(e @ ApiError::Transport(_)) if tries > 1 => {
+                    tries -= 1;
+                    tracing::debug!(error = %e, "logging in at the next replica");
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 }
 

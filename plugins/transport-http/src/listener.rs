@@ -69,6 +69,9 @@ pub async fn serve(
 ) {
     let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let mut conns = JoinSet::new();
+    // Tells every connection to finish its request in flight and close (an idle keep-alive
+    // connection closes at once), so a shutdown waits for work, not for idle clients.
+    let (closing, closing_rx) = tokio::sync::watch::channel(false);
     loop {
         tokio::select! {
             _ = &mut stop => break,
@@ -88,14 +91,16 @@ pub async fn serve(
                     continue;
                 };
                 let (app, limits, counters) = (app.clone(), limits.clone(), Arc::clone(&counters));
+                let closing = closing_rx.clone();
                 conns.spawn(async move {
-                    serve_connection(stream, peer, app, &limits, &counters).await;
+                    serve_connection(stream, peer, app, &limits, &counters, closing).await;
                     drop(permit);
                 });
             }
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
         }
     }
+    let _ = closing.send(true);
     let drain = tokio::time::sleep(DRAIN);
     tokio::pin!(drain);
     loop {
@@ -115,6 +120,7 @@ async fn serve_connection(
     app: Router,
     limits: &ConnectionLimits,
     counters: &ConnectionCounters,
+    closing: tokio::sync::watch::Receiver<bool>,
 ) {
     let _ = stream.set_nodelay(true);
     let svc = app.map_request(move |mut r: axum::http::Request<Incoming>| {
@@ -129,7 +135,10 @@ async fn serve_connection(
             let handshake =
                 tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream)).await;
             match handshake {
-                Ok(Ok(tls)) => builder.serve_connection(TokioIo::new(tls), svc).await,
+                Ok(Ok(tls)) => {
+                    let conn = builder.serve_connection(TokioIo::new(tls), svc);
+                    until_closing(conn, closing).await
+                }
                 Ok(Err(e)) => {
                     counters.tls_failures.fetch_add(1, Ordering::Relaxed);
                     tracing::debug!(%peer, error = %e, "TLS handshake failed");
@@ -142,9 +151,32 @@ async fn serve_connection(
                 }
             }
         }
-        None => builder.serve_connection(TokioIo::new(stream), svc).await,
+        None => until_closing(builder.serve_connection(TokioIo::new(stream), svc), closing).await,
     };
     if let Err(e) = served {
         tracing::debug!(%peer, error = %e, "connection ended with an error");
+    }
+}
+
+/// Serves `conn` to its end; once `closing` turns true, it finishes the request in flight and
+/// closes (at once when idle).
+async fn until_closing<I, S>(
+    conn: hyper::server::conn::http1::Connection<I, S>,
+    mut closing: tokio::sync::watch::Receiver<bool>,
+) -> Result<(), hyper::Error>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+    S: hyper::service::HttpService<Incoming>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S::ResBody: 'static,
+    <S::ResBody as hyper::body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => r,
+        _ = async { closing.wait_for(|c| *c).await.map(|_| ()) } => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
     }
 }

@@ -46,6 +46,8 @@ pub(crate) struct AppState {
     pub(crate) sessions: Sessions,
     /// Served over TLS (console cookies are then `Secure`).
     pub(crate) secure: bool,
+    /// Set on a follower replica: everything but logins and health goes to the leader.
+    pub(crate) relay: Option<crate::relay::Relay>,
 }
 
 /// The authenticated client of a request, put there by [`require_auth`].
@@ -104,7 +106,10 @@ pub(crate) async fn blocking<T: Send + 'static>(
 
 /// Authenticates a request: a valid, unexpired bearer token whose client is neither revoked
 /// nor rotated since it was issued. Returns the client id.
-async fn authenticate(state: &Arc<AppState>, headers: &HeaderMap) -> Result<String, ApiError> {
+pub(crate) async fn authenticate(
+    state: &Arc<AppState>,
+    headers: &HeaderMap,
+) -> Result<String, ApiError> {
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -438,6 +443,19 @@ async fn metrics(State(state): Shared) -> HttpResult<Response> {
 }
 
 fn router(state: Arc<AppState>, config: &HttpConfig) -> Router {
+    let timeout = Duration::from_secs(config.server_request_timeout_secs.max(1));
+    if state.relay.is_some() {
+        return Router::new()
+            .route(
+                "/connect/token",
+                post(issue_token).layer(DefaultBodyLimit::max(MAX_LOGIN_BYTES)),
+            )
+            .route("/health", get(|| async { "ok" }))
+            .route("/health/leader", get(crate::relay::not_leader))
+            .fallback(crate::relay::relay)
+            .layer(from_fn_with_state(timeout, request_timeout))
+            .with_state(state);
+    }
     let json = DefaultBodyLimit::max(config.max_json_bytes);
     let protected = Router::new()
         .route("/register", post(register).layer(json))
@@ -452,10 +470,11 @@ fn router(state: Arc<AppState>, config: &HttpConfig) -> Router {
         .route("/install/bitnet", get(crate::console::install_binary))
         .route("/install/config.toml", get(crate::console::install_config))
         .route_layer(from_fn_with_state(Arc::clone(&state), require_auth));
-    let timeout = Duration::from_secs(config.server_request_timeout_secs.max(1));
     let mut app = Router::new()
         .route("/connect/token", post(issue_token).layer(DefaultBodyLimit::max(MAX_LOGIN_BYTES)))
         .route("/health", get(|| async { "ok" }))
+        // The replica that leads (a lone coordinator always does): a load balancer's check.
+        .route("/health/leader", get(|| async { "leader" }))
         .route("/status", get(status))
         .merge(protected);
     if state.admin.is_some() {
@@ -553,6 +572,15 @@ pub fn start(config: &HttpConfig, key: Vec<u8>, ctx: ServeContext) -> Result<Htt
         verify_queue: config.max_queued_logins,
     });
     let connections = Arc::new(ConnectionCounters::default());
+    let relay = match ctx.relay {
+        Some(leader) => Some(crate::relay::Relay::new(
+            leader,
+            Duration::from_secs(config.server_request_timeout_secs.max(1)),
+            config.max_json_bytes,
+            config.max_upload_bytes,
+        )?),
+        None => None,
+    };
     let state = Arc::new(AppState {
         api: ctx.api,
         auth: ctx.auth,
@@ -564,6 +592,7 @@ pub fn start(config: &HttpConfig, key: Vec<u8>, ctx: ServeContext) -> Result<Htt
         admin: ctx.admin,
         sessions: Sessions::new(Duration::from_secs(config.console_idle_secs.max(1))),
         secure: tls.is_some(),
+        relay,
     });
     let app = router(Arc::clone(&state), config);
     let limits = ConnectionLimits {

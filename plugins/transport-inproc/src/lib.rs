@@ -73,6 +73,13 @@ impl Drop for Handle {
 
 impl Transport for InProcTransport {
     fn serve(&self, ctx: ServeContext) -> Result<Box<dyn ServerHandle>, ApiError> {
+        if ctx.relay.is_some() {
+            return Err(ApiError::Invalid(
+                "the inproc transport cannot serve a follower replica (one process has one \
+                 coordinator); use transport type \"http\""
+                    .into(),
+            ));
+        }
         static NEXT: AtomicU64 = AtomicU64::new(1);
         let endpoint = format!("inproc://{}", NEXT.fetch_add(1, Ordering::Relaxed));
         table()?.insert(endpoint.clone(), ctx);

@@ -5,8 +5,10 @@ use anyhow::Context;
 use bitnet_framework::protocol::{CoordinatorApi, StatusReport};
 use bitnet_framework::registry::Registry;
 use bitnet_runtime::config::RunConfig;
+use bitnet_runtime::coordinator::Coordinator;
 use bitnet_runtime::metrics::{MetricsKind, MetricsSource};
 use bitnet_runtime::run::recorder::Recorder;
+use bitnet_runtime::run::replica::Replica;
 use bitnet_runtime::run::service::{CoordinatorService, open_corpus};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -54,20 +56,76 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     // Lists the keys changed since the run last started; refuses a changed model.
     super::run_local::record_run_config(&config)?;
     let stop = stop_flag()?;
-    let service = CoordinatorService::start(&config, &registry, corpus, !args.no_seed)?;
-    let endpoint = service.server.endpoint();
     let url_file = args.url_file.unwrap_or_else(|| config.run.dir.join("coordinator.url"));
+    if config.coordinator.leader_lease_secs > 0.0 {
+        return run_replica(&config, &registry, corpus, !args.no_seed, &url_file, &stop);
+    }
+    let service = CoordinatorService::start(&config, &registry, corpus, !args.no_seed)?;
+    let recorder = serve(&config, &registry, &service, &url_file, &stop, &|| false)?;
+    eprintln!("stopping: writing a final snapshot and checkpoint");
+    finish(recorder, service.stop())
+}
+
+/// One replica of a replicated coordinator (`coordinator.leader_lease_secs > 0`): follows until
+/// it wins the lease, then leads until stopped. A leader that loses its lease exits with an
+/// error (a supervisor such as systemd restarts it, as a follower).
+fn run_replica(
+    config: &RunConfig,
+    registry: &Registry,
+    corpus: Arc<bitnet_runtime::coordinator::DirCorpus>,
+    seed: bool,
+    url_file: &Path,
+    stop: &AtomicBool,
+) -> anyhow::Result<()> {
+    let replica = Replica::open(config, registry)?;
+    println!(
+        "coordinator replica {} following (lease {} s)",
+        replica.holder(),
+        config.coordinator.leader_lease_secs
+    );
+    let Some(won) = replica.follow(config, registry, stop)? else {
+        println!("stopped while following");
+        return Ok(());
+    };
+    println!("replica {} leads (epoch {})", replica.holder(), won.lease.epoch);
+    let leading = replica.lead(config, registry, corpus, seed, won)?;
+    let lost = || leading.lost();
+    let recorder = serve(config, registry, &leading.service, url_file, stop, &lost)?;
+    if leading.lost() {
+        let coordinator = leading.stop();
+        anyhow::bail!(
+            "this replica lost the leader lease at weight version {} (another replica leads \
+             now, or the database could not be reached in time); exiting so that it restarts \
+             as a follower",
+            coordinator.version()
+        );
+    }
+    eprintln!("stopping: writing a final snapshot and checkpoint, then giving up the lease");
+    finish(recorder, leading.stop())
+}
+
+/// Serves `service` until `stop` or `lost()`: records metrics and checkpoints, and evaluates
+/// the run once its token budget is reached.
+fn serve(
+    config: &RunConfig,
+    registry: &Registry,
+    service: &CoordinatorService,
+    url_file: &Path,
+    stop: &AtomicBool,
+    lost: &dyn Fn() -> bool,
+) -> anyhow::Result<Recorder> {
+    let endpoint = service.server.endpoint();
     if let Some(dir) = url_file.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)?;
     }
-    std::fs::write(&url_file, format!("{endpoint}\n"))
+    std::fs::write(url_file, format!("{endpoint}\n"))
         .with_context(|| format!("writing {}", url_file.display()))?;
     println!("coordinator listening on {endpoint} (vocab {})", config.model.vocab_size);
     let mut recorder =
-        with_validation(Recorder::new(&config, MetricsSource::Coordinator)?, &config, &registry);
+        with_validation(Recorder::new(config, MetricsSource::Coordinator)?, config, registry);
     // A queue finished before this session (a restart after the budget) has its summary.
     let mut summarised = service.coordinator.status()?.tasks.finished();
-    while !stop.load(Ordering::SeqCst) {
+    while !stop.load(Ordering::SeqCst) && !lost() {
         let status = service.coordinator.status()?;
         // Serving goes on when a metrics line or a scheduled checkpoint cannot be written
         // (a full disk, say); the snapshots still hold the state.
@@ -84,11 +142,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             );
             let fields = fleet_summary_fields(
                 "bitnet coordinator",
-                &config,
+                config,
                 &status,
                 recorder.elapsed().as_secs_f64(),
             )?;
-            match write_summary(&config, &checkpoint, fields) {
+            match write_summary(config, &checkpoint, fields) {
                 Ok(line) => println!("{line}"),
                 // The run's model is safe in the checkpoint; a failed evaluation is reported, and
                 // `bitnet eval` can redo it.
@@ -97,8 +155,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    eprintln!("stopping: writing a final snapshot and checkpoint");
-    let coordinator = service.stop();
+    Ok(recorder)
+}
+
+/// The final metrics row and checkpoint of a stopped coordinator.
+fn finish(mut recorder: Recorder, coordinator: Arc<Coordinator>) -> anyhow::Result<()> {
     let status = coordinator.status()?;
     recorder.row(MetricsKind::Final, &status)?;
     let checkpoint = recorder.checkpoint(&coordinator, &status)?;

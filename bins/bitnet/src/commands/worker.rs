@@ -21,8 +21,9 @@ use std::sync::atomic::AtomicBool;
 pub struct Args {
     #[command(flatten)]
     config: ConfigArgs,
-    /// Coordinator URL, e.g. `http://10.0.0.5:8080`.
-    #[arg(long, value_name = "URL")]
+    /// Coordinator URL, e.g. `https://10.0.0.5:8443`; for coordinator replicas, each
+    /// replica's URL separated by commas (the next is tried when one does not answer).
+    #[arg(long, value_name = "URL[,URL...]")]
     coordinator: String,
     /// Credentials file.
     #[arg(long, value_name = "FILE")]

@@ -99,6 +99,17 @@ pub struct CoordinatorSection {
     /// coordinator's egress does not grow with the fleet. false: the coordinator serves every
     /// download (workers that cannot reach the bucket).
     pub direct_downloads: bool,
+    /// Coordinator replicas: how long a leader's lease lasts without renewal, seconds (renewed
+    /// every third of it). 0 = one coordinator process owns the run (the default). Above 0,
+    /// every `bitnet coordinator` of the run (same store, which must elect a leader:
+    /// `postgres`, and a weight store they all reach: `s3`) is a replica: one leads (holds the
+    /// weights, applies rounds, writes snapshots), the others answer logins and relay the rest
+    /// to it, and one of them takes over from the newest recorded snapshot about this long
+    /// after the leader dies.
+    pub leader_lease_secs: f64,
+    /// Where the other replicas reach this one when it leads (`https://host:port`, what its
+    /// certificate names); empty = the address it listens on.
+    pub advertise_url: String,
 }
 
 impl Default for CoordinatorSection {
@@ -133,6 +144,8 @@ impl Default for CoordinatorSection {
             schedule_unit_tokens: 0,
             ca_file: None,
             direct_downloads: true,
+            leader_lease_secs: 0.0,
+            advertise_url: String::new(),
         }
     }
 }
@@ -205,6 +218,17 @@ impl CoordinatorSection {
         if self.seed_chunk_tokens == 0 {
             p.push("coordinator.seed_chunk_tokens must be positive".into());
         }
+        let lease = self.leader_lease_secs;
+        if !(lease.is_finite() && (lease == 0.0 || lease >= MIN_LEADER_LEASE_SECS)) {
+            p.push(format!(
+                "coordinator.leader_lease_secs must be 0 (one coordinator) or at least \
+                 {MIN_LEADER_LEASE_SECS} s, is {lease}"
+            ));
+        }
+        let url = &self.advertise_url;
+        if !(url.is_empty() || url.starts_with("http://") || url.starts_with("https://")) {
+            p.push(format!("coordinator.advertise_url must be an http(s):// URL, is `{url}`"));
+        }
         p
     }
 
@@ -218,6 +242,9 @@ impl CoordinatorSection {
         }
     }
 }
+
+/// Shortest leader lease: renewals every third of it must fit a database round trip.
+pub const MIN_LEADER_LEASE_SECS: f64 = 0.5;
 
 pub(crate) fn secs_to_ms(s: f64) -> u64 {
     if s.is_finite() && s > 0.0 { (s * 1000.0) as u64 } else { 0 }

@@ -54,14 +54,42 @@ impl Coordinator {
             )));
         }
         let comp = |e: &dyn std::fmt::Display| CoordinatorError::Component(e.to_string());
+        let replicated = settings.leader_lease_secs > 0.0;
+        let leadership = match (replicated, store.leadership()) {
+            (false, _) => None,
+            (true, Some(l)) => Some(l),
+            (true, None) => {
+                return Err(CoordinatorError::Config(
+                    "coordinator.leader_lease_secs > 0 (replicas) needs a coordinator store \
+                     that elects a leader: coordinator_store.type = \"postgres\""
+                        .into(),
+                ));
+            }
+        };
+        // Replicas recover from the snapshot the store names as the newest recorded one, never
+        // from a newer blob a deposed leader may have uploaded after it lost the lease.
+        let head = match leadership {
+            Some(l) => l.snapshot_head().map_err(|e| comp(&e))?,
+            None => None,
+        };
         let mut skipped = Vec::new();
         let mut resumed = None;
         let mut versions = snapshots.list_versions().map_err(|e| comp(&e))?;
+        let newest_listed = versions.iter().map(|m| m.version).max().unwrap_or(0);
         versions.sort_by_key(|m| std::cmp::Reverse(m.version));
+        if let Some(h) = &head {
+            versions.retain(|m| m.version <= h.version);
+        }
         for meta in versions {
             let attempt = snapshots
                 .get_version(meta.version)
                 .map_err(|e| e.to_string())
+                .and_then(|b| match &head {
+                    Some(h) if h.version == meta.version && sha256_hex(&b) != h.sha256 => {
+                        Err("is not the snapshot the store recorded (SHA-256 differs)".to_string())
+                    }
+                    _ => Ok(b),
+                })
                 .and_then(|b| blob::decode_snapshot(&b, &fingerprint, n).map_err(|e| e.to_string()))
                 .and_then(|s| {
                     if s.version == meta.version {
@@ -84,14 +112,34 @@ impl Coordinator {
                 }
             }
         }
-        let (params, version, ledger, write_initial) = match resumed {
+        let (params, mut version, ledger, write_initial) = match resumed {
             Some(s) => (s.params, s.version, s.ledger, false),
             None => (initial_params, 0, Vec::new(), true),
+        };
+        // A replica taking over numbers its versions past every version a deposed leader
+        // reached (in a snapshot blob or a task's completion), so that no version names two
+        // different sets of weights; read before the reset below forgets them.
+        let newest_seen = match leadership {
+            Some(l) => l.newest_task_version().map_err(|e| comp(&e))?.max(newest_listed),
+            None => version,
         };
         let tasks_reset = store.reset_after_recovery(version).map_err(|e| comp(&e))?;
         // After the reset, the Done tasks are exactly the updates in the snapshot.
         let tokens_applied = store.counts().map_err(|e| comp(&e))?.done_tokens;
-        if write_initial {
+        if let Some(l) = leadership {
+            if newest_seen > version || head.is_none() {
+                // The state resumed from, under a version of this leader's own, recorded as
+                // the head before anything is served.
+                let state = optimizer.save_state();
+                version = snapshots::publish_head(
+                    snapshots.as_ref(),
+                    l,
+                    newest_seen.max(version) + u64::from(newest_seen > version),
+                    |v| blob::encode_snapshot(v, &fingerprint, &params, &state, &ledger),
+                )
+                .map_err(|e| comp(&e))?;
+            }
+        } else if write_initial {
             let blob =
                 blob::encode_snapshot(0, &fingerprint, &params, &optimizer.save_state(), &[]);
             match snapshots.put_version(0, &blob) {
@@ -107,6 +155,7 @@ impl Coordinator {
             let done = Arc::clone(&snapshot_version);
             let fp = fingerprint.clone();
             let keep = settings.keep_snapshots;
+            let store = replicated.then(|| Arc::clone(&store));
             std::thread::Builder::new()
                 .name("bitnet-snapshot".into())
                 .spawn(move || {
@@ -118,13 +167,29 @@ impl Coordinator {
                             &job.optimizer,
                             &job.ledger,
                         );
-                        match snapshots.put_version(job.version, &blob) {
-                            Ok(_) | Err(bitnet_framework::store::StoreError::Exists(_)) => {
+                        let written = match store.as_ref().and_then(|s| s.leadership()) {
+                            Some(l) => snapshots::write_replicated(
+                                snapshots.as_ref(),
+                                l,
+                                job.version,
+                                &blob,
+                            ),
+                            None => match snapshots.put_version(job.version, &blob) {
+                                Ok(_) | Err(bitnet_framework::store::StoreError::Exists(_)) => {
+                                    Ok(())
+                                }
+                                Err(e) => Err(e.to_string()),
+                            },
+                        };
+                        match written {
+                            Ok(()) => {
                                 done.fetch_max(job.version, Ordering::SeqCst);
                                 tracing::debug!(version = job.version, "snapshot written");
                                 prune_snapshots(snapshots.as_ref(), keep);
                             }
-                            Err(e) => tracing::error!(version = job.version, error = %e, "snapshot failed"),
+                            Err(e) => {
+                                tracing::error!(version = job.version, error = %e, "snapshot failed")
+                            }
                         }
                     }
                 })

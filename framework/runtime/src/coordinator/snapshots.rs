@@ -2,6 +2,7 @@
 //! final one at shutdown.
 
 use super::*;
+use bitnet_framework::coordinator_store::{Leadership, SnapshotHead};
 
 /// Deletes all but the newest `keep` snapshots (0 = keep all). Failures are logged: a snapshot
 /// left behind only costs disk.
@@ -25,6 +26,60 @@ pub(super) fn prune_snapshots(snapshots: &dyn WeightStore, keep: usize) {
             }
         }
     }
+}
+
+/// Writes the snapshot of `version` and records it as the store's head (replicas). A blob
+/// already at that version (a deposed leader's late upload) is not ours: it is an error, and
+/// the head stays where it was, so recovery never loads it.
+pub(super) fn write_replicated(
+    snapshots: &dyn WeightStore,
+    leadership: &dyn Leadership,
+    version: u64,
+    blob: &[u8],
+) -> Result<(), String> {
+    match snapshots.put_version(version, blob) {
+        Ok(_) => {}
+        Err(bitnet_framework::store::StoreError::Exists(_)) => {
+            return Err(format!(
+                "weight version {version} is already in the weight store, written by another \
+                 replica; not recorded as the head"
+            ));
+        }
+        Err(e) => return Err(e.to_string()),
+    }
+    let head = SnapshotHead { version, sha256: sha256_hex(blob) };
+    leadership.set_snapshot_head(&head).map_err(|e| format!("recording it as the head: {e}"))
+}
+
+/// Writes the snapshot `encode` makes at the first version from `version` on that is free in
+/// the weight store (or already holds exactly these bytes) and records it as the head; returns
+/// the version used.
+pub(super) fn publish_head(
+    snapshots: &dyn WeightStore,
+    leadership: &dyn Leadership,
+    mut version: u64,
+    encode: impl Fn(u64) -> Vec<u8>,
+) -> Result<u64, String> {
+    const TRIES: usize = 64;
+    for _ in 0..TRIES {
+        let blob = encode(version);
+        let ours = match snapshots.put_version(version, &blob) {
+            Ok(_) => true,
+            Err(bitnet_framework::store::StoreError::Exists(_)) => {
+                snapshots.get_version(version).is_ok_and(|b| b[..] == blob[..])
+            }
+            Err(e) => return Err(format!("writing the snapshot of version {version}: {e}")),
+        };
+        if ours {
+            let head = SnapshotHead { version, sha256: sha256_hex(&blob) };
+            leadership
+                .set_snapshot_head(&head)
+                .map_err(|e| format!("recording snapshot {version} as the head: {e}"))?;
+            return Ok(version);
+        }
+        version += 1;
+    }
+    Err(format!("{TRIES} weight versions from {version} on are taken in the weight store"))
 }
 
 pub(super) struct SnapshotJob {

@@ -6,6 +6,7 @@
 pub mod assemble;
 pub mod directory;
 pub mod recorder;
+pub mod replica;
 pub mod service;
 pub mod validation;
 

@@ -155,6 +155,18 @@ impl CoordinatorService {
         seed: bool,
     ) -> Result<Self, ServiceError> {
         let store = build_store(config, registry)?;
+        Self::start_with_store(config, registry, corpus, seed, store)
+    }
+
+    /// [`Self::start`] over a store already open (a replica that just won the lease, with
+    /// the store fenced by its epoch).
+    pub fn start_with_store(
+        config: &RunConfig,
+        registry: &Registry,
+        corpus: Arc<dyn Corpus>,
+        seed: bool,
+        store: Arc<dyn CoordinatorStore>,
+    ) -> Result<Self, ServiceError> {
         if seed {
             let (budget, chunk) = (config.train.token_budget, config.coordinator.seed_chunk_tokens);
             let n = seed_to_budget(store.as_ref(), corpus.as_ref(), budget, chunk)?;
