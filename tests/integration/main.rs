@@ -14,6 +14,7 @@ mod http_hardening;
 mod presets;
 mod presigned;
 mod registry;
+mod replicas;
 mod scaled;
 mod serve;
 mod trainer;
