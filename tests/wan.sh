@@ -18,8 +18,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT="$PWD"
-TARGET="${WAN_TARGET_LOSS:-0.80}"
-CAP="${WAN_CAP_SECS:-600}"
+TARGET="${WAN_TARGET_LOSS:-1.0}"
+CAP="${WAN_CAP_SECS:-720}"
 RTT="${WAN_RTT:-40ms}"
 LOSS="${WAN_LOSS:-0.1%}"
 # Empty: the namespaces inherit the machine's default congestion control (bbr on the machine

@@ -34,30 +34,38 @@ fn number_and_unit<'a>(what: &'static str, value: &'a str) -> Result<(f64, &'a s
     Ok((number, unit))
 }
 
+/// `value` as a number times the scale of its unit, one of `units` (case-insensitive); `hint`
+/// follows the list of units in the error for an unknown one.
+fn scaled(
+    what: &'static str,
+    value: &str,
+    units: &[(&str, f64)],
+    hint: &str,
+) -> Result<f64, UnitError> {
+    let (number, unit) = number_and_unit(what, value)?;
+    let names: Vec<&str> = units.iter().map(|(name, _)| *name).collect();
+    let unit = unit.to_ascii_lowercase();
+    match units.iter().find(|(name, _)| *name == unit) {
+        Some((_, scale)) => Ok(number * scale),
+        None if unit.is_empty() => {
+            Err(error(what, value, format!("needs a unit: {}", names.join(", "))))
+        }
+        None => Err(error(
+            what,
+            value,
+            format!("unknown unit {unit:?}; use {}{hint}", names.join(", ")),
+        )),
+    }
+}
+
 /// A rate in bits per second: `bit`, `kbit`, `mbit` or `gbit` (SI, as `tc` counts).
 ///
 /// `tc`'s `kbps`/`mbps` mean bytes per second, a classic source of 8x mistakes, so byte units
 /// are refused rather than guessed.
 pub fn parse_rate(value: &str) -> Result<u64, UnitError> {
-    let (number, unit) = number_and_unit("rate", value)?;
-    let scale = match unit.to_ascii_lowercase().as_str() {
-        "bit" => 1e0,
-        "kbit" => 1e3,
-        "mbit" => 1e6,
-        "gbit" => 1e9,
-        "" => return Err(error("rate", value, "needs a unit: bit, kbit, mbit or gbit")),
-        other => {
-            return Err(error(
-                "rate",
-                value,
-                format!(
-                    "unknown unit {other:?}; use bit, kbit, mbit or gbit (bits per second; \
-                     tc's \"mbps\" would mean megabytes per second)"
-                ),
-            ));
-        }
-    };
-    let bits = number * scale;
+    let units = [("bit", 1e0), ("kbit", 1e3), ("mbit", 1e6), ("gbit", 1e9)];
+    let hint = " (bits per second; tc's \"mbps\" would mean megabytes per second)";
+    let bits = scaled("rate", value, &units, hint)?;
     if bits < 1.0 {
         return Err(error("rate", value, "must be at least 1 bit per second"));
     }
@@ -69,22 +77,8 @@ pub fn parse_rate(value: &str) -> Result<u64, UnitError> {
 
 /// A duration in nanoseconds: `s`, `ms`, `us` or `ns`.
 pub fn parse_duration_ns(value: &str) -> Result<u64, UnitError> {
-    let (number, unit) = number_and_unit("duration", value)?;
-    let scale = match unit.to_ascii_lowercase().as_str() {
-        "s" => 1e9,
-        "ms" => 1e6,
-        "us" => 1e3,
-        "ns" => 1e0,
-        "" => return Err(error("duration", value, "needs a unit: s, ms, us or ns")),
-        other => {
-            return Err(error(
-                "duration",
-                value,
-                format!("unknown unit {other:?}; use s, ms, us or ns"),
-            ));
-        }
-    };
-    let ns = number * scale;
+    let units = [("s", 1e9), ("ms", 1e6), ("us", 1e3), ("ns", 1e0)];
+    let ns = scaled("duration", value, &units, "")?;
     if ns > 3600e9 {
         return Err(error("duration", value, "must be at most an hour"));
     }
