@@ -258,7 +258,7 @@ fn tasks(s: &PostgresStore) -> Vec<TaskRecord> {
 #[test]
 fn kill_9_the_leader_replica_and_a_follower_takes_over_with_nothing_lost_or_applied_twice() {
     let kills = env_or("FAILOVER_KILLS", 2);
-    let corpus = env_or("FAILOVER_CORPUS", 400);
+    let corpus = env_or("FAILOVER_CORPUS", 800);
     let seed = env_or("FAILOVER_SEED", 0xfa11_0ce5);
     let mut rng = Rng(seed | 1);
     let tmp = bitnet_tests::temp_dir();
