@@ -209,7 +209,11 @@ impl Replica {
             }
             match election.leader() {
                 Ok(leader) => {
-                    let at = leader.filter(|l| l.holder != self.holder).map(|l| l.endpoint);
+                    // An empty endpoint: the leader won but is still recovering (it records
+                    // where it serves once it does); requests get 503 until then.
+                    let at = leader
+                        .filter(|l| l.holder != self.holder && !l.endpoint.is_empty())
+                        .map(|l| l.endpoint);
                     if at != last_leader {
                         tracing::info!(leader = ?at, "leader changed");
                         last_leader.clone_from(&at);
