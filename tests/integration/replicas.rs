@@ -9,6 +9,7 @@
 //! CI runs a few kills (`FAILOVER_KILLS`, default 2); `tests/failover.sh` runs 20 and prints the
 //! takeover times. `FAILOVER_SEED` fixes the kill times.
 
+use crate::chaos::{Rng, env_or};
 use crate::dist_process::{LIMIT, log_of, run_ok};
 use bitnet_framework::coordinator_store::{CoordinatorStore, TaskRecord, TaskState};
 use bitnet_framework::store::WeightStore;
@@ -25,22 +26,6 @@ use std::time::{Duration, Instant};
 const WORKERS: [&str; 4] = ["w1", "w2", "w3", "w4"];
 const AWS_ENV: [(&str, &str); 2] =
     [("AWS_ACCESS_KEY_ID", ACCESS_KEY), ("AWS_SECRET_ACCESS_KEY", SECRET_KEY)];
-
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-/// xorshift64*: reproducible kill times.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % n.max(1)
-    }
-}
 
 struct Run {
     dir: std::path::PathBuf,
