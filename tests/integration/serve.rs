@@ -226,7 +226,12 @@ fn a_full_queue_answers_503_and_a_confident_answer_is_reported() {
     assert_eq!(status, StatusCode::OK, "{batch}");
     let want = json!({"intent": "navigate", "slots": {}, "confidence": 1.0, "abstained": false});
     assert_eq!(batch["answers"], json!([want, want]));
-    assert_eq!(health()["held"], json!(0));
+    // A model thread gives its slot back when its job ends, just after it has sent the
+    // answer: the client may read the answers a moment before the count drops.
+    while health()["held"] != json!(0) {
+        assert!(std::time::Instant::now() < deadline, "the queue never emptied: {}", health());
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
     server.stop();
 }
 
