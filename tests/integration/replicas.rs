@@ -368,7 +368,14 @@ fn kill_9_the_leader_replica_and_a_follower_takes_over_with_nothing_lost_or_appl
     let lost: Vec<u64> = done_ids.difference(&seen).copied().collect();
     let foreign: Vec<u64> = seen.difference(&done_ids).copied().collect();
     assert!(lost.is_empty(), "done tasks missing from the weights: {lost:?}");
-    assert!(foreign.is_empty(), "weights hold tasks the store does not: {foreign:?}");
+    assert!(
+        foreign.is_empty(),
+        "weights hold tasks the store does not: {foreign:?} (queue {:?}; the first of them in \
+         the store: {:?}; head version {})",
+        s.counts().expect("counts"),
+        foreign.first().map(|&id| s.task(id)),
+        snapshot.version
+    );
     let ledger_tokens: u64 = snapshot.ledger.iter().map(|e| e.tokens).sum();
     assert_eq!(ledger_tokens, done_tokens, "tokens in the weights = tokens of the done tasks");
     assert_eq!(done_tokens, s.counts().expect("counts").total_tokens, "one epoch trained");
