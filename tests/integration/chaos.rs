@@ -6,8 +6,8 @@
 //! (`CHAOS_CORPUS`, utterances). `CHAOS_SEED` fixes the kill times.
 
 use crate::dist_process::{LIMIT, log_of, setup, store, tasks, worker};
-use bitnet_framework::coordinator_store::{CoordinatorStore, TaskState};
-use bitnet_runtime::coordinator::blob::decode_snapshot;
+use bitnet_framework::coordinator_store::{CoordinatorStore, TaskRecord, TaskState};
+use bitnet_runtime::coordinator::blob::{Snapshot, decode_snapshot};
 use bitnet_tests::procs::{Proc, free_port, wait_for};
 use std::collections::BTreeSet;
 use std::net::TcpStream;
@@ -16,6 +16,31 @@ use std::time::Duration;
 
 pub(crate) fn env_or(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// The ledger's verdict on a finished run: every task of the queue (`all`) is done and in
+/// `snapshot`'s ledger exactly once, the ledger names no other task and holds exactly the done
+/// tasks' tokens. `context` adds to the message when the ledger names an unknown task. Returns
+/// the done tasks' tokens.
+pub(crate) fn check_ledger(
+    all: &[TaskRecord],
+    snapshot: &Snapshot,
+    context: impl Fn() -> String,
+) -> u64 {
+    assert!(all.iter().all(|t| t.state == TaskState::Done), "every task is done: {all:?}");
+    let done_ids: BTreeSet<u64> = all.iter().map(|t| t.id).collect();
+    let done_tokens: u64 = all.iter().map(|t| t.tokens).sum();
+    let mut seen = BTreeSet::new();
+    for e in &snapshot.ledger {
+        assert!(seen.insert(e.task_id), "task {} is in the weights twice", e.task_id);
+    }
+    let lost: Vec<u64> = done_ids.difference(&seen).copied().collect();
+    let foreign: Vec<u64> = seen.difference(&done_ids).copied().collect();
+    assert!(lost.is_empty(), "done tasks missing from the weights: {lost:?}");
+    assert!(foreign.is_empty(), "weights hold tasks the store does not: {foreign:?}{}", context());
+    let ledger_tokens: u64 = snapshot.ledger.iter().map(|e| e.tokens).sum();
+    assert_eq!(ledger_tokens, done_tokens, "tokens in the weights = tokens of the done tasks");
+    done_tokens
 }
 
 /// xorshift64*: enough randomness for kill times, reproducible from `CHAOS_SEED`.
@@ -114,20 +139,8 @@ fn kill_9_the_coordinator_at_random_points_and_nothing_is_lost_or_applied_twice(
     assert!(coord.wait(LIMIT).success(), "coordinator:\n{}", log_of(dir, &last));
 
     let all = tasks(&s);
-    assert!(all.iter().all(|t| t.state == TaskState::Done), "every task is done: {all:?}");
-    let done_ids: BTreeSet<u64> = all.iter().map(|t| t.id).collect();
-    let done_tokens: u64 = all.iter().map(|t| t.tokens).sum();
     let snapshot = newest_snapshot(dir);
-    let mut seen = BTreeSet::new();
-    for e in &snapshot.ledger {
-        assert!(seen.insert(e.task_id), "task {} is in the weights twice", e.task_id);
-    }
-    let lost: Vec<u64> = done_ids.difference(&seen).copied().collect();
-    let foreign: Vec<u64> = seen.difference(&done_ids).copied().collect();
-    assert!(lost.is_empty(), "done tasks missing from the weights: {lost:?}");
-    assert!(foreign.is_empty(), "weights hold tasks the store does not: {foreign:?}");
-    let ledger_tokens: u64 = snapshot.ledger.iter().map(|e| e.tokens).sum();
-    assert_eq!(ledger_tokens, done_tokens, "tokens in the weights = tokens of the done tasks");
+    let done_tokens = check_ledger(&all, &snapshot, String::new);
     let epoch = s.counts().expect("counts").total_tokens;
     assert_eq!(done_tokens, epoch, "the tokens trained are the budget (one epoch)");
     eprintln!(

@@ -9,9 +9,9 @@
 //! CI runs a few kills (`FAILOVER_KILLS`, default 2); `tests/failover.sh` runs 20 and prints the
 //! takeover times. `FAILOVER_SEED` fixes the kill times.
 
-use crate::chaos::{Rng, env_or};
+use crate::chaos::{Rng, check_ledger, env_or};
 use crate::dist_process::{LIMIT, log_of, run_ok};
-use bitnet_framework::coordinator_store::{CoordinatorStore, TaskRecord, TaskState};
+use bitnet_framework::coordinator_store::{CoordinatorStore, TaskRecord};
 use bitnet_framework::store::WeightStore;
 use bitnet_runtime::coordinator::blob::{Snapshot, decode_snapshot};
 use bitnet_store_postgres::test_support::PgServer;
@@ -19,7 +19,6 @@ use bitnet_store_postgres::{PostgresStore, PostgresStoreConfig};
 use bitnet_tests::procs::{Proc, free_port};
 use bitnet_weights_s3::test_support::{ACCESS_KEY, BUCKET, S3Server, SECRET_KEY};
 use bitnet_weights_s3::{AmazonS3Builder, S3StoreConfig, S3WeightStore};
-use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -357,27 +356,17 @@ fn kill_9_the_leader_replica_and_a_follower_takes_over_with_nothing_lost_or_appl
     let _ = current;
 
     let all = tasks(&s);
-    assert!(all.iter().all(|t| t.state == TaskState::Done), "every task is done: {all:?}");
-    let done_ids: BTreeSet<u64> = all.iter().map(|t| t.id).collect();
-    let done_tokens: u64 = all.iter().map(|t| t.tokens).sum();
     let snapshot = run.head_snapshot(&s);
-    let mut seen = BTreeSet::new();
-    for e in &snapshot.ledger {
-        assert!(seen.insert(e.task_id), "task {} is in the weights twice", e.task_id);
-    }
-    let lost: Vec<u64> = done_ids.difference(&seen).copied().collect();
-    let foreign: Vec<u64> = seen.difference(&done_ids).copied().collect();
-    assert!(lost.is_empty(), "done tasks missing from the weights: {lost:?}");
-    assert!(
-        foreign.is_empty(),
-        "weights hold tasks the store does not: {foreign:?} (queue {:?}; the first of them in \
-         the store: {:?}; head version {})",
-        s.counts().expect("counts"),
-        foreign.first().map(|&id| s.task(id)),
-        snapshot.version
-    );
-    let ledger_tokens: u64 = snapshot.ledger.iter().map(|e| e.tokens).sum();
-    assert_eq!(ledger_tokens, done_tokens, "tokens in the weights = tokens of the done tasks");
+    let done_tokens = check_ledger(&all, &snapshot, || {
+        let unknown =
+            snapshot.ledger.iter().map(|e| e.task_id).find(|id| !all.iter().any(|t| t.id == *id));
+        format!(
+            " (queue {:?}; the first of them in the store: {:?}; head version {})",
+            s.counts().expect("counts"),
+            unknown.map(|id| s.task(id)),
+            snapshot.version
+        )
+    });
     assert_eq!(done_tokens, s.counts().expect("counts").total_tokens, "one epoch trained");
     let mut ms: Vec<u128> = takeovers.iter().map(Duration::as_millis).collect();
     ms.sort_unstable();
