@@ -160,6 +160,43 @@ fn a_worker_over_its_log_quota_defers_its_logs_and_keeps_training() {
     server.shutdown();
 }
 
+/// A coordinator that stops normally writes a final snapshot of what it applied since the last
+/// one; an abandoned one (a replica that lost the leader lease) writes nothing more.
+#[test]
+fn an_abandoned_coordinator_writes_no_final_snapshot() {
+    for abandon in [false, true] {
+        let dir = bitnet_tests::temp_dir();
+        let registry = dist::registry();
+        let config = dist::tiny_config(
+            dir.path(),
+            &["coordinator.snapshot_every_updates=1000", "coordinator.snapshot_every_secs=0"],
+        );
+        let c = dist::start_coordinator(&config, &registry, dist::pattern_corpus(1, 256), 0, 256);
+        let server = serve(&config, &registry, &c);
+        let w = dist::add_client(&c, "w1");
+        let report = spawn_worker(&config, &registry, &server.endpoint(), w).join().expect("w1");
+        assert!(report.tasks_accepted > 0, "{report:?}");
+        server.shutdown();
+        let before = c.snapshot_versions().expect("versions");
+        if abandon {
+            c.abandon();
+        } else {
+            c.shutdown();
+        }
+        let after = c.snapshot_versions().expect("versions");
+        if abandon {
+            assert_eq!(after, before, "an abandoned coordinator wrote a snapshot");
+        } else {
+            assert_eq!(
+                after.len(),
+                before.len() + 1,
+                "the final snapshot: {before:?} -> {after:?}"
+            );
+            assert_eq!(after.last().copied(), Some(c.version()), "of the last version");
+        }
+    }
+}
+
 #[test]
 fn diloco_update_lowers_the_loss_on_its_data() {
     let dir = bitnet_tests::temp_dir();

@@ -33,7 +33,7 @@ struct Run {
     prefix: String,
     ports: [u16; 2],
     /// The database server stops when its last handle is dropped.
-    _pg: std::sync::Arc<PgServer>,
+    pg: std::sync::Arc<PgServer>,
 }
 
 fn write_config(dir: &Path, db_url: &str, s3: &str, prefix: &str, corpus: u64) -> String {
@@ -122,7 +122,7 @@ impl Run {
             db_url,
             prefix,
             ports: [free_port(), free_port()],
-            _pg: pg,
+            pg,
         }
     }
 
@@ -361,10 +361,12 @@ fn kill_9_the_leader_replica_and_a_follower_takes_over_with_nothing_lost_or_appl
         let unknown =
             snapshot.ledger.iter().map(|e| e.task_id).find(|id| !all.iter().any(|t| t.id == *id));
         format!(
-            " (queue {:?}; the first of them in the store: {:?}; head version {})",
+            " (queue {:?}; the first of them in the store: {:?}; head version {})\n\
+             PostgreSQL's log:\n{}",
             s.counts().expect("counts"),
             unknown.map(|id| s.task(id)),
-            snapshot.version
+            snapshot.version,
+            run.pg.log_tail(40)
         )
     });
     assert_eq!(done_tokens, s.counts().expect("counts").total_tokens, "one epoch trained");

@@ -163,6 +163,7 @@ fn cpu_has(name: &str) -> bool {
             "avx512vl" => std::is_x86_feature_detected!("avx512vl"),
             "avx512vnni" => std::is_x86_feature_detected!("avx512vnni"),
             "avx512bf16" => std::is_x86_feature_detected!("avx512bf16"),
+            "avxvnni" => std::is_x86_feature_detected!("avxvnni"),
             _ => false,
         }
     }
@@ -260,12 +261,13 @@ pub fn allows(level: IsaLevel) -> bool {
 }
 
 /// The active path in words, for run headers and benchmarks: `"avx512 (vnni, bf16)"`,
-/// `"avx2 (fma)"`, `"neon (dotprod)"` or `"scalar"`, followed by `" [capped; the CPU has avx512]"` when the CPU
+/// `"avx2 (fma)"`, `"avx2 (fma, avx-vnni)"`, `"neon (dotprod)"` or `"scalar"`, followed by `" [capped; the CPU has avx512]"` when the CPU
 /// could do more.
 pub fn describe() -> String {
     let level = cap();
     let mut s = match level {
         IsaLevel::Scalar => "scalar".to_string(),
+        IsaLevel::Avx2 if cpu_has("avxvnni") => "avx2 (fma, avx-vnni)".to_string(),
         IsaLevel::Avx2 => "avx2 (fma)".to_string(),
         IsaLevel::Avx512 => {
             let extras: Vec<&str> = [("avx512vnni", "vnni"), ("avx512bf16", "bf16")]

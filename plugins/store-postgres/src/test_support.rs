@@ -199,6 +199,15 @@ impl PgServer {
         self.port
     }
 
+    /// The last `lines` lines of the server's log (crash-restarts, terminated backends), for
+    /// a failing test's message.
+    pub fn log_tail(&self, lines: usize) -> String {
+        let text = std::fs::read_to_string(self.dir.path().join("server.log"))
+            .unwrap_or_else(|e| format!("(server.log: {e})"));
+        let tail: Vec<&str> = text.lines().rev().take(lines).collect();
+        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+    }
+
     /// Connection URL of database `db`.
     pub fn url(&self, db: &str) -> String {
         format!("postgresql://bitnet@127.0.0.1:{}/{db}", self.port)

@@ -136,6 +136,8 @@ pub struct Coordinator {
     snapshot_version: Arc<AtomicU64>,
     snapshots: Arc<dyn WeightStore>,
     snapshot_thread: Mutex<Option<JoinHandle<()>>>,
+    /// Set by [`Coordinator::abandon`]: the snapshot thread drops what is still queued.
+    abandoned: Arc<AtomicBool>,
     maintenance: Mutex<Option<JoinHandle<()>>>,
     stopping: Arc<AtomicBool>,
     metrics: Metrics,

@@ -150,7 +150,9 @@ impl Coordinator {
         tracing::info!(version, tasks_reset, skipped = skipped.len(), "coordinator recovered");
         let (tx, rx) = mpsc::channel::<SnapshotJob>();
         let snapshot_version = Arc::new(AtomicU64::new(version));
+        let abandoned = Arc::new(AtomicBool::new(false));
         let snapshot_thread = {
+            let abandoned = Arc::clone(&abandoned);
             let snapshots = Arc::clone(&snapshots);
             let done = Arc::clone(&snapshot_version);
             let fp = fingerprint.clone();
@@ -160,6 +162,10 @@ impl Coordinator {
                 .name("bitnet-snapshot".into())
                 .spawn(move || {
                     for job in rx {
+                        if abandoned.load(Ordering::SeqCst) {
+                            tracing::info!(version = job.version, "snapshot dropped: abandoned");
+                            continue;
+                        }
                         let blob = blob::encode_snapshot(
                             job.version,
                             &fp,
@@ -237,6 +243,7 @@ impl Coordinator {
             snapshot_version,
             snapshots,
             snapshot_thread: Mutex::new(Some(snapshot_thread)),
+            abandoned,
             maintenance: Mutex::new(None),
             stopping: Arc::new(AtomicBool::new(false)),
             metrics: Metrics::default(),

@@ -133,8 +133,22 @@ impl Coordinator {
     /// Takes a final snapshot, waits for every queued snapshot to be written and stops the
     /// background threads. Further updates are refused.
     pub fn shutdown(&self) {
+        self.stop(true);
+    }
+
+    /// Stops without writing anything more: no open round applied, no final snapshot, and the
+    /// snapshots still queued are dropped. For a replica that lost the leader lease: its
+    /// store commits are refused already, and a blob it uploaded now would sit in the weight
+    /// store at a version the new leader may reach (which then could not record its own
+    /// snapshot of that version as the head).
+    pub fn abandon(&self) {
+        self.abandoned.store(true, Ordering::SeqCst);
+        self.stop(false);
+    }
+
+    fn stop(&self, finish: bool) {
         let mut applied = None;
-        if let Ok(mut m) = self.model.lock() {
+        if finish && let Ok(mut m) = self.model.lock() {
             // Updates waiting in an open round were computed and their leases held: step them
             // in rather than have them redone.
             if !m.round.is_empty() {

@@ -406,9 +406,10 @@ impl Leading {
 
     /// Stops leading: the coordinator stops (taking its final snapshot while the lease still
     /// holds), then the lease is given up so a follower takes over without waiting for it to
-    /// expire. Returns the stopped coordinator.
+    /// expire. A replica that lost the lease writes nothing more ([`Coordinator::abandon`]).
+    /// Returns the stopped coordinator.
     pub fn stop(self) -> Arc<Coordinator> {
-        let coordinator = self.service.stop();
+        let coordinator = if self.lost() { self.service.abandon() } else { self.service.stop() };
         self.renewer.stop(true, self.store.as_ref(), &self.lease);
         coordinator
     }

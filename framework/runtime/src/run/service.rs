@@ -194,4 +194,12 @@ impl CoordinatorService {
         self.coordinator.shutdown();
         self.coordinator
     }
+
+    /// Stops serving and stops the coordinator without writing anything more
+    /// ([`Coordinator::abandon`]): for a replica that lost the leader lease.
+    pub fn abandon(self) -> Arc<Coordinator> {
+        self.server.shutdown();
+        self.coordinator.abandon();
+        self.coordinator
+    }
 }

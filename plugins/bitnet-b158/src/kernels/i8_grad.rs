@@ -25,8 +25,9 @@
 //! products per `vpdpbusd` against 32 bf16 per `vdpbf16ps`), plus one conversion and one fma per
 //! 32 tokens and output vector, and a quarter of the bytes of the packed `X_q`.
 //!
-//! Paths: [`Isa::Avx512Vnni`] (6 x 32 register tile), [`Isa::Avx2`] (`vpmaddwd` on bytes
-//! widened to 16 bits, 6 x 8 register tile; bit-identical too), on aarch64 [`Isa::NeonDot`]
+//! Paths: [`Isa::Avx512Vnni`] (6 x 32 register tile), [`Isa::Avx2Vnni`] (the 256-bit
+//! `vpdpbusd` of AVX-VNNI, 6 x 8 register tile), [`Isa::Avx2`] (`vpmaddwd` on bytes widened to
+//! 16 bits, 6 x 8 register tile; bit-identical too), on aarch64 [`Isa::NeonDot`]
 //! (`sdot`) and [`Isa::Neon`] (`smull` + `sadalp`), 6 x 8 tiles, bit-identical, and
 //! [`Isa::Scalar`]. Work is split over rows
 //! of `dW` on the current rayon pool and blocked GotoBLAS style: an `A` block of at most [`MC`]
@@ -41,8 +42,8 @@ use rayon::prelude::*;
 use std::cell::RefCell;
 
 /// Paths of the int8 weight gradient.
-pub const I8_GRAD_PATHS: [Isa; 5] =
-    [Isa::Scalar, Isa::Avx2, Isa::Avx512Vnni, Isa::Neon, Isa::NeonDot];
+pub const I8_GRAD_PATHS: [Isa; 6] =
+    [Isa::Scalar, Isa::Avx2, Isa::Avx2Vnni, Isa::Avx512Vnni, Isa::Neon, Isa::NeonDot];
 
 /// Tokens per scale of the quantized `dY / s`.
 pub const BLOCK: usize = 32;
@@ -372,7 +373,9 @@ fn pack_a_best(
         #[cfg(target_arch = "x86_64")]
         // SAFETY: the path was checked available (AVX2 and FMA); the scalar packers compiled
         // for them (the same operations per element, so the same codes, scales and sums).
-        (Isa::Avx2, _) => unsafe { pack_a_avx2(layout, ab, dy, inv_s, dims, rows, blocks) },
+        (Isa::Avx2 | Isa::Avx2Vnni, _) => unsafe {
+            pack_a_avx2(layout, ab, dy, inv_s, dims, rows, blocks)
+        },
         (_, ALayout::DepthMajor) => pack_a(ab, dy, inv_s, dims, rows, blocks),
         (_, ALayout::RowMajor) => pack_a_rows(ab, dy, inv_s, dims, rows, blocks),
     }
@@ -557,7 +560,7 @@ fn pack_b(isa: Isa, x_q: &[i8], m: usize, k: usize, b: &mut [u32]) {
         },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: check_isa verified AVX2 and FMA (the scalar panel, compiled for them).
-        Isa::Avx2 => unsafe { panel_avx2(x_q, m, k, panel * NR, dst) },
+        Isa::Avx2 | Isa::Avx2Vnni => unsafe { panel_avx2(x_q, m, k, panel * NR, dst) },
         _ => pack_b_panel(x_q, m, k, panel * NR, dst),
     });
 }
@@ -592,6 +595,9 @@ pub(crate) fn micro_kernel(isa: Isa, t: I8Tile<'_>) {
         // SAFETY: check_isa verified AVX2 and FMA; the driver passes at most KB blocks, and the
         // tile's slices are in bounds as above.
         Isa::Avx2 => unsafe { super::x86_avx2_i8_grad::kernel_i8_grad_avx2(t) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: check_isa verified AVX2, FMA and AVX-VNNI; the tile is in bounds as above.
+        Isa::Avx2Vnni => unsafe { super::x86_avx2_i8_grad::kernel_i8_grad_avx_vnni(t) },
         #[cfg(target_arch = "aarch64")]
         // SAFETY: check_isa verified NEON and dotprod; the tile is in bounds as above.
         Isa::NeonDot => unsafe { super::neon_i8_grad::kernel_i8_grad_neon_dot(t) },

@@ -106,6 +106,9 @@ pub enum Isa {
     Scalar,
     /// x86-64 AVX2 and FMA.
     Avx2,
+    /// [`Isa::Avx2`] plus AVX-VNNI (`vpdpbusd` on 256-bit registers: Intel client CPUs since
+    /// Alder Lake, Xeons since Sapphire Rapids, AMD since Zen 5). Belongs to the `avx2` level.
+    Avx2Vnni,
     /// x86-64 AVX-512 F, BW and VL.
     Avx512,
     /// [`Isa::Avx512`] plus AVX512_VNNI (`vpdpbusd`).
@@ -121,9 +124,10 @@ pub enum Isa {
 impl Isa {
     /// Every path, in the order kernels prefer them (fastest last; the x86 and aarch64 paths
     /// never both run on one CPU).
-    pub const ALL: [Isa; 7] = [
+    pub const ALL: [Isa; 8] = [
         Isa::Scalar,
         Isa::Avx2,
+        Isa::Avx2Vnni,
         Isa::Avx512,
         Isa::Avx512Vnni,
         Isa::Avx512Bf16,
@@ -135,7 +139,7 @@ impl Isa {
     pub fn level(self) -> IsaLevel {
         match self {
             Isa::Scalar => IsaLevel::Scalar,
-            Isa::Avx2 => IsaLevel::Avx2,
+            Isa::Avx2 | Isa::Avx2Vnni => IsaLevel::Avx2,
             Isa::Avx512 | Isa::Avx512Vnni | Isa::Avx512Bf16 => IsaLevel::Avx512,
             Isa::Neon | Isa::NeonDot => IsaLevel::Neon,
         }
@@ -153,6 +157,8 @@ impl Isa {
             Isa::Scalar => true,
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2 => is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2Vnni => Isa::Avx2.cpu_has() && is_x86_feature_detected!("avxvnni"),
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512 => {
                 is_x86_feature_detected!("avx512f")
@@ -312,7 +318,7 @@ mod tests {
     /// never on x86; every aarch64 CPU has NEON; each path needs its level's features.
     #[test]
     fn paths_follow_the_architecture_and_their_level() {
-        let x86 = [Isa::Avx2, Isa::Avx512, Isa::Avx512Vnni, Isa::Avx512Bf16];
+        let x86 = [Isa::Avx2, Isa::Avx2Vnni, Isa::Avx512, Isa::Avx512Vnni, Isa::Avx512Bf16];
         let arm = [Isa::Neon, Isa::NeonDot];
         assert!(Isa::Scalar.cpu_has());
         if cfg!(target_arch = "aarch64") {
@@ -323,6 +329,9 @@ mod tests {
         }
         if Isa::NeonDot.cpu_has() {
             assert!(Isa::Neon.cpu_has());
+        }
+        if Isa::Avx2Vnni.cpu_has() {
+            assert!(Isa::Avx2.cpu_has());
         }
         for isa in Isa::ALL {
             if isa.cpu_has() {

@@ -5,8 +5,9 @@
 //! input gradient `dX = dY_q . W_q` (`dY` quantised per row to int8; `W_q` is exactly ternary so
 //! only `dY` is rounded).
 //!
-//! Paths: [`Isa::Avx512Vnni`] (`vpdpbusd`, 6 x 64 register tile), [`Isa::Avx2`] (`vpmaddubsw` +
-//! `vpmaddwd`, 2 x 32 tile), on aarch64 [`Isa::NeonDot`] (`sdot`, 4 x 16 tile) and [`Isa::Neon`]
+//! Paths: [`Isa::Avx512Vnni`] (`vpdpbusd`, 6 x 64 register tile), [`Isa::Avx2Vnni`] (the
+//! 256-bit `vpdpbusd` of AVX-VNNI, 2 x 32 tile), [`Isa::Avx2`] (`vpmaddubsw` + `vpmaddwd`, 2 x 32
+//! tile), on aarch64 [`Isa::NeonDot`] (`sdot`, 4 x 16 tile) and [`Isa::Neon`]
 //! (`smlal` + `sadalp`, 2 x 8 tile), and [`Isa::Scalar`]. All give bit-identical integer results; the
 //! dequantising variants compute `y = (acc as f32) * (w_scale / row_scale[m])` on every path, so
 //! they are bit-identical too.
@@ -24,8 +25,8 @@ use rayon::prelude::*;
 use std::cell::RefCell;
 
 /// Paths of the ternary products.
-pub const TERNARY_PATHS: [Isa; 5] =
-    [Isa::Scalar, Isa::Avx2, Isa::Avx512Vnni, Isa::Neon, Isa::NeonDot];
+pub const TERNARY_PATHS: [Isa; 6] =
+    [Isa::Scalar, Isa::Avx2, Isa::Avx2Vnni, Isa::Avx512Vnni, Isa::Neon, Isa::NeonDot];
 
 /// Largest reduction length: keeps `sum x (w + 1)` (at most `256 k` in magnitude) inside i32.
 pub const MAX_K: usize = 1 << 23;
@@ -212,7 +213,7 @@ thread_local! {
 fn tile_rows(isa: Isa) -> usize {
     match isa {
         Isa::Avx512Vnni => 6,
-        Isa::Avx2 | Isa::Neon => 2,
+        Isa::Avx2 | Isa::Avx2Vnni | Isa::Neon => 2,
         _ => 4,
     }
 }
@@ -340,7 +341,9 @@ fn unpack_panel(isa: Isa, packed: &[u8], tiles: &mut [u8]) {
         Isa::Avx512Vnni => unsafe { super::x86_ternary::unpack_panel_avx512(packed, tiles) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above, for AVX2.
-        Isa::Avx2 => unsafe { super::x86_ternary::unpack_panel_avx2(packed, tiles) },
+        Isa::Avx2 | Isa::Avx2Vnni => unsafe {
+            super::x86_ternary::unpack_panel_avx2(packed, tiles)
+        },
         _ => unpack_panel_scalar(packed, tiles),
     }
 }
@@ -354,6 +357,9 @@ fn micro_kernel(isa: Isa, t: &Tile<'_>) {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: check_isa verified AVX2; `t` is in bounds with rows <= 2.
         Isa::Avx2 => unsafe { super::x86_ternary::kernel_avx2(t) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: check_isa verified AVX2 and AVX-VNNI; `t` is in bounds with rows <= 2.
+        Isa::Avx2Vnni => unsafe { super::x86_ternary::kernel_avx_vnni(t) },
         #[cfg(target_arch = "aarch64")]
         // SAFETY: check_isa verified NEON and dotprod; `t` is in bounds with rows <= 4.
         Isa::NeonDot => unsafe { super::neon_ternary::kernel_neon_dot(t) },

@@ -127,3 +127,81 @@ unsafe fn rows_avx2<const R: usize>(t: I8Tile<'_>) {
         }
     }
 }
+
+/// The AVX-VNNI micro-kernel (`vpdpbusd` on 256-bit registers): the tile of
+/// [`kernel_i8_grad_avx2`], with each lane's four-token dot product of the unsigned `X_q + 128`
+/// bytes and the signed codes added straight into int32, as the AVX-512 VNNI kernel does, so no
+/// widening of the codes. Block sums are the same exact integers, combined in the same order:
+/// bit-identical to the scalar twin.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and AVX-VNNI; the tile as for [`kernel_i8_grad_avx2`].
+#[target_feature(enable = "avx2,fma,avxvnni")]
+pub(crate) unsafe fn kernel_i8_grad_avx_vnni(t: I8Tile<'_>) {
+    // SAFETY: forwarded from this function's contract.
+    unsafe {
+        match t.rows {
+            6 => rows_avx_vnni::<6>(t),
+            5 => rows_avx_vnni::<5>(t),
+            4 => rows_avx_vnni::<4>(t),
+            3 => rows_avx_vnni::<3>(t),
+            2 => rows_avx_vnni::<2>(t),
+            1 => rows_avx_vnni::<1>(t),
+            r => unreachable!("the driver never asks for {r} rows"),
+        }
+    }
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,avxvnni")]
+unsafe fn rows_avx_vnni<const R: usize>(t: I8Tile<'_>) {
+    let blocks = t.blocks;
+    assert!((1..=KB).contains(&blocks), "int8 tile block count");
+    assert!(
+        t.a.len() >= (blocks - 1) * t.a_stride + QUADS * MR
+            && t.scales.len() >= (blocks - 1) * t.s_stride + MR
+            && t.inits.len() >= (blocks - 1) * t.s_stride + MR
+            && t.b.len() >= blocks * QUADS * NR,
+        "int8 tile out of bounds"
+    );
+    assert!(t.cols <= NR && t.l0 + t.cols <= t.k && t.out.len() >= R * t.k, "int8 tile output");
+    let (ap, bp) = (t.a.as_ptr(), t.b.as_ptr());
+    for c in (0..t.cols).step_by(8) {
+        let mask = lane_mask_i32(t.cols - c);
+        let mut facc = [_mm256_setzero_ps(); R];
+        if t.accumulate {
+            for (r, f) in facc.iter_mut().enumerate() {
+                // SAFETY: the masked lanes are columns l0 + c .. l0 + min(c + 8, cols) <= k of
+                // row r < R of `out` (asserted above).
+                *f = unsafe { _mm256_maskload_ps(t.out.as_ptr().add(r * t.k + t.l0 + c), mask) };
+            }
+        }
+        for bl in 0..blocks {
+            let mut iacc = [_mm256_setzero_si256(); R];
+            for (r, acc) in iacc.iter_mut().enumerate() {
+                *acc = _mm256_set1_epi32(t.inits[bl * t.s_stride + r]);
+            }
+            for q in 0..QUADS {
+                // SAFETY: lanes (bl * QUADS + q) * 32 + c .. + 8 of `b` (c + 8 <= 32) and lanes
+                // bl * a_stride + q * 6 + r (r < R <= 6) of `a` are in bounds (asserted above);
+                // unaligned loads are allowed.
+                unsafe {
+                    let bv = _mm256_loadu_si256(bp.add((bl * QUADS + q) * NR + c).cast());
+                    let a_q = ap.add(bl * t.a_stride + q * MR);
+                    for (r, acc) in iacc.iter_mut().enumerate() {
+                        let a = _mm256_set1_epi32(*a_q.add(r) as i32);
+                        *acc = _mm256_dpbusd_avx_epi32(*acc, bv, a);
+                    }
+                }
+            }
+            for (r, (f, &acc)) in facc.iter_mut().zip(&iacc).enumerate() {
+                let scale = _mm256_set1_ps(t.scales[bl * t.s_stride + r]);
+                *f = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(acc), *f);
+            }
+        }
+        for (r, &f) in facc.iter().enumerate() {
+            // SAFETY: as the masked load above; `out` is an exclusive borrow.
+            unsafe { _mm256_maskstore_ps(t.out.as_mut_ptr().add(r * t.k + t.l0 + c), mask, f) };
+        }
+    }
+}

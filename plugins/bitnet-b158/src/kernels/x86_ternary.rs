@@ -251,37 +251,114 @@ unsafe fn avx2_rows<const R: usize>(t: &Tile<'_>) {
                 }
             }
         }
-        for (r, acc_r) in acc.iter().enumerate() {
-            let rowsum = _mm256_set1_epi32(t.rowsums[r]);
-            let at_row = (t.row0 + r) * t.n + t.col0;
-            for (v, &acc_rv) in acc_r.iter().enumerate() {
-                let c = c0 + 8 * v;
-                if c >= t.cols {
-                    break;
-                }
-                let valid = (t.cols - c).min(8);
-                let mut lanes = [0i32; 8];
-                // SAFETY: `lanes` holds 8 i32.
+        // SAFETY: the contract of this function covers the half's output rectangle.
+        unsafe { store_half(t, c0, &acc) };
+    }
+}
+
+/// Writes the `R x 32` column sums `acc` of the half starting at column `c0` of the tile to its
+/// sink, less the row-sum correction (the AVX2 kernels' epilogue).
+///
+/// # Safety
+/// `t` is in bounds as for [`kernel_avx2`] and `c0 < t.cols`.
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn store_half<const R: usize>(t: &Tile<'_>, c0: usize, acc: &[[__m256i; 4]; R]) {
+    for (r, acc_r) in acc.iter().enumerate() {
+        let rowsum = _mm256_set1_epi32(t.rowsums[r]);
+        let at_row = (t.row0 + r) * t.n + t.col0;
+        for (v, &acc_rv) in acc_r.iter().enumerate() {
+            let c = c0 + 8 * v;
+            if c >= t.cols {
+                break;
+            }
+            let valid = (t.cols - c).min(8);
+            let mut lanes = [0i32; 8];
+            // SAFETY: `lanes` holds 8 i32.
+            unsafe {
+                _mm256_storeu_si256(lanes.as_mut_ptr().cast(), _mm256_sub_epi32(acc_rv, rowsum))
+            };
+            for (j, &val) in lanes[..valid].iter().enumerate() {
+                // SAFETY: column col0 + c + j < n of row row0 + r < m (the contract); this
+                // task is the only writer.
                 unsafe {
-                    _mm256_storeu_si256(lanes.as_mut_ptr().cast(), _mm256_sub_epi32(acc_rv, rowsum))
-                };
-                for (j, &val) in lanes[..valid].iter().enumerate() {
-                    // SAFETY: column col0 + c + j < n of row row0 + r < m (the contract); this
-                    // task is the only writer.
-                    unsafe {
-                        match t.sink {
-                            Sink::I32(p) => *p.0.add(at_row + c + j) = val,
-                            Sink::F32(p, g) => {
-                                *p.0.add(at_row + c + j) = val as f32 * (g / t.row_scales[r])
-                            }
-                            Sink::F32Add(p, g) => {
-                                *p.0.add(at_row + c + j) += val as f32 * (g / t.row_scales[r])
-                            }
+                    match t.sink {
+                        Sink::I32(p) => *p.0.add(at_row + c + j) = val,
+                        Sink::F32(p, g) => {
+                            *p.0.add(at_row + c + j) = val as f32 * (g / t.row_scales[r])
+                        }
+                        Sink::F32Add(p, g) => {
+                            *p.0.add(at_row + c + j) += val as f32 * (g / t.row_scales[r])
                         }
                     }
                 }
             }
         }
+    }
+}
+
+/// The AVX-VNNI micro-kernel (`vpdpbusd` on 256-bit registers, the VEX form of Alder Lake and
+/// later client CPUs and of Sapphire Rapids): up to 2 rows x one 64-column panel, in two
+/// 32-column halves, like [`kernel_avx2`] but with the four-byte dot products added straight
+/// into int32 (one instruction instead of `vpmaddubsw`, a 16-bit add and the periodic widening).
+///
+/// # Safety
+/// The CPU must support AVX2 and AVX-VNNI; `t` in bounds as for [`kernel_vnni`] with
+/// `1 <= rows <= 2`.
+#[target_feature(enable = "avx2,avxvnni")]
+pub(crate) unsafe fn kernel_avx_vnni(t: &Tile<'_>) {
+    // SAFETY: forwarded from this function's contract.
+    unsafe {
+        match t.rows {
+            2 => avx_vnni_rows::<2>(t),
+            1 => avx_vnni_rows::<1>(t),
+            r => unreachable!("the driver never asks for {r} rows"),
+        }
+    }
+}
+
+#[inline]
+#[target_feature(enable = "avx2,avxvnni")]
+unsafe fn avx_vnni_rows<const R: usize>(t: &Tile<'_>) {
+    let k = t.k;
+    let full = k / GROUP;
+    let groups = k.div_ceil(GROUP);
+    let rows = &t.x[t.row0 * k..(t.row0 + R) * k];
+    assert!(t.tiles.len() >= groups * TILE_BYTES, "panel buffer too small");
+    let tp = t.tiles.as_ptr();
+    let xp = rows.as_ptr();
+    for half in 0..2 {
+        let c0 = 32 * half;
+        if c0 >= t.cols {
+            break;
+        }
+        let mut acc = [[_mm256_setzero_si256(); 4]; R];
+        for g in 0..groups {
+            // SAFETY: group g < groups of the buffer spans 256 bytes, this half is 128 of them;
+            // full groups read 4 in-bounds bytes of each row (see `vnni_rows`).
+            unsafe {
+                let b = tp.add(g * TILE_BYTES + 128 * half);
+                let b = [
+                    _mm256_loadu_si256(b.cast()),
+                    _mm256_loadu_si256(b.add(32).cast()),
+                    _mm256_loadu_si256(b.add(64).cast()),
+                    _mm256_loadu_si256(b.add(96).cast()),
+                ];
+                for (r, acc_r) in acc.iter_mut().enumerate() {
+                    let lane = if g < full {
+                        xp.add(r * k + GROUP * g).cast::<i32>().read_unaligned()
+                    } else {
+                        tail_group(&rows[r * k..(r + 1) * k], full)
+                    };
+                    let a = _mm256_set1_epi32(lane);
+                    for (acc_rv, &bv) in acc_r.iter_mut().zip(&b) {
+                        *acc_rv = _mm256_dpbusd_avx_epi32(*acc_rv, bv, a);
+                    }
+                }
+            }
+        }
+        // SAFETY: the contract of this function covers the half's output rectangle.
+        unsafe { store_half(t, c0, &acc) };
     }
 }
 

@@ -20,11 +20,13 @@
 //! Noise never touches slot words, so the answer is always recoverable from the utterance.
 //!
 //! **Splits.** Every example's *combination* is its template plus its canonical slot values
-//! (or, without slots, its template plus its final utterance). A combination is assigned to
-//! train, validation or test by hashing it with the seed (90/5/5), so the held-out splits consist
-//! of template and slot combinations training never saw, while every template and every slot
-//! value is still seen in training. The generator draws examples until each split has its share
-//! of `count` (90/5/5). The output is byte-identical for the same options.
+//! (or, without slots, its template plus its final utterance); for `cab` (revision 4 on) the
+//! template is the phrasing its pattern was realised as, so a pattern whose slot has one value
+//! still has many combinations. A combination is assigned to train, validation or test by
+//! hashing it with the seed (90/5/5), so the held-out splits consist of template and slot
+//! combinations training never saw, while every template and every slot value is still seen in
+//! training. The generator draws examples until each split has its share of `count` (90/5/5).
+//! The output is byte-identical for the same options.
 
 pub mod cab;
 pub mod pools;
@@ -63,7 +65,7 @@ pub enum CorpusError {
 /// Revision of the `cab` generator's phrasings, recorded in the data directory's manifest: a
 /// corpus an older revision wrote is refused instead of silently reused. Raise it whenever a
 /// change makes `cab` write different examples for the same options.
-pub const CAB_REVISION: u32 = 3;
+pub const CAB_REVISION: u32 = 4;
 
 /// Which generator writes the corpus.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -163,13 +165,18 @@ impl CorpusOptions {
     pub fn examples(&self) -> Result<[Vec<Example>; 3], CorpusError> {
         self.validate()?;
         Ok(match self.generator {
-            Generator::TemplatesV1 => fill_splits(self.count, self.seed, |rng| {
-                let intent = rng.gen_range(0..INTENTS.len());
-                v1::generate_example(rng, intent)
-            }),
+            Generator::TemplatesV1 => fill_splits(
+                self.count,
+                self.seed,
+                |rng| {
+                    let intent = rng.gen_range(0..INTENTS.len());
+                    v1::generate_example(rng, intent)
+                },
+                combination_split,
+            ),
             Generator::Cab => {
                 let share = self.none_share;
-                fill_splits(self.count, self.seed, |rng| cab::draw(rng, share))
+                fill_splits(self.count, self.seed, |rng| cab::draw(rng, share), phrasing_split)
             }
         })
     }
@@ -266,10 +273,28 @@ fn digits(rng: &mut ChaCha8Rng, len: usize) -> String {
     s
 }
 
-/// Which split an example's combination belongs to (0 = train, 1 = validation, 2 = test).
+/// Which split an example's combination belongs to (0 = train, 1 = validation, 2 = test), the
+/// combination being its template index and slots (`templates-v1`, whose output must not
+/// change).
 pub fn combination_split(seed: u64, ex: &Example) -> usize {
     let mut h = Sha256::new();
     h.update(b"truckmate-split-v1");
+    split_of(h, seed, ex)
+}
+
+/// [`combination_split`] with the phrasing in the combination (`cab`): a pattern whose one slot
+/// has a single value (`...give me {pref_shortest}`) has as many combinations as phrasings, so
+/// training sees the pattern; with the pattern index alone, revision 3 held such a pattern out
+/// whole and the generated test split measured the model on a construction it never saw.
+pub fn phrasing_split(seed: u64, ex: &Example) -> usize {
+    let mut h = Sha256::new();
+    h.update(b"truckmate-split-v2");
+    h.update(ex.phrasing.as_bytes());
+    h.update([0]);
+    split_of(h, seed, ex)
+}
+
+fn split_of(mut h: Sha256, seed: u64, ex: &Example) -> usize {
     h.update(seed.to_le_bytes());
     h.update(ex.intent.as_bytes());
     h.update((ex.template as u64).to_le_bytes());
@@ -313,6 +338,7 @@ fn fill_splits(
     count: usize,
     seed: u64,
     mut draw: impl FnMut(&mut ChaCha8Rng) -> Example,
+    split: fn(u64, &Example) -> usize,
 ) -> [Vec<Example>; 3] {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let want = split_sizes(count);
@@ -321,7 +347,7 @@ fn fill_splits(
     // Each held-out split gets ~5% of the draws and needs 5% of `count`: about `count` draws.
     while filled < count {
         let ex = draw(&mut rng);
-        let s = combination_split(seed, &ex);
+        let s = split(seed, &ex);
         if out[s].len() < want[s] {
             out[s].push(ex);
             filled += 1;
