@@ -35,6 +35,21 @@ pub(crate) unsafe fn kernel_i8_grad_avx2(t: I8Tile<'_>) {
     }
 }
 
+/// The bounds both AVX2 kernels rely on: at most `KB` blocks, and the tile's slices long enough
+/// for its blocks, rows and columns.
+fn check_tile(t: &I8Tile<'_>, rows: usize) {
+    let blocks = t.blocks;
+    assert!((1..=KB).contains(&blocks), "int8 tile block count");
+    assert!(
+        t.a.len() >= (blocks - 1) * t.a_stride + QUADS * MR
+            && t.scales.len() >= (blocks - 1) * t.s_stride + MR
+            && t.inits.len() >= (blocks - 1) * t.s_stride + MR
+            && t.b.len() >= blocks * QUADS * NR,
+        "int8 tile out of bounds"
+    );
+    assert!(t.cols <= NR && t.l0 + t.cols <= t.k && t.out.len() >= rows * t.k, "int8 tile output");
+}
+
 /// The mask of the first `rest` (at most 8) 32-bit lanes.
 #[inline]
 #[target_feature(enable = "avx2,fma")]
@@ -48,15 +63,7 @@ fn lane_mask_i32(rest: usize) -> __m256i {
 #[target_feature(enable = "avx2,fma")]
 unsafe fn rows_avx2<const R: usize>(t: I8Tile<'_>) {
     let blocks = t.blocks;
-    assert!((1..=KB).contains(&blocks), "int8 tile block count");
-    assert!(
-        t.a.len() >= (blocks - 1) * t.a_stride + QUADS * MR
-            && t.scales.len() >= (blocks - 1) * t.s_stride + MR
-            && t.inits.len() >= (blocks - 1) * t.s_stride + MR
-            && t.b.len() >= blocks * QUADS * NR,
-        "int8 tile out of bounds"
-    );
-    assert!(t.cols <= NR && t.l0 + t.cols <= t.k && t.out.len() >= R * t.k, "int8 tile output");
+    check_tile(&t, R);
     // The tile's codes split once, eight lanes at a time (six rows used):
     // `[block][quad][even 8, odd 8]`, broadcast from memory below.
     let mut wide = [0u32; 16 * QUADS * KB];
@@ -156,15 +163,7 @@ pub(crate) unsafe fn kernel_i8_grad_avx_vnni(t: I8Tile<'_>) {
 #[target_feature(enable = "avx2,fma,avxvnni")]
 unsafe fn rows_avx_vnni<const R: usize>(t: I8Tile<'_>) {
     let blocks = t.blocks;
-    assert!((1..=KB).contains(&blocks), "int8 tile block count");
-    assert!(
-        t.a.len() >= (blocks - 1) * t.a_stride + QUADS * MR
-            && t.scales.len() >= (blocks - 1) * t.s_stride + MR
-            && t.inits.len() >= (blocks - 1) * t.s_stride + MR
-            && t.b.len() >= blocks * QUADS * NR,
-        "int8 tile out of bounds"
-    );
-    assert!(t.cols <= NR && t.l0 + t.cols <= t.k && t.out.len() >= R * t.k, "int8 tile output");
+    check_tile(&t, R);
     let (ap, bp) = (t.a.as_ptr(), t.b.as_ptr());
     for c in (0..t.cols).step_by(8) {
         let mask = lane_mask_i32(t.cols - c);

@@ -225,20 +225,9 @@ unsafe fn avx2_rows<const R: usize>(t: &Tile<'_>) {
                 // SAFETY: group g < groups of the buffer spans 256 bytes, this half is 128 of
                 // them; full groups read 4 in-bounds bytes of each row (see `vnni_rows`).
                 unsafe {
-                    let b = tp.add(g * TILE_BYTES + 128 * half);
-                    let b = [
-                        _mm256_loadu_si256(b.cast()),
-                        _mm256_loadu_si256(b.add(32).cast()),
-                        _mm256_loadu_si256(b.add(64).cast()),
-                        _mm256_loadu_si256(b.add(96).cast()),
-                    ];
+                    let b = load_half_group(tp, g, half);
                     for (r, acc_r) in acc16.iter_mut().enumerate() {
-                        let lane = if g < full {
-                            xp.add(r * k + GROUP * g).cast::<i32>().read_unaligned()
-                        } else {
-                            tail_group(&rows[r * k..(r + 1) * k], full)
-                        };
-                        let a = _mm256_set1_epi32(lane);
+                        let a = _mm256_set1_epi32(group_lane(rows, xp, k, r, g, full));
                         for (acc_rv, &bv) in acc_r.iter_mut().zip(&b) {
                             *acc_rv = _mm256_add_epi16(*acc_rv, _mm256_maddubs_epi16(bv, a));
                         }
@@ -253,6 +242,41 @@ unsafe fn avx2_rows<const R: usize>(t: &Tile<'_>) {
         }
         // SAFETY: the contract of this function covers the half's output rectangle.
         unsafe { store_half(t, c0, &acc) };
+    }
+}
+
+/// The four 32-byte vectors of half `half` (0 or 1) of group `g` of a panel buffer.
+///
+/// # Safety
+/// The buffer at `tp` holds group `g` (256 bytes from `g * TILE_BYTES`).
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn load_half_group(tp: *const u8, g: usize, half: usize) -> [__m256i; 4] {
+    // SAFETY: the 128 bytes of the half lie inside the group (the contract).
+    unsafe {
+        let b = tp.add(g * TILE_BYTES + 128 * half);
+        [
+            _mm256_loadu_si256(b.cast()),
+            _mm256_loadu_si256(b.add(32).cast()),
+            _mm256_loadu_si256(b.add(64).cast()),
+            _mm256_loadu_si256(b.add(96).cast()),
+        ]
+    }
+}
+
+/// The four activations of group `g` of row `r` of `rows` (`k` each, starting at `xp`) as one
+/// 32-bit lane; the partial last group (`g == full`) zero padded.
+///
+/// # Safety
+/// `xp` is `rows.as_ptr()`, row `r` exists and `g <= full`, so a full group's 4 bytes are in
+/// bounds.
+#[inline(always)]
+unsafe fn group_lane(rows: &[i8], xp: *const i8, k: usize, r: usize, g: usize, full: usize) -> i32 {
+    if g < full {
+        // SAFETY: bytes r k + 4 g .. + 4 lie in row r (the contract); unaligned reads are allowed.
+        unsafe { xp.add(r * k + GROUP * g).cast::<i32>().read_unaligned() }
+    } else {
+        tail_group(&rows[r * k..(r + 1) * k], full)
     }
 }
 
@@ -337,20 +361,9 @@ unsafe fn avx_vnni_rows<const R: usize>(t: &Tile<'_>) {
             // SAFETY: group g < groups of the buffer spans 256 bytes, this half is 128 of them;
             // full groups read 4 in-bounds bytes of each row (see `vnni_rows`).
             unsafe {
-                let b = tp.add(g * TILE_BYTES + 128 * half);
-                let b = [
-                    _mm256_loadu_si256(b.cast()),
-                    _mm256_loadu_si256(b.add(32).cast()),
-                    _mm256_loadu_si256(b.add(64).cast()),
-                    _mm256_loadu_si256(b.add(96).cast()),
-                ];
+                let b = load_half_group(tp, g, half);
                 for (r, acc_r) in acc.iter_mut().enumerate() {
-                    let lane = if g < full {
-                        xp.add(r * k + GROUP * g).cast::<i32>().read_unaligned()
-                    } else {
-                        tail_group(&rows[r * k..(r + 1) * k], full)
-                    };
-                    let a = _mm256_set1_epi32(lane);
+                    let a = _mm256_set1_epi32(group_lane(rows, xp, k, r, g, full));
                     for (acc_rv, &bv) in acc_r.iter_mut().zip(&b) {
                         *acc_rv = _mm256_dpbusd_avx_epi32(*acc_rv, bv, a);
                     }
