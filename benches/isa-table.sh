@@ -3,8 +3,8 @@
 # kernel capped at each path (BITNET_ISA=scalar|avx2|avx512) against the PyTorch reference
 # (../shared/reference/torch_bitnet.py) capped the same way (ATEN_CPU_CAPABILITY for ATen's
 # own kernels, ONEDNN_MAX_CPU_ISA for oneDNN's and MKL_ENABLE_INSTRUCTIONS for MKL's: on an
-# Intel CPU, PyTorch's fp32 matmuls go to MKL, which ignores the other two), and PyTorch's best CPU configuration (torch.compile + bf16 autocast), in
-# alternating passes on one machine. Only ratios of the same pass mean anything on a machine whose
+# Intel CPU, PyTorch's fp32 matmuls go to MKL, which ignores the other two), and PyTorch's best
+# CPU configuration (torch.compile + bf16 autocast), in alternating passes on one machine. Only ratios of the same pass mean anything on a machine whose
 # speed drifts; run it on a quiet one.
 #
 #   benches/isa-table.sh [PASSES] [OUT_DIR]     (defaults: 2, runs/isa-table)
@@ -65,11 +65,6 @@ def key(r):
     label = dict(kv.split("=", 1) for kv in r.get("label", "").split() if "=" in kv)
     extra = " ".join(w for w in r.get("label", "").split() if "=" not in w)
     return label, extra
-def tps(r):
-    for k in ("tokens_per_sec", "tok_per_s", "tokens_per_s"):
-        if k in r:
-            return float(r[k])
-    raise KeyError(f"no tokens/s field in {sorted(r)}")
 table = {}
 for r in rows:
     label, extra = key(r)
@@ -77,7 +72,7 @@ for r in rows:
     name = f"bitnet {label.get('isa')}" if label.get("tool") == "bitnet" else \
         f"torch {label.get('cap')}{' ' + extra if extra else ''}"
     threads = r.get("threads")
-    table.setdefault((preset, threads), {}).setdefault(name, {})[label.get("pass")] = tps(r)
+    table.setdefault((preset, threads), {}).setdefault(name, {})[label.get("pass")] = float(r["tokens_per_s"])
 print("| preset b8, threads | run | " + " | ".join(f"pass {p}" for p in sorted({p for c in table.values() for n in c.values() for p in n})) + " |")
 for (preset, threads), runs in sorted(table.items(), key=lambda kv: (str(kv[0][0]), str(kv[0][1]))):
     for name, by_pass in sorted(runs.items()):

@@ -1,7 +1,7 @@
 //! End to end with processes: `bitnet coordinator` and `bitnet worker` on 127.0.0.1 with the
 //! tiny preset, HTTP, SQLite and the fs weight store.
 
-use bitnet_framework::coordinator_store::{CoordinatorStore, TaskRecord, TaskState};
+use bitnet_framework::coordinator_store::{CoordinatorStore, TaskQuery, TaskRecord, TaskState};
 use bitnet_store_sqlite::SqliteStore;
 use bitnet_tests::procs::{Proc, free_port, wait_for};
 use std::path::Path;
@@ -76,8 +76,12 @@ pub(crate) fn store(dir: &Path) -> SqliteStore {
     SqliteStore::open(&dir.join("run/coordinator.sqlite"), Duration::from_secs(10)).expect("store")
 }
 
-pub(crate) fn tasks(s: &SqliteStore) -> Vec<TaskRecord> {
-    (1..100_000).map_while(|id| s.task(id).expect("task")).collect()
+/// Every task of the queue, in id order: one page of the store's own listing (ids may have
+/// gaps, e.g. PostgreSQL's after a rolled-back claim, so they are not scanned one by one).
+pub(crate) fn tasks(s: &(impl CoordinatorStore + ?Sized)) -> Vec<TaskRecord> {
+    let page = s.list_tasks(&TaskQuery { limit: 1_000_000, ..Default::default() }).expect("tasks");
+    assert_eq!(page.tasks.len() as u64, page.total, "one page holds the whole queue");
+    page.tasks
 }
 
 pub(crate) fn setup(dir: &Path, port: u16, corpus_count: usize) -> String {

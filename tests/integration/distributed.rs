@@ -85,7 +85,7 @@ pub(crate) fn upload_of(task: &TaskSpec, payload: Vec<u8>) -> UpdateUpload {
 }
 
 fn all_tasks(c: &Coordinator) -> Vec<bitnet_framework::coordinator_store::TaskRecord> {
-    (1..10_000).map_while(|id| c.store().task(id).expect("task")).collect()
+    crate::dist_process::tasks(c.store().as_ref())
 }
 
 /// Every version 1..=current was made by one round of one or more Done tasks, and every

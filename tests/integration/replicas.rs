@@ -10,8 +10,8 @@
 //! takeover times. `FAILOVER_SEED` fixes the kill times.
 
 use crate::chaos::{Rng, check_ledger, env_or};
-use crate::dist_process::{LIMIT, log_of, run_ok};
-use bitnet_framework::coordinator_store::{CoordinatorStore, TaskRecord};
+use crate::dist_process::{LIMIT, log_of, run_ok, tasks};
+use bitnet_framework::coordinator_store::CoordinatorStore;
 use bitnet_framework::store::WeightStore;
 use bitnet_runtime::coordinator::blob::{Snapshot, decode_snapshot};
 use bitnet_store_postgres::test_support::PgServer;
@@ -233,32 +233,6 @@ fn wait_or_logs<T>(dir: &Path, what: &str, mut f: impl FnMut() -> Option<T>) -> 
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-}
-
-/// Every task of the queue. Ids may have gaps (PostgreSQL draws them from a sequence, and a
-/// transaction that rolls back after drawing leaves its ids unused), so this reads ids until it
-/// has found as many tasks as the queue counts.
-fn tasks(s: &PostgresStore) -> Vec<TaskRecord> {
-    let c = s.counts().expect("counts");
-    let want = (c.pending + c.assigned + c.done + c.failed) as usize;
-    let mut found = Vec::with_capacity(want);
-    // Gaps are rare (a claim that splits a task and does not commit): a few per kill at most.
-    let last_id = want as u64 * 2 + 1_000;
-    for id in 1..=last_id {
-        if found.len() == want {
-            break;
-        }
-        if let Some(t) = s.task(id).expect("task") {
-            found.push(t);
-        }
-    }
-    assert_eq!(
-        found.len(),
-        want,
-        "the queue counts {want} tasks; ids 1 to {last_id} hold {}",
-        found.len()
-    );
-    found
 }
 
 #[test]

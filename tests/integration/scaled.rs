@@ -4,8 +4,8 @@
 //! killed mid-run and restarted; the queue and the snapshots in the services must show nothing
 //! lost and nothing applied twice.
 
-use super::dist_process::{LIMIT, log_of, write_config};
-use bitnet_framework::coordinator_store::{CoordinatorStore, TaskRecord, TaskState};
+use super::dist_process::{LIMIT, log_of, tasks, write_config};
+use bitnet_framework::coordinator_store::{CoordinatorStore, TaskState};
 use bitnet_framework::store::WeightStore;
 use bitnet_store_postgres::test_support::PgServer;
 use bitnet_store_postgres::{PostgresStore, PostgresStoreConfig};
@@ -20,10 +20,6 @@ const ENV: [(&str, &str); 2] =
 fn run_ok(dir: &Path, name: &str, args: &[&str]) {
     let status = Proc::start_with_env(name, dir, args, &ENV).wait(LIMIT);
     assert!(status.success(), "bitnet {args:?} failed:\n{}", log_of(dir, name));
-}
-
-fn tasks(s: &PostgresStore) -> Vec<TaskRecord> {
-    (1..100_000).map_while(|id| s.task(id).expect("task")).collect()
 }
 
 #[test]
