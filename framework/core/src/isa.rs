@@ -4,7 +4,7 @@
 //! one [`IsaLevel`] for the whole process, like `ATEN_CPU_CAPABILITY` in PyTorch or
 //! `ONEDNN_MAX_CPU_ISA` in oneDNN, so every path can be run (and tested, and measured) on one
 //! machine. The cap comes from the `BITNET_ISA` environment variable (`auto`, `scalar`, `avx2`,
-//! `avx512` or, on aarch64, `neon`) and from a plugin option; [`resolve`] combines them (the lower one wins) and
+//! `avx512`, `amx` or, on aarch64, `neon`) and from a plugin option; [`resolve`] combines them (the lower one wins) and
 //! refuses a level this CPU lacks, naming the missing features, and [`set_cap`] makes it the
 //! process's cap. A process that never sets it reads `BITNET_ISA` on first use.
 //!
@@ -28,14 +28,18 @@ pub enum IsaLevel {
     Avx2,
     /// x86-64 AVX-512 F, BW and VL (kernels also use VNNI and BF16 where the CPU has them).
     Avx512,
+    /// [`IsaLevel::Avx512`] plus Intel AMX tiles with bf16 and int8 products (Xeons since
+    /// Sapphire Rapids), on an OS that lets the process use the tile registers (Linux grants them on
+    /// request, see [`amx_usable`]).
+    Amx,
     /// aarch64 Advanced SIMD (kernels also use the `dotprod` extension where the CPU has it).
     Neon,
 }
 
 impl IsaLevel {
     /// Every level, lowest first.
-    pub const ALL: [IsaLevel; 4] =
-        [IsaLevel::Scalar, IsaLevel::Avx2, IsaLevel::Avx512, IsaLevel::Neon];
+    pub const ALL: [IsaLevel; 5] =
+        [IsaLevel::Scalar, IsaLevel::Avx2, IsaLevel::Avx512, IsaLevel::Amx, IsaLevel::Neon];
 
     /// The name `BITNET_ISA` and the plugin options use.
     pub fn name(self) -> &'static str {
@@ -43,6 +47,7 @@ impl IsaLevel {
             IsaLevel::Scalar => "scalar",
             IsaLevel::Avx2 => "avx2",
             IsaLevel::Avx512 => "avx512",
+            IsaLevel::Amx => "amx",
             IsaLevel::Neon => "neon",
         }
     }
@@ -53,6 +58,9 @@ impl IsaLevel {
             IsaLevel::Scalar => &[],
             IsaLevel::Avx2 => &["avx2", "fma"],
             IsaLevel::Avx512 => &["avx512f", "avx512bw", "avx512vl"],
+            IsaLevel::Amx => {
+                &["avx512f", "avx512bw", "avx512vl", "amx-tile", "amx-bf16", "amx-int8"]
+            }
             IsaLevel::Neon => &["neon"],
         }
     }
@@ -135,7 +143,8 @@ impl fmt::Display for IsaError {
             IsaError::Unknown(s) => {
                 write!(
                     f,
-                    "unknown instruction set {s:?}: expected auto, scalar, avx2, avx512 or neon"
+                    "unknown instruction set {s:?}: expected auto, scalar, avx2, avx512, amx or \
+                     neon"
                 )
             }
             IsaError::Unsupported { source, level, missing } => write!(
@@ -164,6 +173,7 @@ fn cpu_has(name: &str) -> bool {
             "avx512vnni" => std::is_x86_feature_detected!("avx512vnni"),
             "avx512bf16" => std::is_x86_feature_detected!("avx512bf16"),
             "avxvnni" => std::is_x86_feature_detected!("avxvnni"),
+            "amx-tile" | "amx-bf16" | "amx-int8" => amx_usable() && amx_cpuid(name),
             _ => false,
         }
     }
@@ -180,6 +190,66 @@ fn cpu_has(name: &str) -> bool {
         let _ = name;
         false
     }
+}
+
+/// Whether the CPU reports the AMX feature `name` (CPUID leaf 7: EDX bit 22 AMX-BF16, 24
+/// AMX-TILE, 25 AMX-INT8). `is_x86_feature_detected!` does not take the AMX names on stable
+/// Rust yet, so the bits are read here.
+/// The register is read once: CPUID is slow (a virtual machine traps it to the hypervisor)
+/// and kernels check their path on every call.
+#[cfg(target_arch = "x86_64")]
+fn amx_cpuid(name: &str) -> bool {
+    static EDX: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    // SAFETY: CPUID exists on every x86-64 CPU; leaf 7 reads as zeros where unsupported.
+    #[allow(unused_unsafe)]
+    let edx = *EDX.get_or_init(|| unsafe { std::arch::x86_64::__cpuid_count(7, 0) }.edx);
+    let bit = match name {
+        "amx-bf16" => 22,
+        "amx-tile" => 24,
+        "amx-int8" => 25,
+        _ => return false,
+    };
+    edx & (1 << bit) != 0
+}
+
+/// Whether this process may use the AMX tile registers: the CPU has AMX-TILE and the OS
+/// granted the process the tile data state. Linux (5.16 and later) hands the state out only
+/// on request, `arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)`; this makes the request
+/// once per process (the grant covers every thread) and remembers the answer. Other systems:
+/// no.
+pub fn amx_usable() -> bool {
+    static USABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *USABLE.get_or_init(|| {
+        #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+        {
+            if !amx_cpuid("amx-tile") {
+                return false;
+            }
+            const SYS_ARCH_PRCTL: usize = 158;
+            const ARCH_REQ_XCOMP_PERM: usize = 0x1023;
+            const XFEATURE_XTILEDATA: usize = 18;
+            let ret: isize;
+            // A raw system call: this crate is std-only and std has no wrapper for
+            // arch_prctl. SAFETY: arch_prctl with ARCH_REQ_XCOMP_PERM only changes this
+            // process's permitted XSAVE features; `syscall` clobbers rcx and r11.
+            unsafe {
+                std::arch::asm!(
+                    "syscall",
+                    inlateout("rax") SYS_ARCH_PRCTL as isize => ret,
+                    in("rdi") ARCH_REQ_XCOMP_PERM,
+                    in("rsi") XFEATURE_XTILEDATA,
+                    lateout("rcx") _,
+                    lateout("r11") _,
+                    options(nostack),
+                );
+            }
+            ret == 0
+        }
+        #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+        {
+            false
+        }
+    })
 }
 
 /// The best level this CPU runs.
@@ -281,6 +351,7 @@ pub fn describe() -> String {
                 format!("avx512 ({})", extras.join(", "))
             }
         }
+        IsaLevel::Amx => "amx (avx512 vnni, bf16; amx-bf16, amx-int8 tiles)".to_string(),
         IsaLevel::Neon if cpu_has("dotprod") => "neon (dotprod)".to_string(),
         IsaLevel::Neon => "neon".to_string(),
     };
@@ -326,6 +397,9 @@ mod tests {
         }
         if IsaLevel::Avx512.is_supported() {
             assert!(IsaLevel::Avx2.is_supported());
+        }
+        if IsaLevel::Amx.is_supported() {
+            assert!(IsaLevel::Avx512.is_supported() && amx_usable());
         }
         assert_eq!(check(IsaChoice::Auto, "test"), Ok(best));
     }

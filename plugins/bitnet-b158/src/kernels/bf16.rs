@@ -15,7 +15,8 @@
 //! additions differs from it by at most that bound. (On the Zen 4 development machine the two
 //! paths were bit-identical.)
 //!
-//! Paths: [`Isa::Avx512Bf16`] (`vdpbf16ps`, 6 x 64 register tile), [`Isa::Avx2`] (the pairs
+//! Paths: [`Isa::Avx512Amx`] (`tdpbf16ps` on AMX tiles, 32 x 32 register blocks, see
+//! `x86_amx.rs`), [`Isa::Avx512Bf16`] (`vdpbf16ps`, 6 x 64 register tile), [`Isa::Avx2`] (the pairs
 //! widened to fp32 and multiplied-added in the same order with FMA, 6 x 16 register tile; it
 //! keeps denormal sums the twin flushes, at most `2 * m * 2^-126` apart), [`Isa::Neon`] (the
 //! same widening with `fmla` on aarch64, 6 x 16 register tile; the same bound) and
@@ -30,7 +31,8 @@ use rayon::prelude::*;
 use std::cell::RefCell;
 
 /// Paths of the bf16 weight gradient.
-pub const BF16_PATHS: [Isa; 4] = [Isa::Scalar, Isa::Avx2, Isa::Avx512Bf16, Isa::Neon];
+pub const BF16_PATHS: [Isa; 5] =
+    [Isa::Scalar, Isa::Avx2, Isa::Avx512Bf16, Isa::Avx512Amx, Isa::Neon];
 
 /// Columns of `dW` per panel (four vectors of 16 fp32 lanes).
 pub(crate) const NR: usize = 64;
@@ -246,7 +248,9 @@ mod tests {
         // row block (MC rows of `dW`).
         let small = (1usize..30, 1usize..20, 1usize..140);
         let blocked = (4 * KC - 3..6 * KC + 9, MC - 5..MC + 20, 1usize..24);
-        prop_oneof![3 => small, 1 => blocked].prop_flat_map(|(m, n, k)| {
+        // Whole and ragged 32 x 32 blocks of the AMX path, depths across its 16-pair chunks.
+        let tiles = (20usize..200, 30usize..100, 30usize..100);
+        prop_oneof![3 => small, 1 => blocked, 1 => tiles].prop_flat_map(|(m, n, k)| {
             (
                 Just(m),
                 Just(n),

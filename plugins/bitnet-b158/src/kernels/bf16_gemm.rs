@@ -213,8 +213,8 @@ fn pack_b(isa: Isa, b: StridedF32<'_>, depth: usize, cols: usize, dst: &mut [u32
     let pairs = depth.div_ceil(2);
     dst.par_chunks_mut(pairs * NR).enumerate().for_each(|(panel, dst)| match isa {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: check_isa verified AVX-512 BF16 (with F/BW/VL).
-        Isa::Avx512Bf16 => unsafe { panel_avx512(b, depth, cols, panel, dst) },
+        // SAFETY: check_isa verified AVX-512 BF16 with F/BW/VL (the AMX path implies it).
+        Isa::Avx512Bf16 | Isa::Avx512Amx => unsafe { panel_avx512(b, depth, cols, panel, dst) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: check_isa verified AVX2 and FMA.
         Isa::Avx2 => unsafe { panel_avx2(b, depth, cols, panel, dst) },
@@ -298,7 +298,9 @@ mod tests {
         // Small shapes, and shapes past one depth block (KC pairs) and one row block (MC rows).
         let small = (1usize..20, 1usize..140, 1usize..40);
         let blocked = (MC - 5..MC + 20, 1usize..24, 2 * KC - 3..3 * KC + 9);
-        (prop_oneof![3 => small, 1 => blocked], 0u8..4).prop_flat_map(
+        // Whole and ragged 32 x 32 blocks of the AMX path, depths across its 16-pair chunks.
+        let tiles = (30usize..100, 30usize..140, 20usize..200);
+        (prop_oneof![3 => small, 1 => blocked, 1 => tiles], 0u8..4).prop_flat_map(
             |((rows, cols, depth), lay)| {
                 (
                     Just(rows),

@@ -76,7 +76,9 @@ impl Bf16Lane for f32 {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: the driver only runs a path check_isa accepted (AVX-512 BF16 with F/BW/VL);
             // `dst` holds the block's `rn.div_ceil(MR) * pc * MR` lanes.
-            Isa::Avx512Bf16 => unsafe { super::x86_bf16::pack_a_output_rows_f32(dst, dims, row) },
+            Isa::Avx512Bf16 | Isa::Avx512Amx => unsafe {
+                super::x86_bf16::pack_a_output_rows_f32(dst, dims, row)
+            },
             _ => pack_a_output_rows(dst, dims, row),
         }
     }
@@ -114,6 +116,11 @@ pub(crate) fn run_blocked(
     debug_assert_eq!(b.len(), cols.div_ceil(NR) * pairs * NR);
     if rows == 0 || cols == 0 || pairs == 0 {
         return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512Amx {
+        let dims = (rows, cols, pairs);
+        return super::x86_amx::run_blocked_amx(c, dims, b, accumulate, tasks_per_thread, pack_a);
     }
     let panels = cols.div_ceil(NR);
     let task = |out: &mut [f32], j0: usize| {

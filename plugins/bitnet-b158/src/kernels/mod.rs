@@ -71,6 +71,8 @@ mod x86_attention;
 #[cfg(target_arch = "x86_64")]
 mod x86_attention_rows;
 #[cfg(target_arch = "x86_64")]
+mod x86_amx;
+#[cfg(target_arch = "x86_64")]
 mod x86_avx2_attention;
 #[cfg(target_arch = "x86_64")]
 mod x86_avx2_bf16;
@@ -115,6 +117,10 @@ pub enum Isa {
     Avx512Vnni,
     /// [`Isa::Avx512`] plus AVX512_BF16 (`vdpbf16ps`).
     Avx512Bf16,
+    /// [`Isa::Avx512Bf16`] and [`Isa::Avx512Vnni`] plus Intel AMX tiles with bf16 and int8
+    /// products (`tdpbf16ps`, `tdpbsud`), where the OS lets the process use them. Belongs to
+    /// the `amx` level.
+    Avx512Amx,
     /// aarch64 Advanced SIMD (NEON), which every aarch64 CPU has.
     Neon,
     /// [`Isa::Neon`] plus the `dotprod` extension (`sdot`, Armv8.2 and later).
@@ -124,13 +130,14 @@ pub enum Isa {
 impl Isa {
     /// Every path, in the order kernels prefer them (fastest last; the x86 and aarch64 paths
     /// never both run on one CPU).
-    pub const ALL: [Isa; 8] = [
+    pub const ALL: [Isa; 9] = [
         Isa::Scalar,
         Isa::Avx2,
         Isa::Avx2Vnni,
         Isa::Avx512,
         Isa::Avx512Vnni,
         Isa::Avx512Bf16,
+        Isa::Avx512Amx,
         Isa::Neon,
         Isa::NeonDot,
     ];
@@ -141,6 +148,7 @@ impl Isa {
             Isa::Scalar => IsaLevel::Scalar,
             Isa::Avx2 | Isa::Avx2Vnni => IsaLevel::Avx2,
             Isa::Avx512 | Isa::Avx512Vnni | Isa::Avx512Bf16 => IsaLevel::Avx512,
+            Isa::Avx512Amx => IsaLevel::Amx,
             Isa::Neon | Isa::NeonDot => IsaLevel::Neon,
         }
     }
@@ -169,6 +177,12 @@ impl Isa {
             Isa::Avx512Vnni => Isa::Avx512.cpu_has() && is_x86_feature_detected!("avx512vnni"),
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512Bf16 => Isa::Avx512.cpu_has() && is_x86_feature_detected!("avx512bf16"),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512Amx => {
+                Isa::Avx512Bf16.cpu_has()
+                    && Isa::Avx512Vnni.cpu_has()
+                    && IsaLevel::Amx.is_supported()
+            }
             #[cfg(target_arch = "aarch64")]
             Isa::Neon => std::arch::is_aarch64_feature_detected!("neon"),
             #[cfg(target_arch = "aarch64")]
@@ -318,7 +332,14 @@ mod tests {
     /// never on x86; every aarch64 CPU has NEON; each path needs its level's features.
     #[test]
     fn paths_follow_the_architecture_and_their_level() {
-        let x86 = [Isa::Avx2, Isa::Avx2Vnni, Isa::Avx512, Isa::Avx512Vnni, Isa::Avx512Bf16];
+        let x86 = [
+            Isa::Avx2,
+            Isa::Avx2Vnni,
+            Isa::Avx512,
+            Isa::Avx512Vnni,
+            Isa::Avx512Bf16,
+            Isa::Avx512Amx,
+        ];
         let arm = [Isa::Neon, Isa::NeonDot];
         assert!(Isa::Scalar.cpu_has());
         if cfg!(target_arch = "aarch64") {
@@ -332,6 +353,9 @@ mod tests {
         }
         if Isa::Avx2Vnni.cpu_has() {
             assert!(Isa::Avx2.cpu_has());
+        }
+        if Isa::Avx512Amx.cpu_has() {
+            assert!(Isa::Avx512Bf16.cpu_has());
         }
         for isa in Isa::ALL {
             if isa.cpu_has() {

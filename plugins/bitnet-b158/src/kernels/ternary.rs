@@ -5,7 +5,8 @@
 //! input gradient `dX = dY_q . W_q` (`dY` quantised per row to int8; `W_q` is exactly ternary so
 //! only `dY` is rounded).
 //!
-//! Paths: [`Isa::Avx512Vnni`] (`vpdpbusd`, 6 x 64 register tile), [`Isa::Avx2Vnni`] (the
+//! Paths: [`Isa::Avx512Amx`] (`tdpbsud` on AMX tiles, 32 x 32 register blocks, see
+//! `x86_amx.rs`), [`Isa::Avx512Vnni`] (`vpdpbusd`, 6 x 64 register tile), [`Isa::Avx2Vnni`] (the
 //! 256-bit `vpdpbusd` of AVX-VNNI, 2 x 32 tile), [`Isa::Avx2`] (`vpmaddubsw` + `vpmaddwd`, 2 x 32
 //! tile), on aarch64 [`Isa::NeonDot`] (`sdot`, 4 x 16 tile) and [`Isa::Neon`]
 //! (`smlal` + `sadalp`, 2 x 8 tile), and [`Isa::Scalar`]. All give bit-identical integer results; the
@@ -25,8 +26,15 @@ use rayon::prelude::*;
 use std::cell::RefCell;
 
 /// Paths of the ternary products.
-pub const TERNARY_PATHS: [Isa; 6] =
-    [Isa::Scalar, Isa::Avx2, Isa::Avx2Vnni, Isa::Avx512Vnni, Isa::Neon, Isa::NeonDot];
+pub const TERNARY_PATHS: [Isa; 7] = [
+    Isa::Scalar,
+    Isa::Avx2,
+    Isa::Avx2Vnni,
+    Isa::Avx512Vnni,
+    Isa::Avx512Amx,
+    Isa::Neon,
+    Isa::NeonDot,
+];
 
 /// Largest reduction length: keeps `sum x (w + 1)` (at most `256 k` in magnitude) inside i32.
 pub const MAX_K: usize = 1 << 23;
@@ -202,6 +210,8 @@ struct Line([u8; 64]);
 struct Scratch {
     lines: Vec<Line>,
     rowsums: Vec<i32>,
+    /// The AMX path's zero-padded copy of the task's activations.
+    padded: Vec<i8>,
 }
 
 thread_local! {
@@ -213,6 +223,8 @@ thread_local! {
 fn tile_rows(isa: Isa) -> usize {
     match isa {
         Isa::Avx512Vnni => 6,
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512Amx => super::x86_amx::GROUP,
         Isa::Avx2 | Isa::Avx2Vnni | Isa::Neon => 2,
         _ => 4,
     }
@@ -255,8 +267,9 @@ fn drive(
         }
         SCRATCH.with(|cell| {
             let mut scratch = cell.borrow_mut();
-            let Scratch { lines, rowsums } = &mut *scratch;
-            let need = w.groups() * TILE_BYTES / 64;
+            let Scratch { lines, rowsums, padded } = &mut *scratch;
+            // The AMX path reads whole 16-group chunks of the panel.
+            let need = w.groups().next_multiple_of(16) * TILE_BYTES / 64;
             if lines.len() < need {
                 lines.resize(need, Line([0; 64]));
             }
@@ -268,6 +281,41 @@ fn drive(
             let xr = &x[rows.start * k..rows.end * k];
             rowsums.extend(xr.chunks_exact(k.max(1)).map(|row| row_sum(isa, row)));
             rowsums.resize(rows.len(), 0);
+            #[cfg(target_arch = "x86_64")]
+            if isa == Isa::Avx512Amx {
+                let kpad = k.next_multiple_of(64);
+                padded.clear();
+                padded.resize(rows.len().next_multiple_of(super::x86_amx::GROUP) * kpad, 0);
+                for (dst, row) in padded.chunks_exact_mut(kpad).zip(xr.chunks_exact(k.max(1))) {
+                    dst[..k].copy_from_slice(row);
+                }
+                // SAFETY: check_isa verified the AMX path is available; the task runs no
+                // parallel work while it holds the tiles.
+                let _tiles = unsafe { super::x86_amx::configure_tiles() };
+                for panel in panel_range {
+                    unpack_panel(isa, w.packed_panel(panel), tiles);
+                    let col0 = panel * PANEL;
+                    let panel = super::x86_amx::TernaryPanel {
+                        tiles,
+                        a: padded,
+                        kpad,
+                        row0: rows.start,
+                        rows: rows.len(),
+                        rowsums,
+                        row_scales: if row_scales.is_empty() { &[] } else { &row_scales[rows.clone()] },
+                        col0,
+                        cols: (n - col0).min(PANEL),
+                        n,
+                        sink,
+                    };
+                    // SAFETY: tiles configured above; `padded` holds the task's rows rounded
+                    // up to 32 at `kpad` bytes, `tiles` `need` lines >= kpad / 4 * 256 bytes,
+                    // and the output rectangle is this task's alone.
+                    unsafe { super::x86_amx::ternary_panel(&panel) };
+                }
+                return;
+            }
+            let _ = &padded;
             for panel in panel_range {
                 unpack_panel(isa, w.packed_panel(panel), tiles);
                 let col0 = panel * PANEL;
@@ -312,7 +360,7 @@ fn row_sum(isa: Isa, row: &[i8]) -> i32 {
     match isa {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: the driver only runs a path check_isa accepted (VNNI implies F/BW).
-        Isa::Avx512Vnni => unsafe { super::x86_ternary::row_sum_avx512(row) },
+        Isa::Avx512Vnni | Isa::Avx512Amx => unsafe { super::x86_ternary::row_sum_avx512(row) },
         _ => row_sum_scalar(row),
     }
 }
@@ -338,7 +386,9 @@ fn unpack_panel(isa: Isa, packed: &[u8], tiles: &mut [u8]) {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: the driver only runs a path check_isa accepted; `tiles` holds at least
         // `groups * 256` bytes for the `groups * 64` packed bytes.
-        Isa::Avx512Vnni => unsafe { super::x86_ternary::unpack_panel_avx512(packed, tiles) },
+        Isa::Avx512Vnni | Isa::Avx512Amx => unsafe {
+            super::x86_ternary::unpack_panel_avx512(packed, tiles)
+        },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above, for AVX2.
         Isa::Avx2 | Isa::Avx2Vnni => unsafe {
@@ -456,7 +506,9 @@ mod tests {
     }
 
     fn case() -> impl Strategy<Value = (usize, usize, usize, Vec<i8>, Vec<i8>, Vec<f32>)> {
-        (1usize..40, 1usize..140, 1usize..150).prop_flat_map(|(m, k, n)| {
+        // Small shapes, and several 32-row groups of the AMX path (row tasks on 3 threads).
+        let rows = prop_oneof![3 => 1usize..40, 1 => 60usize..200];
+        (rows, 1usize..140, 1usize..150).prop_flat_map(|(m, k, n)| {
             (
                 Just(m),
                 Just(k),
