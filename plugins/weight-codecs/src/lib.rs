@@ -18,6 +18,7 @@ use bitnet_framework::weights::{
     FP32, WeightCodec, Weights, WeightsError, check_params, f32_bytes, ternary,
 };
 use bitnet_framework::{BuildContext, register_plugin};
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
 
@@ -84,34 +85,41 @@ impl WeightCodec for TernaryWeights {
     ) -> Result<Vec<u8>, WeightsError> {
         check_params(layout, params)?;
         check_names(layout)?;
-        let mut tensors = Vec::with_capacity(layout.tensors().len() * 2);
-        for (spec, range) in layout.iter() {
-            let values = &params[range];
-            if spec.role == TensorRole::BitLinear {
-                let mut packed = Vec::new();
-                let g = ternary::quantize_packed(values, &mut packed);
-                tensors.push(ContainerTensor {
-                    name: spec.name.clone(),
-                    dtype: Dtype::U8,
-                    shape: vec![packed.len()],
-                    data: Cow::Owned(packed),
-                });
-                tensors.push(ContainerTensor {
-                    name: format!("{}{SCALE_SUFFIX}", spec.name),
-                    dtype: Dtype::F32,
-                    shape: vec![1],
-                    data: Cow::Owned(g.to_le_bytes().to_vec()),
-                });
-            } else {
-                tensors.push(ContainerTensor {
-                    name: spec.name.clone(),
-                    dtype: Dtype::F32,
-                    shape: spec.shape.clone(),
-                    data: Cow::Owned(f32_bytes(values)),
-                });
-            }
-        }
-        write_container(TERNARY, layout, version, tensors)
+        // Tensors quantize independently: on the current rayon pool (a coordinator encodes each
+        // version while its workers wait for it), then in layout order.
+        let specs: Vec<_> = layout.iter().collect();
+        let parts: Vec<Vec<ContainerTensor<'_>>> = specs
+            .par_iter()
+            .map(|(spec, range)| {
+                let values = &params[range.clone()];
+                if spec.role == TensorRole::BitLinear {
+                    let mut packed = Vec::new();
+                    let g = ternary::quantize_packed(values, &mut packed);
+                    vec![
+                        ContainerTensor {
+                            name: spec.name.clone(),
+                            dtype: Dtype::U8,
+                            shape: vec![packed.len()],
+                            data: Cow::Owned(packed),
+                        },
+                        ContainerTensor {
+                            name: format!("{}{SCALE_SUFFIX}", spec.name),
+                            dtype: Dtype::F32,
+                            shape: vec![1],
+                            data: Cow::Owned(g.to_le_bytes().to_vec()),
+                        },
+                    ]
+                } else {
+                    vec![ContainerTensor {
+                        name: spec.name.clone(),
+                        dtype: Dtype::F32,
+                        shape: spec.shape.clone(),
+                        data: Cow::Owned(f32_bytes(values)),
+                    }]
+                }
+            })
+            .collect();
+        write_container(TERNARY, layout, version, parts.into_iter().flatten().collect())
     }
 
     fn decode(&self, layout: &ParamLayout, bytes: &[u8]) -> Result<Weights, WeightsError> {

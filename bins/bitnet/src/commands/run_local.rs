@@ -235,13 +235,17 @@ pub fn run(mut config: RunConfig, registry: &Registry, mode: RunDirMode) -> anyh
         budget => budget,
     };
     super::run::print_plan(&config, run_tokens);
+    // The coordinator keeps `train.threads` as configured (0 = every core): its optimizer step
+    // and weight encoding run while the workers wait for the round, so they may use every
+    // core. The workers share the cores out.
+    let coordinator_config = config.clone();
     config.train.threads = worker_threads(&config);
     config.worker.exit_when_done = true;
     let stop = stop_flag()?;
     // Log records below WARN (the workers' per-task lines among them) go to the run's log file
     // while the progress display owns the terminal; warnings still reach stderr.
     let run_log = crate::logging::RunLog::start(&config.run.dir.join("run.log"))?;
-    let service = CoordinatorService::start(&config, registry, corpus, true)?;
+    let service = CoordinatorService::start(&coordinator_config, registry, corpus, true)?;
     let first = service.coordinator.status()?;
     if first.tasks.finished() {
         service.stop();

@@ -32,9 +32,9 @@
 //! Every public entry point has a `*_with(isa, ...)` form that runs one given [`Isa`] path (for
 //! tests and benchmarks) and a plain form that runs the best path of this CPU within the
 //! process's instruction-set cap ([`bitnet_framework::isa`]:
-//! `BITNET_ISA=auto|scalar|avx2|avx512|neon` or the kernel option `isa`). The cap applies to the `*_with` forms too (a path above it is
+//! `BITNET_ISA=auto|scalar|avx2|avx512|amx|neon` or the kernel option `isa`). The cap applies to the `*_with` forms too (a path above it is
 //! refused), so `BITNET_ISA=scalar cargo test` runs every kernel test on the scalar twins only.
-//! The AVX2 paths live in the `x86_avx2_*` files, the AVX-512 ones in the other `x86_*` files,
+//! The AVX2 paths live in the `x86_avx2_*` files, the AMX ones in `x86_amx.rs`, the AVX-512 ones in the other `x86_*` files,
 //! the aarch64 NEON ones (with and without `dotprod`) in the `neon_*` files.
 //! (The fp32 products of `Precision::Fp32` run on the `gemm` crate, which picks its own path and
 //! is not capped.)
@@ -67,11 +67,11 @@ mod neon_quant;
 #[cfg(target_arch = "aarch64")]
 mod neon_ternary;
 #[cfg(target_arch = "x86_64")]
+mod x86_amx;
+#[cfg(target_arch = "x86_64")]
 mod x86_attention;
 #[cfg(target_arch = "x86_64")]
 mod x86_attention_rows;
-#[cfg(target_arch = "x86_64")]
-mod x86_amx;
 #[cfg(target_arch = "x86_64")]
 mod x86_avx2_attention;
 #[cfg(target_arch = "x86_64")]

@@ -302,7 +302,11 @@ fn drive(
                         row0: rows.start,
                         rows: rows.len(),
                         rowsums,
-                        row_scales: if row_scales.is_empty() { &[] } else { &row_scales[rows.clone()] },
+                        row_scales: if row_scales.is_empty() {
+                            &[]
+                        } else {
+                            &row_scales[rows.clone()]
+                        },
                         col0,
                         cols: (n - col0).min(PANEL),
                         n,

@@ -122,8 +122,13 @@ unsafe fn block(
                 s = in(reg) c_stride, options(nostack, readonly),
             );
         } else {
-            asm!("tilezero tmm0", "tilezero tmm1", "tilezero tmm2", "tilezero tmm3",
-                options(nostack, nomem));
+            asm!(
+                "tilezero tmm0",
+                "tilezero tmm1",
+                "tilezero tmm2",
+                "tilezero tmm3",
+                options(nostack, nomem)
+            );
         }
         let full = if tail.is_some() { chunks - 1 } else { chunks };
         for q in 0..chunks {
@@ -245,7 +250,16 @@ pub(crate) fn run_blocked_amx(
                                     // `out` (rows r0 .. r0 + 32 < rn, columns l0 .. l0 + 32
                                     // <= cols).
                                     unsafe {
-                                        block(ap, bp, NR * 4, chunks, tail_ptr, cp, cols * 4, load_c)
+                                        block(
+                                            ap,
+                                            bp,
+                                            NR * 4,
+                                            chunks,
+                                            tail_ptr,
+                                            cp,
+                                            cols * 4,
+                                            load_c,
+                                        )
                                     };
                                 } else {
                                     for r in 0..GROUP {
@@ -329,8 +343,13 @@ pub(crate) unsafe fn ternary_panel(t: &TernaryPanel<'_>) {
             // 4 * (c0 + 16 j)) are inside `a` and `tiles` (asserted above); `acc` takes four
             // 16 x 16 i32 tiles at a 128-byte stride.
             unsafe {
-                asm!("tilezero tmm0", "tilezero tmm1", "tilezero tmm2", "tilezero tmm3",
-                    options(nostack, nomem));
+                asm!(
+                    "tilezero tmm0",
+                    "tilezero tmm1",
+                    "tilezero tmm2",
+                    "tilezero tmm3",
+                    options(nostack, nomem)
+                );
                 for q in 0..chunks {
                     let a0 = t.a.as_ptr().add(g * GROUP * t.kpad + q * 64);
                     let a1 = a0.add(16 * t.kpad);
@@ -368,7 +387,16 @@ pub(crate) unsafe fn ternary_panel(t: &TernaryPanel<'_>) {
                 // SAFETY: `acc` row r holds 32 lanes; row `row0 + local`, columns `col0 + c0 ..
                 // + width` are inside the output rectangle this task alone writes (the
                 // contract); AVX-512 F is part of the AMX path's level.
-                unsafe { epilogue(&acc[r * GROUP..r * GROUP + GROUP], t.rowsums[local], f, width, at, t.sink) };
+                unsafe {
+                    epilogue(
+                        &acc[r * GROUP..r * GROUP + GROUP],
+                        t.rowsums[local],
+                        f,
+                        width,
+                        at,
+                        t.sink,
+                    )
+                };
             }
         }
     }
