@@ -86,42 +86,28 @@ impl Drop for Tiles {
     }
 }
 
-/// `C[32 x 32] (+)= A . B` on the tiles: `a` holds `chunks` chunks of 32 rows x 16 pairs (1,024
-/// lanes each, the first 16 rows then the next 16), `b` the chunks' 16 pair rows at
-/// `b_stride` bytes apart (the first 16 columns at `b`, the next 16 at `b + 16 lanes`), `tail`
-/// an optional last chunk of `B` (16 rows of 32 lanes, 128-byte stride). `c` is 32 rows of 32
-/// floats at `c_stride` bytes apart, read first when `load_c`.
-///
-/// # Safety
-/// Tiles configured by [`Tiles::configure`]; every pointer valid for the reads and writes
-/// above.
-#[inline]
-unsafe fn block(
-    a: *const u32,
-    b: *const u32,
-    b_stride: usize,
-    chunks: usize,
-    tail: Option<*const u32>,
-    c: *mut f32,
-    c_stride: usize,
-    load_c: bool,
-) {
-    // SAFETY: forwarded from this function's contract; the tile registers are used by nothing
-    // else in the program.
-    unsafe {
-        let c1 = c.add(16);
-        let c2 = c.byte_add(16 * c_stride);
-        let c3 = c2.add(16);
-        if load_c {
-            asm!(
-                "tileloadd tmm0, [{c0} + {s}*1]",
-                "tileloadd tmm1, [{c1} + {s}*1]",
-                "tileloadd tmm2, [{c2} + {s}*1]",
-                "tileloadd tmm3, [{c3} + {s}*1]",
-                c0 = in(reg) c, c1 = in(reg) c1, c2 = in(reg) c2, c3 = in(reg) c3,
-                s = in(reg) c_stride, options(nostack, readonly),
-            );
-        } else {
+/// A 32 x 32 block of accumulators (tiles 0-3: rows 0-15 then 16-31, columns 0-15 then
+/// 16-31) in memory: `stride` bytes between rows, 4-byte elements.
+#[derive(Clone, Copy)]
+struct Accumulators {
+    ptr: *mut u8,
+    stride: usize,
+}
+
+impl Accumulators {
+    /// The four tiles' first elements.
+    fn corners(self) -> [*mut u8; 4] {
+        let below = self.ptr.wrapping_add(16 * self.stride);
+        [self.ptr, self.ptr.wrapping_add(64), below, below.wrapping_add(64)]
+    }
+
+    /// Zeroes tiles 0-3.
+    ///
+    /// # Safety
+    /// Tiles configured.
+    unsafe fn zero() {
+        // SAFETY: the caller configured the tiles; no memory is touched.
+        unsafe {
             asm!(
                 "tilezero tmm0",
                 "tilezero tmm1",
@@ -130,13 +116,81 @@ unsafe fn block(
                 options(nostack, nomem)
             );
         }
-        let full = if tail.is_some() { chunks - 1 } else { chunks };
+    }
+
+    /// Loads tiles 0-3 from the block.
+    ///
+    /// # Safety
+    /// Tiles configured; the block's 32 rows of 128 bytes readable.
+    unsafe fn load(self) {
+        let [c0, c1, c2, c3] = self.corners();
+        // SAFETY: forwarded.
+        unsafe {
+            asm!(
+                "tileloadd tmm0, [{c0} + {s}*1]",
+                "tileloadd tmm1, [{c1} + {s}*1]",
+                "tileloadd tmm2, [{c2} + {s}*1]",
+                "tileloadd tmm3, [{c3} + {s}*1]",
+                c0 = in(reg) c0, c1 = in(reg) c1, c2 = in(reg) c2, c3 = in(reg) c3,
+                s = in(reg) self.stride, options(nostack, readonly),
+            );
+        }
+    }
+
+    /// Stores tiles 0-3 to the block.
+    ///
+    /// # Safety
+    /// Tiles configured; the block's 32 rows of 128 bytes writable and not aliased.
+    unsafe fn store(self) {
+        let [c0, c1, c2, c3] = self.corners();
+        // SAFETY: forwarded.
+        unsafe {
+            asm!(
+                "tilestored [{c0} + {s}*1], tmm0",
+                "tilestored [{c1} + {s}*1], tmm1",
+                "tilestored [{c2} + {s}*1], tmm2",
+                "tilestored [{c3} + {s}*1], tmm3",
+                c0 = in(reg) c0, c1 = in(reg) c1, c2 = in(reg) c2, c3 = in(reg) c3,
+                s = in(reg) self.stride, options(nostack),
+            );
+        }
+    }
+}
+
+/// The `B` operand of a register block: the chunks' 16 pair rows at `stride` bytes apart (the
+/// first 16 columns at `ptr`, the next 16 at `ptr + 16 lanes`), and an optional last chunk
+/// copied out zero-padded (16 rows of 32 lanes, 128-byte stride).
+#[derive(Clone, Copy)]
+struct BPanel {
+    ptr: *const u32,
+    stride: usize,
+    tail: Option<*const u32>,
+}
+
+/// `C[32 x 32] (+)= A . B` on the tiles: `a` holds `chunks` chunks of 32 rows x 16 pairs (1,024
+/// lanes each, the first 16 rows then the next 16), `b` the chunks as [`BPanel`] says; `c` is
+/// read first when `load_c`.
+///
+/// # Safety
+/// Tiles configured by [`Tiles::configure`]; every pointer valid for the reads and writes
+/// above.
+#[inline]
+unsafe fn block(a: *const u32, b: BPanel, chunks: usize, c: Accumulators, load_c: bool) {
+    // SAFETY: forwarded from this function's contract; the tile registers are used by nothing
+    // else in the program.
+    unsafe {
+        if load_c {
+            c.load();
+        } else {
+            Accumulators::zero();
+        }
+        let full = if b.tail.is_some() { chunks - 1 } else { chunks };
         for q in 0..chunks {
             let a0 = a.add(q * GROUP * CHUNK);
             let a1 = a0.add(16 * CHUNK);
-            let (b0, stride) = match tail {
+            let (b0, stride) = match b.tail {
                 Some(t) if q == full => (t, 2 * CHUNK * 4),
-                _ => (b.byte_add(q * CHUNK * b_stride), b_stride),
+                _ => (b.ptr.byte_add(q * CHUNK * b.stride), b.stride),
             };
             let b1 = b0.add(16);
             asm!(
@@ -153,14 +207,7 @@ unsafe fn block(
                 options(nostack, readonly),
             );
         }
-        asm!(
-            "tilestored [{c0} + {s}*1], tmm0",
-            "tilestored [{c1} + {s}*1], tmm1",
-            "tilestored [{c2} + {s}*1], tmm2",
-            "tilestored [{c3} + {s}*1], tmm3",
-            c0 = in(reg) c, c1 = in(reg) c1, c2 = in(reg) c2, c3 = in(reg) c3,
-            s = in(reg) c_stride, options(nostack),
-        );
+        c.store();
     }
 }
 
@@ -237,30 +284,24 @@ pub(crate) fn run_blocked_amx(
                             });
                             // Whole chunks read rows p0 .. p0 + 16 * whole of the panel, and
                             // 32 lanes from `bstart` in each: inside `b`.
-                            let bp = b[bstart..].as_ptr();
+                            let bp = BPanel {
+                                ptr: b[bstart..].as_ptr(),
+                                stride: NR * 4,
+                                tail: tail_ptr,
+                            };
                             for g in 0..mn.div_ceil(GROUP) {
                                 let r0 = m0 + g * GROUP;
                                 let take = (mn - g * GROUP).min(GROUP);
                                 let ap = tiles[g * chunks * GROUP * CHUNK..].as_ptr();
                                 if take == GROUP && width == GROUP {
                                     let cp = out[r0 * cols + l0..].as_mut_ptr();
+                                    let c = Accumulators { ptr: cp.cast(), stride: cols * 4 };
                                     // SAFETY: tiles configured; `a` holds `chunks` chunks of
                                     // this group, `b` and the tail as described above, and
                                     // the 32 x 32 block at `cp` (row stride `cols`) lies in
                                     // `out` (rows r0 .. r0 + 32 < rn, columns l0 .. l0 + 32
                                     // <= cols).
-                                    unsafe {
-                                        block(
-                                            ap,
-                                            bp,
-                                            NR * 4,
-                                            chunks,
-                                            tail_ptr,
-                                            cp,
-                                            cols * 4,
-                                            load_c,
-                                        )
-                                    };
+                                    unsafe { block(ap, bp, chunks, c, load_c) };
                                 } else {
                                     for r in 0..GROUP {
                                         let dst = &mut edge[r * GROUP..(r + 1) * GROUP];
@@ -273,10 +314,9 @@ pub(crate) fn run_blocked_amx(
                                         }
                                     }
                                     let cp = edge.as_mut_ptr();
+                                    let c = Accumulators { ptr: cp.cast(), stride: GROUP * 4 };
                                     // SAFETY: as above, with `c` the 32 x 32 scratch.
-                                    unsafe {
-                                        block(ap, bp, NR * 4, chunks, tail_ptr, cp, GROUP * 4, true)
-                                    };
+                                    unsafe { block(ap, bp, chunks, c, true) };
                                     for r in 0..take {
                                         out[(r0 + r) * cols + l0..][..width]
                                             .copy_from_slice(&edge[r * GROUP..r * GROUP + width]);
@@ -343,13 +383,7 @@ pub(crate) unsafe fn ternary_panel(t: &TernaryPanel<'_>) {
             // 4 * (c0 + 16 j)) are inside `a` and `tiles` (asserted above); `acc` takes four
             // 16 x 16 i32 tiles at a 128-byte stride.
             unsafe {
-                asm!(
-                    "tilezero tmm0",
-                    "tilezero tmm1",
-                    "tilezero tmm2",
-                    "tilezero tmm3",
-                    options(nostack, nomem)
-                );
+                Accumulators::zero();
                 for q in 0..chunks {
                     let a0 = t.a.as_ptr().add(g * GROUP * t.kpad + q * 64);
                     let a1 = a0.add(16 * t.kpad);
@@ -369,16 +403,7 @@ pub(crate) unsafe fn ternary_panel(t: &TernaryPanel<'_>) {
                         options(nostack, readonly),
                     );
                 }
-                let c = acc.as_mut_ptr();
-                asm!(
-                    "tilestored [{c0} + {s}*1], tmm0",
-                    "tilestored [{c1} + {s}*1], tmm1",
-                    "tilestored [{c2} + {s}*1], tmm2",
-                    "tilestored [{c3} + {s}*1], tmm3",
-                    c0 = in(reg) c, c1 = in(reg) c.add(16), c2 = in(reg) c.add(16 * GROUP),
-                    c3 = in(reg) c.add(16 * GROUP + 16), s = in(reg) GROUP * 4,
-                    options(nostack),
-                );
+                Accumulators { ptr: acc.as_mut_ptr().cast(), stride: GROUP * 4 }.store();
             }
             for r in 0..take {
                 let local = g * GROUP + r;
