@@ -70,9 +70,10 @@ impl IsaLevel {
         self.required_features().iter().copied().filter(|f| !cpu_has(f)).collect()
     }
 
-    /// Whether this CPU runs the level (runtime detection, ignoring the cap).
+    /// Whether this CPU runs the level (runtime detection, ignoring the cap). Kernels ask on
+    /// every call, so this collects nothing.
     pub fn is_supported(self) -> bool {
-        self.missing_features().is_empty()
+        self.required_features().iter().all(|f| cpu_has(f))
     }
 
     fn from_u8(v: u8) -> Option<IsaLevel> {

@@ -210,8 +210,6 @@ struct Line([u8; 64]);
 struct Scratch {
     lines: Vec<Line>,
     rowsums: Vec<i32>,
-    /// The AMX path's zero-padded copy of the task's activations.
-    padded: Vec<i8>,
 }
 
 thread_local! {
@@ -267,7 +265,7 @@ fn drive(
         }
         SCRATCH.with(|cell| {
             let mut scratch = cell.borrow_mut();
-            let Scratch { lines, rowsums, padded } = &mut *scratch;
+            let Scratch { lines, rowsums } = &mut *scratch;
             // The AMX path reads whole 16-group chunks of the panel.
             let need = w.groups().next_multiple_of(16) * TILE_BYTES / 64;
             if lines.len() < need {
@@ -283,43 +281,12 @@ fn drive(
             rowsums.resize(rows.len(), 0);
             #[cfg(target_arch = "x86_64")]
             if isa == Isa::Avx512Amx {
-                let kpad = k.next_multiple_of(64);
-                padded.clear();
-                padded.resize(rows.len().next_multiple_of(super::x86_amx::GROUP) * kpad, 0);
-                for (dst, row) in padded.chunks_exact_mut(kpad).zip(xr.chunks_exact(k.max(1))) {
-                    dst[..k].copy_from_slice(row);
-                }
-                // SAFETY: check_isa verified the AMX path is available; the task runs no
-                // parallel work while it holds the tiles.
-                let _tiles = unsafe { super::x86_amx::configure_tiles() };
-                for panel in panel_range {
-                    unpack_panel(isa, w.packed_panel(panel), tiles);
-                    let col0 = panel * PANEL;
-                    let panel = super::x86_amx::TernaryPanel {
-                        tiles,
-                        a: padded,
-                        kpad,
-                        row0: rows.start,
-                        rows: rows.len(),
-                        rowsums,
-                        row_scales: if row_scales.is_empty() {
-                            &[]
-                        } else {
-                            &row_scales[rows.clone()]
-                        },
-                        col0,
-                        cols: (n - col0).min(PANEL),
-                        n,
-                        sink,
-                    };
-                    // SAFETY: tiles configured above; `padded` holds the task's rows rounded
-                    // up to 32 at `kpad` bytes, `tiles` `need` lines >= kpad / 4 * 256 bytes,
-                    // and the output rectangle is this task's alone.
-                    unsafe { super::x86_amx::ternary_panel(&panel) };
-                }
+                let scales =
+                    if row_scales.is_empty() { &[][..] } else { &row_scales[rows.clone()] };
+                let sums = (&rowsums[..], scales);
+                super::x86_amx::ternary_task(x, k, rows, w, panel_range, tiles, sums, sink);
                 return;
             }
-            let _ = &padded;
             for panel in panel_range {
                 unpack_panel(isa, w.packed_panel(panel), tiles);
                 let col0 = panel * PANEL;
@@ -390,9 +357,7 @@ fn unpack_panel(isa: Isa, packed: &[u8], tiles: &mut [u8]) {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: the driver only runs a path check_isa accepted; `tiles` holds at least
         // `groups * 256` bytes for the `groups * 64` packed bytes.
-        Isa::Avx512Vnni | Isa::Avx512Amx => unsafe {
-            super::x86_ternary::unpack_panel_avx512(packed, tiles)
-        },
+        Isa::Avx512Vnni => unsafe { super::x86_ternary::unpack_panel_avx512(packed, tiles) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above, for AVX2.
         Isa::Avx2 | Isa::Avx2Vnni => unsafe {

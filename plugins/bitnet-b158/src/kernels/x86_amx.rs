@@ -1,4 +1,5 @@
-//! The bf16 product of [`super::bf16_tiles`] on Intel AMX tiles ([`Isa::Avx512Amx`]).
+//! The bf16 product of [`super::bf16_tiles`] and the ternary product of [`super::ternary`] on
+//! Intel AMX tiles ([`Isa::Avx512Amx`]).
 //!
 //! One `tdpbf16ps` multiplies a 16-row x 16-pair tile of `A` by a 16-pair x 16-column tile of
 //! `B` into a 16 x 16 fp32 tile of `C`: 8,192 multiply-adds in one instruction, about 16 times
@@ -59,19 +60,23 @@ const FULL: TileConfig = {
 };
 
 thread_local! {
+    /// The ternary product's zero-padded copy of the running task's activations.
+    static PADDED: RefCell<Vec<i8>> = const { RefCell::new(Vec::new()) };
     /// The running task's `A` block as the AVX-512 packers write it (`[tile][pair][6]`), then
     /// in the tile layout, and the zero-padded tail chunk of a `B` panel half.
     static SCRATCH: RefCell<(Vec<u32>, Vec<u32>, Vec<u32>)> =
         const { RefCell::new((Vec::new(), Vec::new(), Vec::new())) };
 }
 
-/// Loads the tile configuration; released by the returned guard.
-struct Tiles;
+/// Loads the tile configuration for the calling task; the tiles are released when the guard
+/// drops. The task must run no parallel work while it holds the guard.
+pub(crate) struct Tiles;
 
 impl Tiles {
     /// # Safety
-    /// The CPU must have AMX-TILE and the process the OS's permission (see the module docs).
-    unsafe fn configure() -> Tiles {
+    /// The CPU must have AMX-TILE and the process the OS's permission ([`Isa::Avx512Amx`] is
+    /// available).
+    pub(crate) unsafe fn configure() -> Tiles {
         // SAFETY: the caller guarantees AMX; FULL is a valid palette-1 configuration, 64-byte
         // aligned.
         unsafe { asm!("ldtilecfg [{0}]", in(reg) &FULL as *const TileConfig, options(nostack)) };
@@ -333,39 +338,39 @@ pub(crate) fn run_blocked_amx(
 }
 
 /// One panel of the ternary product ([`super::ternary`]) for a task's rows, on the tiles.
-pub(crate) struct TernaryPanel<'a> {
+struct TernaryPanel<'a> {
     /// The panel's unpacked codes (`[group][64 outputs][4]`, see `packed.rs`): at least
     /// `kpad / 4 * 256` bytes (rows past the weights' groups may hold anything: the
     /// activations there are zero).
-    pub tiles: &'a [u8],
+    tiles: &'a [u8],
     /// The task's activations, `rows` rows rounded up to [`GROUP`], `kpad` bytes each, zero
     /// past `k` and past the last row.
-    pub a: &'a [i8],
+    a: &'a [i8],
     /// Row length of `a`, a multiple of 64.
-    pub kpad: usize,
+    kpad: usize,
     /// Output row of `a`'s first row.
-    pub row0: usize,
-    pub rows: usize,
+    row0: usize,
+    rows: usize,
     /// Row sums of the activations (the codes are `w + 1`; see `ternary.rs`).
-    pub rowsums: &'a [i32],
+    rowsums: &'a [i32],
     /// Activation scales of the rows (empty for the i32 sink).
-    pub row_scales: &'a [f32],
-    pub col0: usize,
-    pub cols: usize,
+    row_scales: &'a [f32],
+    col0: usize,
+    cols: usize,
     /// Row stride of the output.
-    pub n: usize,
-    pub sink: super::ternary::Sink,
+    n: usize,
+    sink: super::ternary::Sink,
 }
 
 /// `tdpbsud` (signed activations times unsigned codes) over one panel, 32 rows x 32 outputs
 /// per register block, then the row-sum correction and the sink, as the other paths do.
 ///
 /// # Safety
-/// Tiles configured ([`configure_tiles`]); `t` in bounds as its fields describe: `a` holds
+/// Tiles configured ([`Tiles::configure`]); `t` in bounds as its fields describe: `a` holds
 /// `rows.div_ceil(32) * 32 * kpad` bytes, `tiles` at least `kpad / 4 * 256`, `cols <= 64`,
 /// and the output rectangle (rows `row0 ..`, columns `col0 .. col0 + cols`) lies inside the
 /// live output, written by this task only.
-pub(crate) unsafe fn ternary_panel(t: &TernaryPanel<'_>) {
+unsafe fn ternary_panel(t: &TernaryPanel<'_>) {
     assert!(t.kpad.is_multiple_of(64) && t.a.len() >= t.rows.div_ceil(GROUP) * GROUP * t.kpad);
     assert!(t.tiles.len() >= t.kpad / 4 * 256 && t.cols <= NR, "ternary panel out of bounds");
     let mut acc = [0i32; GROUP * GROUP];
@@ -472,12 +477,58 @@ unsafe fn epilogue(
     }
 }
 
-/// Loads the tile configuration for the calling task; the tiles are released when the guard
-/// drops. The task must run no parallel work while it holds the guard.
-///
-/// # Safety
-/// This CPU has AMX and the process the OS's permission ([`Isa::Avx512Amx`] is available).
-pub(crate) unsafe fn configure_tiles() -> impl Drop {
-    // SAFETY: forwarded.
-    unsafe { Tiles::configure() }
+/// One task of the ternary product on the tiles: the task's rows of `x` (`m x k`, row-major)
+/// against the weights' panels in `panels`, each unpacked into `tiles` (which holds at least
+/// `w.groups()` rounded up to 16 groups), the row sums and scales of those rows, the sink as
+/// [`super::ternary`]'s driver gives them.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn ternary_task(
+    x: &[i8],
+    k: usize,
+    rows: std::ops::Range<usize>,
+    w: &super::PackedTernary,
+    panels: std::ops::Range<usize>,
+    tiles: &mut [u8],
+    (rowsums, row_scales): (&[i32], &[f32]),
+    sink: super::ternary::Sink,
+) {
+    use super::packed::PANEL;
+    assert!(Isa::Avx512Amx.is_available(), "the AMX path runs only where AMX is usable");
+    assert!(tiles.len() >= w.groups().next_multiple_of(16) * 256, "unpacked panel buffer");
+    let n = w.out_features();
+    let kpad = k.next_multiple_of(64);
+    PADDED.with(|cell| {
+        let padded = &mut *cell.borrow_mut();
+        padded.clear();
+        padded.resize(rows.len().next_multiple_of(GROUP) * kpad, 0);
+        let xr = &x[rows.start * k..rows.end * k];
+        for (dst, row) in padded.chunks_exact_mut(kpad).zip(xr.chunks_exact(k.max(1))) {
+            dst[..k].copy_from_slice(row);
+        }
+        // SAFETY: asserted above; the task runs no parallel work while it holds the tiles.
+        let _tiles = unsafe { Tiles::configure() };
+        for panel in panels {
+            // SAFETY: the AMX path implies AVX-512 F and BW; `tiles` holds the panel's
+            // `groups * 256` bytes (asserted above).
+            unsafe { super::x86_ternary::unpack_panel_avx512(w.packed_panel(panel), tiles) };
+            let col0 = panel * PANEL;
+            let panel = TernaryPanel {
+                tiles,
+                a: padded,
+                kpad,
+                row0: rows.start,
+                rows: rows.len(),
+                rowsums,
+                row_scales,
+                col0,
+                cols: (n - col0).min(PANEL),
+                n,
+                sink,
+            };
+            // SAFETY: tiles configured above; `padded` holds the task's rows rounded up to 32
+            // at `kpad` bytes, `tiles` at least `kpad / 4 * 256` bytes, and the output
+            // rectangle is this task's alone (the driver's contract).
+            unsafe { ternary_panel(&panel) };
+        }
+    });
 }
