@@ -5,7 +5,7 @@
 //! - Activations, per token (absmax): `s = 127 / max(max|x|, 1e-5)`,
 //!   `x_q = clamp(round_half_even(x * s), -128, 127)`; dequantised `x_q / s`.
 //!
-//! Paths: [`Isa::Scalar`], [`Isa::Avx2`] (the twin compiled for AVX2), [`Isa::Avx512`] and, on
+//! Paths: [`Isa::Scalar`], [`Isa::Avx2`], [`Isa::Avx512`] and, on
 //! aarch64, [`Isa::Neon`]. All give bit-identical results, including the
 //! scale: the absmean sum is split over 16 f64 lanes (element `i` of each full block of 16 goes
 //! to lane `i % 16`) and reduced in one fixed order, with the tail summed last, on both paths.
@@ -51,8 +51,8 @@ pub fn quantize_weights_absmean_with(isa: Isa, w: &[f32], q: &mut [i8]) -> Resul
             Ok(unsafe { super::x86_quant::quantize_weights_avx512(w, q) })
         }
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: check_isa verified this CPU has AVX2 and FMA.
-        Isa::Avx2 => Ok(unsafe { quantize_weights_avx2(w, q) }),
+        // SAFETY: check_isa verified this CPU has AVX2; lengths are equal.
+        Isa::Avx2 => Ok(unsafe { super::x86_quant::quantize_weights_avx2(w, q) }),
         #[cfg(target_arch = "aarch64")]
         // SAFETY: check_isa verified NEON; lengths are equal.
         Isa::Neon => Ok(unsafe { super::neon_quant::quantize_weights_neon(w, q) }),
@@ -98,8 +98,8 @@ pub fn quantize_activations_absmax_with(
             // SAFETY: check_isa verified AVX-512 F/BW/VL; `xr` and `qr` both have `cols` elements.
             Isa::Avx512 => unsafe { super::x86_quant::quantize_row_avx512(xr, qr) },
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: check_isa verified AVX2 and FMA.
-            Isa::Avx2 => unsafe { quantize_row_avx2(xr, qr) },
+            // SAFETY: check_isa verified AVX2; `xr` and `qr` both have `cols` elements.
+            Isa::Avx2 => unsafe { super::x86_quant::quantize_row_avx2(xr, qr) },
             #[cfg(target_arch = "aarch64")]
             // SAFETY: check_isa verified NEON; `xr` and `qr` both have `cols` elements.
             Isa::Neon => unsafe { super::neon_quant::quantize_row_neon(xr, qr) },
@@ -121,35 +121,13 @@ pub(crate) fn quantize_row_best(x: &[f32], q: &mut [i8]) -> f32 {
         // SAFETY: `best_among` only returns AVX-512 when this CPU has F/BW/VL; lengths checked.
         Isa::Avx512 => unsafe { super::x86_quant::quantize_row_avx512(x, q) },
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: `best_among` only returns AVX2 when this CPU has AVX2 and FMA.
-        Isa::Avx2 => unsafe { quantize_row_avx2(x, q) },
+        // SAFETY: `best_among` only returns AVX2 when this CPU has AVX2; lengths checked.
+        Isa::Avx2 => unsafe { super::x86_quant::quantize_row_avx2(x, q) },
         #[cfg(target_arch = "aarch64")]
         // SAFETY: `best_among` only returns NEON when this CPU has it; lengths checked.
         Isa::Neon => unsafe { super::neon_quant::quantize_row_neon(x, q) },
         _ => quantize_row_scalar(x, q),
     }
-}
-
-/// The AVX2 path of the activation quantizer: the scalar twin compiled for AVX2 and FMA (the
-/// same operations, vectorised by the compiler where it can; `round_ties_even` becomes one
-/// instruction instead of a call), so bit-identical.
-///
-/// # Safety
-/// The CPU must support AVX2 and FMA.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn quantize_row_avx2(x: &[f32], q: &mut [i8]) -> f32 {
-    quantize_row_scalar(x, q)
-}
-
-/// The AVX2 path of the weight quantizer, as [`quantize_row_avx2`].
-///
-/// # Safety
-/// The CPU must support AVX2 and FMA.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn quantize_weights_avx2(w: &[f32], q: &mut [i8]) -> f32 {
-    quantize_weights_scalar(w, q)
 }
 
 /// Scalar twin of the weight quantizer (the AVX-512 path's exact semantics).

@@ -288,31 +288,57 @@ unsafe fn group_lane(rows: &[i8], xp: *const i8, k: usize, r: usize, g: usize, f
 #[inline]
 #[target_feature(enable = "avx2")]
 unsafe fn store_half<const R: usize>(t: &Tile<'_>, c0: usize, acc: &[[__m256i; 4]; R]) {
-    for (r, acc_r) in acc.iter().enumerate() {
-        let rowsum = _mm256_set1_epi32(t.rowsums[r]);
-        let at_row = (t.row0 + r) * t.n + t.col0;
-        for (v, &acc_rv) in acc_r.iter().enumerate() {
-            let c = c0 + 8 * v;
-            if c >= t.cols {
-                break;
-            }
-            let valid = (t.cols - c).min(8);
-            let mut lanes = [0i32; 8];
-            // SAFETY: `lanes` holds 8 i32.
-            unsafe {
-                _mm256_storeu_si256(lanes.as_mut_ptr().cast(), _mm256_sub_epi32(acc_rv, rowsum))
-            };
-            for (j, &val) in lanes[..valid].iter().enumerate() {
-                // SAFETY: column col0 + c + j < n of row row0 + r < m (the contract); this
-                // task is the only writer.
-                unsafe {
-                    match t.sink {
-                        Sink::I32(p) => *p.0.add(at_row + c + j) = val,
-                        Sink::F32(p, g) => {
-                            *p.0.add(at_row + c + j) = val as f32 * (g / t.row_scales[r])
+    // Valid columns of each vector; a ragged one is written through a lane mask (whole vectors,
+    // the common case, with plain stores: masked stores are slow on some AMD cores). The sink is
+    // matched once, outside the loops, as in `vnni_rows`.
+    let valid: [usize; 4] = std::array::from_fn(|v| t.cols.saturating_sub(c0 + 8 * v).min(8));
+    let lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    let masks: [__m256i; 4] =
+        std::array::from_fn(|v| _mm256_cmpgt_epi32(_mm256_set1_epi32(valid[v] as i32), lane));
+    let rowsums: [__m256i; R] = std::array::from_fn(|r| _mm256_set1_epi32(t.rowsums[r]));
+    match t.sink {
+        Sink::I32(p) => {
+            for r in 0..R {
+                let at_row = (t.row0 + r) * t.n + t.col0 + c0;
+                for v in 0..4 {
+                    let val = _mm256_sub_epi32(acc[r][v], rowsums[r]);
+                    // SAFETY: the lanes written are columns col0 + c0 + 8 v .. < col0 + cols <= n
+                    // of row row0 + r < m of the output (the contract); this task is their only
+                    // writer.
+                    unsafe {
+                        let dst = p.0.add(at_row + 8 * v);
+                        match valid[v] {
+                            0 => {}
+                            8 => _mm256_storeu_si256(dst.cast(), val),
+                            _ => _mm256_maskstore_epi32(dst, masks[v], val),
                         }
-                        Sink::F32Add(p, g) => {
-                            *p.0.add(at_row + c + j) += val as f32 * (g / t.row_scales[r])
+                    }
+                }
+            }
+        }
+        Sink::F32(p, g) | Sink::F32Add(p, g) => {
+            let add = matches!(t.sink, Sink::F32Add(..));
+            for r in 0..R {
+                let at_row = (t.row0 + r) * t.n + t.col0 + c0;
+                let f = _mm256_set1_ps(g / t.row_scales[r]);
+                for v in 0..4 {
+                    let val = _mm256_sub_epi32(acc[r][v], rowsums[r]);
+                    let y = _mm256_mul_ps(_mm256_cvtepi32_ps(val), f);
+                    // SAFETY: as for the i32 sink: the lanes written (and read, to add) are
+                    // in-bounds elements this task alone writes.
+                    unsafe {
+                        let dst = p.0.add(at_row + 8 * v);
+                        match (valid[v], add) {
+                            (0, _) => {}
+                            (8, false) => _mm256_storeu_ps(dst, y),
+                            (8, true) => {
+                                _mm256_storeu_ps(dst, _mm256_add_ps(_mm256_loadu_ps(dst), y))
+                            }
+                            (_, false) => _mm256_maskstore_ps(dst, masks[v], y),
+                            (_, true) => {
+                                let old = _mm256_maskload_ps(dst, masks[v]);
+                                _mm256_maskstore_ps(dst, masks[v], _mm256_add_ps(old, y));
+                            }
                         }
                     }
                 }
