@@ -91,8 +91,11 @@ fn pipeline(kind: &str) {
     })
     .expect("decode");
     assert_eq!((outputs.len(), decoded.into_inner()), (6, 6));
-    let report = eval_set::score_outputs(items, &outputs);
+    let report = eval_set::score_outputs(items, &outputs, 0.5);
     assert_eq!(report.tally.examples, 6);
+    let a = report.abstention;
+    assert_eq!(a.in_domain.of + a.out_of_domain.of, 6, "{a:?}");
+    assert!(outputs.iter().all(|o| (0.0..=1.0).contains(&o.confidence)), "{outputs:?}");
     assert_eq!(report.confusion.values().flat_map(|m| m.values()).sum::<u64>(), 6);
     assert!(report.misses.iter().all(|m| m.line <= 6 && !m.expected.is_empty()), "{report:?}");
 }

@@ -15,7 +15,26 @@
 //! separates two pieces, except next to JSON punctuation, which glues to its neighbours unless the
 //! neighbour is a special token. [`normalise`] is exactly "split, then join", so for text whose
 //! pieces are all in the vocabulary `decode(encode(x)) == normalise(x)`; other pieces become
-//! `[UNK]`. TruckMate corpus lines are already in normal form.
+//! `[UNK]`, or (with `unknown_words = "reduce"`, the default) their nearest in-vocabulary form.
+//! TruckMate corpus lines are already in normal form.
+//!
+//! # Words outside the vocabulary
+//!
+//! People type and speak words a generated corpus never held. With `unknown_words = "reduce"` an
+//! out-of-vocabulary word (a piece that starts a word, not a `##` piece) is reduced, in this
+//! order, to the first form the vocabulary knows (see [`reduce`]):
+//! 1. typographic apostrophes (`’`, `‘`, `` ` ``) read as `'`;
+//! 2. leading and trailing punctuation dropped (`gas?` is `gas`);
+//! 3. a word joined by `-` or `/` is its parts (`pre-trip` is `pre trip` when `pre-trip` is not
+//!    known); a part no form of which is known is `[UNK]`;
+//! 4. clitics dropped (`light's`, `that'll`, `we're`, `i'd`): the stem; `n't` becomes the stem
+//!    and `not` (`isn't` is `is not`; `can't` and `won't` are `can not` and `will not`);
+//! 5. one inflection dropped (`-ing`, `-ed`, `-es`, `-s`, `-ly`, `-er`, `-est`, stems of at least
+//!    three letters, also with `e` restored, a doubled consonant undone, or `i` read as `y`):
+//!    `doors` is `door`, `fueled` is `fuel`, `stopped` is `stop`, `batteries` is `battery`.
+//!
+//! A word with no known form is `[UNK]`, as with `unknown_words = "unk"`. Words in the
+//! vocabulary are never changed, so the option changes nothing for in-vocabulary text.
 //!
 //! # Vocabulary and file
 //!
@@ -162,20 +181,116 @@ struct WordLevelFile {
     tokens: Vec<String>,
 }
 
+/// What encoding does with a word outside the vocabulary.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UnknownWords {
+    /// `[UNK]`.
+    Unk,
+    /// Its nearest in-vocabulary form ([`reduce`]), else `[UNK]`.
+    #[default]
+    Reduce,
+}
+
 /// Options of the "word-level" tokenizer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WordLevelConfig {
     /// Vocabulary size including the specials.
     pub max_vocab: usize,
-    /// Pieces seen fewer times are left out (become `[UNK]`).
+    /// Pieces seen fewer times are left out of the vocabulary.
     pub min_freq: u64,
+    /// What encoding does with a word outside the vocabulary.
+    pub unknown_words: UnknownWords,
 }
 
 impl Default for WordLevelConfig {
     fn default() -> Self {
-        Self { max_vocab: 5174, min_freq: 2 }
+        Self { max_vocab: 5174, min_freq: 2, unknown_words: UnknownWords::default() }
     }
+}
+
+/// Clitics [`reduce`] drops, with the word each leaves behind (`n't` leaves `not`).
+const CLITICS: [(&str, Option<&str>); 7] = [
+    ("n't", Some("not")),
+    ("'s", None),
+    ("'ll", None),
+    ("'re", None),
+    ("'ve", None),
+    ("'d", None),
+    ("'m", None),
+];
+
+/// Inflections [`reduce`] drops (longest first where one ends another).
+const INFLECTIONS: [&str; 7] = ["ing", "est", "ed", "es", "ly", "er", "s"];
+
+/// Reduces the out-of-vocabulary word `w` (lower case) to the ids of its nearest known form (see
+/// the crate docs), appending them to `out`; `false` (and `out` unchanged) when no form is known.
+/// `id` looks a piece up in the vocabulary. Each step shortens the word or, for apostrophes,
+/// removes a character outside ASCII, so the work is bounded by the word's length.
+pub fn reduce(w: &str, id: &impl Fn(&str) -> Option<u32>, out: &mut Vec<u32>) -> bool {
+    if let Some(i) = id(w) {
+        out.push(i);
+        return true;
+    }
+    if w.contains(['\u{2019}', '\u{2018}', '`']) {
+        return reduce(&w.replace(['\u{2019}', '\u{2018}', '`'], "'"), id, out);
+    }
+    let trimmed = w.trim_matches(|c: char| !c.is_alphanumeric());
+    if trimmed.len() < w.len() {
+        return !trimmed.is_empty() && reduce(trimmed, id, out);
+    }
+    if w.contains(['-', '/']) {
+        let start = out.len();
+        let mut any = false;
+        for part in w.split(['-', '/']).filter(|p| !p.is_empty()) {
+            if reduce(part, id, out) {
+                any = true;
+            } else {
+                out.push(SPECIAL_IDS.unk);
+            }
+        }
+        if !any {
+            out.truncate(start);
+        }
+        return any;
+    }
+    for (clitic, leaves) in CLITICS {
+        let Some(stem) = w.strip_suffix(clitic).filter(|s| !s.is_empty()) else { continue };
+        let stem = match (clitic, stem) {
+            ("n't", "ca") => "can",
+            ("n't", "wo") => "will",
+            ("n't", "sha") => "shall",
+            _ => stem,
+        };
+        if !reduce(stem, id, out) {
+            return false;
+        }
+        if let Some(i) = leaves.and_then(id) {
+            out.push(i);
+        }
+        return true;
+    }
+    for suffix in INFLECTIONS {
+        let Some(stem) = w.strip_suffix(suffix).filter(|s| s.chars().count() >= 3) else {
+            continue;
+        };
+        let undoubled = stem.char_indices().last().and_then(|(i, c)| {
+            (stem[..i].ends_with(c) && !"aeiou".contains(c)).then(|| &stem[..i])
+        });
+        let y_form = stem.strip_suffix('i').map(|s| format!("{s}y"));
+        let candidates = [
+            Some(stem.to_string()),
+            Some(format!("{stem}e")),
+            undoubled.map(str::to_string),
+            y_form,
+        ];
+        if let Some(i) = candidates.iter().flatten().find_map(|c| id(c)) {
+            out.push(i);
+            return true;
+        }
+    }
+    false
 }
 
 impl PluginConfig for WordLevelConfig {
@@ -314,10 +429,22 @@ impl Tokenizer for WordLevel {
     }
 
     fn encode(&self, text: &str) -> Result<Vec<u32>, TokenizerError> {
-        Ok(pieces(text)
-            .iter()
-            .map(|p| self.ids.get(p).copied().unwrap_or(SPECIAL_IDS.unk))
-            .collect())
+        let id = |p: &str| self.ids.get(p).copied();
+        let mut out = Vec::new();
+        for p in pieces(text) {
+            match id(&p) {
+                Some(i) => out.push(i),
+                None => {
+                    let reduced = self.config.unknown_words == UnknownWords::Reduce
+                        && !is_continuation(&p)
+                        && reduce(&p, &id, &mut out);
+                    if !reduced {
+                        out.push(SPECIAL_IDS.unk);
+                    }
+                }
+            }
+        }
+        Ok(out)
     }
 
     fn decode(&self, ids: &[u32]) -> Result<String, TokenizerError> {
@@ -371,7 +498,8 @@ mod tests {
     use proptest::prelude::*;
 
     fn trained_on(lines: &[&str], min_freq: u64) -> WordLevel {
-        let mut t = WordLevel::new(WordLevelConfig { max_vocab: 100_000, min_freq });
+        let mut t =
+            WordLevel::new(WordLevelConfig { max_vocab: 100_000, min_freq, ..Default::default() });
         t.train(&mut lines.iter().map(|s| s.to_string())).expect("train");
         t
     }
@@ -402,7 +530,8 @@ mod tests {
         let t = trained_on(&["a a a b b c"], 2);
         assert_eq!(t.encode("c").expect("enc"), [SPECIAL_IDS.unk]);
         assert_ne!(t.encode("a").expect("enc"), [SPECIAL_IDS.unk]);
-        let mut small = WordLevel::new(WordLevelConfig { max_vocab: 34, min_freq: 1 });
+        let mut small =
+            WordLevel::new(WordLevelConfig { max_vocab: 34, min_freq: 1, ..Default::default() });
         small.train(&mut ["a a a b b c".to_string()].into_iter()).expect("train");
         assert_eq!(small.vocab_size(), 34);
         assert_eq!(
@@ -411,10 +540,39 @@ mod tests {
             "least frequent dropped"
         );
         assert!(
-            WordLevelConfig { max_vocab: 10, min_freq: 1 }
+            WordLevelConfig { max_vocab: 10, min_freq: 1, ..Default::default() }
                 .build(&BuildContext::new(Default::default()))
                 .is_err()
         );
+    }
+
+    #[test]
+    fn unknown_words_reduce_to_their_known_forms() {
+        let t = trained_on(
+            &["is not can will gas door fuel stop battery move trip pre light that park"],
+            1,
+        );
+        let enc = |text: &str| t.decode(&t.encode(text).expect("encode")).expect("decode");
+        for (text, want) in [
+            ("gas?", "gas"),
+            ("'door'.", "door"),
+            ("light\u{2019}s", "light"),
+            ("that'll", "that"),
+            ("isn't", "is not"),
+            ("can't won't", "can not will not"),
+            ("doors fueled stopped batteries moving parking", "door fuel stop battery move park"),
+            ("pre-trip", "pre trip"),
+            ("pre-zzz", "pre [UNK]"),
+            ("zzz-qqq", "[UNK]"),
+            ("light's door", "light door"),
+            ("mmm ... $", "[UNK] [UNK] [UNK]"),
+            ("ss sing", "[UNK] [UNK]"),
+        ] {
+            assert_eq!(enc(text), want, "{text:?}");
+        }
+        let mut unk = trained_on(&["door door"], 1);
+        unk.config.unknown_words = UnknownWords::Unk;
+        assert_eq!(unk.encode("doors").expect("encode"), [SPECIAL_IDS.unk]);
     }
 
     #[test]
@@ -437,6 +595,17 @@ mod tests {
                 let ids = t.encode(&text).expect("encode");
                 prop_assert!(!ids.contains(&SPECIAL_IDS.unk) || text.contains("[UNK]"));
                 prop_assert_eq!(t.decode(&ids).expect("decode"), normalise(&text));
+            }
+        }
+
+        /// Encoding any text terminates with ids inside the vocabulary, whatever it reduces.
+        #[test]
+        fn reduction_stays_in_the_vocabulary(x in "\\PC{0,80}", y in "[a-z'’/.-]{0,40}") {
+            let t = trained_on(&["door fuel stop is not can will pre trip light"], 1);
+            for text in [x, y] {
+                let ids = t.encode(&text).expect("encode");
+                prop_assert!(ids.iter().all(|&i| (i as usize) < t.vocab_size()));
+                prop_assert!(ids.len() <= 2 * text.len().max(1));
             }
         }
 

@@ -193,7 +193,8 @@ mod tests {
         use bitnet_tokenizer_word::{WordLevel, WordLevelConfig};
         let line =
             r#"[USER] take me to dallas [INTENT] {"intent":"navigate","slots":{"city":"dallas"}}"#;
-        let mut tok = WordLevel::new(WordLevelConfig { max_vocab: 100, min_freq: 1 });
+        let mut tok =
+            WordLevel::new(WordLevelConfig { max_vocab: 100, min_freq: 1, ..Default::default() });
         tok.train(&mut std::iter::once(line.to_string())).expect("train");
         let text = r#"{"intent":"navigate","slots":{"city":"dallas"}}"#;
         let answer = tok.encode(text).expect("encode");

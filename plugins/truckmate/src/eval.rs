@@ -416,7 +416,8 @@ mod tests {
                 )
             })
             .collect();
-        let mut tok = WordLevel::new(WordLevelConfig { max_vocab: 1000, min_freq: 1 });
+        let mut tok =
+            WordLevel::new(WordLevelConfig { max_vocab: 1000, min_freq: 1, ..Default::default() });
         tok.train(&mut lines.iter().cloned()).expect("train");
         // Every third line decodes the wrong intent, every fourth broken JSON.
         let answers: Vec<(Vec<u32>, Vec<u32>)> = (0..9)
@@ -464,7 +465,8 @@ mod tests {
             r#"[USER] navigate to dallas texas [INTENT] {"intent":"navigate","slots":{"city":"dallas","state":"tx"}}"#,
             r#"[USER] what's my eta [INTENT] {"intent":"eta_query","slots":{}}"#,
         ];
-        let mut tok = WordLevel::new(WordLevelConfig { max_vocab: 1000, min_freq: 1 });
+        let mut tok =
+            WordLevel::new(WordLevelConfig { max_vocab: 1000, min_freq: 1, ..Default::default() });
         tok.train(&mut lines.iter().map(|s| s.to_string())).expect("train");
         let enc = |s: &str| {
             let mut v = tok.encode(s).expect("encode");

@@ -2,12 +2,15 @@
 //! line, `{"utterance": "...", "intent": "...", "slots": {...}}` (intent `none` for an utterance
 //! that is none of the intents). They are never trained on; `bitnet eval --set FILE` decodes
 //! each utterance with a checkpoint's model and scores it like a held-out split, with per-intent
-//! figures, a confusion matrix and the list of misses.
+//! figures, a confusion matrix and the list of misses, and how often `bitnet classify` would
+//! abstain on its in-domain and out-of-domain utterances.
 //!
 //! The file is untrusted input: its size, line count and utterance length are bounded, and every
 //! malformed line is refused with its line number.
 
-use crate::eval::{Outcome, Tally, clean_utterance, greedy_decode, score};
+use crate::answer::Answer;
+use crate::confidence::{decode_with_probabilities, intent_confidence};
+use crate::eval::{Outcome, Tally, clean_utterance, score};
 use bitnet_framework::model::InferenceModel;
 use bitnet_framework::tokenizer::Tokenizer;
 use serde::{Deserialize, Serialize};
@@ -124,6 +127,57 @@ pub struct Miss {
     pub predicted: String,
 }
 
+/// What the model decoded for one utterance.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SetOutput {
+    /// The answer text (what accuracy is scored on).
+    pub text: String,
+    /// The model's confidence in the intent it wrote ([`intent_confidence`]).
+    pub confidence: f64,
+    /// The utterance was empty once cleaned, so `classify` would not decode it.
+    pub empty: bool,
+}
+
+impl SetOutput {
+    /// Whether `bitnet classify` answers `none` at `threshold`: the model's own `none`, an
+    /// intent below the threshold, an unreadable answer or an empty utterance
+    /// ([`Answer::from_decoded`]).
+    pub fn abstains(&self, threshold: f64) -> bool {
+        self.empty
+            || Answer::from_decoded(&self.text, self.confidence, threshold).intent == NONE_INTENT
+    }
+}
+
+/// Answers of `none` (`abstained`) among `of` utterances.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct AbstainCount {
+    /// Utterances answered `none`.
+    pub abstained: u64,
+    /// Utterances counted.
+    pub of: u64,
+    /// `abstained / of` (0 when there are none).
+    pub rate: f64,
+}
+
+impl AbstainCount {
+    fn add(&mut self, abstained: bool) {
+        self.abstained += u64::from(abstained);
+        self.of += 1;
+        self.rate = self.abstained as f64 / self.of as f64;
+    }
+}
+
+/// How often `classify` at `threshold` answers `none`, by the utterance's expected intent.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct Abstention {
+    /// The confidence threshold (`bitnet classify --threshold`).
+    pub threshold: f64,
+    /// Utterances of the assistant's intents (abstaining on them is a miss).
+    pub in_domain: AbstainCount,
+    /// Utterances of intent `none` (abstaining on them is right).
+    pub out_of_domain: AbstainCount,
+}
+
 /// Everything `bitnet eval --set` reports.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct SetReport {
@@ -133,6 +187,8 @@ pub struct SetReport {
     pub confusion: BTreeMap<String, BTreeMap<String, u64>>,
     /// Every utterance with a wrong intent or wrong slots, in file order.
     pub misses: Vec<Miss>,
+    /// What `classify` would abstain on.
+    pub abstention: Abstention,
 }
 
 /// The intent a model output names, or `(invalid)`.
@@ -143,10 +199,22 @@ fn predicted_intent(output: &str) -> String {
         .unwrap_or_else(|| "(invalid)".to_string())
 }
 
-/// Scores model outputs (`outputs[i]` for `items[i]`).
-pub fn score_outputs(items: &[LabelledUtterance], outputs: &[String]) -> SetReport {
+/// Scores model outputs (`outputs[i]` for `items[i]`), counting abstentions at `threshold`.
+pub fn score_outputs(
+    items: &[LabelledUtterance],
+    outputs: &[SetOutput],
+    threshold: f64,
+) -> SetReport {
     let mut report = SetReport::default();
-    for (item, output) in items.iter().zip(outputs) {
+    report.abstention.threshold = threshold;
+    for (item, out) in items.iter().zip(outputs) {
+        let abstains = out.abstains(threshold);
+        if item.intent == NONE_INTENT {
+            report.abstention.out_of_domain.add(abstains);
+        } else {
+            report.abstention.in_domain.add(abstains);
+        }
+        let output = &out.text;
         let expected = item.answer_json();
         let outcome: Outcome = score(&expected, output);
         report.tally.add(&item.intent, outcome);
@@ -168,21 +236,21 @@ pub fn score_outputs(items: &[LabelledUtterance], outputs: &[String]) -> SetRepo
     report
 }
 
-/// Decodes every utterance (cleaned the way corpus utterances are) greedily, one thread per
-/// model, each on a contiguous share; `progress` is called after each utterance. Outputs are in
-/// the order of `items`.
+/// Decodes every utterance (cleaned the way corpus utterances are) greedily, with the model's
+/// intent confidence, one thread per model, each on a contiguous share; `progress` is called
+/// after each utterance. Outputs are in the order of `items`.
 pub fn decode_all(
     models: &mut [Box<dyn InferenceModel>],
     tok: &dyn Tokenizer,
     items: &[LabelledUtterance],
     max_len: usize,
     progress: &(dyn Fn() + Sync),
-) -> Result<Vec<String>, crate::eval::EvalError> {
+) -> Result<Vec<SetOutput>, crate::eval::EvalError> {
     if items.is_empty() || models.is_empty() {
         return Ok(Vec::new());
     }
     let share = items.len().div_ceil(models.len());
-    let parts: Vec<Result<Vec<String>, crate::eval::EvalError>> = std::thread::scope(|s| {
+    let parts: Vec<Result<Vec<SetOutput>, crate::eval::EvalError>> = std::thread::scope(|s| {
         let handles: Vec<_> = models
             .iter_mut()
             .zip(items.chunks(share))
@@ -191,7 +259,13 @@ pub fn decode_all(
                     let mut out = Vec::with_capacity(chunk.len());
                     for item in chunk {
                         let utterance = clean_utterance(&item.utterance);
-                        out.push(greedy_decode(model.as_mut(), tok, &utterance, max_len)?);
+                        let decoded =
+                            decode_with_probabilities(model.as_mut(), tok, &utterance, max_len)?;
+                        out.push(SetOutput {
+                            confidence: intent_confidence(tok, &decoded)?,
+                            text: decoded.text,
+                            empty: utterance.is_empty(),
+                        });
                         progress();
                     }
                     Ok(out)
@@ -265,13 +339,28 @@ mod tests {
         )
         .expect("parses");
         let outputs = [
-            r#"{"intent":"stop_trip","slots":{}}"#,
-            r#"{"intent":"navigate","slots":{"city":"elko"}}"#,
-            r#"{"intent":"navigate","slots":{}}"#,
-            "garbage",
+            (r#"{"intent":"stop_trip","slots":{}}"#, 0.4),
+            (r#"{"intent":"navigate","slots":{"city":"elko"}}"#, 0.9),
+            (r#"{"intent":"navigate","slots":{}}"#, 0.8),
+            ("garbage", 0.0),
         ]
-        .map(String::from);
-        let r = score_outputs(&items, &outputs);
+        .map(|(text, confidence)| SetOutput {
+            text: text.into(),
+            confidence,
+            empty: false,
+        });
+        let r = score_outputs(&items, &outputs, 0.5);
+        // Line 1 abstains below the threshold (still scored on what the model wrote), line 4 on
+        // an unreadable answer; line 3 answers navigate confidently.
+        let count =
+            |abstained, of| AbstainCount { abstained, of, rate: abstained as f64 / of as f64 };
+        assert_eq!(r.abstention.in_domain, count(1, 2));
+        assert_eq!(r.abstention.out_of_domain, count(1, 2));
+        let strict = score_outputs(&items, &outputs, 0.95);
+        assert_eq!(strict.abstention.in_domain, count(2, 2));
+        assert_eq!(strict.abstention.out_of_domain, count(2, 2));
+        let empty = SetOutput { text: outputs[1].text.clone(), confidence: 1.0, empty: true };
+        assert!(empty.abstains(0.0) && !outputs[1].abstains(0.0));
         assert_eq!(r.tally.examples, 4);
         assert_eq!(r.tally.intent_correct, 2, "stop_trip and navigate");
         // Slots are scored on their own: line 3 wrote the right (empty) slots, wrong intent.

@@ -9,6 +9,7 @@ use bitnet_runtime::data::dir::{DataDir, Split};
 use bitnet_runtime::data::loader::LoaderOptions;
 use bitnet_runtime::run;
 use bitnet_runtime::run::service::load_tokenizer;
+use bitnet_truckmate::answer::DEFAULT_ABSTAIN_THRESHOLD;
 use bitnet_truckmate::eval::{EvalSummary, evaluate_lines_parallel, mean_loss};
 use bitnet_truckmate::eval_set::{self, SetReport};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -45,12 +46,17 @@ pub struct Args {
     /// Evaluate a hand-written set instead of a split: one JSON object a line,
     /// `{"utterance": "...", "intent": "...", "slots": {...}}` (intent `none` for out of domain),
     /// e.g. plugins/truckmate/data/handwritten-eval.jsonl. Reports per-intent figures and a
-    /// confusion matrix.
+    /// confusion matrix, and how often `classify` would abstain in and out of domain.
     #[arg(long, value_name = "FILE")]
     set: Option<PathBuf>,
     /// With --set: list every miss (line, utterance, expected, predicted) on stderr.
     #[arg(long, requires = "set")]
     show_errors: bool,
+    /// With --set: the abstention threshold the report's `abstain` figures count at (`bitnet
+    /// classify --threshold`), in [0, 1].
+    #[arg(long, requires = "set", default_value_t = DEFAULT_ABSTAIN_THRESHOLD,
+          value_parser = super::classify::parse_threshold)]
+    threshold: f64,
 }
 
 /// A checkpoint's model, ready to evaluate.
@@ -237,6 +243,7 @@ pub fn evaluate_set(
     checkpoint: &Path,
     set: &Path,
     data_dir: Option<&Path>,
+    threshold: f64,
 ) -> anyhow::Result<(serde_json::Value, SetReport)> {
     let meta = std::fs::metadata(set).with_context(|| format!("reading {}", set.display()))?;
     anyhow::ensure!(
@@ -264,7 +271,7 @@ pub fn evaluate_set(
         &|| pb.inc(1),
     )?;
     pb.finish_and_clear();
-    let report = eval_set::score_outputs(&items, &outputs);
+    let report = eval_set::score_outputs(&items, &outputs, threshold);
     let summary = EvalSummary::new("set", &report.tally, None);
     let mut value = serde_json::to_value(&summary)?;
     if let Some(obj) = value.as_object_mut() {
@@ -274,6 +281,7 @@ pub fn evaluate_set(
         obj.insert("tokens_trained".into(), tokens.into());
         obj.insert("misses".into(), report.misses.len().into());
         obj.insert("confusion".into(), serde_json::to_value(&report.confusion)?);
+        obj.insert("abstain".into(), serde_json::to_value(report.abstention)?);
         for key in ["split", "loss", "perplexity", "loss_targets"] {
             obj.remove(key);
         }
@@ -283,7 +291,8 @@ pub fn evaluate_set(
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     if let Some(set) = &args.set {
-        let (value, report) = evaluate_set(&args.checkpoint, set, args.data_dir.as_deref())?;
+        let (value, report) =
+            evaluate_set(&args.checkpoint, set, args.data_dir.as_deref(), args.threshold)?;
         if args.show_errors {
             for m in &report.misses {
                 eprintln!(
