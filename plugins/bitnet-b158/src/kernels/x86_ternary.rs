@@ -221,16 +221,31 @@ unsafe fn avx2_rows<const R: usize>(t: &Tile<'_>) {
         // once (exact integers either way).
         for g0 in (0..groups).step_by(I16_GROUPS) {
             let mut acc16 = [[_mm256_setzero_si256(); 4]; R];
-            for g in g0..(g0 + I16_GROUPS).min(groups) {
+            let end = (g0 + I16_GROUPS).min(groups);
+            // The block's full groups, then the partial one if it falls here (as in
+            // `avx_vnni_rows`, no branch between them inside the loop).
+            for g in g0..end.min(full) {
                 // SAFETY: group g < groups of the buffer spans 256 bytes, this half is 128 of
-                // them; full groups read 4 in-bounds bytes of each row (see `vnni_rows`).
+                // them; g < full, so the 4-byte read at r k + 4 g lies in row r < R.
                 unsafe {
                     let b = load_half_group(tp, g, half);
                     for (r, acc_r) in acc16.iter_mut().enumerate() {
-                        let a = _mm256_set1_epi32(group_lane(rows, xp, k, r, g, full));
+                        let a = _mm256_set1_epi32(
+                            xp.add(r * k + GROUP * g).cast::<i32>().read_unaligned(),
+                        );
                         for (acc_rv, &bv) in acc_r.iter_mut().zip(&b) {
                             *acc_rv = _mm256_add_epi16(*acc_rv, _mm256_maddubs_epi16(bv, a));
                         }
+                    }
+                }
+            }
+            if end > full {
+                // SAFETY: group `full` < groups of the buffer spans 256 bytes.
+                let b = unsafe { load_half_group(tp, full, half) };
+                for (r, acc_r) in acc16.iter_mut().enumerate() {
+                    let a = _mm256_set1_epi32(tail_group(&rows[r * k..(r + 1) * k], full));
+                    for (acc_rv, &bv) in acc_r.iter_mut().zip(&b) {
+                        *acc_rv = _mm256_add_epi16(*acc_rv, _mm256_maddubs_epi16(bv, a));
                     }
                 }
             }
@@ -261,22 +276,6 @@ unsafe fn load_half_group(tp: *const u8, g: usize, half: usize) -> [__m256i; 4] 
             _mm256_loadu_si256(b.add(64).cast()),
             _mm256_loadu_si256(b.add(96).cast()),
         ]
-    }
-}
-
-/// The four activations of group `g` of row `r` of `rows` (`k` each, starting at `xp`) as one
-/// 32-bit lane; the partial last group (`g == full`) zero padded.
-///
-/// # Safety
-/// `xp` is `rows.as_ptr()`, row `r` exists and `g <= full`, so a full group's 4 bytes are in
-/// bounds.
-#[inline(always)]
-unsafe fn group_lane(rows: &[i8], xp: *const i8, k: usize, r: usize, g: usize, full: usize) -> i32 {
-    if g < full {
-        // SAFETY: bytes r k + 4 g .. + 4 lie in row r (the contract); unaligned reads are allowed.
-        unsafe { xp.add(r * k + GROUP * g).cast::<i32>().read_unaligned() }
-    } else {
-        tail_group(&rows[r * k..(r + 1) * k], full)
     }
 }
 
@@ -383,16 +382,30 @@ unsafe fn avx_vnni_rows<const R: usize>(t: &Tile<'_>) {
             break;
         }
         let mut acc = [[_mm256_setzero_si256(); 4]; R];
-        for g in 0..groups {
+        // The full groups, then the partial one: a branch between the two inside the loop made
+        // LLVM store the accumulators to the stack on every group.
+        for g in 0..full {
             // SAFETY: group g < groups of the buffer spans 256 bytes, this half is 128 of them;
-            // full groups read 4 in-bounds bytes of each row (see `vnni_rows`).
+            // row r < R has k >= 4 g + 4 bytes, so the 4-byte read at r k + 4 g is in bounds
+            // (unaligned reads are allowed).
             unsafe {
                 let b = load_half_group(tp, g, half);
                 for (r, acc_r) in acc.iter_mut().enumerate() {
-                    let a = _mm256_set1_epi32(group_lane(rows, xp, k, r, g, full));
+                    let a =
+                        _mm256_set1_epi32(xp.add(r * k + GROUP * g).cast::<i32>().read_unaligned());
                     for (acc_rv, &bv) in acc_r.iter_mut().zip(&b) {
                         *acc_rv = _mm256_dpbusd_avx_epi32(*acc_rv, bv, a);
                     }
+                }
+            }
+        }
+        if groups > full {
+            // SAFETY: group `full` < groups of the buffer spans 256 bytes.
+            let b = unsafe { load_half_group(tp, full, half) };
+            for (r, acc_r) in acc.iter_mut().enumerate() {
+                let a = _mm256_set1_epi32(tail_group(&rows[r * k..(r + 1) * k], full));
+                for (acc_rv, &bv) in acc_r.iter_mut().zip(&b) {
+                    *acc_rv = _mm256_dpbusd_avx_epi32(*acc_rv, bv, a);
                 }
             }
         }
