@@ -165,42 +165,62 @@ unsafe fn rows_avx_vnni<const R: usize>(t: I8Tile<'_>) {
     let blocks = t.blocks;
     check_tile(&t, R);
     let (ap, bp) = (t.a.as_ptr(), t.b.as_ptr());
-    for c in (0..t.cols).step_by(8) {
-        let mask = lane_mask_i32(t.cols - c);
-        let mut facc = [_mm256_setzero_ps(); R];
+    // 16 columns (two vectors) at a time: 2 R int32 accumulators, the two `B` vectors and one
+    // broadcast fit the 16 registers for R = 6 (one vector at a time left six dependent chains
+    // of `vpdpbusd`, too few to cover its latency). The fp32 sums are touched once per block,
+    // so they live in memory.
+    for c in (0..t.cols).step_by(16) {
+        let masks = [lane_mask_i32(t.cols - c), lane_mask_i32(t.cols.saturating_sub(c + 8))];
+        let mut facc = [[_mm256_setzero_ps(); 2]; R];
         if t.accumulate {
             for (r, f) in facc.iter_mut().enumerate() {
-                // SAFETY: the masked lanes are columns l0 + c .. l0 + min(c + 8, cols) <= k of
-                // row r < R of `out` (asserted above).
-                *f = unsafe { _mm256_maskload_ps(t.out.as_ptr().add(r * t.k + t.l0 + c), mask) };
+                for (v, fv) in f.iter_mut().enumerate() {
+                    // SAFETY: the masked lanes are columns l0 + c + 8 v .. < l0 + cols <= k of
+                    // row r < R of `out` (asserted above); masked-off lanes are not read.
+                    *fv = unsafe {
+                        _mm256_maskload_ps(t.out.as_ptr().add(r * t.k + t.l0 + c + 8 * v), masks[v])
+                    };
+                }
             }
         }
         for bl in 0..blocks {
-            let mut iacc = [_mm256_setzero_si256(); R];
+            let mut iacc = [[_mm256_setzero_si256(); 2]; R];
             for (r, acc) in iacc.iter_mut().enumerate() {
-                *acc = _mm256_set1_epi32(t.inits[bl * t.s_stride + r]);
+                *acc = [_mm256_set1_epi32(t.inits[bl * t.s_stride + r]); 2];
             }
             for q in 0..QUADS {
-                // SAFETY: lanes (bl * QUADS + q) * 32 + c .. + 8 of `b` (c + 8 <= 32) and lanes
-                // bl * a_stride + q * 6 + r (r < R <= 6) of `a` are in bounds (asserted above);
-                // unaligned loads are allowed.
+                // SAFETY: lanes (bl * QUADS + q) * 32 + c .. + 16 of `b` (c + 16 <= 32) and
+                // lanes bl * a_stride + q * 6 + r (r < R <= 6) of `a` are in bounds (asserted
+                // above); unaligned loads are allowed.
                 unsafe {
-                    let bv = _mm256_loadu_si256(bp.add((bl * QUADS + q) * NR + c).cast());
+                    let b = bp.add((bl * QUADS + q) * NR + c);
+                    let bv = [_mm256_loadu_si256(b.cast()), _mm256_loadu_si256(b.add(8).cast())];
                     let a_q = ap.add(bl * t.a_stride + q * MR);
                     for (r, acc) in iacc.iter_mut().enumerate() {
                         let a = _mm256_set1_epi32(*a_q.add(r) as i32);
-                        *acc = _mm256_dpbusd_avx_epi32(*acc, bv, a);
+                        acc[0] = _mm256_dpbusd_avx_epi32(acc[0], bv[0], a);
+                        acc[1] = _mm256_dpbusd_avx_epi32(acc[1], bv[1], a);
                     }
                 }
             }
-            for (r, (f, &acc)) in facc.iter_mut().zip(&iacc).enumerate() {
+            for (r, (f, acc)) in facc.iter_mut().zip(&iacc).enumerate() {
                 let scale = _mm256_set1_ps(t.scales[bl * t.s_stride + r]);
-                *f = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(acc), *f);
+                for (fv, &av) in f.iter_mut().zip(acc) {
+                    *fv = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(av), *fv);
+                }
             }
         }
-        for (r, &f) in facc.iter().enumerate() {
-            // SAFETY: as the masked load above; `out` is an exclusive borrow.
-            unsafe { _mm256_maskstore_ps(t.out.as_mut_ptr().add(r * t.k + t.l0 + c), mask, f) };
+        for (r, f) in facc.iter().enumerate() {
+            for (v, &fv) in f.iter().enumerate() {
+                // SAFETY: as the masked load above; `out` is an exclusive borrow.
+                unsafe {
+                    _mm256_maskstore_ps(
+                        t.out.as_mut_ptr().add(r * t.k + t.l0 + c + 8 * v),
+                        masks[v],
+                        fv,
+                    )
+                };
+            }
         }
     }
 }
