@@ -5,13 +5,14 @@
 //! threshold, or that is not a JSON object with a string `"intent"`, becomes
 //! `{"intent":"none","slots":{}}` with `"abstained": true`; the confidence reported is still the
 //! model's (0 for an unreadable answer). An utterance that is empty once cleaned (nothing but
-//! spaces or punctuation) is never decoded: it abstains with confidence 0, so an empty input can
-//! never produce a confident in-domain intent. `none` is an ordinary intent for the model: a
+//! spaces or punctuation) or once encoded (every word left out as unknown by the tokenizer) is
+//! never decoded: it abstains with confidence 0, so an empty input can never produce a confident
+//! in-domain intent. `none` is an ordinary intent for the model: a
 //! model trained on out-of-domain examples may answer `none` itself, confidently, and that answer
 //! is reported as it is (`abstained: false`).
 
 use crate::confidence::{decode_with_probabilities, intent_confidence};
-use crate::eval::{EvalError, clean_utterance, prompt_ids};
+use crate::eval::{EvalError, PROMPT_MARKERS, clean_utterance, prompt_ids};
 use crate::eval_set::{MAX_UTTERANCE_CHARS, NONE_INTENT};
 use bitnet_framework::model::InferenceModel;
 use bitnet_framework::tokenizer::Tokenizer;
@@ -100,7 +101,8 @@ pub fn max_prompt_tokens(seq_len: usize) -> usize {
 }
 
 /// Cleans `utterance` ([`clean_utterance`]), decodes it greedily and answers with abstention
-/// below `threshold`. An utterance empty once cleaned abstains without decoding.
+/// below `threshold`. An utterance with no token once cleaned and encoded abstains without
+/// decoding.
 pub fn classify(
     model: &mut dyn InferenceModel,
     tok: &dyn Tokenizer,
@@ -113,10 +115,12 @@ pub fn classify(
         return Err(ClassifyError::TooManyChars { chars });
     }
     let cleaned = clean_utterance(utterance);
-    if cleaned.is_empty() {
+    let tokens = if cleaned.is_empty() { PROMPT_MARKERS } else { prompt_ids(tok, &cleaned)?.len() };
+    if tokens <= PROMPT_MARKERS {
+        // Nothing left to read: a blank utterance, or one whose every word the tokenizer left
+        // out as unknown.
         return Ok(Answer::abstain(0.0));
     }
-    let tokens = prompt_ids(tok, &cleaned)?.len();
     let limit = max_prompt_tokens(seq_len);
     if tokens > limit {
         return Err(ClassifyError::TooManyTokens { tokens, limit });
@@ -229,8 +233,9 @@ mod tests {
         let got = classify(&mut m, &tok, "take me to dallas", 64, 0.8).expect("classify");
         assert_eq!((got.intent.as_str(), got.confidence), ("navigate", 1.0));
 
-        // Empty and punctuation-only utterances abstain without running the model.
-        for empty in ["", "   ", "?!", "\t"] {
+        // Empty and punctuation-only utterances, and those whose every word the tokenizer
+        // leaves out as unknown, abstain without running the model.
+        for empty in ["", "   ", "?!", "\t", "zyzzyva qwertz", "'..'"] {
             let mut m = model(at);
             let got = classify(&mut m, &tok, empty, 64, 0.0).expect("classify");
             assert_eq!((got, m.calls), (Answer::abstain(0.0), 0), "{empty:?}");

@@ -217,6 +217,9 @@ pub fn argmax(logits: &[f32]) -> Option<usize> {
     best.map(|(i, _)| i)
 }
 
+/// Tokens of a prompt around its utterance: `[BOS] [USER]` and `[INTENT]`.
+pub const PROMPT_MARKERS: usize = 3;
+
 /// The prompt ids for `utterance`: `[BOS] [USER] utterance [INTENT]`.
 pub fn prompt_ids(tok: &dyn Tokenizer, utterance: &str) -> Result<Vec<u32>, EvalError> {
     let mut ids = vec![tok.special_tokens().bos];

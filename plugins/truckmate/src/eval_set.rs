@@ -10,7 +10,7 @@
 
 use crate::answer::Answer;
 use crate::confidence::{decode_with_probabilities, intent_confidence};
-use crate::eval::{Outcome, Tally, clean_utterance, score};
+use crate::eval::{Outcome, PROMPT_MARKERS, Tally, clean_utterance, prompt_ids, score};
 use bitnet_framework::model::InferenceModel;
 use bitnet_framework::tokenizer::Tokenizer;
 use serde::{Deserialize, Serialize};
@@ -134,7 +134,7 @@ pub struct SetOutput {
     pub text: String,
     /// The model's confidence in the intent it wrote ([`intent_confidence`]).
     pub confidence: f64,
-    /// The utterance was empty once cleaned, so `classify` would not decode it.
+    /// The utterance had no token once cleaned and encoded, so `classify` would not decode it.
     pub empty: bool,
 }
 
@@ -259,12 +259,13 @@ pub fn decode_all(
                     let mut out = Vec::with_capacity(chunk.len());
                     for item in chunk {
                         let utterance = clean_utterance(&item.utterance);
+                        let empty = prompt_ids(tok, &utterance)?.len() <= PROMPT_MARKERS;
                         let decoded =
                             decode_with_probabilities(model.as_mut(), tok, &utterance, max_len)?;
                         out.push(SetOutput {
                             confidence: intent_confidence(tok, &decoded)?,
                             text: decoded.text,
-                            empty: utterance.is_empty(),
+                            empty,
                         });
                         progress();
                     }
