@@ -12,7 +12,7 @@
 //! is reported as it is (`abstained: false`).
 
 use crate::confidence::{decode_with_probabilities, intent_confidence};
-use crate::eval::{EvalError, PROMPT_MARKERS, clean_utterance, prompt_ids};
+use crate::eval::{EvalError, clean_utterance, prompt_ids, reads_nothing};
 use crate::eval_set::{MAX_UTTERANCE_CHARS, NONE_INTENT};
 use bitnet_framework::model::InferenceModel;
 use bitnet_framework::tokenizer::Tokenizer;
@@ -115,12 +115,11 @@ pub fn classify(
         return Err(ClassifyError::TooManyChars { chars });
     }
     let cleaned = clean_utterance(utterance);
-    let tokens = if cleaned.is_empty() { PROMPT_MARKERS } else { prompt_ids(tok, &cleaned)?.len() };
-    if tokens <= PROMPT_MARKERS {
-        // Nothing left to read: a blank utterance, or one whose every word the tokenizer left
-        // out as unknown.
+    let prompt = prompt_ids(tok, &cleaned)?;
+    if reads_nothing(&prompt) {
         return Ok(Answer::abstain(0.0));
     }
+    let tokens = prompt.len();
     let limit = max_prompt_tokens(seq_len);
     if tokens > limit {
         return Err(ClassifyError::TooManyTokens { tokens, limit });

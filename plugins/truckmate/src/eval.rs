@@ -218,7 +218,13 @@ pub fn argmax(logits: &[f32]) -> Option<usize> {
 }
 
 /// Tokens of a prompt around its utterance: `[BOS] [USER]` and `[INTENT]`.
-pub const PROMPT_MARKERS: usize = 3;
+const PROMPT_MARKERS: usize = 3;
+
+/// Whether a prompt from [`prompt_ids`] holds no utterance token: the utterance was blank, or
+/// the tokenizer left out every word as unknown, so there is nothing for the model to read.
+pub fn reads_nothing(prompt: &[u32]) -> bool {
+    prompt.len() <= PROMPT_MARKERS
+}
 
 /// The prompt ids for `utterance`: `[BOS] [USER] utterance [INTENT]`.
 pub fn prompt_ids(tok: &dyn Tokenizer, utterance: &str) -> Result<Vec<u32>, EvalError> {

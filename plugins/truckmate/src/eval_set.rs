@@ -10,7 +10,7 @@
 
 use crate::answer::Answer;
 use crate::confidence::{decode_with_probabilities, intent_confidence};
-use crate::eval::{Outcome, PROMPT_MARKERS, Tally, clean_utterance, prompt_ids, score};
+use crate::eval::{Outcome, Tally, clean_utterance, prompt_ids, reads_nothing, score};
 use bitnet_framework::model::InferenceModel;
 use bitnet_framework::tokenizer::Tokenizer;
 use serde::{Deserialize, Serialize};
@@ -259,7 +259,7 @@ pub fn decode_all(
                     let mut out = Vec::with_capacity(chunk.len());
                     for item in chunk {
                         let utterance = clean_utterance(&item.utterance);
-                        let empty = prompt_ids(tok, &utterance)?.len() <= PROMPT_MARKERS;
+                        let empty = reads_nothing(&prompt_ids(tok, &utterance)?);
                         let decoded =
                             decode_with_probabilities(model.as_mut(), tok, &utterance, max_len)?;
                         out.push(SetOutput {
