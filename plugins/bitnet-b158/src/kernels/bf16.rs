@@ -173,10 +173,8 @@ pub(crate) fn micro_kernel(isa: Isa, t: Bf16Tile<'_>) {
         // SAFETY: check_isa verified AVX-512 BF16 (with F/BW/VL); the tile's slices are in
         // bounds by construction (rows <= MR, cols <= 64, b holds pairs * 64 lanes).
         Isa::Avx512Bf16 => unsafe { super::x86_bf16::kernel_bf16(t) },
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: check_isa verified AVX2 and FMA; the driver passes at most KC pairs, and the
-        // tile's slices are in bounds as above.
-        Isa::Avx2 => unsafe { super::x86_avx2_bf16::kernel_bf16_avx2(t) },
+        // The AVX2 path multiplies widened operands in the driver (`bf16_tiles::run_blocked`).
+        Isa::Avx2 => unreachable!("the AVX2 bf16 path runs on widened operands"),
         #[cfg(target_arch = "aarch64")]
         // SAFETY: check_isa verified NEON; the tile's slices are in bounds as above.
         Isa::Neon => unsafe { super::neon_bf16::kernel_bf16_neon(t) },

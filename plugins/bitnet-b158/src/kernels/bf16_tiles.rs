@@ -27,9 +27,20 @@ pub(crate) const KC: usize = 96;
 /// (144 KiB), kept in L2 while every panel of `B` passes over it.
 pub(crate) const MC: usize = 384;
 
+/// A task's reused buffers.
+#[derive(Default)]
+struct Scratch {
+    /// The packed `A` block, `[tile][pair][MR]`.
+    a: Vec<u32>,
+    /// The AVX2 path's `A` block widened to fp32, `[tile][pair][hi MR, lo MR]`.
+    a_wide: Vec<f32>,
+    /// The AVX2 path's `B` block widened to fp32, `[pair][hi 64, lo 64]`.
+    b_wide: Vec<f32>,
+}
+
 thread_local! {
-    /// The packed `A` block of the running task, `[tile][pair][MR]`.
-    static A_BLOCK: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
+    /// The running task's buffers.
+    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
 }
 
 /// Index of lane `(r, p)` of an `A` block packed `[tile][pair][MR]` with `pc` pairs.
@@ -79,9 +90,27 @@ impl Bf16Lane for f32 {
             Isa::Avx512Bf16 | Isa::Avx512Amx => unsafe {
                 super::x86_bf16::pack_a_output_rows_f32(dst, dims, row)
             },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: the driver only runs a path check_isa accepted (AVX2 and FMA).
+            Isa::Avx2 => unsafe { pack_a_output_rows_avx2(dst, dims, row) },
             _ => pack_a_output_rows(dst, dims, row),
         }
     }
+}
+
+/// [`pack_a_output_rows`] of fp32 compiled for AVX2 (the same operations per element, so the
+/// same lanes; the baseline x86-64 build only gets 4-lane SSE vectors for the conversion).
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn pack_a_output_rows_avx2<'a>(
+    dst: &mut [u32],
+    dims: (usize, usize, usize, usize),
+    row: impl Fn(usize) -> &'a [f32],
+) {
+    pack_a_output_rows(dst, dims, row)
 }
 
 impl Bf16Lane for u16 {
@@ -123,26 +152,51 @@ pub(crate) fn run_blocked(
         return super::x86_amx::run_blocked_amx(c, dims, b, accumulate, tasks_per_thread, pack_a);
     }
     let panels = cols.div_ceil(NR);
+    // The AVX2 path multiplies fp32 operands: each block widened once (see x86_avx2_bf16.rs).
+    let wide = cfg!(target_arch = "x86_64") && isa == Isa::Avx2;
     let task = |out: &mut [f32], j0: usize| {
         let rn = out.len() / cols;
-        A_BLOCK.with(|cell| {
-            let mut ap = cell.borrow_mut();
-            ap.resize(MC * KC, 0);
+        SCRATCH.with(|cell| {
+            let s = &mut *cell.borrow_mut();
+            s.a.resize(MC * KC, 0);
+            if wide {
+                s.a_wide.resize(2 * MC * KC, 0.0);
+                s.b_wide.resize(2 * KC * NR, 0.0);
+            }
             for m0 in (0..rn).step_by(MC) {
                 let mn = (rn - m0).min(MC);
                 let tiles = mn.div_ceil(MR);
                 for p0 in (0..pairs).step_by(KC) {
                     let pc = (pairs - p0).min(KC);
-                    let ablock = &mut ap[..tiles * pc * MR];
+                    let ablock = &mut s.a[..tiles * pc * MR];
                     pack_a(j0 + m0, mn, p0, pc, ablock);
+                    if wide {
+                        widen_a(ablock, &mut s.a_wide[..2 * ablock.len()]);
+                    }
                     for panel in 0..panels {
                         let start = panel * pairs * NR + p0 * NR;
                         let bblock = &b[start..start + pc * NR];
                         let l0 = panel * NR;
                         let width = (cols - l0).min(NR);
+                        if wide {
+                            widen_b(isa, bblock, &mut s.b_wide[..2 * bblock.len()]);
+                        }
                         for tile in 0..tiles {
                             let r = m0 + tile * MR;
                             let take = (mn - tile * MR).min(MR);
+                            let out = &mut out[r * cols..(r + take) * cols];
+                            let accumulate = accumulate || p0 > 0;
+                            if wide {
+                                let a = &s.a_wide[tile * pc * 2 * MR..(tile + 1) * pc * 2 * MR];
+                                let b = &s.b_wide[..2 * pc * NR];
+                                wide_kernel(
+                                    isa,
+                                    (a, b, pc),
+                                    (out, take, cols, l0, width),
+                                    accumulate,
+                                );
+                                continue;
+                            }
                             micro_kernel(
                                 isa,
                                 Bf16Tile {
@@ -150,11 +204,11 @@ pub(crate) fn run_blocked(
                                     b: bblock,
                                     pairs: pc,
                                     rows: take,
-                                    out: &mut out[r * cols..(r + take) * cols],
+                                    out,
                                     k: cols,
                                     l0,
                                     cols: width,
-                                    accumulate: accumulate || p0 > 0,
+                                    accumulate,
                                 },
                             );
                         }
@@ -164,6 +218,59 @@ pub(crate) fn run_blocked(
         });
     };
     for_each_row_band(c, cols, MR, tasks_per_thread, task);
+}
+
+/// Widens an `A` block for the AVX2 path (elsewhere never called).
+#[inline(always)]
+fn widen_a(a: &[u32], dst: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    super::x86_avx2_bf16::widen_a(a, dst);
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (a, dst);
+}
+
+/// Widens a `B` block for the AVX2 path (elsewhere never called).
+#[inline(always)]
+fn widen_b(isa: Isa, b: &[u32], dst: &mut [f32]) {
+    debug_assert_eq!(isa, Isa::Avx2);
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: only the AVX2 path widens, and check_isa verified AVX2 and FMA for it.
+    unsafe {
+        super::x86_avx2_bf16::widen_b(b, dst)
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (isa, b, dst);
+}
+
+/// The AVX2 micro-kernel on widened operands `(a, b, pairs)` into
+/// `(out, rows, k, l0, cols)`.
+#[inline(always)]
+fn wide_kernel(
+    isa: Isa,
+    (a, b, pairs): (&[f32], &[f32], usize),
+    (out, rows, k, l0, cols): (&mut [f32], usize, usize, usize, usize),
+    accumulate: bool,
+) {
+    debug_assert_eq!(isa, Isa::Avx2);
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: only the AVX2 path (AVX2 and FMA verified by check_isa) gets here; the driver
+    // passes at most KC pairs and MR rows, `a` and `b` hold the widened block's lanes, and
+    // `out` the tile's rows.
+    unsafe {
+        super::x86_avx2_bf16::kernel_bf16_avx2(super::x86_avx2_bf16::WideTile {
+            a,
+            b,
+            pairs,
+            rows,
+            out,
+            k,
+            l0,
+            cols,
+            accumulate,
+        })
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (isa, a, b, pairs, out, rows, k, l0, cols, accumulate);
 }
 
 /// Packs an `A` block from an operand whose depth rows run along the output rows:
@@ -238,6 +345,7 @@ fn scatter_pair_lanes(dst: &mut [u32], lanes: &[u32], p: usize, pc: usize) {
 /// Packs an `A` block from an operand whose output rows run along the depth:
 /// `A(i, j0 + r) = row(r)[i]` (`row(r)` holds the whole depth of output row `j0 + r`), for fp32
 /// or already-bf16 elements ([`Bf16Lane`]).
+#[inline(always)]
 pub(crate) fn pack_a_output_rows<'a, T: Bf16Lane + 'a>(
     dst: &mut [u32],
     (rn, p0, pc, depth): (usize, usize, usize, usize),

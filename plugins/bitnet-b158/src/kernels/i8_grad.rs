@@ -362,7 +362,16 @@ fn pack_a_best(
         blocks: (usize, usize),
     ) {
         match layout {
-            ALayout::DepthMajor => pack_a(ab, dy, inv_s, dims, rows, blocks),
+            ALayout::DepthMajor => {
+                let (n, j0) = (dims.1, rows.0);
+                pack_a_with(ab, dims, rows, blocks, dy, inv_s, |amax, i0, i1| {
+                    // SAFETY: this function's own features; the block's tokens and rows are
+                    // inside `dy` (checked by the caller).
+                    unsafe {
+                        super::x86_avx2_i8_grad::block_amax_avx2(amax, dy, inv_s, (n, j0), (i0, i1))
+                    }
+                })
+            }
             ALayout::RowMajor => pack_a_rows(ab, dy, inv_s, dims, rows, blocks),
         }
     }
@@ -448,9 +457,47 @@ fn pack_a(
     ab: ASlices<'_>,
     dy: &[f32],
     inv_s: &[f32],
+    dims: (usize, usize),
+    rows: (usize, usize),
+    blocks: (usize, usize),
+) {
+    let (n, j0) = (dims.1, rows.0);
+    pack_a_with(ab, dims, rows, blocks, dy, inv_s, |amax, i0, i1| {
+        block_amax(amax, dy, inv_s, (n, j0), (i0, i1))
+    })
+}
+
+/// Pass 1 of [`pack_a`]: `amax[r]` becomes the absmax of `dy[i][j0 + r] * inv_s[i]` over the
+/// tokens `i0 .. i1` (vectorises along `r`).
+#[inline(always)]
+fn block_amax(
+    amax: &mut [f32],
+    dy: &[f32],
+    inv_s: &[f32],
+    (n, j0): (usize, usize),
+    (i0, i1): (usize, usize),
+) {
+    let rn = amax.len();
+    amax.fill(0.0);
+    for i in i0..i1 {
+        let (row, f) = (&dy[i * n + j0..i * n + j0 + rn], inv_s[i]);
+        for (a, &v) in amax.iter_mut().zip(row) {
+            *a = amax_step(*a, (v * f).abs());
+        }
+    }
+}
+
+/// [`pack_a`] with its first pass (each row's absmax over a block's tokens) given as
+/// `amax_pass(amax, i0, i1)`, which the AVX2 path hand-vectorises.
+#[inline(always)]
+fn pack_a_with(
+    ab: ASlices<'_>,
     (m, n): (usize, usize),
     (j0, rn): (usize, usize),
     (b0, bc): (usize, usize),
+    dy: &[f32],
+    inv_s: &[f32],
+    amax_pass: impl Fn(&mut [f32], usize, usize),
 ) {
     check_a_slices(&ab, rn, bc);
     let mut amax = [0f32; MC];
@@ -463,14 +510,8 @@ fn pack_a(
     for bl in 0..bc {
         let i0 = (b0 + bl) * BLOCK;
         let i1 = (i0 + BLOCK).min(m);
-        // Pass 1: the block's absmax of each row (vectorises along j).
-        amax.fill(0.0);
-        for i in i0..i1 {
-            let (row, f) = (&dy[i * n + j0..i * n + j0 + rn], inv_s[i]);
-            for (a, &v) in amax.iter_mut().zip(row) {
-                *a = amax_step(*a, (v * f).abs());
-            }
-        }
+        // Pass 1: the block's absmax of each row.
+        amax_pass(amax, i0, i1);
         for ((a, iv), r) in amax.iter().zip(inv.iter_mut()).zip(0..rn) {
             let (scale, inverse) = block_scale(*a);
             *iv = inverse;

@@ -7,19 +7,80 @@
 //! does. The one difference: the twin (like `vdpbf16ps`) flushes denormal sums to zero and FMA
 //! keeps them, so an element can differ by at most `2 * pairs * 2^-126` (sums below 2^-126 in
 //! magnitude only), far inside the bound the tests hold every path to.
+//!
+//! Both operands are widened to fp32 before the micro-kernel runs, not inside it: the driver
+//! widens each packed `A` block once ([`widen_a`], then reused by every panel of `B`) and each
+//! `KC x 64` slice of a `B` panel once per block ([`widen_b`], then reused by every 6-row tile).
+//! The micro-kernel's loop is then only loads, broadcasts and FMAs: 12 accumulators, two `B`
+//! vectors and one broadcast fit the 16 `ymm` registers. (Widening inside the loop, with a mask
+//! and a shift per `B` vector and the tile's `A` lanes widened on every call, spilled
+//! accumulators to the stack and ran the LM head's products at about half the FMA peak.)
 
-use super::bf16::{Bf16Tile, MR, NR};
+use super::bf16::{MR, NR};
 use super::bf16_tiles::KC;
 use std::arch::x86_64::*;
+
+/// One micro-kernel call on widened operands: `rows` rows x the columns `l0 .. l0 + cols` of
+/// one panel, over `pairs` depth pairs.
+pub(crate) struct WideTile<'a> {
+    /// The tile's `A` lanes, `[pair][hi MR, lo MR]` (from [`widen_a`]).
+    pub a: &'a [f32],
+    /// A depth block of one `B` panel, `[pair][hi 64, lo 64]` (from [`widen_b`]).
+    pub b: &'a [f32],
+    pub pairs: usize,
+    pub rows: usize,
+    /// The `rows` output rows, `k` each.
+    pub out: &'a mut [f32],
+    pub k: usize,
+    pub l0: usize,
+    pub cols: usize,
+    pub accumulate: bool,
+}
+
+/// Widens a packed `A` block (`[tile][pair][MR]` bf16 pairs) to `[tile][pair][hi MR, lo MR]`
+/// fp32: `dst` holds `2 * a.len()` floats.
+pub(crate) fn widen_a(a: &[u32], dst: &mut [f32]) {
+    debug_assert_eq!(dst.len(), 2 * a.len());
+    for (lanes, out) in a.chunks_exact(MR).zip(dst.chunks_exact_mut(2 * MR)) {
+        let (hi, lo) = out.split_at_mut(MR);
+        for ((h, l), &v) in hi.iter_mut().zip(lo).zip(lanes) {
+            *h = f32::from_bits(v & 0xFFFF_0000);
+            *l = f32::from_bits(v << 16);
+        }
+    }
+}
+
+/// Widens a depth block of a packed `B` panel (`[pair][64]` bf16 pairs) to
+/// `[pair][hi 64, lo 64]` fp32: `dst` holds `2 * b.len()` floats.
+///
+/// # Safety
+/// The CPU must support AVX2.
+#[target_feature(enable = "avx2")]
+pub(crate) unsafe fn widen_b(b: &[u32], dst: &mut [f32]) {
+    assert!(b.len().is_multiple_of(NR) && dst.len() == 2 * b.len(), "bf16 B widening");
+    let hi_mask = _mm256_set1_epi32(0xFFFF_0000u32 as i32);
+    for (p, lanes) in b.chunks_exact(NR).enumerate() {
+        for v in 0..NR / 8 {
+            // SAFETY: lanes v * 8 .. v * 8 + 8 of the pair's 64, and floats p * 128 + v * 8 ..
+            // + 8 and p * 128 + 64 + v * 8 .. + 8 of `dst`, are in bounds (asserted above).
+            unsafe {
+                let x = _mm256_loadu_si256(lanes.as_ptr().add(8 * v).cast());
+                let d = dst.as_mut_ptr().add(p * 2 * NR + 8 * v);
+                _mm256_storeu_si256(d.cast(), _mm256_and_si256(x, hi_mask));
+                _mm256_storeu_si256(d.add(NR).cast(), _mm256_slli_epi32(x, 16));
+            }
+        }
+    }
+}
 
 /// `fma` micro-kernel: up to 6 rows x one 64-column panel, 16 columns at a time.
 ///
 /// # Safety
 /// The CPU must support AVX2 and FMA; `1 <= t.rows <= 6`, `t.pairs <= KC`, `t.a` holds
-/// `pairs * 6` lanes (pair-major), `t.b` holds `pairs * 64` lanes, `t.cols <= 64`,
+/// `pairs * 12` floats, `t.b` holds `pairs * 128` floats, `t.cols <= 64`,
 /// `t.l0 + t.cols <= t.k` and `t.out` holds `rows * k` floats.
 #[target_feature(enable = "avx2,fma")]
-pub(crate) unsafe fn kernel_bf16_avx2(t: Bf16Tile<'_>) {
+pub(crate) unsafe fn kernel_bf16_avx2(t: WideTile<'_>) {
     // SAFETY: forwarded from this function's contract.
     unsafe {
         match t.rows {
@@ -46,51 +107,32 @@ pub(crate) fn mask8(rest: usize) -> [i32; 8] {
 
 #[inline]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn rows_avx2<const R: usize>(t: Bf16Tile<'_>) {
+unsafe fn rows_avx2<const R: usize>(t: WideTile<'_>) {
     let pairs = t.pairs;
     assert!(pairs <= KC, "bf16 tile deeper than one block");
-    assert!(t.a.len() >= pairs * MR && t.b.len() >= pairs * NR, "bf16 tile out of bounds");
+    assert!(t.a.len() >= pairs * 2 * MR && t.b.len() >= pairs * 2 * NR, "bf16 tile out of bounds");
     assert!(t.cols <= NR && t.l0 + t.cols <= t.k && t.out.len() >= R * t.k, "bf16 tile output");
-    // The tile's A lanes widened once to fp32: `[pair][hi R, lo R]`, broadcast from memory below.
-    let mut wide = [0f32; 2 * MR * KC];
-    for p in 0..pairs {
-        for r in 0..R {
-            let a = t.a[p * MR + r];
-            wide[p * 2 * R + r] = f32::from_bits(a & 0xFFFF_0000);
-            wide[p * 2 * R + R + r] = f32::from_bits(a << 16);
-        }
-    }
-    let (wp, bp) = (wide.as_ptr(), t.b.as_ptr());
-    let hi_mask = _mm256_set1_epi32(0xFFFF_0000u32 as i32);
+    let (ap, bp) = (t.a.as_ptr(), t.b.as_ptr());
     for c in (0..t.cols).step_by(16) {
         let mut acc = [[_mm256_setzero_ps(); 2]; R];
         for p in 0..pairs {
-            // SAFETY: lanes p * 64 + c .. p * 64 + c + 16 <= (p + 1) * 64 of `b` and entries
-            // p * 2R .. (p + 1) * 2R of `wide` are in bounds (asserted above, c < cols <= 64,
-            // c a multiple of 16); unaligned loads are allowed.
+            // SAFETY: floats p * 128 + c .. + 16 and p * 128 + 64 + c .. + 16 of `b` (c < cols
+            // <= 64, c a multiple of 16) and p * 12 .. p * 12 + 12 of `a` are in bounds
+            // (asserted above); unaligned loads are allowed.
             unsafe {
-                let b = bp.add(p * NR + c);
-                let w = wp.add(p * 2 * R);
-                let hi = [
-                    _mm256_castsi256_ps(_mm256_and_si256(_mm256_loadu_si256(b.cast()), hi_mask)),
-                    _mm256_castsi256_ps(_mm256_and_si256(
-                        _mm256_loadu_si256(b.add(8).cast()),
-                        hi_mask,
-                    )),
-                ];
+                let b = bp.add(p * 2 * NR + c);
+                let a = ap.add(p * 2 * MR);
+                let hi = [_mm256_loadu_ps(b), _mm256_loadu_ps(b.add(8))];
                 for (r, acc_r) in acc.iter_mut().enumerate() {
-                    let a = _mm256_broadcast_ss(&*w.add(r));
-                    acc_r[0] = _mm256_fmadd_ps(a, hi[0], acc_r[0]);
-                    acc_r[1] = _mm256_fmadd_ps(a, hi[1], acc_r[1]);
+                    let x = _mm256_broadcast_ss(&*a.add(r));
+                    acc_r[0] = _mm256_fmadd_ps(x, hi[0], acc_r[0]);
+                    acc_r[1] = _mm256_fmadd_ps(x, hi[1], acc_r[1]);
                 }
-                let lo = [
-                    _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_loadu_si256(b.cast()), 16)),
-                    _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_loadu_si256(b.add(8).cast()), 16)),
-                ];
+                let lo = [_mm256_loadu_ps(b.add(NR)), _mm256_loadu_ps(b.add(NR + 8))];
                 for (r, acc_r) in acc.iter_mut().enumerate() {
-                    let a = _mm256_broadcast_ss(&*w.add(R + r));
-                    acc_r[0] = _mm256_fmadd_ps(a, lo[0], acc_r[0]);
-                    acc_r[1] = _mm256_fmadd_ps(a, lo[1], acc_r[1]);
+                    let x = _mm256_broadcast_ss(&*a.add(MR + r));
+                    acc_r[0] = _mm256_fmadd_ps(x, lo[0], acc_r[0]);
+                    acc_r[1] = _mm256_fmadd_ps(x, lo[1], acc_r[1]);
                 }
             }
         }

@@ -224,3 +224,64 @@ unsafe fn rows_avx_vnni<const R: usize>(t: I8Tile<'_>) {
         }
     }
 }
+
+/// Pass 1 of `pack_a` on AVX2: `amax[r]` becomes the absmax of `dy[i][j0 + r] * inv_s[i]` over
+/// the tokens `i0 .. i1`, NaN (canonical) where any value is NaN: what `amax_step` computes, with
+/// the NaNs tracked apart so that `vmaxps` only sees numbers. Walks token by token along memory
+/// and prefetches a few tokens ahead, as the AVX-512 packer does (each token's rows are a short
+/// run `n` floats from the next, which the hardware prefetchers pick up late).
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA.
+#[target_feature(enable = "avx2,fma")]
+pub(crate) unsafe fn block_amax_avx2(
+    amax: &mut [f32],
+    dy: &[f32],
+    inv_s: &[f32],
+    (n, j0): (usize, usize),
+    (i0, i1): (usize, usize),
+) {
+    const MAX_ROWS: usize = 1024;
+    const AHEAD: usize = 4;
+    let rn = amax.len();
+    assert!(rn <= MAX_ROWS && j0 + rn <= n, "int8 A block of {rn} rows");
+    assert!(i0 <= i1 && i1 <= inv_s.len() && i1 * n <= dy.len(), "int8 A block out of bounds");
+    let vecs = rn / 8;
+    let mut nan = [0u32; MAX_ROWS];
+    let abs = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFF_FFFF));
+    amax.fill(0.0);
+    for i in i0..i1 {
+        let f = _mm256_set1_ps(inv_s[i]);
+        let row = dy[i * n + j0..i * n + j0 + rn].as_ptr();
+        let ahead = (i + AHEAD < i1).then(|| dy.as_ptr().wrapping_add((i + AHEAD) * n + j0));
+        for v in 0..vecs {
+            if let Some(p) = ahead.filter(|_| v % 2 == 0) {
+                // SAFETY: a prefetch never faults; the address is inside `dy` (token < i1).
+                #[allow(unused_unsafe)]
+                unsafe {
+                    _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(8 * v).cast())
+                };
+            }
+            // SAFETY: rows 8 v .. 8 v + 8 <= rn of this token's run, of `amax` and of `nan`.
+            unsafe {
+                let x = _mm256_and_ps(_mm256_mul_ps(_mm256_loadu_ps(row.add(8 * v)), f), abs);
+                let np = nan.as_mut_ptr().add(8 * v).cast::<__m256>();
+                _mm256_storeu_ps(
+                    np.cast(),
+                    _mm256_or_ps(_mm256_loadu_ps(np.cast()), _mm256_cmp_ps::<_CMP_UNORD_Q>(x, x)),
+                );
+                let ap = amax.as_mut_ptr().add(8 * v);
+                _mm256_storeu_ps(ap, _mm256_max_ps(x, _mm256_loadu_ps(ap)));
+            }
+        }
+        let tail = &dy[i * n + j0 + 8 * vecs..i * n + j0 + rn];
+        for (a, &v) in amax[8 * vecs..].iter_mut().zip(tail) {
+            *a = super::i8_grad::amax_step(*a, (v * inv_s[i]).abs());
+        }
+    }
+    for (a, &seen) in amax[..8 * vecs].iter_mut().zip(&nan) {
+        if seen != 0 {
+            *a = f32::NAN;
+        }
+    }
+}
