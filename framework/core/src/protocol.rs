@@ -329,7 +329,8 @@ pub struct StatusReport {
     pub updates_rejected: u64,
     /// Mean training loss of the most recent applied updates.
     pub recent_loss: Option<f32>,
-    /// Training tokens/s over the most recent applied updates (all workers).
+    /// The fleet's training tokens/s: the tokens of the most recent applied updates over the
+    /// wall time they spanned (claims, transfers and rounds included).
     pub tokens_per_sec: f64,
 }
 

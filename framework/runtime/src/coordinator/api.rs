@@ -322,18 +322,13 @@ impl CoordinatorApi for Coordinator {
     }
 
     fn status(&self) -> Result<StatusReport, ApiError> {
+        let workers = self.store.worker_counts()?;
         let (version, recent_loss, tokens_per_sec) = {
             let m = lock(&self.model, "model")?;
             let n = m.recent.len();
-            let loss = (n > 0).then(|| m.recent.iter().map(|r| r.0).sum::<f32>() / n as f32);
-            // Per-update rates summed approximates the fleet's rate when workers run in
-            // parallel; averaged when they do not. Use the mean rate times active workers.
-            let tokens: u64 = m.recent.iter().map(|r| r.1).sum();
-            let ms: u64 = m.recent.iter().map(|r| r.2).sum();
-            let rate = if ms > 0 { tokens as f64 * 1000.0 / ms as f64 } else { 0.0 };
-            (m.version, loss, rate)
+            let loss = (n > 0).then(|| m.recent.iter().map(|r| r.loss).sum::<f32>() / n as f32);
+            (m.version, loss, recent_rate(&m.recent, workers.active))
         };
-        let workers = self.store.worker_counts()?;
         Ok(StatusReport {
             weight_version: version,
             snapshot_version: self.snapshot_version(),
@@ -342,7 +337,7 @@ impl CoordinatorApi for Coordinator {
             updates_applied: self.metrics.applied.load(Ordering::Relaxed),
             updates_rejected: self.metrics.rejected.load(Ordering::Relaxed),
             recent_loss,
-            tokens_per_sec: tokens_per_sec * workers.active.max(1) as f64,
+            tokens_per_sec,
         })
     }
 

@@ -98,13 +98,43 @@ struct ModelState {
     version: u64,
     updates_since_snapshot: u64,
     last_snapshot: Instant,
-    recent: VecDeque<(f32, u64, u64)>,
+    /// The most recent applied updates (at most [`RECENT_UPDATES`]).
+    recent: VecDeque<Recent>,
     /// Updates waiting for their round's step.
     round: Round,
     /// Tokens in applied updates since the run began (drives the schedules).
     tokens_applied: u64,
     /// Every task whose update is in `params`, once each (persisted in snapshots).
     ledger: Vec<blob::LedgerEntry>,
+}
+
+/// One applied update as the status averages it.
+#[derive(Debug, Clone, Copy)]
+struct Recent {
+    loss: f32,
+    tokens: u64,
+    /// The worker's compute time for the update.
+    compute_ms: u64,
+    /// When it was applied.
+    at: Instant,
+}
+
+/// The fleet's training throughput over `recent`, tokens/s: the tokens applied over the
+/// window's wall time (everything counted: claims, downloads, uploads, rounds). Until the window
+/// spans a second, the workers' compute rate times `workers` (an upper bound).
+fn recent_rate(recent: &VecDeque<Recent>, workers: u64) -> f64 {
+    let (Some(first), Some(last)) = (recent.front(), recent.back()) else {
+        return 0.0;
+    };
+    let span = last.at.duration_since(first.at).as_secs_f64();
+    if span >= 1.0 {
+        // The updates applied with the first (its round) open the window: not counted.
+        let tokens: u64 = recent.iter().filter(|r| r.at > first.at).map(|r| r.tokens).sum();
+        return tokens as f64 / span;
+    }
+    let tokens: u64 = recent.iter().map(|r| r.tokens).sum();
+    let ms: u64 = recent.iter().map(|r| r.compute_ms).sum();
+    if ms > 0 { tokens as f64 * 1000.0 / ms as f64 * workers.max(1) as f64 } else { 0.0 }
 }
 
 /// The coordinator. Share it as `Arc<Coordinator>`; it implements [`CoordinatorApi`].
@@ -250,5 +280,40 @@ impl Coordinator {
 impl Drop for Coordinator {
     fn drop(&mut self) {
         self.stopping.store(true, Ordering::SeqCst);
+    }
+}
+
+#[cfg(test)]
+mod rate_tests {
+    use super::*;
+
+    fn window(points: &[(u64, u64, f64)]) -> VecDeque<Recent> {
+        let t0 = Instant::now();
+        points
+            .iter()
+            .map(|&(tokens, compute_ms, at)| Recent {
+                loss: 1.0,
+                tokens,
+                compute_ms,
+                at: t0 + Duration::from_secs_f64(at),
+            })
+            .collect()
+    }
+
+    /// Two workers computing 440 tokens in 0.5 s each but applied in rounds 2 s apart train 440
+    /// tokens/s, not the 1,760 their compute rate suggests.
+    #[test]
+    fn the_rate_counts_wall_time_not_compute_time() {
+        let rounds: Vec<_> =
+            (0..4).flat_map(|r| [(440, 500, 2.0 * r as f64), (440, 500, 2.0 * r as f64)]).collect();
+        let rate = recent_rate(&window(&rounds), 2);
+        assert!((rate - 440.0).abs() < 1e-6, "{rate}");
+    }
+
+    #[test]
+    fn a_short_window_reads_the_compute_rate_and_an_empty_one_zero() {
+        assert_eq!(recent_rate(&VecDeque::new(), 2), 0.0);
+        let rate = recent_rate(&window(&[(440, 500, 0.0), (440, 500, 0.0)]), 2);
+        assert!((rate - 1760.0).abs() < 1e-6, "{rate}");
     }
 }

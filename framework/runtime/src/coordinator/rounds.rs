@@ -187,8 +187,10 @@ impl Coordinator {
             m.tokens_applied += tokens;
         }
         let entries = m.round.finish();
+        let at = Instant::now();
         for e in &entries {
-            m.recent.push_back((e.loss, e.tokens, (e.seconds * 1000.0) as u64));
+            let compute_ms = (e.seconds * 1000.0) as u64;
+            m.recent.push_back(Recent { loss: e.loss, tokens: e.tokens, compute_ms, at });
             m.ledger.push(blob::LedgerEntry { task_id: e.task.task_id, tokens: e.tokens });
         }
         while m.recent.len() > RECENT_UPDATES {
