@@ -120,9 +120,10 @@ fn bitnet_run_dry_run_refuses_a_directory_and_bad_values() {
     }
 }
 
-/// `bitnet run --dry-run` of TruckMate medium (one batch of 8 x 128 per task, two workers per
-/// round) over 1,530,947 tokens: about 748 optimizer steps against the 2000 its config names,
-/// which it warns about; small as shipped takes the 2000 it names and is not warned about.
+/// `bitnet run --dry-run` of TruckMate medium as first shipped (one batch of 8 x 128 per task,
+/// two workers per round, no task cap) over 1,530,947 tokens: about 748 optimizer steps against
+/// the 2000 its config names, which it warns about; small and medium as shipped take the steps
+/// they name and are not warned about.
 #[test]
 fn dry_run_warns_when_the_schedule_takes_far_fewer_steps_than_named() {
     let root = bitnet_tests::workspace_root();
@@ -140,23 +141,34 @@ fn dry_run_warns_when_the_schedule_takes_far_fewer_steps_than_named() {
         )
     };
     // The budget stands in for the epoch, so the test does not need the tokenized corpus.
-    let (stdout, stderr) =
-        dry_run("configs/truckmate-medium.toml", &["train.token_budget=1530947"]);
+    let first_shipped = [
+        "train.token_budget=1530947",
+        "train.batch_size=8",
+        "train.steps=2000",
+        "coordinator.max_task_tokens=0",
+        "coordinator.schedule_unit_tokens=0",
+    ];
+    let (stdout, stderr) = dry_run("configs/truckmate-medium.toml", &first_shipped);
     assert!(stdout.contains("1024 tokens per task") && stdout.contains("about 748"), "{stdout}");
     assert!(stderr.contains("warning: this run takes about 748 optimizer steps"), "{stderr}");
     assert!(stderr.contains("far fewer than the 2000"), "{stderr}");
     let (stdout, stderr) = dry_run("configs/truckmate-small.toml", &[]);
     assert!(stdout.contains("440 tokens per task") && stdout.contains("about 2000"), "{stdout}");
     assert!(!stderr.contains("warning"), "{stderr}");
+    let (stdout, stderr) = dry_run("configs/truckmate-medium.toml", &[]);
+    assert!(stdout.contains("880 tokens per task") && stdout.contains("about 2400"), "{stdout}");
+    assert!(!stderr.contains("warning"), "{stderr}");
 }
 
+/// Medium as shipped: each round splits one batch of 16 x 128 between the two workers, and the
+/// schedule's 2400 steps are the steps the run takes.
 #[test]
-fn the_medium_plan_is_one_batch_per_task() {
+fn the_medium_plan_splits_one_batch_per_round() {
     let path = bitnet_tests::workspace_root().join("configs/truckmate-medium.toml");
     let loaded = load(&ConfigSources { file: Some(path), env: false, overrides: vec![] })
         .expect("medium loads");
-    let plan =
-        bitnet_runtime::coordinator::local_plan(&loaded.config, 1_530_947).expect("async-sgd");
-    assert_eq!((plan.task_tokens, plan.tasks_per_step, plan.steps), (1024, 2, 748));
-    assert!(plan.warning().is_some());
+    let budget = loaded.config.train.token_budget;
+    let plan = bitnet_runtime::coordinator::local_plan(&loaded.config, budget).expect("async-sgd");
+    assert_eq!((plan.task_tokens, plan.tasks_per_step, plan.steps), (880, 2, 2400));
+    assert!(plan.warning().is_none(), "{:?}", plan.warning());
 }

@@ -338,7 +338,7 @@ pub fn lossy_diloco(codec: &str) -> String {
 mod tests {
     use super::*;
 
-    /// TruckMate medium as shipped: batch 8 x 128, `train.steps = 2000`, one epoch of the
+    /// TruckMate medium as first shipped: batch 8 x 128, `train.steps = 2000`, one epoch of the
     /// corpus (1,530,947 train tokens), two local workers calibrated at about 800 tokens/s.
     fn medium() -> (CoordinatorSection, TaskShape) {
         let train = TrainSection { batch_size: 8, steps: 2000, ..TrainSection::default() };
