@@ -124,11 +124,15 @@ pub fn grad_weight_bf16_with(
 }
 
 /// One micro-kernel call: `rows` rows of `dW` x the columns `l0 .. l0 + cols` of one panel.
-pub(crate) struct Bf16Tile<'a> {
-    /// The packed left operand (`dY / s` rows), pair-major: lane `(r, p)` at `p * MR + r`.
-    pub a: &'a [u32],
-    /// A depth block of one panel of the packed right operand (`X_q`), `pairs * 64`.
-    pub b: &'a [u32],
+/// The operands are bf16 pairs (`L = u32`), or on the AVX2 path the same pairs widened to
+/// fp32 (`L = f32`, see `x86_avx2_bf16.rs`), twice the lanes in the layouts noted.
+pub(crate) struct Bf16Tile<'a, L = u32> {
+    /// The packed left operand (`dY / s` rows), pair-major: lane `(r, p)` at `p * MR + r`
+    /// (widened: `[pair][hi MR, lo MR]`).
+    pub a: &'a [L],
+    /// A depth block of one panel of the packed right operand (`X_q`), `pairs * 64`
+    /// (widened: `[pair][hi 64, lo 64]`).
+    pub b: &'a [L],
     pub pairs: usize,
     pub rows: usize,
     /// The `rows` output rows, `k` each.

@@ -16,26 +16,12 @@
 //! and a shift per `B` vector and the tile's `A` lanes widened on every call, spilled
 //! accumulators to the stack and ran the LM head's products at about half the FMA peak.)
 
-use super::bf16::{MR, NR};
+use super::bf16::{Bf16Tile, MR, NR};
 use super::bf16_tiles::KC;
 use std::arch::x86_64::*;
 
-/// One micro-kernel call on widened operands: `rows` rows x the columns `l0 .. l0 + cols` of
-/// one panel, over `pairs` depth pairs.
-pub(crate) struct WideTile<'a> {
-    /// The tile's `A` lanes, `[pair][hi MR, lo MR]` (from [`widen_a`]).
-    pub a: &'a [f32],
-    /// A depth block of one `B` panel, `[pair][hi 64, lo 64]` (from [`widen_b`]).
-    pub b: &'a [f32],
-    pub pairs: usize,
-    pub rows: usize,
-    /// The `rows` output rows, `k` each.
-    pub out: &'a mut [f32],
-    pub k: usize,
-    pub l0: usize,
-    pub cols: usize,
-    pub accumulate: bool,
-}
+/// One micro-kernel call on widened operands (from [`widen_a`] and [`widen_b`]).
+pub(crate) type WideTile<'a> = Bf16Tile<'a, f32>;
 
 /// Widens a packed `A` block (`[tile][pair][MR]` bf16 pairs) to `[tile][pair][hi MR, lo MR]`
 /// fp32: `dst` holds `2 * a.len()` floats.
