@@ -179,38 +179,44 @@ pub(crate) fn run_blocked(
                         let l0 = panel * NR;
                         let width = (cols - l0).min(NR);
                         if wide {
-                            widen_b(isa, bblock, &mut s.b_wide[..2 * bblock.len()]);
+                            widen_b(bblock, &mut s.b_wide[..2 * bblock.len()]);
                         }
                         for tile in 0..tiles {
                             let r = m0 + tile * MR;
                             let take = (mn - tile * MR).min(MR);
                             let out = &mut out[r * cols..(r + take) * cols];
                             let accumulate = accumulate || p0 > 0;
+                            let (k, rows, pairs) = (cols, take, pc);
                             if wide {
                                 let a = &s.a_wide[tile * pc * 2 * MR..(tile + 1) * pc * 2 * MR];
                                 let b = &s.b_wide[..2 * pc * NR];
-                                wide_kernel(
-                                    isa,
-                                    (a, b, pc),
-                                    (out, take, cols, l0, width),
-                                    accumulate,
-                                );
-                                continue;
-                            }
-                            micro_kernel(
-                                isa,
-                                Bf16Tile {
-                                    a: &ablock[tile * pc * MR..(tile + 1) * pc * MR],
-                                    b: bblock,
-                                    pairs: pc,
-                                    rows: take,
+                                let tile = Bf16Tile {
+                                    a,
+                                    b,
+                                    pairs,
+                                    rows,
                                     out,
-                                    k: cols,
+                                    k,
                                     l0,
                                     cols: width,
                                     accumulate,
-                                },
-                            );
+                                };
+                                wide_kernel(tile);
+                                continue;
+                            }
+                            let a = &ablock[tile * pc * MR..(tile + 1) * pc * MR];
+                            let tile = Bf16Tile {
+                                a,
+                                b: bblock,
+                                pairs,
+                                rows,
+                                out,
+                                k,
+                                l0,
+                                cols: width,
+                                accumulate,
+                            };
+                            micro_kernel(isa, tile);
                         }
                     }
                 }
@@ -231,46 +237,28 @@ fn widen_a(a: &[u32], dst: &mut [f32]) {
 
 /// Widens a `B` block for the AVX2 path (elsewhere never called).
 #[inline(always)]
-fn widen_b(isa: Isa, b: &[u32], dst: &mut [f32]) {
-    debug_assert_eq!(isa, Isa::Avx2);
+fn widen_b(b: &[u32], dst: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     // SAFETY: only the AVX2 path widens, and check_isa verified AVX2 and FMA for it.
     unsafe {
         super::x86_avx2_bf16::widen_b(b, dst)
     };
     #[cfg(not(target_arch = "x86_64"))]
-    let _ = (isa, b, dst);
+    let _ = (b, dst);
 }
 
-/// The AVX2 micro-kernel on widened operands `(a, b, pairs)` into
-/// `(out, rows, k, l0, cols)`.
+/// The AVX2 micro-kernel on a tile of widened operands (only the AVX2 path calls it).
 #[inline(always)]
-fn wide_kernel(
-    isa: Isa,
-    (a, b, pairs): (&[f32], &[f32], usize),
-    (out, rows, k, l0, cols): (&mut [f32], usize, usize, usize, usize),
-    accumulate: bool,
-) {
-    debug_assert_eq!(isa, Isa::Avx2);
+fn wide_kernel(t: Bf16Tile<'_, f32>) {
     #[cfg(target_arch = "x86_64")]
     // SAFETY: only the AVX2 path (AVX2 and FMA verified by check_isa) gets here; the driver
     // passes at most KC pairs and MR rows, `a` and `b` hold the widened block's lanes, and
     // `out` the tile's rows.
     unsafe {
-        super::x86_avx2_bf16::kernel_bf16_avx2(super::x86_avx2_bf16::WideTile {
-            a,
-            b,
-            pairs,
-            rows,
-            out,
-            k,
-            l0,
-            cols,
-            accumulate,
-        })
+        super::x86_avx2_bf16::kernel_bf16_avx2(t)
     };
     #[cfg(not(target_arch = "x86_64"))]
-    let _ = (isa, a, b, pairs, out, rows, k, l0, cols, accumulate);
+    let _ = t;
 }
 
 /// Packs an `A` block from an operand whose depth rows run along the output rows:
