@@ -93,6 +93,27 @@ macro_rules! in_transaction {
     };
 }
 
+/// Runs `$body` (a future using the transaction `$tx`) in one read-only `REPEATABLE READ`
+/// transaction: every statement sees the same snapshot, so a page and its total agree while
+/// other connections write (under the default `READ COMMITTED` each statement takes its own).
+macro_rules! in_snapshot {
+    ($store:expr, |$tx:ident| $body:expr) => {
+        $store.block(async {
+            let mut client = $store.connection().await?;
+            let $tx = client
+                .build_transaction()
+                .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+                .read_only(true)
+                .start()
+                .await
+                .map_err(fail)?;
+            let out = $body.await?;
+            $tx.commit().await.map_err(fail)?;
+            Ok(out)
+        })
+    };
+}
+
 mod leadership;
 
 /// A [`CoordinatorStore`] in a PostgreSQL database.
@@ -837,8 +858,7 @@ impl CoordinatorStore for PostgresStore {
                               lower(level) = lower($2)) AND ($3::TEXT IS NULL OR \
                               strpos(lower(message), lower($3)) > 0)";
         let (limit, offset) = (i(q.limit), i(q.offset));
-        self.block(async {
-            let c = self.connection().await?;
+        in_snapshot!(self, |c| async {
             let filter: [&(dyn tokio_postgres::types::ToSql + Sync); 3] =
                 [&q.worker, &q.level, &q.text];
             let total = c
@@ -876,8 +896,7 @@ impl CoordinatorStore for PostgresStore {
             "($1::TEXT IS NULL OR state = $1) AND ($2::TEXT IS NULL OR worker = $2)";
         let state = q.state.map(|s| s.as_str().to_string());
         let (limit, offset) = (i(q.limit), i(q.offset));
-        self.block(async {
-            let c = self.connection().await?;
+        in_snapshot!(self, |c| async {
             let total = c
                 .query_one(
                     format!("SELECT COUNT(*) FROM tasks WHERE {FILTER}").as_str(),

@@ -244,6 +244,20 @@ impl SqliteStore {
         tx.commit().map_err(fail)?;
         Ok(out)
     }
+
+    /// Runs `f` in a deferred (read) transaction: its statements see one snapshot of the
+    /// database, so a page and its total agree while other processes write (WAL readers keep
+    /// the snapshot of their first read until the transaction ends).
+    fn read<T>(
+        &self,
+        f: impl FnOnce(&Transaction<'_>) -> Result<T, StoreFailure>,
+    ) -> Result<T, StoreFailure> {
+        let mut conn = self.conn()?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Deferred).map_err(fail)?;
+        let out = f(&tx)?;
+        tx.commit().map_err(fail)?;
+        Ok(out)
+    }
 }
 
 impl CoordinatorStore for SqliteStore {
@@ -684,52 +698,56 @@ impl CoordinatorStore for SqliteStore {
         // instr, not LIKE: the operator's text is matched literally (`%` and `_` included).
         const FILTER: &str = "(?1 IS NULL OR worker = ?1) AND (?2 IS NULL OR lower(level) = \
                               lower(?2)) AND (?3 IS NULL OR instr(lower(message), lower(?3)) > 0)";
-        let conn = self.conn()?;
-        let filter = params![q.worker, q.level, q.text];
-        let total: i64 = conn
-            .query_row(&format!("SELECT COUNT(*) FROM logs WHERE {FILTER}"), filter, |r| r.get(0))
-            .map_err(fail)?;
-        let mut stmt = conn
-            .prepare(&format!(
-                "SELECT worker, ts_ms, level, message FROM logs WHERE {FILTER}
-                 ORDER BY id DESC LIMIT ?4 OFFSET ?5"
-            ))
-            .map_err(fail)?;
-        let rows = stmt
-            .query_map(params![q.worker, q.level, q.text, i(q.limit), i(q.offset)], |r| {
-                Ok(StoredLog {
-                    worker: r.get(0)?,
-                    ts_ms: u(r.get(1)?),
-                    level: r.get(2)?,
-                    message: r.get(3)?,
+        self.read(|conn| {
+            let filter = params![q.worker, q.level, q.text];
+            let total: i64 = conn
+                .query_row(&format!("SELECT COUNT(*) FROM logs WHERE {FILTER}"), filter, |r| {
+                    r.get(0)
                 })
-            })
-            .map_err(fail)?;
-        let records = rows.collect::<Result<Vec<_>, _>>().map_err(fail)?;
-        Ok(LogPage { records, total: u(total) })
+                .map_err(fail)?;
+            let mut stmt = conn
+                .prepare(&format!(
+                    "SELECT worker, ts_ms, level, message FROM logs WHERE {FILTER}
+                 ORDER BY id DESC LIMIT ?4 OFFSET ?5"
+                ))
+                .map_err(fail)?;
+            let rows = stmt
+                .query_map(params![q.worker, q.level, q.text, i(q.limit), i(q.offset)], |r| {
+                    Ok(StoredLog {
+                        worker: r.get(0)?,
+                        ts_ms: u(r.get(1)?),
+                        level: r.get(2)?,
+                        message: r.get(3)?,
+                    })
+                })
+                .map_err(fail)?;
+            let records = rows.collect::<Result<Vec<_>, _>>().map_err(fail)?;
+            Ok(LogPage { records, total: u(total) })
+        })
     }
 
     fn list_tasks(&self, q: &TaskQuery) -> Result<TaskPage, StoreFailure> {
         const FILTER: &str = "(?1 IS NULL OR state = ?1) AND (?2 IS NULL OR worker = ?2)";
-        let conn = self.conn()?;
         let state = q.state.map(TaskState::as_str);
-        let total: i64 = conn
-            .query_row(
-                &format!("SELECT COUNT(*) FROM tasks WHERE {FILTER}"),
-                params![state, q.worker],
-                |r| r.get(0),
-            )
-            .map_err(fail)?;
-        let mut stmt = conn
-            .prepare(&format!(
-                "SELECT {TASK_COLUMNS} FROM tasks WHERE {FILTER} ORDER BY id LIMIT ?3 OFFSET ?4"
-            ))
-            .map_err(fail)?;
-        let rows = stmt
-            .query_map(params![state, q.worker, i(q.limit), i(q.offset)], task_row)
-            .map_err(fail)?;
-        let tasks = rows.collect::<Result<Vec<_>, _>>().map_err(fail)?;
-        Ok(TaskPage { tasks, total: u(total) })
+        self.read(|conn| {
+            let total: i64 = conn
+                .query_row(
+                    &format!("SELECT COUNT(*) FROM tasks WHERE {FILTER}"),
+                    params![state, q.worker],
+                    |r| r.get(0),
+                )
+                .map_err(fail)?;
+            let mut stmt = conn
+                .prepare(&format!(
+                    "SELECT {TASK_COLUMNS} FROM tasks WHERE {FILTER} ORDER BY id LIMIT ?3 OFFSET ?4"
+                ))
+                .map_err(fail)?;
+            let rows = stmt
+                .query_map(params![state, q.worker, i(q.limit), i(q.offset)], task_row)
+                .map_err(fail)?;
+            let tasks = rows.collect::<Result<Vec<_>, _>>().map_err(fail)?;
+            Ok(TaskPage { tasks, total: u(total) })
+        })
     }
 
     fn requeue_failed(&self) -> Result<u64, StoreFailure> {
@@ -866,5 +884,38 @@ mod tests {
         all.sort_unstable();
         all.dedup();
         assert_eq!(all.len(), 30, "every task claimed once across connections");
+    }
+    /// A page and its total come from one snapshot while another connection (the coordinator's
+    /// process, in a run) adds tasks: the CI failure of stop 28 listed 4 tasks with a total of 3.
+    #[test]
+    fn a_page_and_its_total_agree_while_another_connection_writes() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("c.sqlite");
+        let writer = SqliteStore::open(&path, Duration::from_secs(10)).expect("writer");
+        let reader = SqliteStore::open(&path, Duration::from_secs(10)).expect("reader");
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                // Bounded: stops when the reader is done or after 2,000 single-task adds.
+                for k in 0..2_000 {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let t = NewTask { shard: "s".into(), offset: k, tokens: 1 };
+                    writer.add_tasks(&[t]).expect("add");
+                }
+            });
+            let mut mismatch = None;
+            for _ in 0..300 {
+                let q = TaskQuery { limit: 1_000_000, ..TaskQuery::default() };
+                let page = reader.list_tasks(&q).expect("list");
+                if page.tasks.len() as u64 != page.total {
+                    mismatch = Some((page.tasks.len(), page.total));
+                    break;
+                }
+            }
+            stop.store(true, Ordering::Relaxed);
+            assert_eq!(mismatch, None, "a page of (tasks, total) from two snapshots");
+        });
     }
 }
