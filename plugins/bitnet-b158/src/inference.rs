@@ -1,9 +1,18 @@
 //! The inference model: loads the file written by [`crate::export`] and predicts with its
-//! ternary weights (unpacked to one `i8` per weight for integer dot products; no fp32 BitLinear
-//! weight is ever materialised), one token at a time with a key/value cache.
+//! ternary weights, kept packed at 2 bits in the matrix kernels' panel layout (no fp32 BitLinear
+//! weight is ever materialised) and multiplied by the training forward's integer kernels
+//! ([`ternary_matmul_dequant_with`]), with a key/value cache.
+//!
+//! **Prompts run as one batch.** The positions a call has not cached yet (a whole prompt, then
+//! one token per generated token) go through each layer together: each BitLinear is one
+//! `m x k` integer product, so a prompt reads every weight once rather than once per token.
+//! Every row's arithmetic (norm, quantizer, integer sums, attention over the cached positions)
+//! is the same whichever batch it is in, so logits are bit-identical however a sequence is
+//! split into calls (a test holds this).
 
 use crate::export::{FORMAT, VERSION, packed_row_bytes, unpack_trits};
-use crate::kernels::Isa;
+use crate::kernels::ternary::{TERNARY_PATHS, ternary_matmul_dequant_with};
+use crate::kernels::{Isa, PackedTernary};
 use crate::layers::rope::RopeTables;
 use crate::quant::quantize_activation_row;
 use bitnet_framework::model::{InferenceModel, KernelError, ModelConfig};
@@ -11,103 +20,52 @@ use bitnet_framework::tensor::{ParamLayout, TensorRole};
 use safetensors::SafeTensors;
 use safetensors::tensor::Dtype;
 
-/// A BitLinear weight `[rows, cols]`: loaded from 2-bit trits (the file's row layout), kept as
-/// one `i8` in {-1, 0, 1} per weight so each output is an integer dot product the compiler
-/// vectorizes (decoding bit fields per weight cost ~5x more per generated token), and its
-/// scale.
+/// Batches below this many rows take the AVX-512 VNNI path rather than AMX: an AMX tile holds
+/// 16 rows, so a decode step's single row would pay for sixteen.
+const AMX_MIN_ROWS: usize = 16;
+
+/// A BitLinear weight `[rows, cols]`, loaded from the file's 2-bit row layout into the matrix
+/// kernels' packed panels (2 bits a weight in memory too), and its scale.
 #[derive(Debug, Clone)]
 pub struct TernaryMatrix {
-    rows: usize,
-    cols: usize,
-    codes: Vec<i8>,
+    w: PackedTernary,
     scale: f32,
 }
 
 impl TernaryMatrix {
-    /// Checks and unpacks packed trits (the layout of [`crate::export`]).
+    /// Checks and repacks the file's trits (the row layout of [`crate::export`]).
     pub fn new(rows: usize, cols: usize, trits: Vec<u8>, scale: f32) -> Result<Self, KernelError> {
         if rows == 0 || cols == 0 {
-            return Err(KernelError::InvalidWeights(format!(
-                "empty ternary matrix {rows} x {cols}"
-            )));
+            return Err(invalid(format!("empty ternary matrix {rows} x {cols}")));
+        }
+        if !scale.is_finite() || scale < 0.0 {
+            return Err(invalid(format!("invalid ternary scale {scale}")));
         }
         let codes = unpack_trits(&trits, rows, cols)?;
-        if !scale.is_finite() || scale < 0.0 {
-            return Err(KernelError::InvalidWeights(format!("invalid ternary scale {scale}")));
-        }
-        Ok(Self { rows, cols, codes, scale })
+        let w = PackedTernary::pack(&codes, rows, cols).map_err(|e| invalid(e.to_string()))?;
+        Ok(Self { w, scale })
     }
 
-    /// `out[n] = (sum_k x_q[k] * W_q[n, k]) * g / s`: the BitLinear forward of one quantized row,
-    /// on the widest vectors of [`MATVEC_PATHS`] this CPU (and `BITNET_ISA`) allows. The sums
-    /// are exact integers, so every path gives the same outputs.
-    pub fn matvec(&self, x_q: &[i8], s: f32, out: &mut [f32]) {
-        let factor = self.scale / s;
-        let x_q = &x_q[..self.cols];
-        let (codes, cols, rows) = (&self.codes[..], self.cols, self.rows);
-        match Isa::best_among(&MATVEC_PATHS) {
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: best_among only returns a path this CPU supports (AVX-512 F/BW/VL).
-            Isa::Avx512 => unsafe { matvec_avx512(codes, (rows, cols), x_q, factor, out) },
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: as above (AVX2 and FMA).
-            Isa::Avx2 => unsafe { matvec_avx2(codes, (rows, cols), x_q, factor, out) },
-            _ => matvec_rows(codes, (rows, cols), x_q, factor, out),
-        }
+    /// `out[i][n] = (sum_k x_q[i][k] * W_q[n][k]) * g / s[i]`: the BitLinear forward of the `m`
+    /// quantized rows of `x_q` (scales `s`), on the best path of [`TERNARY_PATHS`] this CPU
+    /// (and `BITNET_ISA`) allows. The sums are exact integers, so every path gives the same
+    /// outputs.
+    pub fn forward(
+        &self,
+        x_q: &[i8],
+        m: usize,
+        s: &[f32],
+        out: &mut [f32],
+    ) -> Result<(), KernelError> {
+        let isa = match Isa::best_among(&TERNARY_PATHS) {
+            Isa::Avx512Amx if m < AMX_MIN_ROWS => Isa::Avx512Vnni,
+            isa => isa,
+        };
+        let (k, n) = (self.w.in_features(), self.w.out_features());
+        let (x_q, s, out) = (&x_q[..m * k], &s[..m], &mut out[..m * n]);
+        ternary_matmul_dequant_with(isa, x_q, m, k, &self.w, s, self.scale, out)
+            .map_err(|e| KernelError::Shape(e.to_string()))
     }
-}
-
-/// Paths of [`TernaryMatrix::matvec`]: the same integer loop compiled for each (aarch64's
-/// baseline already has NEON).
-const MATVEC_PATHS: [Isa; 4] = [Isa::Scalar, Isa::Avx2, Isa::Avx512, Isa::Neon];
-
-/// The rows of a ternary matrix-vector product, written so the compiler vectorizes each row's
-/// integer dot product (widened to 16 bits, `pmaddwd`-style pair sums).
-#[inline(always)]
-fn matvec_rows(
-    codes: &[i8],
-    (rows, cols): (usize, usize),
-    x_q: &[i8],
-    factor: f32,
-    out: &mut [f32],
-) {
-    for (o, row) in out.iter_mut().zip(codes.chunks_exact(cols)).take(rows) {
-        let acc: i32 = row.iter().zip(x_q).map(|(&w, &x)| i32::from(w) * i32::from(x)).sum();
-        *o = acc as f32 * factor;
-    }
-}
-
-/// [`matvec_rows`] compiled for AVX-512 (the baseline x86-64 build only gets SSE2, without
-/// sign extension, which made a medium-preset decode ~25 ms per token).
-///
-/// # Safety
-/// The CPU must support AVX-512 F, BW and VL.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-unsafe fn matvec_avx512(
-    codes: &[i8],
-    dims: (usize, usize),
-    x_q: &[i8],
-    factor: f32,
-    out: &mut [f32],
-) {
-    matvec_rows(codes, dims, x_q, factor, out)
-}
-
-/// [`matvec_rows`] compiled for AVX2.
-///
-/// # Safety
-/// The CPU must support AVX2 and FMA.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn matvec_avx2(
-    codes: &[i8],
-    dims: (usize, usize),
-    x_q: &[i8],
-    factor: f32,
-    out: &mut [f32],
-) {
-    matvec_rows(codes, dims, x_q, factor, out)
 }
 
 /// `sum_i a[i] * b[i]` in 16 lane-wise partial sums (a serial `sum` of f32 cannot vectorize).
@@ -140,8 +98,8 @@ struct InferenceBlock {
     v_cache: Vec<f32>,
 }
 
-/// A loaded inference model with its key/value cache. Loaded from packed trits; in memory each
-/// BitLinear weight takes one byte (4x the file's 2 bits), still a quarter of fp32.
+/// A loaded inference model with its key/value cache. Its BitLinear weights stay at 2 bits
+/// each, as in the file.
 #[derive(Debug)]
 pub struct PackedInferenceModel {
     config: ModelConfig,
@@ -152,16 +110,25 @@ pub struct PackedInferenceModel {
     rope: RopeTables,
     /// Tokens whose keys and values are in the cache.
     cached: Vec<u32>,
-    // Scratch of one position.
+    /// Scratch for up to `seq_len` positions at once (row-major, one row per position).
+    s: Scratch,
+}
+
+#[derive(Debug)]
+struct Scratch {
+    /// The residual stream, `[seq_len, d]`.
     x: Vec<f32>,
     xn: Vec<f32>,
     xq: Vec<i8>,
+    /// Activation scales of the quantized rows.
+    scales: Vec<f32>,
     hq: Vec<i8>,
     q: Vec<f32>,
     att_out: Vec<f32>,
     proj: Vec<f32>,
     gate: Vec<f32>,
     up: Vec<f32>,
+    /// Attention scores of one query row.
     scores: Vec<f32>,
 }
 
@@ -279,16 +246,19 @@ impl PackedInferenceModel {
             lm_head: dense("lm_head.weight")?,
             rope: RopeTables::new(sl, config.head_dim(), config.rope_theta),
             cached: Vec::new(),
-            x: vec![0.0; d],
-            xn: vec![0.0; d],
-            xq: vec![0; d],
-            hq: vec![0; f],
-            q: vec![0.0; d],
-            att_out: vec![0.0; d],
-            proj: vec![0.0; d],
-            gate: vec![0.0; f],
-            up: vec![0.0; f],
-            scores: vec![0.0; sl],
+            s: Scratch {
+                x: vec![0.0; sl * d],
+                xn: vec![0.0; sl * d],
+                xq: vec![0; sl * d],
+                scales: vec![0.0; sl],
+                hq: vec![0; sl * f],
+                q: vec![0.0; sl * d],
+                att_out: vec![0.0; sl * d],
+                proj: vec![0.0; sl * d],
+                gate: vec![0.0; sl * f],
+                up: vec![0.0; sl * f],
+                scores: vec![0.0; sl],
+            },
             config: config.clone(),
         })
     }
@@ -301,66 +271,91 @@ impl PackedInferenceModel {
         }
     }
 
-    /// Runs position `pos` (token `tok`), filling the caches; leaves the final residual in `x`.
-    fn step(&mut self, tok: u32, pos: usize) {
+    /// Quantizes each `width`-wide row of `x` (the first `m`) into `xq`, its scale into `scales`.
+    fn quantize_rows(x: &[f32], width: usize, m: usize, xq: &mut [i8], scales: &mut [f32]) {
+        let rows = x.chunks_exact(width).zip(xq.chunks_exact_mut(width));
+        for ((row, q), s) in rows.zip(scales.iter_mut()).take(m) {
+            *s = quantize_activation_row(row, q);
+        }
+    }
+
+    /// Runs the positions `start .. start + tokens.len()` (their tokens) through every block
+    /// together, filling the caches; leaves their final residuals in the first rows of `x`.
+    fn forward_rows(&mut self, tokens: &[u32], start: usize) -> Result<(), KernelError> {
         let c = &self.config;
-        let (d, hd, nh, eps) = (c.d_model, c.head_dim(), c.n_heads, c.norm_eps);
-        let t = tok as usize;
-        self.x.copy_from_slice(&self.tok_emb[t * d..(t + 1) * d]);
+        let (d, hd, nh, f, eps) = (c.d_model, c.head_dim(), c.n_heads, c.ffn_hidden, c.norm_eps);
+        let m = tokens.len();
+        let s = &mut self.s;
+        for (row, &t) in s.x.chunks_exact_mut(d).zip(tokens) {
+            let t = t as usize;
+            row.copy_from_slice(&self.tok_emb[t * d..(t + 1) * d]);
+        }
         let scale = 1.0 / (hd as f32).sqrt();
+        let cache = start * d..(start + m) * d;
         for b in &mut self.blocks {
-            Self::rmsnorm(&mut self.xn, &self.x, &b.attn_norm, eps);
-            let s = quantize_activation_row(&self.xn, &mut self.xq);
-            b.q.matvec(&self.xq, s, &mut self.q);
-            let kc = &mut b.k_cache[pos * d..(pos + 1) * d];
-            b.k.matvec(&self.xq, s, kc);
-            b.v.matvec(&self.xq, s, &mut b.v_cache[pos * d..(pos + 1) * d]);
-            for h in 0..nh {
-                self.rope.rotate(&mut self.q[h * hd..(h + 1) * hd], pos);
-                self.rope.rotate(&mut kc[h * hd..(h + 1) * hd], pos);
+            for (o, x) in s.xn.chunks_exact_mut(d).zip(s.x.chunks_exact(d)).take(m) {
+                Self::rmsnorm(o, x, &b.attn_norm, eps);
             }
-            for h in 0..nh {
-                let qh = &self.q[h * hd..(h + 1) * hd];
-                let mut max = f32::NEG_INFINITY;
-                for u in 0..=pos {
-                    let k = &b.k_cache[u * d + h * hd..u * d + (h + 1) * hd];
-                    let sc = dot(qh, k) * scale;
-                    self.scores[u] = sc;
-                    max = max.max(sc);
+            Self::quantize_rows(&s.xn, d, m, &mut s.xq, &mut s.scales);
+            b.q.forward(&s.xq, m, &s.scales, &mut s.q)?;
+            b.k.forward(&s.xq, m, &s.scales, &mut b.k_cache[cache.clone()])?;
+            b.v.forward(&s.xq, m, &s.scales, &mut b.v_cache[cache.clone()])?;
+            for i in 0..m {
+                let pos = start + i;
+                let (q, k) = (&mut s.q[i * d..(i + 1) * d], &mut b.k_cache[pos * d..(pos + 1) * d]);
+                for h in 0..nh {
+                    self.rope.rotate(&mut q[h * hd..(h + 1) * hd], pos);
+                    self.rope.rotate(&mut k[h * hd..(h + 1) * hd], pos);
                 }
-                let mut sum = 0.0;
-                for sc in &mut self.scores[..=pos] {
-                    *sc = (*sc - max).exp();
-                    sum += *sc;
-                }
-                let out = &mut self.att_out[h * hd..(h + 1) * hd];
-                out.fill(0.0);
-                for u in 0..=pos {
-                    let p = self.scores[u] / sum;
-                    let v = &b.v_cache[u * d + h * hd..u * d + (h + 1) * hd];
-                    for (o, &vi) in out.iter_mut().zip(v) {
-                        *o += p * vi;
+            }
+            for i in 0..m {
+                let pos = start + i;
+                for h in 0..nh {
+                    let qh = &s.q[i * d + h * hd..i * d + (h + 1) * hd];
+                    let mut max = f32::NEG_INFINITY;
+                    for u in 0..=pos {
+                        let k = &b.k_cache[u * d + h * hd..u * d + (h + 1) * hd];
+                        let sc = dot(qh, k) * scale;
+                        s.scores[u] = sc;
+                        max = max.max(sc);
+                    }
+                    let mut sum = 0.0;
+                    for sc in &mut s.scores[..=pos] {
+                        *sc = (*sc - max).exp();
+                        sum += *sc;
+                    }
+                    let out = &mut s.att_out[i * d + h * hd..i * d + (h + 1) * hd];
+                    out.fill(0.0);
+                    for u in 0..=pos {
+                        let p = s.scores[u] / sum;
+                        let v = &b.v_cache[u * d + h * hd..u * d + (h + 1) * hd];
+                        for (o, &vi) in out.iter_mut().zip(v) {
+                            *o += p * vi;
+                        }
                     }
                 }
             }
-            let s = quantize_activation_row(&self.att_out, &mut self.xq);
-            b.o.matvec(&self.xq, s, &mut self.proj);
-            for (x, p) in self.x.iter_mut().zip(&self.proj) {
+            Self::quantize_rows(&s.att_out, d, m, &mut s.xq, &mut s.scales);
+            b.o.forward(&s.xq, m, &s.scales, &mut s.proj)?;
+            for (x, p) in s.x.iter_mut().zip(&s.proj).take(m * d) {
                 *x += p;
             }
-            Self::rmsnorm(&mut self.xn, &self.x, &b.ffn_norm, eps);
-            let s = quantize_activation_row(&self.xn, &mut self.xq);
-            b.gate.matvec(&self.xq, s, &mut self.gate);
-            b.up.matvec(&self.xq, s, &mut self.up);
-            for (g, &u) in self.gate.iter_mut().zip(&self.up) {
+            for (o, x) in s.xn.chunks_exact_mut(d).zip(s.x.chunks_exact(d)).take(m) {
+                Self::rmsnorm(o, x, &b.ffn_norm, eps);
+            }
+            Self::quantize_rows(&s.xn, d, m, &mut s.xq, &mut s.scales);
+            b.gate.forward(&s.xq, m, &s.scales, &mut s.gate)?;
+            b.up.forward(&s.xq, m, &s.scales, &mut s.up)?;
+            for (g, &u) in s.gate.iter_mut().zip(&s.up).take(m * f) {
                 *g = *g / (1.0 + (-*g).exp()) * u;
             }
-            let s = quantize_activation_row(&self.gate, &mut self.hq);
-            b.down.matvec(&self.hq, s, &mut self.proj);
-            for (x, p) in self.x.iter_mut().zip(&self.proj) {
+            Self::quantize_rows(&s.gate, f, m, &mut s.hq, &mut s.scales);
+            b.down.forward(&s.hq, m, &s.scales, &mut s.proj)?;
+            for (x, p) in s.x.iter_mut().zip(&s.proj).take(m * d) {
                 *x += p;
             }
         }
+        Ok(())
     }
 }
 
@@ -386,12 +381,18 @@ impl InferenceModel for PackedInferenceModel {
         let common = self.cached.iter().zip(tokens).take_while(|(a, b)| a == b).count();
         let start = common.min(tokens.len() - 1);
         self.cached.truncate(start);
-        for (pos, &tok) in tokens.iter().enumerate().skip(start) {
-            self.step(tok, pos);
-            self.cached.push(tok);
+        let fresh = &tokens[start..];
+        if let Err(e) = self.forward_rows(fresh, start) {
+            // The caches of these positions may be half written: forget them.
+            self.cached.truncate(start);
+            return Err(e);
         }
+        self.cached.extend_from_slice(fresh);
         let (d, v) = (self.config.d_model, self.config.vocab_size);
-        Self::rmsnorm(&mut self.xn, &self.x, &self.norm, self.config.norm_eps);
-        Ok(self.lm_head.chunks_exact(d).take(v).map(|w| dot(w, &self.xn)).collect())
+        let last = (fresh.len() - 1) * d..fresh.len() * d;
+        let s = &mut self.s;
+        Self::rmsnorm(&mut s.xn[..d], &s.x[last], &self.norm, self.config.norm_eps);
+        let xn = &s.xn[..d];
+        Ok(self.lm_head.chunks_exact(d).take(v).map(|w| dot(w, xn)).collect())
     }
 }

@@ -36,6 +36,14 @@ pub const TERNARY_PATHS: [Isa; 7] = [
     Isa::NeonDot,
 ];
 
+/// Products of fewer multiply-adds than this run as one task on the calling thread: waking the
+/// pool costs more than they take (a decode step's `1 x 512 x 2048` product is ~1M).
+#[cfg(not(test))]
+const SERIAL_MACS: usize = 1 << 22;
+/// The unit tests split every product, so their small shapes exercise the parallel tasks.
+#[cfg(test)]
+const SERIAL_MACS: usize = 0;
+
 /// Largest reduction length: keeps `sum x (w + 1)` (at most `256 k` in magnitude) inside i32.
 pub const MAX_K: usize = 1 << 23;
 
@@ -243,7 +251,8 @@ fn drive(
         return;
     }
     let mr = tile_rows(isa);
-    let threads = rayon::current_num_threads().max(1);
+    let small = m.saturating_mul(n).saturating_mul(k) < SERIAL_MACS;
+    let threads = if small { 1 } else { rayon::current_num_threads().max(1) };
     let row_blocks = m.div_ceil(mr);
     // Splitting rows makes every task unpack every panel; worth it once each task has many rows.
     let (row_tasks, panel_tasks) = if threads == 1 {

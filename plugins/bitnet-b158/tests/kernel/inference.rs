@@ -36,6 +36,31 @@ fn inference_logits_match_the_training_forward() {
     assert!(model.next_token_logits(&vec![0; t + 1]).is_err());
 }
 
+/// A prompt runs as one batch through every layer; one token at a time gives the same bits.
+#[test]
+fn a_batched_prompt_gives_the_logits_of_one_token_at_a_time() {
+    // Long enough for batches of 16 and more (the AMX path, where the CPU has it).
+    let config = bitnet_framework::model::ModelConfig { seq_len: 24, ..tiny_config() };
+    let (kernel, params) = kernel_and_params(config.clone(), Precision::Fp32, 7);
+    let t = config.seq_len;
+    let seq = tokens(t, config.vocab_size, 3);
+    let bytes = kernel.export_inference(&params).expect("export");
+    let (mut stepped, mut batched) =
+        (kernel.load_inference(&bytes).expect("a"), kernel.load_inference(&bytes).expect("b"));
+    let bits = |v: Vec<f32>| v.into_iter().map(f32::to_bits).collect::<Vec<_>>();
+    for len in 1..=t {
+        let one = bits(stepped.next_token_logits(&seq[..len]).expect("stepped"));
+        // A fresh batch of `len` positions, then (the cache kept) the rest in one more batch.
+        let mut fresh = kernel.load_inference(&bytes).expect("fresh");
+        assert_eq!(one, bits(fresh.next_token_logits(&seq[..len]).expect("fresh")), "{len}");
+        if len == t / 2 {
+            batched.next_token_logits(&seq[..len]).expect("half");
+        }
+    }
+    let whole = bits(stepped.next_token_logits(&seq).expect("whole"));
+    assert_eq!(whole, bits(batched.next_token_logits(&seq).expect("second half")));
+}
+
 #[test]
 fn export_holds_no_fp32_bitlinear_weights() {
     let config = tiny_config();

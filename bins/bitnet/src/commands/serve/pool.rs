@@ -1,8 +1,8 @@
 //! A fixed pool of inference models, one per OS thread, behind one bounded queue.
 //!
-//! Each model decodes one utterance at a time with its own key/value cache (the packed-ternary
-//! model has no batched forward: it runs one position of one sequence per step). Concurrency is
-//! the number of models: with `threads` models, `threads` utterances decode at once and the rest
+//! Each model decodes one utterance at a time with its own key/value cache (its prompt as one
+//! batch of positions, then one position per generated token), on its own thread: the kernels'
+//! products run on that thread alone. Concurrency is the number of models: with `threads` models, `threads` utterances decode at once and the rest
 //! wait in the queue, first come first served. Admission is counted in utterances: a request of
 //! `n` utterances takes `n` places or is refused whole ([`PoolFull`]), so the pool never holds
 //! more than `capacity` utterances, decoding or waiting.
@@ -76,6 +76,16 @@ impl ModelPool {
             let d = decoding.clone();
             threads.push(std::thread::Builder::new().name(format!("bitnet-model-{i}")).spawn(
                 move || {
+                    // This thread is the only worker of its own rayon pool, so the kernels'
+                    // parallel products stay on it instead of waking the global pool, which
+                    // every model thread would share.
+                    let own = rayon::ThreadPoolBuilder::new()
+                        .num_threads(1)
+                        .use_current_thread()
+                        .build();
+                    if let Err(e) = &own {
+                        tracing::warn!("model thread {i}: no thread pool of its own ({e})");
+                    }
                     loop {
                         // The lock is held only while waiting for a job, never while decoding.
                         let job = receiver.lock().unwrap_or_else(PoisonError::into_inner).recv();
