@@ -40,9 +40,10 @@ pub const TERNARY_PATHS: [Isa; 7] = [
 /// pool costs more than they take (a decode step's `1 x 512 x 2048` product is ~1M).
 #[cfg(not(test))]
 const SERIAL_MACS: usize = 1 << 22;
-/// The unit tests split every product, so their small shapes exercise the parallel tasks.
+/// The unit tests split every product (each has at least one multiply-add), so their small
+/// shapes exercise the parallel tasks.
 #[cfg(test)]
-const SERIAL_MACS: usize = 0;
+const SERIAL_MACS: usize = 1;
 
 /// Largest reduction length: keeps `sum x (w + 1)` (at most `256 k` in magnitude) inside i32.
 pub const MAX_K: usize = 1 << 23;
