@@ -285,28 +285,7 @@ fn a_page_and_its_total_agree_while_another_connection_writes() {
     let server = server();
     let url = server.create_database().expect("database");
     let (writer, reader) = (open(&url), open(&url));
-    let stop = std::sync::atomic::AtomicBool::new(false);
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            // Bounded: stops when the reader is done or after 2,000 single-task adds.
-            for k in 0..2_000 {
-                if stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    break;
-                }
-                let t = NewTask { shard: "s".into(), offset: k, tokens: 1 };
-                writer.add_tasks(&[t]).expect("add");
-            }
-        });
-        let mut mismatch = None;
-        for _ in 0..300 {
-            let q = TaskQuery { limit: 1_000_000, ..TaskQuery::default() };
-            let page = reader.list_tasks(&q).expect("list");
-            if page.tasks.len() as u64 != page.total {
-                mismatch = Some((page.tasks.len(), page.total));
-                break;
-            }
-        }
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        assert_eq!(mismatch, None, "a page of (tasks, total) from two snapshots");
-    });
+    bitnet_framework::coordinator_store::conformance::pages_agree_with_totals_while_another_handle_writes(
+        &writer, &reader,
+    );
 }

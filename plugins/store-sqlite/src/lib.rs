@@ -893,29 +893,8 @@ mod tests {
         let path = dir.path().join("c.sqlite");
         let writer = SqliteStore::open(&path, Duration::from_secs(10)).expect("writer");
         let reader = SqliteStore::open(&path, Duration::from_secs(10)).expect("reader");
-        let stop = std::sync::atomic::AtomicBool::new(false);
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                // Bounded: stops when the reader is done or after 2,000 single-task adds.
-                for k in 0..2_000 {
-                    if stop.load(Ordering::Relaxed) {
-                        break;
-                    }
-                    let t = NewTask { shard: "s".into(), offset: k, tokens: 1 };
-                    writer.add_tasks(&[t]).expect("add");
-                }
-            });
-            let mut mismatch = None;
-            for _ in 0..300 {
-                let q = TaskQuery { limit: 1_000_000, ..TaskQuery::default() };
-                let page = reader.list_tasks(&q).expect("list");
-                if page.tasks.len() as u64 != page.total {
-                    mismatch = Some((page.tasks.len(), page.total));
-                    break;
-                }
-            }
-            stop.store(true, Ordering::Relaxed);
-            assert_eq!(mismatch, None, "a page of (tasks, total) from two snapshots");
-        });
+        bitnet_framework::coordinator_store::conformance::pages_agree_with_totals_while_another_handle_writes(
+            &writer, &reader,
+        );
     }
 }

@@ -33,6 +33,38 @@ pub fn run_store_suite(make: StoreFactory<'_>) {
     logs_filter_by_worker_level_and_text(make());
 }
 
+/// For two handles on one database (two connections, as the coordinator's process and an
+/// operator's): while `writer` adds tasks, every page `reader` lists holds as many tasks as its
+/// total says, i.e. the count and the rows come from one snapshot. Bounded: 2,000 adds at most.
+pub fn pages_agree_with_totals_while_another_handle_writes(
+    writer: &dyn CoordinatorStore,
+    reader: &dyn CoordinatorStore,
+) {
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            for k in 0..2_000 {
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                let t = NewTask { shard: "s".into(), offset: k, tokens: 1 };
+                writer.add_tasks(&[t]).expect("add");
+            }
+        });
+        let mut mismatch = None;
+        for _ in 0..300 {
+            let q = TaskQuery { limit: 1_000_000, ..TaskQuery::default() };
+            let page = reader.list_tasks(&q).expect("list");
+            if page.tasks.len() as u64 != page.total {
+                mismatch = Some((page.tasks.len(), page.total));
+                break;
+            }
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(mismatch, None, "a page of (tasks, total) from two snapshots");
+    });
+}
+
 fn tasks_list_by_state_and_worker_in_pages(store: Box<dyn CoordinatorStore>) {
     let tasks: Vec<NewTask> =
         (0..5).map(|i| NewTask { shard: "s".into(), offset: i * 10, tokens: 10 }).collect();

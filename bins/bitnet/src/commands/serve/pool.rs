@@ -79,10 +79,8 @@ impl ModelPool {
                     // This thread is the only worker of its own rayon pool, so the kernels'
                     // parallel products stay on it instead of waking the global pool, which
                     // every model thread would share.
-                    let own = rayon::ThreadPoolBuilder::new()
-                        .num_threads(1)
-                        .use_current_thread()
-                        .build();
+                    let own =
+                        rayon::ThreadPoolBuilder::new().num_threads(1).use_current_thread().build();
                     if let Err(e) = &own {
                         tracing::warn!("model thread {i}: no thread pool of its own ({e})");
                     }
