@@ -238,11 +238,7 @@ impl SqliteStore {
         &self,
         f: impl FnOnce(&Transaction<'_>) -> Result<T, StoreFailure>,
     ) -> Result<T, StoreFailure> {
-        let mut conn = self.conn()?;
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(fail)?;
-        let out = f(&tx)?;
-        tx.commit().map_err(fail)?;
-        Ok(out)
+        self.transact(TransactionBehavior::Immediate, f)
     }
 
     /// Runs `f` in a deferred (read) transaction: its statements see one snapshot of the
@@ -252,8 +248,16 @@ impl SqliteStore {
         &self,
         f: impl FnOnce(&Transaction<'_>) -> Result<T, StoreFailure>,
     ) -> Result<T, StoreFailure> {
+        self.transact(TransactionBehavior::Deferred, f)
+    }
+
+    fn transact<T>(
+        &self,
+        behavior: TransactionBehavior,
+        f: impl FnOnce(&Transaction<'_>) -> Result<T, StoreFailure>,
+    ) -> Result<T, StoreFailure> {
         let mut conn = self.conn()?;
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Deferred).map_err(fail)?;
+        let tx = conn.transaction_with_behavior(behavior).map_err(fail)?;
         let out = f(&tx)?;
         tx.commit().map_err(fail)?;
         Ok(out)
