@@ -174,8 +174,14 @@ pub fn tensor<'a>(
     Ok(view)
 }
 
-/// Decodes little-endian f32 bytes into `out`, refusing non-finite values of tensor `name`.
-pub fn read_f32_into(name: &str, bytes: &[u8], out: &mut [f32]) -> Result<(), WeightsError> {
+bitnet_framework::vectorized_fn!(
+    /// Decodes little-endian f32 bytes into `out`, refusing non-finite values of tensor `name`.
+    pub fn read_f32_into(name: &str, bytes: &[u8], out: &mut [f32]) -> Result<(), WeightsError>
+        = read_f32_into_body, test read_f32_into_at
+);
+
+#[inline(always)]
+fn read_f32_into_body(name: &str, bytes: &[u8], out: &mut [f32]) -> Result<(), WeightsError> {
     if bytes.len() != out.len() * 4 {
         return Err(WeightsError::Layout(format!("tensor `{name}` has the wrong byte length")));
     }
@@ -235,6 +241,28 @@ mod tests {
             TensorSpec { name: "g".into(), shape: vec![3], role: TensorRole::Norm },
         ])
         .expect("layout")
+    }
+
+    proptest::proptest! {
+        /// The AVX2 and AVX-512 copies (where this CPU has them) read the baseline's values and
+        /// refuse what it refuses.
+        #[test]
+        fn vectorized_copies_equal_the_baseline(
+            words in proptest::collection::vec(proptest::prelude::any::<u32>(), 0..300),
+        ) {
+            let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+            let mut want = vec![0.0f32; words.len()];
+            let ok = read_f32_into_body("t", &bytes, &mut want).is_ok();
+            for level in bitnet_framework::isa::IsaLevel::ALL {
+                let mut got = vec![0.0f32; words.len()];
+                let Some(r) = read_f32_into_at(level, "t", &bytes, &mut got) else { continue };
+                proptest::prop_assert_eq!(r.is_ok(), ok, "{}", level);
+                if ok {
+                    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                    proptest::prop_assert_eq!(bits(&got), bits(&want), "{}", level);
+                }
+            }
+        }
     }
 
     #[test]

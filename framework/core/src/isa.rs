@@ -363,6 +363,108 @@ pub fn describe() -> String {
     s
 }
 
+/// Defines `fn NAME(args) -> R` that calls `BODY(args)` (an `#[inline(always)]` function of
+/// the same signature) compiled for the widest x86 vector level [`allows`]: AVX-512 F/BW/VL,
+/// else AVX2 + FMA, else the baseline build. `BODY` and every `#[inline(always)]` function it
+/// calls are inlined into a `target_feature` copy per level, so LLVM vectorizes their plain loops
+/// for 512- or 256-bit registers where the baseline x86-64 build has SSE2. For elementwise loops
+/// (the codecs') that need no intrinsics:
+///
+/// ```ignore
+/// bitnet_framework::vectorized_fn!(pub fn absmax(v: &[f32]) -> f32 = absmax_body);
+/// ```
+///
+/// Results are bit-identical at every level: the same IEEE operations on wider registers (Rust
+/// never contracts a multiply and an add into an FMA on its own), integer sums exact.
+///
+/// Written here rather than taken from the `multiversion` crate, which dispatches on the CPU
+/// alone: `BITNET_ISA` must cap these loops as it caps the kernels. (A generic wrapper taking a
+/// closure does not work: LLVM need not inline the closure into the `target_feature` function,
+/// and for the codecs' loops it did not.)
+#[macro_export]
+macro_rules! vectorized_fn {
+    ($(#[$m:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) = $body:path) => {
+        $crate::vectorized_fn!($(#[$m])* $vis fn $name($($arg: $ty),*) -> () = $body);
+    };
+    ($(#[$m:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) = $body:path,
+        test $at:ident) => {
+        $crate::vectorized_fn!($(#[$m])* $vis fn $name($($arg: $ty),*) -> () = $body, test $at);
+    };
+    ($(#[$m:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) -> $ret:ty = $body:path,
+        test $at:ident) => {
+        $crate::vectorized_fn!($(#[$m])* $vis fn $name($($arg: $ty),*) -> $ret = $body);
+
+        /// The vectorized copy of `level` (ignoring the cap), for tests that hold every level to
+        /// the baseline; `None` when this CPU does not run `level`.
+        #[cfg(test)]
+        fn $at(level: $crate::isa::IsaLevel, $($arg: $ty),*) -> Option<$ret> {
+            if !level.is_supported() {
+                return None;
+            }
+            Some(match level {
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: `is_supported` checked the features (AMX implies AVX-512 F/BW/VL).
+                $crate::isa::IsaLevel::Avx512 | $crate::isa::IsaLevel::Amx => unsafe {
+                    $crate::__vectorized_copy!(avx512, ($($arg: $ty),*) -> $ret = $body)
+                },
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: as above, AVX2 and FMA.
+                $crate::isa::IsaLevel::Avx2 => unsafe {
+                    $crate::__vectorized_copy!(avx2, ($($arg: $ty),*) -> $ret = $body)
+                },
+                _ => $body($($arg),*),
+            })
+        }
+    };
+    ($(#[$m:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) -> $ret:ty
+        = $body:path) => {
+        $(#[$m])*
+        $vis fn $name($($arg: $ty),*) -> $ret {
+            #[cfg(target_arch = "x86_64")]
+            {
+                if $crate::isa::allows($crate::isa::IsaLevel::Avx512) {
+                    // SAFETY: `allows` checked that this CPU has AVX-512 F, BW and VL.
+                    return unsafe {
+                        $crate::__vectorized_copy!(avx512, ($($arg: $ty),*) -> $ret = $body)
+                    };
+                }
+                if $crate::isa::allows($crate::isa::IsaLevel::Avx2) {
+                    // SAFETY: as above, AVX2 and FMA.
+                    return unsafe {
+                        $crate::__vectorized_copy!(avx2, ($($arg: $ty),*) -> $ret = $body)
+                    };
+                }
+            }
+            $body($($arg),*)
+        }
+    };
+}
+
+/// One `target_feature` copy of a [`vectorized_fn!`] body, called with the arguments of the
+/// same names. Not for direct use.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __vectorized_copy {
+    (avx512, ($($arg:ident: $ty:ty),*) -> $ret:ty = $body:path) => {{
+        /// # Safety
+        /// The CPU must have AVX-512 F, BW and VL.
+        #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+        unsafe fn avx512($($arg: $ty),*) -> $ret {
+            $body($($arg),*)
+        }
+        avx512($($arg),*)
+    }};
+    (avx2, ($($arg:ident: $ty:ty),*) -> $ret:ty = $body:path) => {{
+        /// # Safety
+        /// The CPU must have AVX2 and FMA.
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn avx2($($arg: $ty),*) -> $ret {
+            $body($($arg),*)
+        }
+        avx2($($arg),*)
+    }};
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -89,6 +89,7 @@ impl Int8Codec {
 const LANES: usize = 16;
 
 /// The largest `|v|` of `values`, or `None` when one of them is not finite, in one pass.
+#[inline(always)]
 fn absmax_finite(values: &[f32]) -> Option<f32> {
     let mut max = [0.0f32; LANES];
     let mut bad = [false; LANES];
@@ -120,6 +121,7 @@ fn quantize(v: f32, inv: f32) -> i32 {
 }
 
 /// [`quantize`] for any `inv`, infinite included (`0 * inf` is NaN, which rounds to 0).
+#[inline(always)]
 fn quantize_slow(v: f32, inv: f32) -> i32 {
     i32::from(round_half_even_small(v * inv).clamp(-127.0, 127.0) as i8)
 }
@@ -127,6 +129,7 @@ fn quantize_slow(v: f32, inv: f32) -> i32 {
 /// A block's scale (`max|v| / 127`, written to `scale_out`) and its inverse `127 / max`
 /// (`None` for an all-zero block, whose zeroed values already say everything). Refuses a
 /// non-finite value with `Err(())`: the caller names the tensor.
+#[inline(always)]
 fn block_scale(values: &[f32], scale_out: &mut [u8]) -> Result<Option<(f32, f32)>, ()> {
     let max = absmax_finite(values).ok_or(())?;
     let scale = max / 127.0;
@@ -134,40 +137,61 @@ fn block_scale(values: &[f32], scale_out: &mut [u8]) -> Result<Option<(f32, f32)
     Ok((max != 0.0).then(|| (scale, 127.0 / max)))
 }
 
-/// Writes the section of `values` (length [`Int8Codec::section_len`]): per block, one pass for
-/// the absmax (and finiteness), one to quantize.
-fn encode_tensor(name: &str, values: &[f32], block: u32, out: &mut [u8]) -> Result<(), CodecError> {
-    for_blocks(values.len(), block, out, |range, q, sb| {
+bitnet_framework::vectorized_fn!(
+    /// Writes the section of `values` (length [`Int8Codec::section_len`]): per block, one pass
+    /// for the absmax (and finiteness), one to quantize.
+    fn encode_tensor(name: &str, values: &[f32], block: u32, out: &mut [u8])
+        -> Result<(), CodecError> = encode_tensor_body, test encode_tensor_at
+);
+
+#[inline(always)]
+fn encode_tensor_body(
+    name: &str,
+    values: &[f32],
+    block: u32,
+    out: &mut [u8],
+) -> Result<(), CodecError> {
+    for (range, q, sb) in blocks(values.len(), block, out) {
         let vals = &values[range];
         let Some((_, inv)) =
             block_scale(vals, sb).map_err(|()| CodecError::NonFinite(name.into()))?
         else {
-            return Ok(());
+            continue;
         };
         if inv.is_finite() {
-            q.iter_mut().zip(vals).for_each(|(o, v)| *o = quantize(*v, inv) as u8);
+            for (o, v) in q.iter_mut().zip(vals) {
+                *o = quantize(*v, inv) as u8;
+            }
         } else {
-            q.iter_mut().zip(vals).for_each(|(o, v)| *o = quantize_slow(*v, inv) as u8);
+            for (o, v) in q.iter_mut().zip(vals) {
+                *o = quantize_slow(*v, inv) as u8;
+            }
         }
-        Ok(())
-    })
+    }
+    Ok(())
 }
 
-/// [`encode_tensor`], and replaces each value with `value - decoded` in the quantizing pass,
-/// computed exactly as the decoder computes `decoded` (`f32::from(q) * scale`), so the result
-/// is bit-identical to encoding, decoding and subtracting.
-fn encode_tensor_keep_error(
+bitnet_framework::vectorized_fn!(
+    /// [`encode_tensor`], and replaces each value with `value - decoded` in the quantizing pass,
+    /// computed exactly as the decoder computes `decoded` (`f32::from(q) * scale`), so the
+    /// result is bit-identical to encoding, decoding and subtracting.
+    fn encode_tensor_keep_error(name: &str, values: &mut [f32], block: u32, out: &mut [u8])
+        -> Result<(), CodecError> = encode_tensor_keep_error_body, test encode_tensor_keep_error_at
+);
+
+#[inline(always)]
+fn encode_tensor_keep_error_body(
     name: &str,
     values: &mut [f32],
     block: u32,
     out: &mut [u8],
 ) -> Result<(), CodecError> {
-    for_blocks(values.len(), block, out, |range, q, sb| {
+    for (range, q, sb) in blocks(values.len(), block, out) {
         let vals = &mut values[range];
         let Some((scale, inv)) =
             block_scale(vals, sb).map_err(|()| CodecError::NonFinite(name.into()))?
         else {
-            return Ok(());
+            continue;
         };
         if inv.is_finite() {
             for (o, v) in q.iter_mut().zip(vals) {
@@ -182,27 +206,79 @@ fn encode_tensor_keep_error(
                 *v -= r as f32 * scale;
             }
         }
-        Ok(())
-    })
+    }
+    Ok(())
 }
 
-/// Writes a section's block size and calls `f(value range, int8 bytes, scale bytes)` per block.
-fn for_blocks(
+/// Writes a section's block size; yields `(value range, int8 bytes, scale bytes)` per block.
+/// An iterator, not a callback: the callers' loops must be inlined into their vectorized copies,
+/// which LLVM need not do for a closure.
+#[inline(always)]
+fn blocks(
     numel: usize,
     block: u32,
     out: &mut [u8],
-    mut f: impl FnMut(std::ops::Range<usize>, &mut [u8], &mut [u8]) -> Result<(), CodecError>,
-) -> Result<(), CodecError> {
+) -> impl Iterator<Item = (std::ops::Range<usize>, &mut [u8], &mut [u8])> {
     let chunk = Int8Codec::chunk(block, numel);
     let scales = numel.div_ceil(chunk).max(1);
     let (head, rest) = out.split_at_mut(4);
     head.copy_from_slice(&block.to_le_bytes());
     let (scale_bytes, body) = rest.split_at_mut(4 * scales);
-    for (i, (q, sb)) in body.chunks_mut(chunk).zip(scale_bytes.chunks_exact_mut(4)).enumerate() {
-        let start = i * chunk;
-        f(start..start + q.len(), q, sb)?;
+    body.chunks_mut(chunk).zip(scale_bytes.chunks_exact_mut(4)).enumerate().map(
+        move |(i, (q, sb))| {
+            let start = i * chunk;
+            (start..start + q.len(), q, sb)
+        },
+    )
+}
+
+bitnet_framework::vectorized_fn!(
+    /// Checks every section and dequantizes it (vectorized: see the macro).
+    fn decode_sections(layout: &ParamLayout, bytes: &[u8]) -> Result<Vec<f32>, CodecError>
+        = decode_sections_body, test decode_sections_at
+);
+
+#[inline(always)]
+fn decode_sections_body(layout: &ParamLayout, bytes: &[u8]) -> Result<Vec<f32>, CodecError> {
+    let sections = wire::open(bytes, WIRE_ID, WIRE_VERSION, layout)?;
+    let mut out = vec![0.0f32; layout.total_params()];
+    for ((spec, range), section) in layout.iter().zip(sections) {
+        let numel = spec.numel();
+        let malformed =
+            |what: String| CodecError::Malformed(format!("tensor `{}`: {what}", spec.name));
+        let Some(head) = section.first_chunk::<4>() else {
+            return Err(malformed(format!("{} bytes, too short for a block size", section.len())));
+        };
+        let block = u32::from_le_bytes(*head);
+        let want = Int8Codec::section_len(block, numel);
+        if section.len() != want {
+            return Err(malformed(format!(
+                "{} bytes where block size {block} and {numel} int8 values take {want}",
+                section.len()
+            )));
+        }
+        let chunk = Int8Codec::chunk(block, numel);
+        let scales = numel.div_ceil(chunk).max(1);
+        let (scale_bytes, values) = section[4..].split_at(4 * scales);
+        if values.contains(&0x80) {
+            return Err(malformed("holds -128, outside the codec's -127..=127".into()));
+        }
+        for ((o, q), sb) in
+            out[range].chunks_mut(chunk).zip(values.chunks(chunk)).zip(scale_bytes.chunks_exact(4))
+        {
+            let scale = f32::from_le_bytes([sb[0], sb[1], sb[2], sb[3]]);
+            if !(scale * 127.0).is_finite() {
+                return Err(CodecError::NonFinite(spec.name.clone()));
+            }
+            if scale < 0.0 {
+                return Err(malformed(format!("negative scale {scale}")));
+            }
+            for (o, &b) in o.iter_mut().zip(q) {
+                *o = f32::from(b as i8) * scale;
+            }
+        }
     }
-    Ok(())
+    Ok(out)
 }
 
 impl GradientCodec for Int8Codec {
@@ -218,7 +294,8 @@ impl GradientCodec for Int8Codec {
         check_size(layout, update)?;
         let block = self.block;
         self.seal(layout, |i, out| {
-            encode_tensor(&layout.tensors()[i].name, &update[layout.range(i)], block, out)
+            let values = &update[layout.range(i)];
+            encode_tensor(&layout.tensors()[i].name, values, block, out)
         })
     }
 
@@ -230,56 +307,13 @@ impl GradientCodec for Int8Codec {
         check_size(layout, values)?;
         let block = self.block;
         self.seal(layout, |i, out| {
-            let name = &layout.tensors()[i].name;
-            encode_tensor_keep_error(name, &mut values[layout.range(i)], block, out)
+            let (name, values) = (&layout.tensors()[i].name, &mut values[layout.range(i)]);
+            encode_tensor_keep_error(name, values, block, out)
         })
     }
 
     fn decode(&self, layout: &ParamLayout, bytes: &[u8]) -> Result<Vec<f32>, CodecError> {
-        let sections = wire::open(bytes, WIRE_ID, WIRE_VERSION, layout)?;
-        let mut out = vec![0.0f32; layout.total_params()];
-        for ((spec, range), section) in layout.iter().zip(sections) {
-            let numel = spec.numel();
-            let malformed =
-                |what: String| CodecError::Malformed(format!("tensor `{}`: {what}", spec.name));
-            let Some(head) = section.first_chunk::<4>() else {
-                return Err(malformed(format!(
-                    "{} bytes, too short for a block size",
-                    section.len()
-                )));
-            };
-            let block = u32::from_le_bytes(*head);
-            let want = Int8Codec::section_len(block, numel);
-            if section.len() != want {
-                return Err(malformed(format!(
-                    "{} bytes where block size {block} and {numel} int8 values take {want}",
-                    section.len()
-                )));
-            }
-            let chunk = Int8Codec::chunk(block, numel);
-            let scales = numel.div_ceil(chunk).max(1);
-            let (scale_bytes, values) = section[4..].split_at(4 * scales);
-            if values.contains(&0x80) {
-                return Err(malformed("holds -128, outside the codec's -127..=127".into()));
-            }
-            for ((o, q), sb) in out[range]
-                .chunks_mut(chunk)
-                .zip(values.chunks(chunk))
-                .zip(scale_bytes.chunks_exact(4))
-            {
-                let scale = f32::from_le_bytes([sb[0], sb[1], sb[2], sb[3]]);
-                if !(scale * 127.0).is_finite() {
-                    return Err(CodecError::NonFinite(spec.name.clone()));
-                }
-                if scale < 0.0 {
-                    return Err(malformed(format!("negative scale {scale}")));
-                }
-                for (o, &b) in o.iter_mut().zip(q) {
-                    *o = f32::from(b as i8) * scale;
-                }
-            }
-        }
-        Ok(out)
+        decode_sections(layout, bytes)
     }
 
     fn max_encoded_len(&self, layout: &ParamLayout) -> Option<usize> {
@@ -354,6 +388,7 @@ register_plugin!(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bitnet_framework::isa::IsaLevel;
     use bitnet_framework::tensor::{TensorRole, TensorSpec};
 
     fn layout(n: usize) -> ParamLayout {
@@ -506,6 +541,47 @@ mod tests {
     }
 
     proptest::proptest! {
+        /// The AVX2 and AVX-512 copies (where this CPU has them) write the baseline's bytes and
+        /// residuals and decode to its values.
+        #[test]
+        fn vectorized_copies_equal_the_baseline(
+            values in proptest::collection::vec(
+                proptest::prop_oneof![
+                    -1e3f32..1e3,
+                    -1e-30f32..1e-30,
+                    proptest::strategy::Just(0.0)
+                ],
+                1..300,
+            ),
+            block in proptest::prop_oneof![proptest::strategy::Just(0u32), 1u32..40],
+        ) {
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            let len = Int8Codec::section_len(block, values.len());
+            let (mut plain, mut kept) = (vec![0u8; len], vec![0u8; len]);
+            encode_tensor_body("t", &values, block, &mut plain).expect("encode");
+            let mut residual = values.clone();
+            encode_tensor_keep_error_body("t", &mut residual, block, &mut kept).expect("keep");
+            let l = layout(values.len());
+            let payload = Int8Codec { block }.encode(&l, &values).expect("payload");
+            let decoded = decode_sections_body(&l, &payload).expect("decode");
+            for level in IsaLevel::ALL {
+                let mut p = vec![0u8; len];
+                let Some(r) = encode_tensor_at(level, "t", &values, block, &mut p) else {
+                    continue;
+                };
+                r.expect("encode");
+                proptest::prop_assert_eq!(&p, &plain, "{}", level);
+                let (mut k, mut res) = (vec![0u8; len], values.clone());
+                encode_tensor_keep_error_at(level, "t", &mut res, block, &mut k)
+                    .expect("supported")
+                    .expect("keep");
+                proptest::prop_assert_eq!(&k, &kept, "{}", level);
+                proptest::prop_assert_eq!(bits(&res), bits(&residual), "{}", level);
+                let d = decode_sections_at(level, &l, &payload).expect("supported").expect("d");
+                proptest::prop_assert_eq!(bits(&d), bits(&decoded), "{}", level);
+            }
+        }
+
         #[test]
         fn one_pass_error_is_bit_identical_to_encode_decode_subtract(
             values in proptest::collection::vec(-1e3f32..1e3, 1..300),

@@ -19,9 +19,16 @@ pub const MAX_PACKED: u8 = 242;
 /// sequential chain waits out each addition's latency.
 pub const ABSMEAN_LANES: usize = 16;
 
-/// The per-tensor absmean `g = mean|W|`, summed in f64 over [`ABSMEAN_LANES`] lanes, reduced
-/// in a fixed order (pairs `(j, j + 8)`, then the tail), divided in f64 and rounded once.
-pub fn absmean(w: &[f32]) -> f32 {
+crate::vectorized_fn!(
+    /// The per-tensor absmean `g = mean|W|`, summed in f64 over [`ABSMEAN_LANES`] lanes, reduced
+    /// in a fixed order (pairs `(j, j + 8)`, then the tail), divided in f64 and rounded once.
+    pub fn absmean(w: &[f32]) -> f32
+        = absmean_body, test absmean_at
+);
+
+/// [`absmean`]'s body, inlined into its vectorized callers.
+#[inline(always)]
+fn absmean_body(w: &[f32]) -> f32 {
     if w.is_empty() {
         return 0.0;
     }
@@ -62,20 +69,26 @@ pub fn quantize(w: &[f32], trits: &mut [i8]) -> f32 {
     g
 }
 
-/// Quantizes `w` and packs its trits five to a byte, appended to `out` (the weight codec's
-/// encoder); returns the scale `g`. The same bytes as [`quantize`] then [`pack`], a block at a
-/// time (the quantizing loop vectorises on its own; fused with packing it would not).
-pub fn quantize_packed(w: &[f32], out: &mut Vec<u8>) -> f32 {
+crate::vectorized_fn!(
+    /// Quantizes `w` and packs its trits five to a byte, appended to `out` (the weight codec's
+    /// encoder); returns the scale `g`. The same bytes as [`quantize`] then [`pack`], a block at a
+    /// time (the quantizing loop vectorises on its own; fused with packing it would not).
+    pub fn quantize_packed(w: &[f32], out: &mut Vec<u8>) -> f32
+        = quantize_packed_body, test quantize_packed_at
+);
+
+#[inline(always)]
+fn quantize_packed_body(w: &[f32], out: &mut Vec<u8>) -> f32 {
     // A multiple of five, so only the last block can end in a short packed byte.
     const BLOCK: usize = 4095;
-    let g = absmean(w);
+    let g = absmean_body(w);
     let div = g + WEIGHT_EPS;
     let mut trits = [0i8; BLOCK];
     out.reserve(packed_len(w.len()));
     for block in w.chunks(BLOCK) {
         let t = &mut trits[..block.len()];
         for (t, &x) in t.iter_mut().zip(block) {
-            *t = trit(x / div);
+            *t = trit_int(x / div);
         }
         pack(t, out);
     }
@@ -109,12 +122,22 @@ pub fn trit(v: f32) -> i8 {
     round_half_even_small(v.clamp(-2.0, 2.0)).clamp(-1.0, 1.0) as i8
 }
 
+/// [`trit`] in integer operations after the rounding (NaN first mapped to 0, as `NaN as i8`
+/// is), so a loop of it vectorizes at every width: LLVM turns `trit`'s float-to-`i8` cast into
+/// one scalar conversion per element on AVX-512. Equal to [`trit`] for every input (tested).
+#[inline(always)]
+fn trit_int(v: f32) -> i8 {
+    let v = if v.is_nan() { 0.0 } else { v };
+    round_half_even_small_i32(v.clamp(-2.0, 2.0)).clamp(-1, 1) as i8
+}
+
 /// Bytes needed to pack `n` trits.
 pub fn packed_len(n: usize) -> usize {
     n.div_ceil(TRITS_PER_BYTE)
 }
 
 /// Packs trits (each in `{-1, 0, 1}`) five to a byte: `sum (t_i + 1) * 3^i`.
+#[inline(always)]
 pub fn pack(trits: &[i8], out: &mut Vec<u8>) {
     let digit = |t: i8| (t.clamp(-1, 1) + 1) as u8;
     let start = out.len();
@@ -182,22 +205,28 @@ pub fn unpack(packed: &[u8], out: &mut [i8]) -> Result<(), String> {
     Ok(())
 }
 
-/// Latent weights the quantizer maps back to exactly `trits` with scale `g`.
-///
-/// Every non-zero trit becomes `t * v` with `v ~ g * n / nnz`, so `|W| / (g + eps) >= 1/2`
-/// there. What rounding leaves of `sum |W| = g * n` goes into one zero-trit element (small enough
-/// to stay a zero trit), or, when every trit is non-zero, into the last element; of the few
-/// candidate values for it, the first whose [`absmean`] is exactly `g` is taken. Returns `false`
-/// if `g` is not finite and non-negative, the sizes differ, or no weights with absmean `g`
-/// quantize to `trits` (the quantizer divides by `g + eps`, so a scale far below `eps` with many
-/// non-zero trits, or a zero scale with any, is a pair no encoder writes); the result is checked
-/// against the quantizer, so whatever it accepts, encoding it again gives the same trits and
-/// scale.
-///
-/// The check costs one pass: every element but the adjusted one is `0`, `v` or `-v`, so the
-/// quantizer's verdict on them is the verdict on `v` (it is odd: `trit(-x) = -trit(x)`), and
-/// only the adjusted element and the absmean are checked on their own.
-pub fn dequantize_latent(trits: &[i8], g: f32, out: &mut [f32]) -> bool {
+crate::vectorized_fn!(
+    /// Latent weights the quantizer maps back to exactly `trits` with scale `g`.
+    ///
+    /// Every non-zero trit becomes `t * v` with `v ~ g * n / nnz`, so `|W| / (g + eps) >= 1/2`
+    /// there. What rounding leaves of `sum |W| = g * n` goes into one zero-trit element (small
+    /// enough to stay a zero trit), or, when every trit is non-zero, into the last element; of the
+    /// few candidate values for it, the first whose [`absmean`] is exactly `g` is taken. Returns
+    /// `false` if `g` is not finite and non-negative, the sizes differ, or no weights with absmean
+    /// `g` quantize to `trits` (the quantizer divides by `g + eps`, so a scale far below `eps` with
+    /// many non-zero trits, or a zero scale with any, is a pair no encoder writes); the result is
+    /// checked against the quantizer, so whatever it accepts, encoding it again gives the same
+    /// trits and scale.
+    ///
+    /// The check costs one pass: every element but the adjusted one is `0`, `v` or `-v`, so the
+    /// quantizer's verdict on them is the verdict on `v` (it is odd: `trit(-x) = -trit(x)`), and
+    /// only the adjusted element and the absmean are checked on their own.
+    pub fn dequantize_latent(trits: &[i8], g: f32, out: &mut [f32]) -> bool
+        = dequantize_latent_body, test dequantize_latent_at
+);
+
+#[inline(always)]
+fn dequantize_latent_body(trits: &[i8], g: f32, out: &mut [f32]) -> bool {
     if !g.is_finite() || g < 0.0 || trits.len() != out.len() {
         return false;
     }
@@ -242,7 +271,7 @@ pub fn dequantize_latent(trits: &[i8], g: f32, out: &mut [f32]) -> bool {
             continue;
         }
         out[at] = w;
-        if absmean(out) == g {
+        if absmean_body(out) == g {
             return true;
         }
     }
@@ -263,6 +292,7 @@ mod tests {
         cases.extend((-4000..=4000).map(|i| i as f32 / 1000.0));
         for v in cases {
             assert_eq!(trit(v), reference(v), "{v}");
+            assert_eq!(trit_int(v), reference(v), "{v}");
         }
     }
 
@@ -290,6 +320,35 @@ mod tests {
     }
 
     proptest! {
+        /// Every vectorized copy (AVX2, AVX-512 where this CPU has them) gives the baseline's
+        /// bits: the absmean, the packed trits and scale, and the latent weights.
+        #[test]
+        fn vectorized_copies_equal_the_baseline(
+            w in prop::collection::vec(
+                prop_oneof![-3.0f32..3.0, -1e-6f32..1e-6, Just(0.0)],
+                0..300,
+            ),
+        ) {
+            let mut packed = Vec::new();
+            let g = quantize_packed_body(&w, &mut packed);
+            let mut trits = vec![0i8; w.len()];
+            quantize(&w, &mut trits);
+            let mut latent = vec![0.0f32; w.len()];
+            let ok = dequantize_latent_body(&trits, g, &mut latent);
+            for level in crate::isa::IsaLevel::ALL {
+                let Some(a) = absmean_at(level, &w) else { continue };
+                prop_assert_eq!(a.to_bits(), absmean_body(&w).to_bits(), "{}", level);
+                let mut p = Vec::new();
+                let gl = quantize_packed_at(level, &w, &mut p).expect("supported");
+                prop_assert_eq!((gl.to_bits(), &p), (g.to_bits(), &packed), "{}", level);
+                let mut l = vec![0.0f32; w.len()];
+                let okl = dequantize_latent_at(level, &trits, g, &mut l).expect("supported");
+                prop_assert_eq!(okl, ok, "{}", level);
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                prop_assert_eq!(bits(&l), bits(&latent), "{}", level);
+            }
+        }
+
         #[test]
         fn integer_rounding_matches_round_ties_even(v in -4_194_303.0f32..4_194_303.0) {
             prop_assert_eq!(round_half_even_small_i32(v), v.round_ties_even() as i32);
