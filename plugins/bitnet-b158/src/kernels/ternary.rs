@@ -297,6 +297,35 @@ fn drive(
                 super::x86_amx::ternary_task(x, k, rows, w, panel_range, tiles, sums, sink);
                 return;
             }
+            // A task of one tile of rows reads each panel once: AVX-512 VNNI then unpacks the
+            // codes in registers instead of through the buffer.
+            #[cfg(target_arch = "x86_64")]
+            if isa == Isa::Avx512Vnni && rows.len() <= mr {
+                for panel in panel_range {
+                    let col0 = panel * PANEL;
+                    let tile = Tile {
+                        tiles: w.packed_panel(panel),
+                        x,
+                        k,
+                        row0: rows.start,
+                        rows: rows.len(),
+                        rowsums: &rowsums[..rows.len()],
+                        row_scales: if row_scales.is_empty() {
+                            &[]
+                        } else {
+                            &row_scales[rows.clone()]
+                        },
+                        col0,
+                        cols: (n - col0).min(PANEL),
+                        n,
+                        sink,
+                    };
+                    // SAFETY: check_isa verified AVX-512 VNNI; the tile is in bounds as for
+                    // `micro_kernel` (rows <= 6), with the panel's packed bytes.
+                    unsafe { super::x86_ternary::kernel_vnni_packed(&tile) };
+                }
+                return;
+            }
             for panel in panel_range {
                 unpack_panel(isa, w.packed_panel(panel), tiles);
                 let col0 = panel * PANEL;

@@ -68,12 +68,34 @@ pub(crate) unsafe fn kernel_vnni(t: &Tile<'_>) {
     // SAFETY: forwarded from this function's contract.
     unsafe {
         match t.rows {
-            6 => vnni_rows::<6>(t),
-            5 => vnni_rows::<5>(t),
-            4 => vnni_rows::<4>(t),
-            3 => vnni_rows::<3>(t),
-            2 => vnni_rows::<2>(t),
-            1 => vnni_rows::<1>(t),
+            6 => vnni_rows::<6, false>(t),
+            5 => vnni_rows::<5, false>(t),
+            4 => vnni_rows::<4, false>(t),
+            3 => vnni_rows::<3, false>(t),
+            2 => vnni_rows::<2, false>(t),
+            1 => vnni_rows::<1, false>(t),
+            r => unreachable!("the driver never asks for {r} rows"),
+        }
+    }
+}
+
+/// [`kernel_vnni`] on a panel still packed (`t.tiles` holds the panel's `ceil(k / 4) * 64`
+/// packed bytes): each group's codes are unpacked in registers as they are used, so a task of
+/// one tile of rows (a decode step's single row) never writes and rereads the unpacked panel.
+///
+/// # Safety
+/// As [`kernel_vnni`], with `tiles` holding `ceil(k / 4) * 64` packed bytes.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+pub(crate) unsafe fn kernel_vnni_packed(t: &Tile<'_>) {
+    // SAFETY: forwarded from this function's contract.
+    unsafe {
+        match t.rows {
+            6 => vnni_rows::<6, true>(t),
+            5 => vnni_rows::<5, true>(t),
+            4 => vnni_rows::<4, true>(t),
+            3 => vnni_rows::<3, true>(t),
+            2 => vnni_rows::<2, true>(t),
+            1 => vnni_rows::<1, true>(t),
             r => unreachable!("the driver never asks for {r} rows"),
         }
     }
@@ -81,26 +103,40 @@ pub(crate) unsafe fn kernel_vnni(t: &Tile<'_>) {
 
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn vnni_rows<const R: usize>(t: &Tile<'_>) {
+unsafe fn vnni_rows<const R: usize, const PACKED: bool>(t: &Tile<'_>) {
     let k = t.k;
     let full = k / GROUP;
     let rows = &t.x[t.row0 * k..(t.row0 + R) * k];
-    assert!(t.tiles.len() >= k.div_ceil(GROUP) * TILE_BYTES, "panel buffer too small");
+    let group_bytes = if PACKED { PACKED_GROUP_BYTES } else { TILE_BYTES };
+    assert!(t.tiles.len() >= k.div_ceil(GROUP) * group_bytes, "panel buffer too small");
     let tp = t.tiles.as_ptr();
     let xp = rows.as_ptr();
+    // SAFETY: SHIFTS_512 is 64 bytes; loadu has no alignment requirement.
+    let shifts = unsafe { _mm512_loadu_si512(SHIFTS_512.as_ptr().cast()) };
+    let three = _mm512_set1_epi8(3);
+    // The four code vectors of group `g`: loaded unpacked, or unpacked from its 64 packed bytes
+    // exactly as `unpack_panel_avx512` does (vector `v` from packed bytes `16 v .. 16 v + 16`).
+    // SAFETY (callers): group g < ceil(k / 4) of the buffer, which the assertion above covers.
+    let group = |g: usize| -> [__m512i; 4] {
+        // SAFETY: see above; unaligned loads are allowed.
+        unsafe {
+            let b = tp.add(g * group_bytes);
+            if PACKED {
+                std::array::from_fn(|v| {
+                    let p = _mm_loadu_si128(b.add(16 * v).cast());
+                    _mm512_and_si512(_mm512_srlv_epi16(_mm512_broadcast_i32x4(p), shifts), three)
+                })
+            } else {
+                std::array::from_fn(|v| _mm512_loadu_si512(b.add(64 * v).cast()))
+            }
+        }
+    };
     let mut acc = [[_mm512_setzero_si512(); 4]; R];
     for g in 0..full {
-        // SAFETY: group g < ceil(k / 4) of the panel buffer (asserted above) spans 256 bytes;
-        // row r < R of `rows` has k >= 4 g + 4 bytes, so the 4-byte read at r k + 4 g is in
-        // bounds; unaligned reads are allowed.
+        let b = group(g);
+        // SAFETY: row r < R of `rows` has k >= 4 g + 4 bytes, so the 4-byte read at r k + 4 g
+        // is in bounds; unaligned reads are allowed.
         unsafe {
-            let b = tp.add(g * TILE_BYTES);
-            let b = [
-                _mm512_loadu_si512(b.cast()),
-                _mm512_loadu_si512(b.add(64).cast()),
-                _mm512_loadu_si512(b.add(128).cast()),
-                _mm512_loadu_si512(b.add(192).cast()),
-            ];
             for (r, acc_r) in acc.iter_mut().enumerate() {
                 let a = _mm512_set1_epi32(xp.add(r * k + GROUP * g).cast::<i32>().read_unaligned());
                 for (acc_rv, &bv) in acc_r.iter_mut().zip(&b) {
@@ -110,16 +146,7 @@ unsafe fn vnni_rows<const R: usize>(t: &Tile<'_>) {
         }
     }
     if full * GROUP < k {
-        // SAFETY: the partial group `full` < ceil(k / 4) of the buffer spans 256 bytes.
-        let b = unsafe {
-            let b = tp.add(full * TILE_BYTES);
-            [
-                _mm512_loadu_si512(b.cast()),
-                _mm512_loadu_si512(b.add(64).cast()),
-                _mm512_loadu_si512(b.add(128).cast()),
-                _mm512_loadu_si512(b.add(192).cast()),
-            ]
-        };
+        let b = group(full);
         for (r, acc_r) in acc.iter_mut().enumerate() {
             let a = _mm512_set1_epi32(tail_group(&rows[r * k..(r + 1) * k], full));
             for (acc_rv, &bv) in acc_r.iter_mut().zip(&b) {
