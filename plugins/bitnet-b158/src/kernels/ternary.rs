@@ -322,7 +322,7 @@ fn drive(
                     };
                     // SAFETY: check_isa verified AVX-512 VNNI; the tile is in bounds as for
                     // `micro_kernel` (rows <= 6), with the panel's packed bytes.
-                    unsafe { super::x86_ternary::kernel_vnni_packed(&tile) };
+                    unsafe { super::x86_ternary::kernel_vnni::<true>(&tile) };
                 }
                 return;
             }
@@ -411,7 +411,7 @@ fn micro_kernel(isa: Isa, t: &Tile<'_>) {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: check_isa verified AVX-512 VNNI; the driver built `t` in bounds (rows <= 6,
         // cols <= 64, rows and columns inside the output and activations).
-        Isa::Avx512Vnni => unsafe { super::x86_ternary::kernel_vnni(t) },
+        Isa::Avx512Vnni => unsafe { super::x86_ternary::kernel_vnni::<false>(t) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: check_isa verified AVX2; `t` is in bounds with rows <= 2.
         Isa::Avx2 => unsafe { super::x86_ternary::kernel_avx2(t) },

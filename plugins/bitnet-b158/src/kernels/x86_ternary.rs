@@ -57,45 +57,27 @@ pub(crate) unsafe fn unpack_panel_avx2(packed: &[u8], tiles: &mut [u8]) {
     }
 }
 
-/// The AVX-512 VNNI micro-kernel: up to 6 rows x one 64-column panel.
+/// The AVX-512 VNNI micro-kernel: up to 6 rows x one 64-column panel. With `PACKED`, `t.tiles`
+/// is the panel still packed (`ceil(k / 4) * 64` bytes) and each group's codes are unpacked in
+/// registers as they are used, so a task of one tile of rows (a decode step's single row) never
+/// writes and rereads the unpacked panel.
 ///
 /// # Safety
 /// The CPU must support AVX-512 F/BW/VL and VNNI; `t` must be in bounds: `1 <= rows <= 6`,
 /// rows `row0 .. row0 + rows` of `x` (`k` columns) exist, `tiles` holds `ceil(k / 4) * 256`
-/// bytes, `cols <= 64`, and the output rectangle lies inside the live `m x n` output.
+/// bytes (`ceil(k / 4) * 64` with `PACKED`), `cols <= 64`, and the output rectangle lies inside
+/// the live `m x n` output.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-pub(crate) unsafe fn kernel_vnni(t: &Tile<'_>) {
+pub(crate) unsafe fn kernel_vnni<const PACKED: bool>(t: &Tile<'_>) {
     // SAFETY: forwarded from this function's contract.
     unsafe {
         match t.rows {
-            6 => vnni_rows::<6, false>(t),
-            5 => vnni_rows::<5, false>(t),
-            4 => vnni_rows::<4, false>(t),
-            3 => vnni_rows::<3, false>(t),
-            2 => vnni_rows::<2, false>(t),
-            1 => vnni_rows::<1, false>(t),
-            r => unreachable!("the driver never asks for {r} rows"),
-        }
-    }
-}
-
-/// [`kernel_vnni`] on a panel still packed (`t.tiles` holds the panel's `ceil(k / 4) * 64`
-/// packed bytes): each group's codes are unpacked in registers as they are used, so a task of
-/// one tile of rows (a decode step's single row) never writes and rereads the unpacked panel.
-///
-/// # Safety
-/// As [`kernel_vnni`], with `tiles` holding `ceil(k / 4) * 64` packed bytes.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-pub(crate) unsafe fn kernel_vnni_packed(t: &Tile<'_>) {
-    // SAFETY: forwarded from this function's contract.
-    unsafe {
-        match t.rows {
-            6 => vnni_rows::<6, true>(t),
-            5 => vnni_rows::<5, true>(t),
-            4 => vnni_rows::<4, true>(t),
-            3 => vnni_rows::<3, true>(t),
-            2 => vnni_rows::<2, true>(t),
-            1 => vnni_rows::<1, true>(t),
+            6 => vnni_rows::<6, PACKED>(t),
+            5 => vnni_rows::<5, PACKED>(t),
+            4 => vnni_rows::<4, PACKED>(t),
+            3 => vnni_rows::<3, PACKED>(t),
+            2 => vnni_rows::<2, PACKED>(t),
+            1 => vnni_rows::<1, PACKED>(t),
             r => unreachable!("the driver never asks for {r} rows"),
         }
     }
