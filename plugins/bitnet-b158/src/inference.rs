@@ -1,7 +1,7 @@
 //! The inference model: loads the file written by [`crate::export`] and predicts with its
 //! ternary weights, kept packed at 2 bits in the matrix kernels' panel layout (no fp32 BitLinear
 //! weight is ever materialised) and multiplied by the training forward's integer kernels
-//! ([`ternary_matmul_dequant_with`]), with a key/value cache.
+//! ([`ternary_matmul_dequant`]), with a key/value cache.
 //!
 //! **Prompts run as one batch.** The positions a call has not cached yet (a whole prompt, then
 //! one token per generated token) go through each layer together: each BitLinear is one
@@ -11,18 +11,13 @@
 //! split into calls (a test holds this).
 
 use crate::export::{FORMAT, VERSION, packed_row_bytes, unpack_trits};
-use crate::kernels::ternary::{TERNARY_PATHS, ternary_matmul_dequant_with};
-use crate::kernels::{Isa, PackedTernary};
+use crate::kernels::{PackedTernary, ternary_matmul_dequant};
 use crate::layers::rope::RopeTables;
 use crate::quant::quantize_activation_row;
 use bitnet_framework::model::{InferenceModel, KernelError, ModelConfig};
 use bitnet_framework::tensor::{ParamLayout, TensorRole};
 use safetensors::SafeTensors;
 use safetensors::tensor::Dtype;
-
-/// Batches below this many rows take the AVX-512 VNNI path rather than AMX: an AMX tile holds
-/// 16 rows, so a decode step's single row would pay for sixteen.
-const AMX_MIN_ROWS: usize = 16;
 
 /// A BitLinear weight `[rows, cols]`, loaded from the file's 2-bit row layout into the matrix
 /// kernels' packed panels (2 bits a weight in memory too), and its scale.
@@ -47,9 +42,8 @@ impl TernaryMatrix {
     }
 
     /// `out[i][n] = (sum_k x_q[i][k] * W_q[n][k]) * g / s[i]`: the BitLinear forward of the `m`
-    /// quantized rows of `x_q` (scales `s`), on the best path of [`TERNARY_PATHS`] this CPU
-    /// (and `BITNET_ISA`) allows. The sums are exact integers, so every path gives the same
-    /// outputs.
+    /// quantized rows of `x_q` (scales `s`), on the path [`ternary_matmul_dequant`] picks. The
+    /// sums are exact integers, so every path gives the same outputs.
     pub fn forward(
         &self,
         x_q: &[i8],
@@ -57,13 +51,9 @@ impl TernaryMatrix {
         s: &[f32],
         out: &mut [f32],
     ) -> Result<(), KernelError> {
-        let isa = match Isa::best_among(&TERNARY_PATHS) {
-            Isa::Avx512Amx if m < AMX_MIN_ROWS => Isa::Avx512Vnni,
-            isa => isa,
-        };
         let (k, n) = (self.w.in_features(), self.w.out_features());
         let (x_q, s, out) = (&x_q[..m * k], &s[..m], &mut out[..m * n]);
-        ternary_matmul_dequant_with(isa, x_q, m, k, &self.w, s, self.scale, out)
+        ternary_matmul_dequant(x_q, m, k, &self.w, s, self.scale, out)
             .map_err(|e| KernelError::Shape(e.to_string()))
     }
 }

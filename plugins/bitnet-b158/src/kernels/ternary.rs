@@ -45,12 +45,25 @@ const SERIAL_MACS: usize = 1 << 22;
 #[cfg(test)]
 const SERIAL_MACS: usize = 1;
 
+/// Below this many rows the automatic choice takes AVX-512 VNNI over AMX: an AMX tile holds 16
+/// rows, so a decode step's single row would pay for sixteen.
+const AMX_MIN_ROWS: usize = 16;
+
+/// The path [`ternary_matmul`] and its dequantising twins take for `m` rows: the best this CPU
+/// (and `BITNET_ISA`) allows, except AMX for fewer rows than a tile holds.
+fn auto_path(m: usize) -> Isa {
+    match Isa::best_among(&TERNARY_PATHS) {
+        Isa::Avx512Amx if m < AMX_MIN_ROWS => Isa::Avx512Vnni,
+        isa => isa,
+    }
+}
+
 /// Largest reduction length: keeps `sum x (w + 1)` (at most `256 k` in magnitude) inside i32.
 pub const MAX_K: usize = 1 << 23;
 
 /// `out[m][n] = sum_k x_q[m][k] * W[n][k]` for the row-major `m x k` int8 matrix `x_q` and the
 /// packed ternary `W` (`w.in_features() == k`); `out` is row-major `m x w.out_features()`.
-/// Runs the best path of this CPU on the current rayon pool.
+/// Runs the best path of this CPU on the current rayon pool ([`auto_path`]).
 pub fn ternary_matmul(
     x_q: &[i8],
     m: usize,
@@ -58,7 +71,7 @@ pub fn ternary_matmul(
     w: &PackedTernary,
     out: &mut [i32],
 ) -> Result<(), GemmError> {
-    ternary_matmul_with(Isa::best_among(&TERNARY_PATHS), x_q, m, k, w, out)
+    ternary_matmul_with(auto_path(m), x_q, m, k, w, out)
 }
 
 /// [`ternary_matmul`] on the given path.
@@ -89,7 +102,7 @@ pub fn ternary_matmul_dequant(
     w_scale: f32,
     out: &mut [f32],
 ) -> Result<(), GemmError> {
-    let isa = Isa::best_among(&TERNARY_PATHS);
+    let isa = auto_path(m);
     ternary_matmul_dequant_with(isa, x_q, m, k, w, row_scales, w_scale, out)
 }
 
@@ -125,7 +138,7 @@ pub fn ternary_matmul_dequant_add(
     w_scale: f32,
     out: &mut [f32],
 ) -> Result<(), GemmError> {
-    let isa = Isa::best_among(&TERNARY_PATHS);
+    let isa = auto_path(m);
     ternary_matmul_dequant_add_with(isa, x_q, m, k, w, row_scales, w_scale, out)
 }
 
@@ -299,35 +312,14 @@ fn drive(
             }
             // A task of one tile of rows reads each panel once: AVX-512 VNNI then unpacks the
             // codes in registers instead of through the buffer.
-            #[cfg(target_arch = "x86_64")]
-            if isa == Isa::Avx512Vnni && rows.len() <= mr {
-                for panel in panel_range {
-                    let col0 = panel * PANEL;
-                    let tile = Tile {
-                        tiles: w.packed_panel(panel),
-                        x,
-                        k,
-                        row0: rows.start,
-                        rows: rows.len(),
-                        rowsums: &rowsums[..rows.len()],
-                        row_scales: if row_scales.is_empty() {
-                            &[]
-                        } else {
-                            &row_scales[rows.clone()]
-                        },
-                        col0,
-                        cols: (n - col0).min(PANEL),
-                        n,
-                        sink,
-                    };
-                    // SAFETY: check_isa verified AVX-512 VNNI; the tile is in bounds as for
-                    // `micro_kernel` (rows <= 6), with the panel's packed bytes.
-                    unsafe { super::x86_ternary::kernel_vnni::<true>(&tile) };
-                }
-                return;
-            }
+            let in_registers = isa == Isa::Avx512Vnni && rows.len() <= mr;
             for panel in panel_range {
-                unpack_panel(isa, w.packed_panel(panel), tiles);
+                let codes: &[u8] = if in_registers {
+                    w.packed_panel(panel)
+                } else {
+                    unpack_panel(isa, w.packed_panel(panel), tiles);
+                    tiles
+                };
                 let col0 = panel * PANEL;
                 let cols = (n - col0).min(PANEL);
                 let mut r = rows.start;
@@ -335,7 +327,7 @@ fn drive(
                     let take = (rows.end - r).min(mr);
                     let local = r - rows.start;
                     let tile = Tile {
-                        tiles,
+                        tiles: codes,
                         x,
                         k,
                         row0: r,
@@ -351,7 +343,11 @@ fn drive(
                         n,
                         sink,
                     };
-                    micro_kernel(isa, &tile);
+                    if in_registers {
+                        packed_micro_kernel(&tile);
+                    } else {
+                        micro_kernel(isa, &tile);
+                    }
                     r += take;
                 }
             }
@@ -404,6 +400,19 @@ fn unpack_panel(isa: Isa, packed: &[u8], tiles: &mut [u8]) {
         },
         _ => unpack_panel_scalar(packed, tiles),
     }
+}
+
+/// The micro-kernel on a panel still packed (`t.tiles` holds its `ceil(k / 4) * 64` bytes);
+/// only AVX-512 VNNI has one, and the driver calls it only there.
+fn packed_micro_kernel(t: &Tile<'_>) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: the driver calls this only on the AVX-512 VNNI path check_isa verified, with `t`
+    // in bounds as for `micro_kernel` (rows <= 6) and the panel's packed bytes.
+    unsafe {
+        super::x86_ternary::kernel_vnni::<true>(t)
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    unreachable!("no packed micro-kernel off x86-64: {} rows", t.rows);
 }
 
 fn micro_kernel(isa: Isa, t: &Tile<'_>) {

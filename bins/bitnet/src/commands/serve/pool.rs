@@ -2,10 +2,11 @@
 //!
 //! Each model decodes one utterance at a time with its own key/value cache (its prompt as one
 //! batch of positions, then one position per generated token), on its own thread: the kernels'
-//! products run on that thread alone. Concurrency is the number of models: with `threads` models, `threads` utterances decode at once and the rest
-//! wait in the queue, first come first served. Admission is counted in utterances: a request of
-//! `n` utterances takes `n` places or is refused whole ([`PoolFull`]), so the pool never holds
-//! more than `capacity` utterances, decoding or waiting.
+//! products run on that thread alone. Concurrency is the number of models: with `threads`
+//! models, `threads` utterances decode at once and the rest wait in the queue, first come first
+//! served. Admission is counted in utterances: a request of `n` utterances takes `n` places or is
+//! refused whole ([`PoolFull`]), so the pool never holds more than `capacity` utterances,
+//! decoding or waiting.
 
 use bitnet_framework::model::InferenceModel;
 use bitnet_framework::tokenizer::Tokenizer;
