@@ -187,36 +187,30 @@ pub(crate) fn run_blocked(
                             let out = &mut out[r * cols..(r + take) * cols];
                             let accumulate = accumulate || p0 > 0;
                             let (k, rows, pairs) = (cols, take, pc);
+                            // One tile over `a` and `b`, whose lanes are bf16 pairs or, widened,
+                            // fp32 (two element types, so a macro rather than a closure).
+                            macro_rules! bf16_tile {
+                                ($a:expr, $b:expr) => {
+                                    Bf16Tile {
+                                        a: $a,
+                                        b: $b,
+                                        pairs,
+                                        rows,
+                                        out,
+                                        k,
+                                        l0,
+                                        cols: width,
+                                        accumulate,
+                                    }
+                                };
+                            }
                             if wide {
                                 let a = &s.a_wide[tile * pc * 2 * MR..(tile + 1) * pc * 2 * MR];
-                                let b = &s.b_wide[..2 * pc * NR];
-                                let tile = Bf16Tile {
-                                    a,
-                                    b,
-                                    pairs,
-                                    rows,
-                                    out,
-                                    k,
-                                    l0,
-                                    cols: width,
-                                    accumulate,
-                                };
-                                wide_kernel(tile);
+                                wide_kernel(bf16_tile!(a, &s.b_wide[..2 * pc * NR]));
                                 continue;
                             }
                             let a = &ablock[tile * pc * MR..(tile + 1) * pc * MR];
-                            let tile = Bf16Tile {
-                                a,
-                                b: bblock,
-                                pairs,
-                                rows,
-                                out,
-                                k,
-                                l0,
-                                cols: width,
-                                accumulate,
-                            };
-                            micro_kernel(isa, tile);
+                            micro_kernel(isa, bf16_tile!(a, bblock));
                         }
                     }
                 }
