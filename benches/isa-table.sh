@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The per-instruction-set training table of the kernel chapter: `bitnet bench train` with the
-# kernel capped at each path (BITNET_ISA=scalar|avx2|avx512, and amx where the CPU has AMX) against the PyTorch reference
+# kernel capped at each path (BITNET_ISA=scalar|avx2|avx512, avx-vnni and amx where the CPU
+# has them) against the PyTorch reference
 # (../shared/reference/torch_bitnet.py) capped the same way (ATEN_CPU_CAPABILITY for ATen's
 # own kernels, ONEDNN_MAX_CPU_ISA for oneDNN's and MKL_ENABLE_INSTRUCTIONS for MKL's: on an
 # Intel CPU, PyTorch's fp32 matmuls go to MKL, which ignores the other two), and PyTorch's best
@@ -41,16 +42,21 @@ torch_run() { # PRESET CAP STEPS WARMUP PASS [extra args]
     --label "pass=$pass tool=torch cap=$cap $*" "$@" | grep RESULT
 }
 
-# The AMX level runs only where the CPU has AMX tiles and the OS grants them.
+# The AMX level runs only where the CPU has AMX tiles and the OS grants them, the AVX-VNNI one
+# only where it has AVX-VNNI (`avx2` alone is what AMD Zen 2 and Zen 3 run).
+has_level() {
+  BITNET_ISA=$1 "$BITNET" bench train --preset tiny --steps 1 --warmup 0 --log error >/dev/null 2>&1
+}
 AMX=0
-if BITNET_ISA=amx "$BITNET" bench train --preset tiny --steps 1 --warmup 0 --log error >/dev/null 2>&1; then
-  AMX=1
-fi
+if has_level amx; then AMX=1; fi
+VNNI=0
+if has_level avx-vnni; then VNNI=1; fi
 for pass in $(seq 1 "$PASSES"); do
   if [ "$AMX" = 1 ]; then ours small amx 10 3 "$pass"; fi
   ours small avx512 10 3 "$pass"
   torch_run small default 20 3 "$pass"
   ours small avx2 10 3 "$pass"
+  if [ "$VNNI" = 1 ]; then ours small avx-vnni 10 3 "$pass"; fi
   torch_run small avx2 20 3 "$pass"
   torch_run small default 20 5 "$pass" --compile --amp-bf16
   ours small avx512 10 3 "$pass" 1
@@ -58,6 +64,7 @@ for pass in $(seq 1 "$PASSES"); do
   ours medium avx512 5 2 "$pass"
   torch_run medium default 5 2 "$pass"
   ours medium avx2 5 2 "$pass"
+  if [ "$VNNI" = 1 ]; then ours medium avx-vnni 5 2 "$pass"; fi
   torch_run medium avx2 5 2 "$pass"
   torch_run medium default 5 3 "$pass" --compile --amp-bf16
 done
@@ -88,7 +95,7 @@ for (preset, threads), runs in sorted(table.items(), key=lambda kv: (str(kv[0][0
 print()
 print("Ratios, per pass (median over passes):")
 for (preset, threads), runs in sorted(table.items(), key=lambda kv: (str(kv[0][0]), str(kv[0][1]))):
-    pairs = [("bitnet avx2", "torch avx2"), ("bitnet avx512", "torch default"),
+    pairs = [("bitnet avx2", "torch avx2"), ("bitnet avx-vnni", "torch avx2"), ("bitnet avx512", "torch default"),
              ("bitnet avx512", "torch default --compile --amp-bf16"),
              ("bitnet amx", "torch default"), ("bitnet amx", "torch default --compile --amp-bf16"),
              ("bitnet amx", "bitnet avx512"), ("bitnet scalar", "torch avx2")]

@@ -4,7 +4,7 @@
 //! one [`IsaLevel`] for the whole process, like `ATEN_CPU_CAPABILITY` in PyTorch or
 //! `ONEDNN_MAX_CPU_ISA` in oneDNN, so every path can be run (and tested, and measured) on one
 //! machine. The cap comes from the `BITNET_ISA` environment variable (`auto`, `scalar`, `avx2`,
-//! `avx512`, `amx` or, on aarch64, `neon`) and from a plugin option; [`resolve`] combines them (the lower one wins) and
+//! `avx-vnni`, `avx512`, `amx` or, on aarch64, `neon`) and from a plugin option; [`resolve`] combines them (the lower one wins) and
 //! refuses a level this CPU lacks, naming the missing features, and [`set_cap`] makes it the
 //! process's cap. A process that never sets it reads `BITNET_ISA` on first use.
 //!
@@ -24,8 +24,14 @@ pub const ENV_VAR: &str = "BITNET_ISA";
 pub enum IsaLevel {
     /// Portable Rust, any CPU.
     Scalar,
-    /// x86-64 AVX2 with FMA.
+    /// x86-64 AVX2 with FMA: what AMD Zen 2 and Zen 3 have (their integer products widen to
+    /// 16 bits, `vpmaddubsw`/`vpmaddwd`).
     Avx2,
+    /// [`IsaLevel::Avx2`] plus AVX-VNNI (`vpdpbusd` on 256-bit registers): Intel's client CPUs
+    /// since Alder Lake, which have no AVX-512. A CPU with AVX-512 need not have it (AMD Zen 4,
+    /// Intel Xeons before Sapphire Rapids); there the `avx512` level is supported and this one is
+    /// not, and the AVX2 paths of the levels below run at `avx512` and above.
+    AvxVnni,
     /// x86-64 AVX-512 F, BW and VL (kernels also use VNNI and BF16 where the CPU has them).
     Avx512,
     /// [`IsaLevel::Avx512`] plus Intel AMX tiles with bf16 and int8 products (Xeons since
@@ -38,14 +44,21 @@ pub enum IsaLevel {
 
 impl IsaLevel {
     /// Every level, lowest first.
-    pub const ALL: [IsaLevel; 5] =
-        [IsaLevel::Scalar, IsaLevel::Avx2, IsaLevel::Avx512, IsaLevel::Amx, IsaLevel::Neon];
+    pub const ALL: [IsaLevel; 6] = [
+        IsaLevel::Scalar,
+        IsaLevel::Avx2,
+        IsaLevel::AvxVnni,
+        IsaLevel::Avx512,
+        IsaLevel::Amx,
+        IsaLevel::Neon,
+    ];
 
     /// The name `BITNET_ISA` and the plugin options use.
     pub fn name(self) -> &'static str {
         match self {
             IsaLevel::Scalar => "scalar",
             IsaLevel::Avx2 => "avx2",
+            IsaLevel::AvxVnni => "avx-vnni",
             IsaLevel::Avx512 => "avx512",
             IsaLevel::Amx => "amx",
             IsaLevel::Neon => "neon",
@@ -57,6 +70,7 @@ impl IsaLevel {
         match self {
             IsaLevel::Scalar => &[],
             IsaLevel::Avx2 => &["avx2", "fma"],
+            IsaLevel::AvxVnni => &["avx2", "fma", "avxvnni"],
             IsaLevel::Avx512 => &["avx512f", "avx512bw", "avx512vl"],
             IsaLevel::Amx => {
                 &["avx512f", "avx512bw", "avx512vl", "amx-tile", "amx-bf16", "amx-int8"]
@@ -125,7 +139,7 @@ impl fmt::Display for IsaChoice {
 /// Why a cap was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum IsaError {
-    /// The name is not `auto`, `scalar`, `avx2`, `avx512` or `neon`.
+    /// The name is not `auto`, `scalar`, `avx2`, `avx-vnni`, `avx512`, `amx` or `neon`.
     Unknown(String),
     /// This CPU lacks features the level needs.
     Unsupported {
@@ -144,8 +158,8 @@ impl fmt::Display for IsaError {
             IsaError::Unknown(s) => {
                 write!(
                     f,
-                    "unknown instruction set {s:?}: expected auto, scalar, avx2, avx512, amx or \
-                     neon"
+                    "unknown instruction set {s:?}: expected auto, scalar, avx2, avx-vnni, \
+                     avx512, amx or neon"
                 )
             }
             IsaError::Unsupported { source, level, missing } => write!(
@@ -313,7 +327,11 @@ pub fn cap() -> IsaLevel {
         Ok(level) => level,
         Err(e) => {
             let fallback = match env_choice() {
-                Ok(IsaChoice::Level(asked)) => asked.min(detect()),
+                Ok(IsaChoice::Level(asked)) => IsaLevel::ALL
+                    .into_iter()
+                    .rev()
+                    .find(|l| *l <= asked && l.is_supported())
+                    .unwrap_or(IsaLevel::Scalar),
                 _ => detect(),
             };
             eprintln!("warning: {e}; using {fallback}");
@@ -332,14 +350,14 @@ pub fn allows(level: IsaLevel) -> bool {
 }
 
 /// The active path in words, for run headers and benchmarks: `"avx512 (vnni, bf16)"`,
-/// `"avx2 (fma)"`, `"avx2 (fma, avx-vnni)"`, `"neon (dotprod)"` or `"scalar"`, followed by `" [capped; the CPU has avx512]"` when the CPU
+/// `"avx2 (fma)"`, `"avx-vnni (avx2, fma)"`, `"neon (dotprod)"` or `"scalar"`, followed by `" [capped; the CPU has avx512]"` when the CPU
 /// could do more.
 pub fn describe() -> String {
     let level = cap();
     let mut s = match level {
         IsaLevel::Scalar => "scalar".to_string(),
-        IsaLevel::Avx2 if cpu_has("avxvnni") => "avx2 (fma, avx-vnni)".to_string(),
         IsaLevel::Avx2 => "avx2 (fma)".to_string(),
+        IsaLevel::AvxVnni => "avx-vnni (avx2, fma)".to_string(),
         IsaLevel::Avx512 => {
             let extras: Vec<&str> = [("avx512vnni", "vnni"), ("avx512bf16", "bf16")]
                 .iter()
@@ -409,7 +427,7 @@ macro_rules! vectorized_fn {
                 },
                 #[cfg(target_arch = "x86_64")]
                 // SAFETY: as above, AVX2 and FMA.
-                $crate::isa::IsaLevel::Avx2 => unsafe {
+                $crate::isa::IsaLevel::Avx2 | $crate::isa::IsaLevel::AvxVnni => unsafe {
                     $crate::__vectorized_copy!(avx2, ($($arg: $ty),*) -> $ret = $body)
                 },
                 _ => $body($($arg),*),
@@ -484,7 +502,11 @@ mod tests {
 
     #[test]
     fn levels_are_ordered_and_detection_is_consistent() {
-        assert!(IsaLevel::Scalar < IsaLevel::Avx2 && IsaLevel::Avx2 < IsaLevel::Avx512);
+        assert!(IsaLevel::Scalar < IsaLevel::Avx2 && IsaLevel::Avx2 < IsaLevel::AvxVnni);
+        assert!(IsaLevel::AvxVnni < IsaLevel::Avx512);
+        for (i, level) in IsaLevel::ALL.into_iter().enumerate() {
+            assert_eq!(IsaLevel::from_u8(i as u8), Some(level), "the cap is stored by index");
+        }
         assert!(IsaLevel::Scalar < IsaLevel::Neon);
         assert!(IsaLevel::Scalar.is_supported());
         let best = detect();
@@ -498,7 +520,7 @@ mod tests {
             }
             assert_eq!(check(IsaChoice::Level(level), "test").is_ok(), level.is_supported());
         }
-        if IsaLevel::Avx512.is_supported() {
+        if IsaLevel::Avx512.is_supported() || IsaLevel::AvxVnni.is_supported() {
             assert!(IsaLevel::Avx2.is_supported());
         }
         if IsaLevel::Amx.is_supported() {

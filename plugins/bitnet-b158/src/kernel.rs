@@ -93,10 +93,15 @@ pub enum IsaOption {
     Auto,
     /// Portable Rust only.
     Scalar,
-    /// AVX2 and FMA at most.
+    /// AVX2 and FMA at most (AMD Zen 2 and Zen 3).
     Avx2,
+    /// AVX2, FMA and AVX-VNNI at most (Intel client CPUs since Alder Lake).
+    #[serde(rename = "avx-vnni")]
+    AvxVnni,
     /// AVX-512 (with VNNI and BF16 where the CPU has them).
     Avx512,
+    /// AVX-512 and Intel AMX tiles.
+    Amx,
     /// aarch64 NEON (with `dotprod` where the CPU has it).
     Neon,
 }
@@ -108,7 +113,9 @@ impl IsaOption {
             IsaOption::Auto => IsaChoice::Auto,
             IsaOption::Scalar => IsaChoice::Level(IsaLevel::Scalar),
             IsaOption::Avx2 => IsaChoice::Level(IsaLevel::Avx2),
+            IsaOption::AvxVnni => IsaChoice::Level(IsaLevel::AvxVnni),
             IsaOption::Avx512 => IsaChoice::Level(IsaLevel::Avx512),
+            IsaOption::Amx => IsaChoice::Level(IsaLevel::Amx),
             IsaOption::Neon => IsaChoice::Level(IsaLevel::Neon),
         }
     }

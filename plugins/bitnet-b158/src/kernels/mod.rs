@@ -32,7 +32,7 @@
 //! Every public entry point has a `*_with(isa, ...)` form that runs one given [`Isa`] path (for
 //! tests and benchmarks) and a plain form that runs the best path of this CPU within the
 //! process's instruction-set cap ([`bitnet_framework::isa`]:
-//! `BITNET_ISA=auto|scalar|avx2|avx512|amx|neon` or the kernel option `isa`). The cap applies to the `*_with` forms too (a path above it is
+//! `BITNET_ISA=auto|scalar|avx2|avx-vnni|avx512|amx|neon` or the kernel option `isa`). The cap applies to the `*_with` forms too (a path above it is
 //! refused), so `BITNET_ISA=scalar cargo test` runs every kernel test on the scalar twins only.
 //! The AVX2 paths live in the `x86_avx2_*` files, the AMX ones in `x86_amx.rs`, the AVX-512 ones in the other `x86_*` files,
 //! the aarch64 NEON ones (with and without `dotprod`) in the `neon_*` files.
@@ -146,7 +146,8 @@ impl Isa {
     pub fn level(self) -> IsaLevel {
         match self {
             Isa::Scalar => IsaLevel::Scalar,
-            Isa::Avx2 | Isa::Avx2Vnni => IsaLevel::Avx2,
+            Isa::Avx2 => IsaLevel::Avx2,
+            Isa::Avx2Vnni => IsaLevel::AvxVnni,
             Isa::Avx512 | Isa::Avx512Vnni | Isa::Avx512Bf16 => IsaLevel::Avx512,
             Isa::Avx512Amx => IsaLevel::Amx,
             Isa::Neon | Isa::NeonDot => IsaLevel::Neon,
