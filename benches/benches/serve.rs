@@ -12,7 +12,9 @@
 //!   latency would say nothing about a real one);
 //! - `BITNET_SERVE_DATA_DIR`: the data dir holding its tokenizer [default: the checkpoint's];
 //! - `BITNET_SERVE_THREADS` [default `1,2`] and `BITNET_SERVE_CLIENTS` [default `1,8`];
-//! - `BITNET_SERVE_REQUESTS`: requests per client per case [default 100].
+//! - `BITNET_SERVE_REQUESTS`: requests per client per case [default 100];
+//! - `BITNET_SERVE_DECODE_BATCH`: `--decode-batch`, the most queued utterances a model decodes
+//!   together [default: serve's, 16]; 1 decodes one at a time.
 //!
 //! Not a criterion bench: the figure is a latency distribution under concurrency, not the time
 //! of one operation (as `coordinator_load`).
@@ -65,8 +67,11 @@ fn main() {
         source.seq_len,
         utterances.len()
     );
+    let decode_batch =
+        list("BITNET_SERVE_DECODE_BATCH", &[ServeOptions::default().decode_batch])[0].max(1);
+    println!("decode batch {decode_batch}");
     for threads in list("BITNET_SERVE_THREADS", &[1, 2]) {
-        let options = ServeOptions { threads, ..ServeOptions::default() };
+        let options = ServeOptions { threads, decode_batch, ..ServeOptions::default() };
         let server = Server::start(&source, "127.0.0.1:0", &options).expect("start");
         let url = format!("http://{}/v1/intent", server.addr());
         for clients in list("BITNET_SERVE_CLIENTS", &[1, 8]) {

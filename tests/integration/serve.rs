@@ -153,6 +153,93 @@ fn serve_answers_single_and_batch_requests_and_refuses_bad_input() {
     server.stop();
 }
 
+/// Utterances decoded together answer what each answers alone, in the library
+/// (`classify_batch`, with an empty and a too-long utterance among them) and through a server
+/// whose one model takes concurrent requests in waves.
+#[test]
+fn utterances_decoded_together_answer_what_each_answers_alone() {
+    use bitnet_truckmate::answer::{classify, classify_batch};
+    let f = fixture();
+    let source = InferenceSource::from_export(&f.export, &f.config, None).expect("load export");
+    let tok = source.tokenizer.as_ref();
+    let long = "to ".repeat(40);
+    let utterances = [
+        "take me to dallas texas",
+        "",
+        "where is the nearest weigh station",
+        long.as_str(),
+        "uh eta",
+        "find me a truck stop with showers",
+        "how many hours do i have left on my clock",
+        "reroute around the traffic",
+    ];
+    let mut alone_model = source.models(1).expect("model").remove(0);
+    let alone: Vec<String> = utterances
+        .iter()
+        .map(|u| format!("{:?}", classify(alone_model.as_mut(), tok, u, SEQ_LEN, 0.5)))
+        .collect();
+    let mut together_model = source.models(1).expect("model").remove(0);
+    let together: Vec<String> =
+        classify_batch(together_model.as_mut(), tok, &utterances, SEQ_LEN, 0.5)
+            .iter()
+            .map(|a| format!("{a:?}"))
+            .collect();
+    assert_eq!(together, alone);
+    assert!(alone[1].starts_with("Ok(") && alone[3].starts_with("Err("), "{alone:?}");
+    // An untrained model's answers mostly abstain alike; its decodes (tokens and their
+    // probabilities) differ from one utterance to the next, and must match too.
+    use bitnet_truckmate::confidence::{decode_prompts, decode_with_probabilities};
+    use bitnet_truckmate::eval::{clean_utterance, prompt_ids};
+    let cleaned: Vec<String> =
+        [0, 2, 4, 5, 6, 7].iter().map(|&i| clean_utterance(utterances[i])).collect();
+    let prompts: Vec<Vec<u32>> =
+        cleaned.iter().map(|u| prompt_ids(tok, u).expect("prompt")).collect();
+    let together = decode_prompts(together_model.as_mut(), tok, prompts, SEQ_LEN).expect("decode");
+    let mut distinct = std::collections::HashSet::new();
+    for (u, got) in cleaned.iter().zip(together) {
+        let got = got.expect("decoded");
+        let want = decode_with_probabilities(alone_model.as_mut(), tok, u, SEQ_LEN).expect("alone");
+        assert_eq!(got, want, "{u:?}");
+        distinct.insert(format!("{:?}", got.probabilities));
+    }
+    assert!(distinct.len() > 1, "the decodes should differ between utterances");
+
+    // Eight clients at once on one model that decodes up to eight together.
+    let options = ServeOptions { threads: 1, decode_batch: 8, ..ServeOptions::default() };
+    let server = Server::start(&source, "127.0.0.1:0", &options).expect("start");
+    let url = format!("http://{}/v1/intent", server.addr());
+    let ok: Vec<&str> =
+        utterances.iter().copied().filter(|u| !u.is_empty() && u.len() < 50).collect();
+    let served: Vec<Vec<Value>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..8)
+            .map(|c| {
+                let (url, ok) = (&url, &ok);
+                scope.spawn(move || {
+                    let client = Client::new();
+                    (0..6)
+                        .map(|r| {
+                            let u = ok[(c + r) % ok.len()];
+                            let (status, a) = post(&client, url, &json!({ "utterance": u }));
+                            assert_eq!(status, StatusCode::OK, "{a}");
+                            a
+                        })
+                        .collect()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("client")).collect()
+    });
+    let client = Client::new();
+    let single: Vec<Value> =
+        ok.iter().map(|u| post(&client, &url, &json!({ "utterance": u })).1).collect();
+    for (c, answers) in served.iter().enumerate() {
+        for (r, a) in answers.iter().enumerate() {
+            assert_eq!(a, &single[(c + r) % ok.len()], "client {c}, request {r}");
+        }
+    }
+    server.stop();
+}
+
 /// Writes `{"intent":"navigate","slots":{}}` then `[EOS]`, each token with probability 1, after
 /// waiting for the gate to open.
 struct Gated {

@@ -84,10 +84,22 @@ impl IsaLevel {
         self.required_features().iter().copied().filter(|f| !cpu_has(f)).collect()
     }
 
-    /// Whether this CPU runs the level (runtime detection, ignoring the cap). Kernels ask on
-    /// every call, so this collects nothing.
+    /// Whether this CPU runs the level (runtime detection, ignoring the cap). Kernels and
+    /// [`vectorized_fn!`] copies ask on every call, so the answer for every level is worked out
+    /// once and kept as a bit mask (matching feature names on each call cost a dispatch of the
+    /// inference model's short dot products more than the products).
     pub fn is_supported(self) -> bool {
-        self.required_features().iter().all(|f| cpu_has(f))
+        static SUPPORTED: AtomicU8 = AtomicU8::new(UNSET);
+        let mut mask = SUPPORTED.load(Ordering::Relaxed);
+        if mask == UNSET {
+            mask = IsaLevel::ALL
+                .iter()
+                .enumerate()
+                .filter(|(_, l)| l.required_features().iter().all(|f| cpu_has(f)))
+                .fold(0u8, |m, (i, _)| m | (1 << i));
+            SUPPORTED.store(mask, Ordering::Relaxed);
+        }
+        mask & (1 << self as u8) != 0
     }
 
     fn from_u8(v: u8) -> Option<IsaLevel> {

@@ -171,4 +171,22 @@ pub trait ModelKernel: Send + Sync {
 pub trait InferenceModel: Send {
     /// The logits over the vocabulary for the token following `tokens`.
     fn next_token_logits(&mut self, tokens: &[u32]) -> Result<Vec<f32>, KernelError>;
+
+    /// How many sequences [`InferenceModel::next_token_logits_batch`] keeps cached at once
+    /// (its slots `0 .. slots()`); 1 for a model with no batched form.
+    fn slots(&self) -> usize {
+        1
+    }
+
+    /// The logits following each of several sequences, `(slot, tokens)` with distinct slots
+    /// below [`InferenceModel::slots`]: a model that keeps one cache per slot continues each
+    /// sequence from its slot's cache and runs them through each layer together. Each answer
+    /// equals what [`InferenceModel::next_token_logits`] gives for the same tokens. The default
+    /// calls that one sequence by sequence (one cache, so alternating sequences recompute).
+    fn next_token_logits_batch(
+        &mut self,
+        sequences: &[(usize, &[u32])],
+    ) -> Result<Vec<Vec<f32>>, KernelError> {
+        sequences.iter().map(|&(_, tokens)| self.next_token_logits(tokens)).collect()
+    }
 }

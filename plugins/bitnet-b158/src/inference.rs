@@ -9,8 +9,17 @@
 //! Every row's arithmetic (norm, quantizer, integer sums, attention over the cached positions)
 //! is the same whichever batch it is in, so logits are bit-identical however a sequence is
 //! split into calls (a test holds this).
+//!
+//! **Several sequences run as one batch too.** The model keeps a key/value cache per slot
+//! ([`MAX_SLOTS`]); [`InferenceModel::next_token_logits_batch`] stacks the uncached positions of
+//! every sequence it is given into one set of rows, so the products read each weight once for all
+//! of them, and each row attends only to its own slot's cache. A server decoding several
+//! utterances at once then costs little more per step than decoding one (the weights, not the
+//! rows, dominate a decode step's memory traffic), and each sequence's logits are the ones it
+//! would get alone (a test holds this as well).
 
 use crate::export::{FORMAT, VERSION, packed_row_bytes, unpack_trits};
+use crate::kernels::exp::swiglu_forward_best;
 use crate::kernels::{PackedTernary, ternary_matmul_dequant};
 use crate::layers::rope::RopeTables;
 use crate::quant::quantize_activation_row;
@@ -58,8 +67,69 @@ impl TernaryMatrix {
     }
 }
 
+bitnet_framework::vectorized_fn!(
+    /// The LM head for several rows at once: `logits[b][j] = dot(head[j], xn[b])` for the
+    /// `logits.len()` rows of `xn` (width `d`), each head row read once for all of them.
+    /// Compiled per vector level, as one call (a dispatch per dot cost more than the short dots).
+    fn head_logits(head: &[f32], xn: &[f32], d: usize, logits: &mut [Vec<f32>])
+        = head_logits_body, test head_logits_at
+);
+
+#[inline(always)]
+fn head_logits_body(head: &[f32], xn: &[f32], d: usize, logits: &mut [Vec<f32>]) {
+    for (j, w) in head.chunks_exact(d).enumerate() {
+        for (b, out) in logits.iter_mut().enumerate() {
+            out[j] = dot_body(w, &xn[b * d..(b + 1) * d]);
+        }
+    }
+}
+
+/// One query head's attention over the cached positions `0 ..= pos`.
+struct Attend<'a> {
+    /// The query head, `hd` wide.
+    q: &'a [f32],
+    /// The slot's keys and values, `[seq_len, d]`; the head's lanes start at `h0`.
+    k: &'a [f32],
+    v: &'a [f32],
+    d: usize,
+    h0: usize,
+    pos: usize,
+    scale: f32,
+}
+
+bitnet_framework::vectorized_fn!(
+    /// `out = softmax(q . k_u * scale) . v_u` over `u = 0 ..= pos`, with `scores` as scratch;
+    /// compiled per vector level as one call.
+    fn attend(a: &Attend<'_>, scores: &mut [f32], out: &mut [f32]) = attend_body, test attend_at
+);
+
+#[inline(always)]
+fn attend_body(a: &Attend<'_>, scores: &mut [f32], out: &mut [f32]) {
+    let hd = a.q.len();
+    let mut max = f32::NEG_INFINITY;
+    for (u, sc) in scores[..=a.pos].iter_mut().enumerate() {
+        let k = &a.k[u * a.d + a.h0..u * a.d + a.h0 + hd];
+        *sc = dot_body(a.q, k) * a.scale;
+        max = max.max(*sc);
+    }
+    let mut sum = 0.0;
+    for sc in &mut scores[..=a.pos] {
+        *sc = (*sc - max).exp();
+        sum += *sc;
+    }
+    out.fill(0.0);
+    for (u, &sc) in scores[..=a.pos].iter().enumerate() {
+        let p = sc / sum;
+        let v = &a.v[u * a.d + a.h0..u * a.d + a.h0 + hd];
+        for (o, &vi) in out.iter_mut().zip(v) {
+            *o += p * vi;
+        }
+    }
+}
+
 /// `sum_i a[i] * b[i]` in 16 lane-wise partial sums (a serial `sum` of f32 cannot vectorize).
-fn dot(a: &[f32], b: &[f32]) -> f32 {
+#[inline(always)]
+fn dot_body(a: &[f32], b: &[f32]) -> f32 {
     const LANES: usize = 16;
     let mut acc = [0.0f32; LANES];
     let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
@@ -72,6 +142,11 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
+/// The most sequences [`PackedInferenceModel`] caches at once (slots of
+/// [`InferenceModel::next_token_logits_batch`]). A slot's cache is allocated on its first use:
+/// `2 * n_layers * seq_len * d_model` floats.
+pub const MAX_SLOTS: usize = 64;
+
 #[derive(Debug)]
 struct InferenceBlock {
     attn_norm: Vec<f32>,
@@ -83,13 +158,21 @@ struct InferenceBlock {
     gate: TernaryMatrix,
     up: TernaryMatrix,
     down: TernaryMatrix,
-    /// Rotated keys and values of the cached positions, `[seq_len, d_model]`.
-    k_cache: Vec<f32>,
-    v_cache: Vec<f32>,
 }
 
-/// A loaded inference model with its key/value cache. Its BitLinear weights stay at 2 bits
-/// each, as in the file.
+/// One slot's key/value cache.
+#[derive(Debug)]
+struct SlotCache {
+    /// Tokens whose keys and values are cached.
+    cached: Vec<u32>,
+    /// Per block, the rotated keys of the cached positions, `[seq_len, d_model]`.
+    k: Vec<Vec<f32>>,
+    /// Per block, their values.
+    v: Vec<Vec<f32>>,
+}
+
+/// A loaded inference model with a key/value cache per slot. Its BitLinear weights stay at 2
+/// bits each, as in the file.
 #[derive(Debug)]
 pub struct PackedInferenceModel {
     config: ModelConfig,
@@ -98,15 +181,24 @@ pub struct PackedInferenceModel {
     norm: Vec<f32>,
     lm_head: Vec<f32>,
     rope: RopeTables,
-    /// Tokens whose keys and values are in the cache.
-    cached: Vec<u32>,
-    /// Scratch for up to `seq_len` positions at once (row-major, one row per position).
+    /// The slots' caches, allocated as slots are first used.
+    caches: Vec<SlotCache>,
+    /// Scratch for the rows of one call (row-major, one row per position), grown as needed.
     s: Scratch,
 }
 
-#[derive(Debug)]
+/// Where one row of a call comes from: its slot and position.
+#[derive(Debug, Clone, Copy)]
+struct RowAt {
+    slot: usize,
+    pos: usize,
+}
+
+#[derive(Debug, Default)]
 struct Scratch {
-    /// The residual stream, `[seq_len, d]`.
+    /// Rows of the current call.
+    rows: Vec<RowAt>,
+    /// The residual stream, `[rows, d]`.
     x: Vec<f32>,
     xn: Vec<f32>,
     xq: Vec<i8>,
@@ -114,12 +206,41 @@ struct Scratch {
     scales: Vec<f32>,
     hq: Vec<i8>,
     q: Vec<f32>,
+    /// Keys and values of the rows, before they go to their slots' caches.
+    k: Vec<f32>,
+    v: Vec<f32>,
     att_out: Vec<f32>,
     proj: Vec<f32>,
     gate: Vec<f32>,
     up: Vec<f32>,
+    /// `silu(gate) * up`.
+    h: Vec<f32>,
     /// Attention scores of one query row.
     scores: Vec<f32>,
+}
+
+impl Scratch {
+    /// Room for `m` rows of width `d` (hidden width `f`); attention over `seq_len` positions.
+    fn reserve(&mut self, m: usize, d: usize, f: usize, seq_len: usize) {
+        fn at_least<T: Clone + Default>(v: &mut Vec<T>, n: usize) {
+            if v.len() < n {
+                v.resize(n, T::default());
+            }
+        }
+        for v in [&mut self.x, &mut self.xn, &mut self.q, &mut self.k, &mut self.v] {
+            at_least(v, m * d);
+        }
+        for v in [&mut self.att_out, &mut self.proj] {
+            at_least(v, m * d);
+        }
+        at_least(&mut self.gate, m * f);
+        at_least(&mut self.up, m * f);
+        at_least(&mut self.h, m * f);
+        at_least(&mut self.xq, m * d);
+        at_least(&mut self.hq, m * f);
+        at_least(&mut self.scales, m);
+        at_least(&mut self.scores, seq_len);
+    }
 }
 
 fn invalid(msg: impl Into<String>) -> KernelError {
@@ -224,31 +345,18 @@ impl PackedInferenceModel {
                 gate: ternary(&format!("{p}.ffn.gate_proj.weight"))?,
                 up: ternary(&format!("{p}.ffn.up_proj.weight"))?,
                 down: ternary(&format!("{p}.ffn.down_proj.weight"))?,
-                k_cache: vec![0.0; sl * d],
-                v_cache: vec![0.0; sl * d],
             });
         }
-        let f = config.ffn_hidden;
+        let mut s = Scratch::default();
+        s.reserve(sl, d, config.ffn_hidden, sl);
         Ok(Self {
             tok_emb: dense("tok_emb.weight")?,
             blocks,
             norm: dense("norm.weight")?,
             lm_head: dense("lm_head.weight")?,
             rope: RopeTables::new(sl, config.head_dim(), config.rope_theta),
-            cached: Vec::new(),
-            s: Scratch {
-                x: vec![0.0; sl * d],
-                xn: vec![0.0; sl * d],
-                xq: vec![0; sl * d],
-                scales: vec![0.0; sl],
-                hq: vec![0; sl * f],
-                q: vec![0.0; sl * d],
-                att_out: vec![0.0; sl * d],
-                proj: vec![0.0; sl * d],
-                gate: vec![0.0; sl * f],
-                up: vec![0.0; sl * f],
-                scores: vec![0.0; sl],
-            },
+            caches: Vec::new(),
+            s,
             config: config.clone(),
         })
     }
@@ -269,9 +377,11 @@ impl PackedInferenceModel {
         }
     }
 
-    /// Runs the positions `start .. start + tokens.len()` (their tokens) through every block
-    /// together, filling the caches; leaves their final residuals in the first rows of `x`.
-    fn forward_rows(&mut self, tokens: &[u32], start: usize) -> Result<(), KernelError> {
+    /// Runs the rows `s.rows` (tokens `tokens`, one per row) through every block together,
+    /// writing their keys and values to their slots' caches at their positions; leaves their
+    /// final residuals in the first rows of `x`. Each row attends to its slot's positions up to
+    /// its own, so a slot's earlier rows in the same call must come first.
+    fn forward_rows(&mut self, tokens: &[u32]) -> Result<(), KernelError> {
         let c = &self.config;
         let (d, hd, nh, f, eps) = (c.d_model, c.head_dim(), c.n_heads, c.ffn_hidden, c.norm_eps);
         let m = tokens.len();
@@ -281,48 +391,39 @@ impl PackedInferenceModel {
             row.copy_from_slice(&self.tok_emb[t * d..(t + 1) * d]);
         }
         let scale = 1.0 / (hd as f32).sqrt();
-        let cache = start * d..(start + m) * d;
-        for b in &mut self.blocks {
+        for (l, b) in self.blocks.iter().enumerate() {
             for (o, x) in s.xn.chunks_exact_mut(d).zip(s.x.chunks_exact(d)).take(m) {
                 Self::rmsnorm(o, x, &b.attn_norm, eps);
             }
             Self::quantize_rows(&s.xn, d, m, &mut s.xq, &mut s.scales);
             b.q.forward(&s.xq, m, &s.scales, &mut s.q)?;
-            b.k.forward(&s.xq, m, &s.scales, &mut b.k_cache[cache.clone()])?;
-            b.v.forward(&s.xq, m, &s.scales, &mut b.v_cache[cache.clone()])?;
-            for i in 0..m {
-                let pos = start + i;
-                let (q, k) = (&mut s.q[i * d..(i + 1) * d], &mut b.k_cache[pos * d..(pos + 1) * d]);
+            b.k.forward(&s.xq, m, &s.scales, &mut s.k)?;
+            b.v.forward(&s.xq, m, &s.scales, &mut s.v)?;
+            for (i, at) in s.rows.iter().enumerate() {
+                let (q, k) = (&mut s.q[i * d..(i + 1) * d], &mut s.k[i * d..(i + 1) * d]);
                 for h in 0..nh {
-                    self.rope.rotate(&mut q[h * hd..(h + 1) * hd], pos);
-                    self.rope.rotate(&mut k[h * hd..(h + 1) * hd], pos);
+                    self.rope.rotate(&mut q[h * hd..(h + 1) * hd], at.pos);
+                    self.rope.rotate(&mut k[h * hd..(h + 1) * hd], at.pos);
                 }
+                let cache = &mut self.caches[at.slot];
+                let dst = at.pos * d..(at.pos + 1) * d;
+                cache.k[l][dst.clone()].copy_from_slice(k);
+                cache.v[l][dst].copy_from_slice(&s.v[i * d..(i + 1) * d]);
             }
-            for i in 0..m {
-                let pos = start + i;
+            for (i, at) in s.rows.iter().enumerate() {
+                let (pos, cache) = (at.pos, &self.caches[at.slot]);
+                let (k_cache, v_cache) = (&cache.k[l], &cache.v[l]);
                 for h in 0..nh {
-                    let qh = &s.q[i * d + h * hd..i * d + (h + 1) * hd];
-                    let mut max = f32::NEG_INFINITY;
-                    for u in 0..=pos {
-                        let k = &b.k_cache[u * d + h * hd..u * d + (h + 1) * hd];
-                        let sc = dot(qh, k) * scale;
-                        s.scores[u] = sc;
-                        max = max.max(sc);
-                    }
-                    let mut sum = 0.0;
-                    for sc in &mut s.scores[..=pos] {
-                        *sc = (*sc - max).exp();
-                        sum += *sc;
-                    }
-                    let out = &mut s.att_out[i * d + h * hd..i * d + (h + 1) * hd];
-                    out.fill(0.0);
-                    for u in 0..=pos {
-                        let p = s.scores[u] / sum;
-                        let v = &b.v_cache[u * d + h * hd..u * d + (h + 1) * hd];
-                        for (o, &vi) in out.iter_mut().zip(v) {
-                            *o += p * vi;
-                        }
-                    }
+                    let a = Attend {
+                        q: &s.q[i * d + h * hd..i * d + (h + 1) * hd],
+                        k: k_cache,
+                        v: v_cache,
+                        d,
+                        h0: h * hd,
+                        pos,
+                        scale,
+                    };
+                    attend(&a, &mut s.scores, &mut s.att_out[i * d + h * hd..i * d + (h + 1) * hd]);
                 }
             }
             Self::quantize_rows(&s.att_out, d, m, &mut s.xq, &mut s.scales);
@@ -336,10 +437,9 @@ impl PackedInferenceModel {
             Self::quantize_rows(&s.xn, d, m, &mut s.xq, &mut s.scales);
             b.gate.forward(&s.xq, m, &s.scales, &mut s.gate)?;
             b.up.forward(&s.xq, m, &s.scales, &mut s.up)?;
-            for (g, &u) in s.gate.iter_mut().zip(&s.up).take(m * f) {
-                *g = *g / (1.0 + (-*g).exp()) * u;
-            }
-            Self::quantize_rows(&s.gate, f, m, &mut s.hq, &mut s.scales);
+            // The training forward's SwiGLU (its vectorized exp, the same on every path).
+            swiglu_forward_best(&mut s.h[..m * f], &s.gate[..m * f], &s.up[..m * f]);
+            Self::quantize_rows(&s.h, f, m, &mut s.hq, &mut s.scales);
             b.down.forward(&s.hq, m, &s.scales, &mut s.proj)?;
             for (x, p) in s.x.iter_mut().zip(&s.proj).take(m * d) {
                 *x += p;
@@ -347,10 +447,10 @@ impl PackedInferenceModel {
         }
         Ok(())
     }
-}
 
-impl InferenceModel for PackedInferenceModel {
-    fn next_token_logits(&mut self, tokens: &[u32]) -> Result<Vec<f32>, KernelError> {
+    /// Checks one sequence of a call: not empty, within the context, every id in the
+    /// vocabulary.
+    fn check_tokens(&self, tokens: &[u32]) -> Result<(), KernelError> {
         let c = &self.config;
         if tokens.is_empty() {
             return Err(KernelError::Shape("no tokens to continue".into()));
@@ -367,22 +467,126 @@ impl InferenceModel for PackedInferenceModel {
                 return Err(KernelError::TokenOutOfRange { id, position, vocab: c.vocab_size });
             }
         }
-        // Positions before the first difference keep their cached keys and values (causal).
-        let common = self.cached.iter().zip(tokens).take_while(|(a, b)| a == b).count();
-        let start = common.min(tokens.len() - 1);
-        self.cached.truncate(start);
-        let fresh = &tokens[start..];
-        if let Err(e) = self.forward_rows(fresh, start) {
-            // The caches of these positions may be half written: forget them.
-            self.cached.truncate(start);
-            return Err(e);
+        Ok(())
+    }
+
+    /// The cache of `slot`, allocated on first use.
+    fn slot_cache(&mut self, slot: usize) -> &mut SlotCache {
+        let (n, len) = (self.config.n_layers, self.config.seq_len * self.config.d_model);
+        while self.caches.len() <= slot {
+            self.caches.push(SlotCache {
+                cached: Vec::new(),
+                k: vec![vec![0.0; len]; n],
+                v: vec![vec![0.0; len]; n],
+            });
         }
-        self.cached.extend_from_slice(fresh);
-        let (d, v) = (self.config.d_model, self.config.vocab_size);
-        let last = (fresh.len() - 1) * d..fresh.len() * d;
+        &mut self.caches[slot]
+    }
+}
+
+impl InferenceModel for PackedInferenceModel {
+    fn next_token_logits(&mut self, tokens: &[u32]) -> Result<Vec<f32>, KernelError> {
+        let mut logits = self.next_token_logits_batch(&[(0, tokens)])?;
+        Ok(logits.pop().unwrap_or_default())
+    }
+
+    fn slots(&self) -> usize {
+        MAX_SLOTS
+    }
+
+    fn next_token_logits_batch(
+        &mut self,
+        sequences: &[(usize, &[u32])],
+    ) -> Result<Vec<Vec<f32>>, KernelError> {
+        for (i, &(slot, tokens)) in sequences.iter().enumerate() {
+            if slot >= MAX_SLOTS {
+                return Err(KernelError::Shape(format!(
+                    "slot {slot} of sequence {i}: the model caches {MAX_SLOTS} sequences"
+                )));
+            }
+            if sequences[..i].iter().any(|&(other, _)| other == slot) {
+                return Err(KernelError::Shape(format!("slot {slot} given twice in one call")));
+            }
+            self.check_tokens(tokens)?;
+        }
+        // Each sequence's positions before its first difference from its slot's cache keep
+        // their keys and values (causal); the rest become rows of this call, sequence by
+        // sequence.
+        let (mut rows, mut fresh) = (Vec::new(), Vec::new());
+        let mut last_rows = Vec::with_capacity(sequences.len());
+        for &(slot, tokens) in sequences {
+            let cache = self.slot_cache(slot);
+            let common = cache.cached.iter().zip(tokens).take_while(|(a, b)| a == b).count();
+            let start = common.min(tokens.len() - 1);
+            cache.cached.truncate(start);
+            rows.extend((start..tokens.len()).map(|pos| RowAt { slot, pos }));
+            fresh.extend_from_slice(&tokens[start..]);
+            last_rows.push(rows.len() - 1);
+        }
+        let c = &self.config;
+        self.s.reserve(rows.len(), c.d_model, c.ffn_hidden, c.seq_len);
+        self.s.rows = rows;
+        // On an error the caches of these positions may be half written; they stay forgotten
+        // (truncated above).
+        self.forward_rows(&fresh)?;
+        for &(slot, tokens) in sequences {
+            let cache = &mut self.caches[slot];
+            let start = cache.cached.len();
+            cache.cached.extend_from_slice(&tokens[start..]);
+        }
+        let (d, v, eps) = (self.config.d_model, self.config.vocab_size, self.config.norm_eps);
         let s = &mut self.s;
-        Self::rmsnorm(&mut s.xn[..d], &s.x[last], &self.norm, self.config.norm_eps);
-        let xn = &s.xn[..d];
-        Ok(self.lm_head.chunks_exact(d).take(v).map(|w| dot(w, xn)).collect())
+        for (b, &row) in last_rows.iter().enumerate() {
+            let (xn, x) = (&mut s.xn[b * d..(b + 1) * d], &s.x[row * d..(row + 1) * d]);
+            Self::rmsnorm(xn, x, &self.norm, eps);
+        }
+        // The LM head read once for every sequence.
+        let n = last_rows.len();
+        let mut logits = vec![vec![0.0; v]; n];
+        head_logits(&self.lm_head[..v * d], &s.xn[..n * d], d, &mut logits);
+        Ok(logits)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bitnet_framework::isa::IsaLevel;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Every vector level's copy gives the baseline's bits.
+        #[test]
+        fn vectorized_copies_equal_the_baseline(
+            vals in proptest::collection::vec(-4f32..4.0, 96..400),
+            pos in 0usize..5,
+            rows in 1usize..4,
+        ) {
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            // Attention: head width 5 at lanes 3.. of rows of width 12.
+            let (d, hd) = (12, 5);
+            let kv: Vec<f32> = vals.iter().cycle().take(6 * d).copied().collect();
+            let vv: Vec<f32> = kv.iter().rev().copied().collect();
+            let a = Attend { q: &vals[..hd], k: &kv, v: &vv, d, h0: 3, pos, scale: 0.7 };
+            let (mut sc, mut plain) = (vec![0.0; 6], vec![0.0; hd]);
+            attend_body(&a, &mut sc, &mut plain);
+            // The head: 3 outputs of width 16 for `rows` rows.
+            let head = &vals[..48];
+            let xn = &vals[48..48 + rows * 16];
+            let mut want = vec![vec![0.0; 3]; rows];
+            head_logits_body(head, xn, 16, &mut want);
+            for level in IsaLevel::ALL {
+                let mut out = vec![0.0; hd];
+                if attend_at(level, &a, &mut sc, &mut out).is_some() {
+                    prop_assert_eq!(bits(&out), bits(&plain), "{}", level);
+                }
+                let mut got = vec![vec![0.0; 3]; rows];
+                if head_logits_at(level, head, xn, 16, &mut got).is_some() {
+                    for (g, w) in got.iter().zip(&want) {
+                        prop_assert_eq!(bits(g), bits(w), "{}", level);
+                    }
+                }
+            }
+        }
     }
 }

@@ -11,7 +11,7 @@
 //! model trained on out-of-domain examples may answer `none` itself, confidently, and that answer
 //! is reported as it is (`abstained: false`).
 
-use crate::confidence::{decode_with_probabilities, intent_confidence};
+use crate::confidence::{decode_prompts, intent_confidence};
 use crate::eval::{EvalError, clean_utterance, prompt_ids, reads_nothing};
 use crate::eval_set::{MAX_UTTERANCE_CHARS, NONE_INTENT};
 use bitnet_framework::model::InferenceModel;
@@ -110,23 +110,80 @@ pub fn classify(
     seq_len: usize,
     threshold: f64,
 ) -> Result<Answer, ClassifyError> {
+    let mut answers = classify_batch(model, tok, &[utterance], seq_len, threshold);
+    answers.pop().unwrap_or_else(|| unreachable!("one utterance, one answer"))
+}
+
+/// [`classify`] for several utterances, decoded together ([`decode_prompts`]): every answer is
+/// the one its utterance gets alone. Should the model fail on the batch, each utterance is tried
+/// again alone, so that each gets its own answer or error.
+pub fn classify_batch(
+    model: &mut dyn InferenceModel,
+    tok: &dyn Tokenizer,
+    utterances: &[&str],
+    seq_len: usize,
+    threshold: f64,
+) -> Vec<Result<Answer, ClassifyError>> {
+    // What each utterance needs: an answer or error now, or a decode of its prompt.
+    let mut answers: Vec<Option<Result<Answer, ClassifyError>>> = Vec::new();
+    let mut prompts = Vec::new();
+    for utterance in utterances {
+        let prepared = prepare(tok, utterance, seq_len);
+        match prepared {
+            Ok(Some(prompt)) => {
+                prompts.push(prompt);
+                answers.push(None);
+            }
+            Ok(None) => answers.push(Some(Ok(Answer::abstain(0.0)))),
+            Err(e) => answers.push(Some(Err(e))),
+        }
+    }
+    let decoded = match decode_prompts(model, tok, prompts.clone(), seq_len) {
+        Ok(decoded) => decoded,
+        Err(_) if prompts.len() > 1 => prompts
+            .into_iter()
+            .map(|p| match decode_prompts(model, tok, vec![p], seq_len) {
+                Ok(mut one) => one.pop().unwrap_or_else(|| unreachable!("one prompt")),
+                Err(e) => Err(e),
+            })
+            .collect(),
+        Err(e) => vec![Err(e)],
+    };
+    let mut decoded = decoded.into_iter();
+    answers
+        .into_iter()
+        .map(|answer| match answer {
+            Some(done) => done,
+            None => {
+                let decoded = decoded.next().unwrap_or_else(|| unreachable!("one per prompt"))?;
+                let confidence = intent_confidence(tok, &decoded)?;
+                Ok(Answer::from_decoded(&decoded.text, confidence, threshold))
+            }
+        })
+        .collect()
+}
+
+/// The prompt to decode for `utterance`, `None` when it reads nothing (abstain without
+/// decoding), or why it is refused.
+fn prepare(
+    tok: &dyn Tokenizer,
+    utterance: &str,
+    seq_len: usize,
+) -> Result<Option<Vec<u32>>, ClassifyError> {
     let chars = utterance.chars().count();
     if chars > MAX_UTTERANCE_CHARS {
         return Err(ClassifyError::TooManyChars { chars });
     }
-    let cleaned = clean_utterance(utterance);
-    let prompt = prompt_ids(tok, &cleaned)?;
+    let prompt = prompt_ids(tok, &clean_utterance(utterance))?;
     if reads_nothing(&prompt) {
-        return Ok(Answer::abstain(0.0));
+        return Ok(None);
     }
     let tokens = prompt.len();
     let limit = max_prompt_tokens(seq_len);
     if tokens > limit {
         return Err(ClassifyError::TooManyTokens { tokens, limit });
     }
-    let decoded = decode_with_probabilities(model, tok, &cleaned, seq_len)?;
-    let confidence = intent_confidence(tok, &decoded)?;
-    Ok(Answer::from_decoded(&decoded.text, confidence, threshold))
+    Ok(Some(prompt))
 }
 
 #[cfg(test)]

@@ -59,22 +59,69 @@ pub fn decode_with_probabilities(
     utterance: &str,
     max_len: usize,
 ) -> Result<Decoded, EvalError> {
-    let mut ids = prompt_ids(tok, utterance)?;
-    let start = ids.len();
+    let prompt = prompt_ids(tok, utterance)?;
+    let mut decoded = decode_prompts(model, tok, vec![prompt], max_len)?;
+    decoded.pop().unwrap_or_else(|| unreachable!("one prompt, one decode"))
+}
+
+/// [`decode_with_probabilities`] for several prompts (token ids, as [`prompt_ids`] makes them)
+/// decoded together: each step asks the model for the next token of every unfinished prompt in
+/// one call ([`InferenceModel::next_token_logits_batch`], prompt `i` in slot `i`), so a model
+/// with a batched form reads its weights once per step for all of them; at most
+/// [`InferenceModel::slots`] prompts share a step. Each decode is the one its prompt gets alone
+/// (the same greedy choices on the same logits). An error of the model fails the whole call;
+/// the per-prompt results only carry the tokenizer's errors.
+pub fn decode_prompts(
+    model: &mut dyn InferenceModel,
+    tok: &dyn Tokenizer,
+    prompts: Vec<Vec<u32>>,
+    max_len: usize,
+) -> Result<Vec<Result<Decoded, EvalError>>, EvalError> {
     let eos = tok.special_tokens().eos;
-    let mut probabilities = Vec::new();
-    while ids.len() < max_len {
-        let logits = model.next_token_logits(&ids)?;
-        let Some(next) = argmax(&logits) else { break };
-        probabilities.push(softmax_probability(&logits, next));
-        let next = next as u32;
-        if next == eos {
-            break;
+    let width = model.slots().max(1);
+    let mut out = Vec::with_capacity(prompts.len());
+    let mut prompts = prompts.into_iter().peekable();
+    while prompts.peek().is_some() {
+        // (ids, prompt length, probabilities, finished)
+        let mut group: Vec<(Vec<u32>, usize, Vec<f64>, bool)> = prompts
+            .by_ref()
+            .take(width)
+            .map(|ids| {
+                let start = ids.len();
+                let done = start >= max_len;
+                (ids, start, Vec::new(), done)
+            })
+            .collect();
+        loop {
+            let active: Vec<usize> = (0..group.len()).filter(|&i| !group[i].3).collect();
+            if active.is_empty() {
+                break;
+            }
+            let call: Vec<(usize, &[u32])> =
+                active.iter().map(|&i| (i, group[i].0.as_slice())).collect();
+            let logits = model.next_token_logits_batch(&call)?;
+            for (&i, logits) in active.iter().zip(&logits) {
+                let (ids, _, probabilities, done) = &mut group[i];
+                let Some(next) = argmax(logits) else {
+                    *done = true;
+                    continue;
+                };
+                probabilities.push(softmax_probability(logits, next));
+                let next = next as u32;
+                if next == eos {
+                    *done = true;
+                    continue;
+                }
+                ids.push(next);
+                *done = ids.len() >= max_len;
+            }
         }
-        ids.push(next);
+        out.extend(group.into_iter().map(|(mut ids, start, probabilities, _)| {
+            let tokens = ids.split_off(start);
+            Ok(Decoded { text: tok.decode(&tokens)?, tokens, probabilities })
+        }));
     }
-    let tokens = ids.split_off(start);
-    Ok(Decoded { text: tok.decode(&tokens)?, tokens, probabilities })
+    Ok(out)
 }
 
 /// The byte range of the intent name in an answer text: the characters between the quotes of

@@ -61,6 +61,53 @@ fn a_batched_prompt_gives_the_logits_of_one_token_at_a_time() {
     assert_eq!(whole, bits(batched.next_token_logits(&seq).expect("second half")));
 }
 
+/// Several sequences in one call, each in its own slot, give each one the bits it gets alone:
+/// prompts of different lengths together (more than 16 rows: the AMX path where the CPU has
+/// it), then decode steps of one row per sequence with a slot dropped and a sequence changed
+/// mid-way; bad calls are refused.
+#[test]
+fn sequences_decoded_together_get_the_logits_each_gets_alone() {
+    let config = bitnet_framework::model::ModelConfig { seq_len: 24, ..tiny_config() };
+    let (kernel, params) = kernel_and_params(config.clone(), Precision::Fp32, 7);
+    let (t, v) = (config.seq_len, config.vocab_size);
+    let bytes = kernel.export_inference(&params).expect("export");
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    let alone = |seq: &[u32]| {
+        let mut m = kernel.load_inference(&bytes).expect("alone");
+        bits(&m.next_token_logits(seq).expect("alone"))
+    };
+    let mut together = kernel.load_inference(&bytes).expect("together");
+    assert!(together.slots() >= 4);
+    let mut seqs: Vec<Vec<u32>> = (0..4).map(|i| tokens(t, v, 11 + i as u64)).collect();
+    // Slots need not be contiguous.
+    let slots = [0usize, 5, 2, 3];
+    let mut lens = [7usize, 3, 9, 1];
+    for step in 0..10 {
+        if step == 4 {
+            // A sequence changed in the middle recomputes from the change on.
+            seqs[2][4] = (seqs[2][4] + 1) % v as u32;
+        }
+        // The sequence of slot 3 sits out steps 5 and 6; its cache stays.
+        let active: Vec<usize> = (0..4).filter(|&i| !(i == 3 && (5..7).contains(&step))).collect();
+        let call: Vec<(usize, &[u32])> =
+            active.iter().map(|&i| (slots[i], &seqs[i][..lens[i]])).collect();
+        let got = together.next_token_logits_batch(&call).expect("together");
+        assert_eq!(got.len(), active.len());
+        for (k, &i) in active.iter().enumerate() {
+            assert_eq!(bits(&got[k]), alone(&seqs[i][..lens[i]]), "step {step}, sequence {i}");
+        }
+        for &i in &active {
+            lens[i] = (lens[i] + 1).min(t);
+        }
+    }
+    let s = &seqs[0][..3];
+    assert!(together.next_token_logits_batch(&[(1, s), (1, s)]).is_err(), "a slot twice");
+    assert!(together.next_token_logits_batch(&[(together.slots(), s)]).is_err(), "no such slot");
+    assert!(together.next_token_logits_batch(&[(0, s), (1, &[])]).is_err(), "empty");
+    // A refused call leaves the model usable.
+    assert_eq!(bits(&together.next_token_logits_batch(&[(1, s)]).expect("ok")[0]), alone(s));
+}
+
 #[test]
 fn export_holds_no_fp32_bitlinear_weights() {
     let config = tiny_config();

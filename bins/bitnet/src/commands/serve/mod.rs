@@ -47,6 +47,10 @@ pub struct ServeOptions {
     /// Most utterances in one `/v1/intents` request.
     #[arg(long, default_value_t = 64)]
     pub max_batch: usize,
+    /// Most queued utterances one model decodes together (one product per layer for all of
+    /// them at each step); 1 decodes them one at a time.
+    #[arg(long, default_value_t = 16)]
+    pub decode_batch: usize,
     /// Largest request body, in bytes.
     #[arg(long, default_value_t = 64 * 1024)]
     pub max_body_bytes: usize,
@@ -61,6 +65,7 @@ impl Default for ServeOptions {
             threads: 1,
             queue: 256,
             max_batch: 64,
+            decode_batch: 16,
             max_body_bytes: 64 * 1024,
             threshold: DEFAULT_ABSTAIN_THRESHOLD,
         }
@@ -105,6 +110,7 @@ impl Server {
     ) -> anyhow::Result<Self> {
         anyhow::ensure!(!models.is_empty(), "at least one model is needed");
         anyhow::ensure!(options.max_batch >= 1, "--max-batch must be at least 1");
+        anyhow::ensure!(options.decode_batch >= 1, "--decode-batch must be at least 1");
         anyhow::ensure!(
             options.queue >= options.max_batch,
             "--queue ({}) must be at least --max-batch ({}), or a full batch could never be \
@@ -116,7 +122,7 @@ impl Server {
             std::net::TcpListener::bind(bind).with_context(|| format!("binding {bind}"))?;
         listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
-        let pool = ModelPool::start(models, decoding, options.queue)
+        let pool = ModelPool::start(models, decoding, options.queue, options.decode_batch)
             .context("starting the inference threads")?;
         let limits =
             ApiLimits { max_body_bytes: options.max_body_bytes, max_batch: options.max_batch };

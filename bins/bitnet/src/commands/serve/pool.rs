@@ -1,16 +1,17 @@
 //! A fixed pool of inference models, one per OS thread, behind one bounded queue.
 //!
-//! Each model decodes one utterance at a time with its own key/value cache (its prompt as one
-//! batch of positions, then one position per generated token), on its own thread: the kernels'
-//! products run on that thread alone. Concurrency is the number of models: with `threads`
-//! models, `threads` utterances decode at once and the rest wait in the queue, first come first
-//! served. Admission is counted in utterances: a request of `n` utterances takes `n` places or is
-//! refused whole ([`PoolFull`]), so the pool never holds more than `capacity` utterances,
-//! decoding or waiting.
+//! Each model runs on its own thread (the kernels' products run on that thread alone) and takes
+//! the utterances waiting in the queue when it is free, up to `decode_batch` of them, first come
+//! first served, and decodes them together: each step runs the next position of every unfinished
+//! one through each layer as one batch of rows (each with its own key/value cache slot), so the
+//! weights are read once per step for all of them. Every answer is the one its utterance gets
+//! alone. Utterances that arrive while a model decodes wait for the next free model. Admission is
+//! counted in utterances: a request of `n` utterances takes `n` places or is refused whole
+//! ([`PoolFull`]), so the pool never holds more than `capacity` utterances, decoding or waiting.
 
 use bitnet_framework::model::InferenceModel;
 use bitnet_framework::tokenizer::Tokenizer;
-use bitnet_truckmate::answer::{Answer, ClassifyError, classify};
+use bitnet_truckmate::answer::{Answer, ClassifyError, classify_batch};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, mpsc};
 use tokio::sync::oneshot;
@@ -60,11 +61,13 @@ pub struct ModelPool {
 }
 
 impl ModelPool {
-    /// Starts one thread per model; at most `capacity` utterances are admitted at once.
+    /// Starts one thread per model; at most `capacity` utterances are admitted at once, and a
+    /// model decodes at most `decode_batch` (and at most its [`InferenceModel::slots`]) together.
     pub fn start(
         models: Vec<Box<dyn InferenceModel>>,
         decoding: Decoding,
         capacity: usize,
+        decode_batch: usize,
     ) -> std::io::Result<Self> {
         let (sender, receiver) = mpsc::channel::<Job>();
         let receiver = Arc::new(Mutex::new(receiver));
@@ -85,20 +88,34 @@ impl ModelPool {
                     if let Err(e) = &own {
                         tracing::warn!("model thread {i}: no thread pool of its own ({e})");
                     }
+                    let wave = decode_batch.clamp(1, model.slots().max(1));
                     loop {
-                        // The lock is held only while waiting for a job, never while decoding.
-                        let job = receiver.lock().unwrap_or_else(PoisonError::into_inner).recv();
-                        let Ok(job) = job else { break };
-                        let _place = Place(Arc::clone(&held));
-                        let answer = classify(
+                        // The lock is held only while taking jobs, never while decoding: the
+                        // first job is waited for, the others are those already queued.
+                        let jobs = {
+                            let queue = receiver.lock().unwrap_or_else(PoisonError::into_inner);
+                            let Ok(first) = queue.recv() else { break };
+                            let mut jobs = vec![first];
+                            jobs.extend(
+                                std::iter::from_fn(|| queue.try_recv().ok()).take(wave - 1),
+                            );
+                            jobs
+                        };
+                        let _places: Vec<Place> =
+                            jobs.iter().map(|_| Place(Arc::clone(&held))).collect();
+                        let utterances: Vec<&str> =
+                            jobs.iter().map(|j| j.utterance.as_str()).collect();
+                        let answers = classify_batch(
                             model.as_mut(),
                             d.tokenizer.as_ref(),
-                            &job.utterance,
+                            &utterances,
                             d.seq_len,
                             d.threshold,
                         );
-                        // The client may have gone; its answer is dropped.
-                        let _ = job.reply.send(answer);
+                        for (job, answer) in jobs.into_iter().zip(answers) {
+                            // The client may have gone; its answer is dropped.
+                            let _ = job.reply.send(answer);
+                        }
                     }
                 },
             )?);
