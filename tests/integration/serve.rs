@@ -248,6 +248,23 @@ struct Gated {
     eos: u32,
     vocab: usize,
     gate: Arc<(Mutex<bool>, Condvar)>,
+    /// A token the model fails on.
+    poison: Option<u32>,
+}
+
+impl Gated {
+    /// Writes the navigate answer for every utterance, shut until its gate opens; fails on the
+    /// word `poison`.
+    fn new(tok: &dyn Tokenizer, poison: Option<&str>) -> Self {
+        Gated {
+            answer: tok.encode(r#"{"intent":"navigate","slots":{}}"#).expect("encode"),
+            intent_marker: tok.special_tokens().intent,
+            eos: tok.special_tokens().eos,
+            vocab: tok.vocab_size(),
+            gate: Arc::new((Mutex::new(false), Condvar::new())),
+            poison: poison.map(|w| tok.encode(w).expect("encode")[0]),
+        }
+    }
 }
 
 impl InferenceModel for Gated {
@@ -257,11 +274,20 @@ impl InferenceModel for Gated {
         while !*g {
             g = cv.wait(g).unwrap_or_else(std::sync::PoisonError::into_inner);
         }
+        if self.poison.is_some_and(|p| tokens.contains(&p)) {
+            return Err(KernelError::Other("poisoned".into()));
+        }
         let marker = tokens.iter().rposition(|&t| t == self.intent_marker).expect("[INTENT]");
         let next = self.answer.get(tokens.len() - marker - 1).copied().unwrap_or(self.eos);
         let mut logits = vec![f32::NEG_INFINITY; self.vocab];
         logits[next as usize] = 0.0;
         Ok(logits)
+    }
+
+    /// Stateless, so any number of sequences decode together (through the trait's default
+    /// batched call, one sequence after another).
+    fn slots(&self) -> usize {
+        8
     }
 }
 
@@ -271,14 +297,8 @@ fn a_full_queue_answers_503_and_a_confident_answer_is_reported() {
     // Three times: the tokenizer's default keeps words seen at least twice.
     let line = r#"[USER] take me home [INTENT] {"intent":"navigate","slots":{}}"#.to_string();
     tok.train(&mut std::iter::repeat_n(line, 3)).expect("train");
-    let gate = Arc::new((Mutex::new(false), Condvar::new()));
-    let model = Gated {
-        answer: tok.encode(r#"{"intent":"navigate","slots":{}}"#).expect("encode"),
-        intent_marker: tok.special_tokens().intent,
-        eos: tok.special_tokens().eos,
-        vocab: tok.vocab_size(),
-        gate: Arc::clone(&gate),
-    };
+    let model = Gated::new(tok.as_ref(), None);
+    let gate = Arc::clone(&model.gate);
     let tokenizer: Arc<dyn Tokenizer> = Arc::from(tok);
     let decoding = Decoding { tokenizer, seq_len: SEQ_LEN, threshold: 0.5 };
     let options = ServeOptions { queue: 2, max_batch: 2, ..ServeOptions::default() };
@@ -319,6 +339,65 @@ fn a_full_queue_answers_503_and_a_confident_answer_is_reported() {
         assert!(std::time::Instant::now() < deadline, "the queue never emptied: {}", health());
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
+    server.stop();
+}
+
+/// A model that fails on one utterance while it decodes others with it: that one gets a 500,
+/// the others their answers (each is decoded again alone), and the server goes on serving.
+#[test]
+fn a_model_failure_answers_its_utterance_500_and_spares_the_others() {
+    let mut tok = bitnet_tokenizer_word_for_tests();
+    let lines = [
+        r#"[USER] take me home [INTENT] {"intent":"navigate","slots":{}}"#,
+        r#"[USER] boom [INTENT] {"intent":"navigate","slots":{}}"#,
+    ];
+    tok.train(&mut lines.iter().flat_map(|l| std::iter::repeat_n(l.to_string(), 3)))
+        .expect("train");
+    let model = Gated::new(tok.as_ref(), Some("boom"));
+    let gate = Arc::clone(&model.gate);
+    let tokenizer: Arc<dyn Tokenizer> = Arc::from(tok);
+    let decoding = Decoding { tokenizer, seq_len: SEQ_LEN, threshold: 0.5 };
+    let options = ServeOptions { decode_batch: 8, ..ServeOptions::default() };
+    let server = Server::start_with(vec![Box::new(model)], decoding, "127.0.0.1:0", &options)
+        .expect("start");
+    let base = format!("http://{}", server.addr());
+    let client = Client::new();
+    let health = || -> Value {
+        client.get(format!("{base}/health")).send().expect("health").json().expect("json")
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let send = |utterance: &'static str| {
+        let (client, url) = (client.clone(), format!("{base}/v1/intent"));
+        std::thread::spawn(move || post(&client, &url, &json!({ "utterance": utterance })))
+    };
+    // Three good utterances, then the poisoned one, all held while the gate is shut; the model
+    // takes the last three into one step once the first is through.
+    let mut sent = Vec::new();
+    for (i, u) in ["take me home", "take me home", "take me home", "boom"].into_iter().enumerate() {
+        sent.push((u, send(u)));
+        while health()["held"] != json!(i + 1) {
+            assert!(std::time::Instant::now() < deadline, "never queued: {}", health());
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+    {
+        let (open, cv) = &*gate;
+        *open.lock().expect("gate") = true;
+        cv.notify_all();
+    }
+    let want = json!({"intent": "navigate", "slots": {}, "confidence": 1.0, "abstained": false});
+    for (u, reply) in sent {
+        let (status, body) = reply.join().expect("client");
+        if u == "boom" {
+            assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
+            assert!(body["error"].as_str().is_some_and(|m| m.contains("poisoned")), "{body}");
+        } else {
+            assert_eq!((status, body), (StatusCode::OK, want.clone()));
+        }
+    }
+    let (status, body) =
+        post(&client, &format!("{base}/v1/intent"), &json!({"utterance": "take me home"}));
+    assert_eq!((status, body), (StatusCode::OK, want));
     server.stop();
 }
 

@@ -11,7 +11,7 @@
 //! model trained on out-of-domain examples may answer `none` itself, confidently, and that answer
 //! is reported as it is (`abstained: false`).
 
-use crate::confidence::{decode_prompts, intent_confidence};
+use crate::confidence::{Decoded, decode_prompts, intent_confidence};
 use crate::eval::{EvalError, clean_utterance, prompt_ids, reads_nothing};
 use crate::eval_set::{MAX_UTTERANCE_CHARS, NONE_INTENT};
 use bitnet_framework::model::InferenceModel;
@@ -154,18 +154,30 @@ pub fn classify_batch(
         .into_iter()
         .map(|answer| match answer {
             Some(done) => done,
-            None => {
-                let decoded = decoded.next().unwrap_or_else(|| unreachable!("one per prompt"))?;
-                let confidence = intent_confidence(tok, &decoded)?;
-                Ok(Answer::from_decoded(&decoded.text, confidence, threshold))
-            }
+            None => answer_decoded(
+                tok,
+                decoded.next().unwrap_or_else(|| unreachable!("one per prompt")),
+                threshold,
+            ),
         })
         .collect()
 }
 
-/// The prompt to decode for `utterance`, `None` when it reads nothing (abstain without
-/// decoding), or why it is refused.
-fn prepare(
+/// The answer for a decode of a prompt [`prepare`] gave: its intent confidence and abstention
+/// below `threshold`.
+pub fn answer_decoded(
+    tok: &dyn Tokenizer,
+    decoded: Result<Decoded, EvalError>,
+    threshold: f64,
+) -> Result<Answer, ClassifyError> {
+    let decoded = decoded?;
+    let confidence = intent_confidence(tok, &decoded)?;
+    Ok(Answer::from_decoded(&decoded.text, confidence, threshold))
+}
+
+/// The prompt to decode for `utterance` (cleaned and encoded), `None` when it reads nothing
+/// (abstain with confidence 0, without decoding), or why it is refused.
+pub fn prepare(
     tok: &dyn Tokenizer,
     utterance: &str,
     seq_len: usize,

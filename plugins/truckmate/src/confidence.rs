@@ -65,63 +65,154 @@ pub fn decode_with_probabilities(
 }
 
 /// [`decode_with_probabilities`] for several prompts (token ids, as [`prompt_ids`] makes them)
-/// decoded together: each step asks the model for the next token of every unfinished prompt in
-/// one call ([`InferenceModel::next_token_logits_batch`], prompt `i` in slot `i`), so a model
-/// with a batched form reads its weights once per step for all of them; at most
-/// [`InferenceModel::slots`] prompts share a step. Each decode is the one its prompt gets alone
-/// (the same greedy choices on the same logits). An error of the model fails the whole call;
-/// the per-prompt results only carry the tokenizer's errors.
+/// decoded together with a [`BatchDecoder`]: each step asks the model for the next token of
+/// every unfinished prompt in one call, so a model with a batched form reads its weights once
+/// per step for all of them; at most [`InferenceModel::slots`] prompts decode at once, the next
+/// one starting as soon as a slot frees. Each decode is the one its prompt gets alone. An error
+/// of the model fails the whole call; the per-prompt results only carry the tokenizer's errors.
 pub fn decode_prompts(
     model: &mut dyn InferenceModel,
     tok: &dyn Tokenizer,
     prompts: Vec<Vec<u32>>,
     max_len: usize,
 ) -> Result<Vec<Result<Decoded, EvalError>>, EvalError> {
-    let eos = tok.special_tokens().eos;
-    let width = model.slots().max(1);
-    let mut out = Vec::with_capacity(prompts.len());
-    let mut prompts = prompts.into_iter().peekable();
-    while prompts.peek().is_some() {
-        // (ids, prompt length, probabilities, finished)
-        let mut group: Vec<(Vec<u32>, usize, Vec<f64>, bool)> = prompts
-            .by_ref()
-            .take(width)
-            .map(|ids| {
-                let start = ids.len();
-                let done = start >= max_len;
-                (ids, start, Vec::new(), done)
-            })
+    let mut decoder = BatchDecoder::new(&*model, tok, max_len);
+    let mut out: Vec<Option<Result<Decoded, EvalError>>> =
+        (0..prompts.len()).map(|_| None).collect();
+    // Which prompt each slot decodes.
+    let mut owner = vec![usize::MAX; decoder.capacity()];
+    let mut prompts = prompts.into_iter().enumerate().peekable();
+    loop {
+        while decoder.free() > 0 {
+            let Some((i, prompt)) = prompts.next() else { break };
+            owner[decoder.add(prompt).unwrap_or_else(|_| unreachable!("a slot is free"))] = i;
+        }
+        if decoder.is_idle() {
+            break;
+        }
+        for (slot, decoded) in decoder.step(model, tok)? {
+            out[owner[slot]] = Some(decoded);
+        }
+    }
+    Ok(out.into_iter().map(|d| d.unwrap_or_else(|| unreachable!("every prompt decoded"))).collect())
+}
+
+/// A sequence [`BatchDecoder::step`] finished: its slot and its decode (or the tokenizer's
+/// error decoding its text).
+pub type Finished = (usize, Result<Decoded, EvalError>);
+
+/// Greedy decoders of several prompts sharing a model's batched calls, each in a slot of the
+/// model's ([`InferenceModel::next_token_logits_batch`]); prompts can join between steps
+/// (continuous batching). Each decode is the one its prompt gets from
+/// [`decode_with_probabilities`] alone: the same greedy choices on the same logits, ending at
+/// `[EOS]`, at a step with no finite logit, or at `max_len` tokens in all.
+#[derive(Debug)]
+pub struct BatchDecoder {
+    eos: u32,
+    max_len: usize,
+    /// Per slot, the sequence decoding there.
+    slots: Vec<Option<Decoding>>,
+}
+
+#[derive(Debug)]
+struct Decoding {
+    ids: Vec<u32>,
+    /// The prompt's length.
+    start: usize,
+    probabilities: Vec<f64>,
+    done: bool,
+}
+
+impl BatchDecoder {
+    /// A decoder with one slot per sequence `model` keeps cached at once.
+    pub fn new(model: &dyn InferenceModel, tok: &dyn Tokenizer, max_len: usize) -> Self {
+        Self {
+            eos: tok.special_tokens().eos,
+            max_len,
+            slots: (0..model.slots().max(1)).map(|_| None).collect(),
+        }
+    }
+
+    /// How many sequences it decodes at once.
+    pub fn capacity(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Slots free for [`BatchDecoder::add`].
+    pub fn free(&self) -> usize {
+        self.slots.iter().filter(|s| s.is_none()).count()
+    }
+
+    /// No sequence decoding.
+    pub fn is_idle(&self) -> bool {
+        self.slots.iter().all(Option::is_none)
+    }
+
+    /// Starts decoding after `prompt` in a free slot, returned; the prompt back when none is
+    /// free.
+    pub fn add(&mut self, prompt: Vec<u32>) -> Result<usize, Vec<u32>> {
+        let Some(slot) = self.slots.iter().position(Option::is_none) else { return Err(prompt) };
+        let start = prompt.len();
+        let done = start >= self.max_len;
+        self.slots[slot] = Some(Decoding { ids: prompt, start, probabilities: Vec::new(), done });
+        Ok(slot)
+    }
+
+    /// One token for every unfinished sequence, in one call of the model; returns the sequences
+    /// that finished (their slots free again), by slot. On an error of the model every sequence
+    /// is dropped (each slot free) and the error returned.
+    pub fn step(
+        &mut self,
+        model: &mut dyn InferenceModel,
+        tok: &dyn Tokenizer,
+    ) -> Result<Vec<Finished>, EvalError> {
+        let active: Vec<usize> = (0..self.slots.len())
+            .filter(|&i| self.slots[i].as_ref().is_some_and(|d| !d.done))
             .collect();
-        loop {
-            let active: Vec<usize> = (0..group.len()).filter(|&i| !group[i].3).collect();
-            if active.is_empty() {
-                break;
-            }
-            let call: Vec<(usize, &[u32])> =
-                active.iter().map(|&i| (i, group[i].0.as_slice())).collect();
-            let logits = model.next_token_logits_batch(&call)?;
+        if !active.is_empty() {
+            let call: Vec<(usize, &[u32])> = active
+                .iter()
+                .filter_map(|&i| self.slots[i].as_ref().map(|d| (i, d.ids.as_slice())))
+                .collect();
+            let logits = match model.next_token_logits_batch(&call) {
+                Ok(logits) => logits,
+                Err(e) => {
+                    self.slots.iter_mut().for_each(|s| *s = None);
+                    return Err(e.into());
+                }
+            };
             for (&i, logits) in active.iter().zip(&logits) {
-                let (ids, _, probabilities, done) = &mut group[i];
+                let Some(d) = self.slots[i].as_mut() else { continue };
                 let Some(next) = argmax(logits) else {
-                    *done = true;
+                    d.done = true;
                     continue;
                 };
-                probabilities.push(softmax_probability(logits, next));
+                d.probabilities.push(softmax_probability(logits, next));
                 let next = next as u32;
-                if next == eos {
-                    *done = true;
+                if next == self.eos {
+                    d.done = true;
                     continue;
                 }
-                ids.push(next);
-                *done = ids.len() >= max_len;
+                d.ids.push(next);
+                d.done = d.ids.len() >= self.max_len;
             }
         }
-        out.extend(group.into_iter().map(|(mut ids, start, probabilities, _)| {
-            let tokens = ids.split_off(start);
-            Ok(Decoded { text: tok.decode(&tokens)?, tokens, probabilities })
-        }));
+        let mut finished = Vec::new();
+        for (slot, s) in self.slots.iter_mut().enumerate() {
+            if s.as_ref().is_some_and(|d| d.done) {
+                let Some(Decoding { mut ids, start, probabilities, .. }) = s.take() else {
+                    continue;
+                };
+                let tokens = ids.split_off(start);
+                let decoded = tok
+                    .decode(&tokens)
+                    .map(|text| Decoded { text, tokens, probabilities })
+                    .map_err(EvalError::from);
+                finished.push((slot, decoded));
+            }
+        }
+        Ok(finished)
     }
-    Ok(out)
 }
 
 /// The byte range of the intent name in an answer text: the characters between the quotes of

@@ -1,19 +1,23 @@
 //! A fixed pool of inference models, one per OS thread, behind one bounded queue.
 //!
-//! Each model runs on its own thread (the kernels' products run on that thread alone) and takes
-//! the utterances waiting in the queue when it is free, up to `decode_batch` of them, first come
-//! first served, and decodes them together: each step runs the next position of every unfinished
-//! one through each layer as one batch of rows (each with its own key/value cache slot), so the
-//! weights are read once per step for all of them. Every answer is the one its utterance gets
-//! alone. Utterances that arrive while a model decodes wait for the next free model. Admission is
-//! counted in utterances: a request of `n` utterances takes `n` places or is refused whole
-//! ([`PoolFull`]), so the pool never holds more than `capacity` utterances, decoding or waiting.
+//! Each model runs on its own thread (the kernels' products run on that thread alone) and
+//! decodes up to `decode_batch` utterances together (continuous batching): before each step it
+//! takes utterances waiting in the queue into its free places, first come first served; each step
+//! runs the uncached positions of every utterance it holds (a new one's prompt, one position of
+//! the others) through each layer as one batch of rows, each with its own key/value cache slot,
+//! so the weights are read once per step for all of them; an utterance is answered as soon as it
+//! finishes. Every answer is the one its utterance gets alone. Admission is counted in
+//! utterances: a request of `n` utterances takes `n` places or is refused whole ([`PoolFull`]),
+//! so the pool never holds more than `capacity` utterances, decoding or waiting.
 
 use bitnet_framework::model::InferenceModel;
+use bitnet_framework::model::KernelError;
 use bitnet_framework::tokenizer::Tokenizer;
-use bitnet_truckmate::answer::{Answer, ClassifyError, classify_batch};
+use bitnet_truckmate::answer::{Answer, ClassifyError, answer_decoded, prepare};
+use bitnet_truckmate::confidence::{BatchDecoder, decode_prompts};
+use bitnet_truckmate::eval::EvalError;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, mpsc};
+use std::sync::{Arc, Mutex, PoisonError, TryLockError, mpsc};
 use tokio::sync::oneshot;
 
 /// The pool holds `capacity` utterances already.
@@ -88,35 +92,7 @@ impl ModelPool {
                     if let Err(e) = &own {
                         tracing::warn!("model thread {i}: no thread pool of its own ({e})");
                     }
-                    let wave = decode_batch.clamp(1, model.slots().max(1));
-                    loop {
-                        // The lock is held only while taking jobs, never while decoding: the
-                        // first job is waited for, the others are those already queued.
-                        let jobs = {
-                            let queue = receiver.lock().unwrap_or_else(PoisonError::into_inner);
-                            let Ok(first) = queue.recv() else { break };
-                            let mut jobs = vec![first];
-                            jobs.extend(
-                                std::iter::from_fn(|| queue.try_recv().ok()).take(wave - 1),
-                            );
-                            jobs
-                        };
-                        let _places: Vec<Place> =
-                            jobs.iter().map(|_| Place(Arc::clone(&held))).collect();
-                        let utterances: Vec<&str> =
-                            jobs.iter().map(|j| j.utterance.as_str()).collect();
-                        let answers = classify_batch(
-                            model.as_mut(),
-                            d.tokenizer.as_ref(),
-                            &utterances,
-                            d.seq_len,
-                            d.threshold,
-                        );
-                        for (job, answer) in jobs.into_iter().zip(answers) {
-                            // The client may have gone; its answer is dropped.
-                            let _ = job.reply.send(answer);
-                        }
-                    }
+                    decode(model.as_mut(), &d, &receiver, &held, decode_batch);
                 },
             )?);
         }
@@ -177,6 +153,111 @@ impl ModelPool {
         for t in threads {
             if t.join().is_err() {
                 tracing::error!("an inference thread panicked");
+            }
+        }
+    }
+}
+
+/// A model thread's loop: takes jobs into its free places between steps (waiting only when it
+/// holds none), steps them together and answers each as it finishes, until the queue closes and
+/// every job it holds is answered.
+fn decode(
+    model: &mut dyn InferenceModel,
+    d: &Decoding,
+    receiver: &Mutex<mpsc::Receiver<Job>>,
+    held: &Arc<AtomicUsize>,
+    decode_batch: usize,
+) {
+    let tok = d.tokenizer.as_ref();
+    let mut decoder = BatchDecoder::new(&*model, tok, d.seq_len);
+    let places = decode_batch.clamp(1, decoder.capacity());
+    // The job of each decoder slot, with its place in the pool and its prompt.
+    let mut jobs: Vec<Option<(Job, Place, Vec<u32>)>> =
+        (0..decoder.capacity()).map(|_| None).collect();
+    let mut open = true;
+    loop {
+        let mut holding = jobs.iter().filter(|j| j.is_some()).count();
+        while open && holding < places {
+            // The lock is held only while taking jobs, never while decoding. A thread that holds
+            // no job waits for one, holding the lock meanwhile; a thread that is decoding does
+            // not wait for the lock (an idle thread is there to take the next job).
+            let queue = if holding == 0 {
+                receiver.lock().unwrap_or_else(PoisonError::into_inner)
+            } else {
+                match receiver.try_lock() {
+                    Ok(queue) => queue,
+                    Err(TryLockError::WouldBlock) => break,
+                    Err(TryLockError::Poisoned(p)) => p.into_inner(),
+                }
+            };
+            let job = if holding == 0 {
+                match queue.recv() {
+                    Ok(job) => job,
+                    Err(_) => {
+                        open = false;
+                        break;
+                    }
+                }
+            } else {
+                match queue.try_recv() {
+                    Ok(job) => job,
+                    Err(mpsc::TryRecvError::Empty) => break,
+                    Err(mpsc::TryRecvError::Disconnected) => {
+                        open = false;
+                        break;
+                    }
+                }
+            };
+            drop(queue);
+            let place = Place(Arc::clone(held));
+            match prepare(tok, &job.utterance, d.seq_len) {
+                Ok(Some(prompt)) => {
+                    let Ok(slot) = decoder.add(prompt.clone()) else {
+                        unreachable!("fewer jobs than decoder slots")
+                    };
+                    jobs[slot] = Some((job, place, prompt));
+                    holding += 1;
+                }
+                // The client may have gone; its answer is dropped.
+                Ok(None) => drop(job.reply.send(Ok(Answer::abstain(0.0)))),
+                Err(e) => drop(job.reply.send(Err(e))),
+            }
+        }
+        if decoder.is_idle() {
+            if open {
+                continue;
+            }
+            return;
+        }
+        match decoder.step(model, tok) {
+            Ok(finished) => {
+                for (slot, decoded) in finished {
+                    if let Some((job, _place, _)) = jobs[slot].take() {
+                        let _ = job.reply.send(answer_decoded(tok, decoded, d.threshold));
+                    }
+                }
+            }
+            // The decoder dropped every sequence. Which one the model failed on is not known, so
+            // each is decoded again alone and gets its own answer or error.
+            Err(e) => {
+                let held: Vec<_> = jobs.iter_mut().filter_map(Option::take).collect();
+                let several = held.len() > 1;
+                for (job, _place, prompt) in held {
+                    let answer = if several {
+                        match decode_prompts(model, tok, vec![prompt], d.seq_len) {
+                            Ok(mut one) => answer_decoded(
+                                tok,
+                                one.pop().unwrap_or_else(|| unreachable!("one prompt")),
+                                d.threshold,
+                            ),
+                            Err(e) => Err(ClassifyError::Eval(e)),
+                        }
+                    } else {
+                        let e = EvalError::Kernel(KernelError::Other(e.to_string()));
+                        Err(ClassifyError::Eval(e))
+                    };
+                    let _ = job.reply.send(answer);
+                }
             }
         }
     }
