@@ -245,25 +245,43 @@ pub fn greedy_decode(
     Ok(crate::confidence::decode_with_probabilities(model, tok, utterance, max_len)?.text)
 }
 
-/// Decodes and scores line `index` (zero-based, for the error): its reference intent and
-/// outcome.
-fn score_line(
+/// Lines decoded together ([`crate::confidence::decode_prompts`]): a model with a batched form
+/// reads its weights once per step for all of them. Each line's answer is the one it gets alone.
+pub const DECODE_BATCH: usize = 16;
+
+/// Decodes (together) and scores `lines`, the first of which is line `first` (zero-based, for
+/// the errors): each line's reference intent and outcome.
+fn score_lines(
     model: &mut dyn InferenceModel,
     tok: &dyn Tokenizer,
-    (index, line): (usize, &str),
+    first: usize,
+    lines: &[String],
     max_len: usize,
-) -> Result<(String, Outcome), EvalError> {
-    let (utterance, answer) =
-        crate::corpus::parse_line(line).ok_or(EvalError::BadLine { line: index + 1 })?;
-    let predicted = greedy_decode(model, tok, utterance, max_len)?;
-    let intent = serde_json::from_str::<serde_json::Value>(answer)
-        .ok()
-        .and_then(|v| v.get("intent").and_then(|s| s.as_str()).map(str::to_string))
-        .unwrap_or_default();
-    Ok((intent, score(answer, &predicted)))
+) -> Result<Vec<(String, Outcome)>, EvalError> {
+    let mut answers = Vec::with_capacity(lines.len());
+    let mut prompts = Vec::with_capacity(lines.len());
+    for (i, line) in lines.iter().enumerate() {
+        let (utterance, answer) =
+            crate::corpus::parse_line(line).ok_or(EvalError::BadLine { line: first + i + 1 })?;
+        prompts.push(prompt_ids(tok, utterance)?);
+        answers.push(answer);
+    }
+    let decoded = crate::confidence::decode_prompts(model, tok, prompts, max_len)?;
+    answers
+        .into_iter()
+        .zip(decoded)
+        .map(|(answer, predicted)| {
+            let intent = serde_json::from_str::<serde_json::Value>(answer)
+                .ok()
+                .and_then(|v| v.get("intent").and_then(|s| s.as_str()).map(str::to_string))
+                .unwrap_or_default();
+            Ok((intent, score(answer, &predicted?.text)))
+        })
+        .collect()
 }
 
-/// Decodes and scores every line, calling `progress` after each; returns the tally.
+/// Decodes and scores every line, [`DECODE_BATCH`] at a time, calling `progress` after each;
+/// returns the tally.
 pub fn evaluate_lines(
     model: &mut dyn InferenceModel,
     tok: &dyn Tokenizer,
@@ -272,10 +290,11 @@ pub fn evaluate_lines(
     progress: &mut dyn FnMut(&Tally),
 ) -> Result<Tally, EvalError> {
     let mut tally = Tally::default();
-    for (i, line) in lines.iter().enumerate() {
-        let (intent, outcome) = score_line(model, tok, (i, line), max_len)?;
-        tally.add(&intent, outcome);
-        progress(&tally);
+    for (c, chunk) in lines.chunks(DECODE_BATCH).enumerate() {
+        for (intent, outcome) in score_lines(model, tok, c * DECODE_BATCH, chunk, max_len)? {
+            tally.add(&intent, outcome);
+            progress(&tally);
+        }
     }
     Ok(tally)
 }
@@ -306,12 +325,14 @@ pub fn evaluate_lines_parallel(
             .map(|(model, (part, chunk))| {
                 let total = &total;
                 s.spawn(move || {
-                    for (j, line) in chunk.iter().enumerate() {
-                        let at = (part * share + j, line.as_str());
-                        let (intent, outcome) = score_line(model.as_mut(), tok, at, max_len)?;
+                    for (c, lines) in chunk.chunks(DECODE_BATCH).enumerate() {
+                        let first = part * share + c * DECODE_BATCH;
+                        let scored = score_lines(model.as_mut(), tok, first, lines, max_len)?;
                         let mut t = total.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-                        t.add(&intent, outcome);
-                        progress(&t);
+                        for (intent, outcome) in scored {
+                            t.add(&intent, outcome);
+                            progress(&t);
+                        }
                     }
                     Ok(())
                 })
