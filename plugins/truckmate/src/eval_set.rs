@@ -9,7 +9,7 @@
 //! malformed line is refused with its line number.
 
 use crate::answer::Answer;
-use crate::confidence::{decode_with_probabilities, intent_confidence};
+use crate::confidence::{decode_prompts, intent_confidence};
 use crate::eval::{Outcome, Tally, clean_utterance, prompt_ids, reads_nothing, score};
 use bitnet_framework::model::InferenceModel;
 use bitnet_framework::tokenizer::Tokenizer;
@@ -237,8 +237,9 @@ pub fn score_outputs(
 }
 
 /// Decodes every utterance (cleaned the way corpus utterances are) greedily, with the model's
-/// intent confidence, one thread per model, each on a contiguous share; `progress` is called
-/// after each utterance. Outputs are in the order of `items`.
+/// intent confidence, one thread per model, each on a contiguous share decoded
+/// [`crate::eval::DECODE_BATCH`] at a time (together, each answer the one it gets alone);
+/// `progress` is called after each utterance. Outputs are in the order of `items`.
 pub fn decode_all(
     models: &mut [Box<dyn InferenceModel>],
     tok: &dyn Tokenizer,
@@ -257,17 +258,22 @@ pub fn decode_all(
             .map(|(model, chunk)| {
                 s.spawn(move || {
                     let mut out = Vec::with_capacity(chunk.len());
-                    for item in chunk {
-                        let utterance = clean_utterance(&item.utterance);
-                        let empty = reads_nothing(&prompt_ids(tok, &utterance)?);
-                        let decoded =
-                            decode_with_probabilities(model.as_mut(), tok, &utterance, max_len)?;
-                        out.push(SetOutput {
-                            confidence: intent_confidence(tok, &decoded)?,
-                            text: decoded.text,
-                            empty,
-                        });
-                        progress();
+                    for batch in chunk.chunks(crate::eval::DECODE_BATCH) {
+                        let prompts = batch
+                            .iter()
+                            .map(|item| prompt_ids(tok, &clean_utterance(&item.utterance)))
+                            .collect::<Result<Vec<_>, _>>()?;
+                        let empty: Vec<bool> = prompts.iter().map(|p| reads_nothing(p)).collect();
+                        let decoded = decode_prompts(model.as_mut(), tok, prompts, max_len)?;
+                        for (decoded, empty) in decoded.into_iter().zip(empty) {
+                            let decoded = decoded?;
+                            out.push(SetOutput {
+                                confidence: intent_confidence(tok, &decoded)?,
+                                text: decoded.text,
+                                empty,
+                            });
+                            progress();
+                        }
                     }
                     Ok(out)
                 })
