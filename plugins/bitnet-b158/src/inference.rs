@@ -143,8 +143,9 @@ fn dot_body(a: &[f32], b: &[f32]) -> f32 {
 }
 
 /// The most sequences [`PackedInferenceModel`] caches at once (slots of
-/// [`InferenceModel::next_token_logits_batch`]). A slot's cache is allocated on its first use:
-/// `2 * n_layers * seq_len * d_model` floats.
+/// [`InferenceModel::next_token_logits_batch`]). Caches are allocated when a slot is first used
+/// (with those of the slots below it, which decoders fill first): `2 * n_layers * seq_len *
+/// d_model` floats each.
 pub const MAX_SLOTS: usize = 64;
 
 #[derive(Debug)]
@@ -227,19 +228,17 @@ impl Scratch {
                 v.resize(n, T::default());
             }
         }
-        for v in [&mut self.x, &mut self.xn, &mut self.q, &mut self.k, &mut self.v] {
+        let s = self;
+        for v in [&mut s.x, &mut s.xn, &mut s.q, &mut s.k, &mut s.v, &mut s.att_out, &mut s.proj] {
             at_least(v, m * d);
         }
-        for v in [&mut self.att_out, &mut self.proj] {
-            at_least(v, m * d);
+        for v in [&mut s.gate, &mut s.up, &mut s.h] {
+            at_least(v, m * f);
         }
-        at_least(&mut self.gate, m * f);
-        at_least(&mut self.up, m * f);
-        at_least(&mut self.h, m * f);
-        at_least(&mut self.xq, m * d);
-        at_least(&mut self.hq, m * f);
-        at_least(&mut self.scales, m);
-        at_least(&mut self.scores, seq_len);
+        at_least(&mut s.xq, m * d);
+        at_least(&mut s.hq, m * f);
+        at_least(&mut s.scales, m);
+        at_least(&mut s.scores, seq_len);
     }
 }
 
@@ -470,7 +469,7 @@ impl PackedInferenceModel {
         Ok(())
     }
 
-    /// The cache of `slot`, allocated on first use.
+    /// The cache of `slot`, allocated (with any lower slot's not yet allocated) on first use.
     fn slot_cache(&mut self, slot: usize) -> &mut SlotCache {
         let (n, len) = (self.config.n_layers, self.config.seq_len * self.config.d_model);
         while self.caches.len() <= slot {

@@ -11,7 +11,7 @@
 //! model trained on out-of-domain examples may answer `none` itself, confidently, and that answer
 //! is reported as it is (`abstained: false`).
 
-use crate::confidence::{Decoded, decode_prompts, intent_confidence};
+use crate::confidence::{Decoded, decode_alone, decode_prompts, intent_confidence};
 use crate::eval::{EvalError, clean_utterance, prompt_ids, reads_nothing};
 use crate::eval_set::{MAX_UTTERANCE_CHARS, NONE_INTENT};
 use bitnet_framework::model::InferenceModel;
@@ -140,13 +140,9 @@ pub fn classify_batch(
     }
     let decoded = match decode_prompts(model, tok, prompts.clone(), seq_len) {
         Ok(decoded) => decoded,
-        Err(_) if prompts.len() > 1 => prompts
-            .into_iter()
-            .map(|p| match decode_prompts(model, tok, vec![p], seq_len) {
-                Ok(mut one) => one.pop().unwrap_or_else(|| unreachable!("one prompt")),
-                Err(e) => Err(e),
-            })
-            .collect(),
+        Err(_) if prompts.len() > 1 => {
+            prompts.into_iter().map(|p| decode_alone(model, tok, p, seq_len)).collect()
+        }
         Err(e) => vec![Err(e)],
     };
     let mut decoded = decoded.into_iter();

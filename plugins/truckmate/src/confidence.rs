@@ -59,7 +59,16 @@ pub fn decode_with_probabilities(
     utterance: &str,
     max_len: usize,
 ) -> Result<Decoded, EvalError> {
-    let prompt = prompt_ids(tok, utterance)?;
+    decode_alone(model, tok, prompt_ids(tok, utterance)?, max_len)
+}
+
+/// [`decode_prompts`] for one prompt: its decode, or the model's or the tokenizer's error.
+pub fn decode_alone(
+    model: &mut dyn InferenceModel,
+    tok: &dyn Tokenizer,
+    prompt: Vec<u32>,
+    max_len: usize,
+) -> Result<Decoded, EvalError> {
     let mut decoded = decode_prompts(model, tok, vec![prompt], max_len)?;
     decoded.pop().unwrap_or_else(|| unreachable!("one prompt, one decode"))
 }

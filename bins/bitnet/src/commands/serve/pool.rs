@@ -11,11 +11,9 @@
 //! so the pool never holds more than `capacity` utterances, decoding or waiting.
 
 use bitnet_framework::model::InferenceModel;
-use bitnet_framework::model::KernelError;
 use bitnet_framework::tokenizer::Tokenizer;
 use bitnet_truckmate::answer::{Answer, ClassifyError, answer_decoded, prepare};
-use bitnet_truckmate::confidence::{BatchDecoder, decode_prompts};
-use bitnet_truckmate::eval::EvalError;
+use bitnet_truckmate::confidence::{BatchDecoder, decode_alone};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, TryLockError, mpsc};
 use tokio::sync::oneshot;
@@ -237,26 +235,19 @@ fn decode(
                     }
                 }
             }
-            // The decoder dropped every sequence. Which one the model failed on is not known, so
-            // each is decoded again alone and gets its own answer or error.
+            // The decoder dropped every sequence. One job gets the error; of several, which
+            // one the model failed on is not known, so each is decoded again alone and gets its
+            // own answer or error.
             Err(e) => {
-                let held: Vec<_> = jobs.iter_mut().filter_map(Option::take).collect();
-                let several = held.len() > 1;
+                let mut held: Vec<_> = jobs.iter_mut().filter_map(Option::take).collect();
+                if held.len() == 1 {
+                    let (job, _place, _) = held.remove(0);
+                    let _ = job.reply.send(Err(ClassifyError::Eval(e)));
+                    continue;
+                }
                 for (job, _place, prompt) in held {
-                    let answer = if several {
-                        match decode_prompts(model, tok, vec![prompt], d.seq_len) {
-                            Ok(mut one) => answer_decoded(
-                                tok,
-                                one.pop().unwrap_or_else(|| unreachable!("one prompt")),
-                                d.threshold,
-                            ),
-                            Err(e) => Err(ClassifyError::Eval(e)),
-                        }
-                    } else {
-                        let e = EvalError::Kernel(KernelError::Other(e.to_string()));
-                        Err(ClassifyError::Eval(e))
-                    };
-                    let _ = job.reply.send(answer);
+                    let decoded = decode_alone(model, tok, prompt, d.seq_len);
+                    let _ = job.reply.send(answer_decoded(tok, decoded, d.threshold));
                 }
             }
         }
