@@ -408,15 +408,21 @@ mod tests {
     }
 
     #[test]
-    fn the_development_set_is_well_formed_and_shares_no_utterance_with_the_test_set() {
+    fn the_development_sets_are_well_formed_and_share_no_utterance_with_the_test_set() {
         let dev = check_shipped(include_str!("../data/handwritten-dev.jsonl"), 15, 40);
+        let dev2 = check_shipped(include_str!("../data/handwritten-dev2.jsonl"), 16, 35);
+        let dev3 = check_shipped(include_str!("../data/handwritten-dev3.jsonl"), 20, 40);
         let test = check_shipped(include_str!("../data/handwritten-eval.jsonl"), 20, 50);
         let normalise = |u: &str| u.split_whitespace().collect::<Vec<_>>().join(" ");
         let test: std::collections::BTreeSet<String> =
             test.iter().map(|i| normalise(&i.utterance)).filter(|u| !u.is_empty()).collect();
-        for item in &dev {
-            let u = normalise(&item.utterance);
-            assert!(!test.contains(&u), "dev line {} is in the test set: {u:?}", item.line);
+        let sets =
+            [("handwritten-dev", &dev), ("handwritten-dev2", &dev2), ("handwritten-dev3", &dev3)];
+        for (name, set) in sets {
+            for item in set {
+                let u = normalise(&item.utterance);
+                assert!(!test.contains(&u), "{name} line {} is in the test set: {u:?}", item.line);
+            }
         }
     }
 }

@@ -40,7 +40,7 @@ fn cab_output_is_pinned_to_its_revision() {
     let c = options(Generator::Cab, 2000, 42).generate().expect("generate");
     assert_eq!(
         (CAB_REVISION, hash_lines(&c).as_str()),
-        (4, "7fca0168cb30357a233f3e9e522cd833e9f3cee0819df67136c83ffd7a11341d"),
+        (5, "b8ea9fb92a288c5bec12a4a9ad3df41ee313df568171900174f069e999307415"),
         "cab's output changed: raise CAB_REVISION and update this hash"
     );
 }
@@ -142,7 +142,12 @@ fn held_out_never_in_training(g: Generator) {
     let mut value_total = 0;
     for e in validation.iter().chain(&test) {
         assert!(!seen.contains(&combo(e)), "held-out combination seen in training: {e:?}");
-        assert!(templates.contains(&(e.intent, e.template)), "template unseen: {e:?}");
+        // At 6,000 examples each of templates-v1's ~160 templates is drawn into training; cab's
+        // ~420 patterns, some with a handful of phrasings, need a corpus of the shipped size,
+        // where `every_held_out_pattern_of_the_shipped_corpus_is_trained_on` checks them.
+        if g == Generator::TemplatesV1 {
+            assert!(templates.contains(&(e.intent, e.template)), "template unseen: {e:?}");
+        }
         for kv in &e.slots {
             value_total += 1;
             value_hits += usize::from(values.contains(&kv));

@@ -2,7 +2,7 @@
 //!
 //! An example is built in layers, each drawn independently:
 //!
-//! 1. a **request core** of the intent ([`cores::CORES`]), one of 11 to 19 patterns whose
+//! 1. a **request core** of the intent ([`cores::CORES`]), one of 18 to 31 patterns whose
 //!    alternatives expand to hundreds of phrasings per intent: plain and curt requests, trucker
 //!    jargon and CB slang, brand names of truck stops, indirect questions, a cause instead of a
 //!    request ("the interstate's a parking lot"), a correction ("take me to dallas no wait
@@ -13,8 +13,9 @@
 //!    false start and its repair ("find me a uh no wait"), politeness for commands or a lead-in
 //!    for questions, a sign-off ("over", "thanks");
 //! 4. **noise** ([`noise`]) in a drawn speaking style: contractions, run-together words, dropped
-//!    articles, sound-alike slips, lost apostrophes, fillers and stutters. Noise and frames never
-//!    touch slot words.
+//!    articles and g's, sound-alike slips, lost apostrophes, fillers and stutters, and for a
+//!    speaker of English as a second language auxiliaries left out and base forms. Noise and
+//!    frames never touch slot words.
 //!
 //! A share of the examples is out of domain ([`ood`]), labelled `none` with no slots, a few of
 //! them empty.

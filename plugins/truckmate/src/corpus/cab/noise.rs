@@ -38,6 +38,16 @@ const SHORT_FORMS: &[(&str, &str)] = &[
     ("you", "ya"),
     ("them", "em"),
     ("nothing", "nothin"),
+    ("something", "somethin"),
+    ("starting", "startin"),
+    ("running", "runnin"),
+    ("heading", "headin"),
+    ("looking", "lookin"),
+    ("getting", "gettin"),
+    ("rolling", "rollin"),
+    ("driving", "drivin"),
+    ("hauling", "haulin"),
+    ("pulling", "pullin"),
 ];
 
 /// Sound-alike slips of speech recognition (never numbers: they would look like slots).
@@ -62,6 +72,7 @@ const SLIPS: &[(&str, &str)] = &[
     ("clock", "clack"),
     ("miles", "mile"),
     ("receiver", "receive her"),
+    ("finish", "finnish"),
 ];
 
 /// Pairs that recognition runs together.
@@ -82,6 +93,27 @@ const JOINS: &[(&str, &str)] = &[
 
 const DROPPABLE: &[&str] = &["the", "a", "an", "my", "to", "is", "me", "for"];
 
+/// Auxiliaries that a driver speaking English as a second language often leaves out ("how many
+/// hour i can still drive").
+const AUXILIARIES: &[&str] = &["do", "does", "did", "am", "is", "are", "will", "have", "has"];
+
+/// Past tenses and plurals said in their base form by the same speakers ("i pay 38 dollar").
+const BASE_FORMS: &[(&str, &str)] = &[
+    ("paid", "pay"),
+    ("spent", "spend"),
+    ("delivered", "deliver"),
+    ("finished", "finish"),
+    ("loaded", "load"),
+    ("unloaded", "unload"),
+    ("dropped", "drop"),
+    ("started", "start"),
+    ("hours", "hour"),
+    ("dollars", "dollar"),
+    ("minutes", "minute"),
+    ("miles", "mile"),
+    ("bucks", "buck"),
+];
+
 /// Hesitations put between words.
 pub const FILLERS: &[&str] =
     &["uh", "um", "uh", "um", "like", "you know", "i mean", "uh uh", "er", "umm", "so uh"];
@@ -97,10 +129,12 @@ struct Style {
     drop: f64,
     filler: f64,
     stutter: f64,
+    /// English as a second language: auxiliaries left out, base forms, a closing "please".
+    learner: f64,
 }
 
 fn style(rng: &mut ChaCha8Rng) -> Style {
-    match rng.gen_range(0..10) {
+    match rng.gen_range(0..11) {
         // Clean: read off a card.
         0..=2 => Style {
             contraction: 0.1,
@@ -111,6 +145,7 @@ fn style(rng: &mut ChaCha8Rng) -> Style {
             drop: 0.0,
             filler: 0.05,
             stutter: 0.0,
+            learner: 0.0,
         },
         // Casual speech.
         3..=7 => Style {
@@ -122,6 +157,19 @@ fn style(rng: &mut ChaCha8Rng) -> Style {
             drop: 0.25,
             filler: 0.3,
             stutter: 0.05,
+            learner: 0.0,
+        },
+        // A second-language speaker, careful otherwise.
+        10 => Style {
+            contraction: 0.2,
+            short: 0.0,
+            slip: 0.08,
+            apostrophe: 0.1,
+            join: 0.0,
+            drop: 0.3,
+            filler: 0.2,
+            stutter: 0.05,
+            learner: 0.6,
         },
         // Sloppy speech through a noisy microphone.
         _ => Style {
@@ -133,6 +181,7 @@ fn style(rng: &mut ChaCha8Rng) -> Style {
             drop: 0.45,
             filler: 0.5,
             stutter: 0.12,
+            learner: 0.0,
         },
     }
 }
@@ -203,6 +252,30 @@ pub(super) fn roughen(rng: &mut ChaCha8Rng, mut w: Vec<Word>) -> Vec<Word> {
             w.remove(droppable[rng.gen_range(0..droppable.len())]);
         }
     }
+    if s.learner > 0.0 {
+        for x in w.iter_mut().filter(|x| plain(x)) {
+            if let Some((_, to)) = BASE_FORMS.iter().find(|(from, _)| *from == x.text)
+                && rng.gen_bool(s.learner)
+            {
+                x.text = to.to_string();
+            }
+        }
+        let mut i = 0;
+        while i < w.len() {
+            if w.len() > 2
+                && plain(&w[i])
+                && AUXILIARIES.contains(&w[i].text.as_str())
+                && rng.gen_bool(s.learner)
+            {
+                w.remove(i);
+            } else {
+                i += 1;
+            }
+        }
+        if rng.gen_bool(s.learner / 3.0) && w.last().is_some_and(|x| x.text != "please") {
+            w.push(word("please"));
+        }
+    }
     if rng.gen_bool(s.stutter) && !w.is_empty() {
         let i = rng.gen_range(0..w.len());
         if plain(&w[i]) {
@@ -239,5 +312,27 @@ mod tests {
             let at = out.iter().position(|x| x.slot).expect("slot words");
             assert!(out[at..at + 4].iter().all(|x| x.slot), "slot words stay together");
         }
+    }
+
+    #[test]
+    fn second_language_speech_drops_auxiliaries_and_inflections_but_never_slot_words() {
+        let mut rng = ChaCha8Rng::seed_from_u64(4);
+        let (mut base_forms, mut dropped) = (0, 0);
+        for _ in 0..3000 {
+            let mut w: Vec<Word> = "how many hours do i have i paid".split(' ').map(word).collect();
+            // A slot that says "dollars" and "is": slot words keep their forms.
+            w.extend(
+                ["42", "dollars", "is"].iter().map(|t| Word { text: t.to_string(), slot: true }),
+            );
+            let out = roughen(&mut rng, w);
+            let text: Vec<&str> = out.iter().map(|x| x.text.as_str()).collect();
+            base_forms += usize::from(text.contains(&"hour") && text.contains(&"pay"));
+            dropped += usize::from(!text.contains(&"do"));
+            let kept: Vec<&str> = out.iter().filter(|x| x.slot).map(|x| x.text.as_str()).collect();
+            assert_eq!(kept, ["42", "dollars", "is"], "{text:?}");
+        }
+        // One style in eleven is a second-language speaker's (and "do" is never dropped otherwise).
+        assert!((50..500).contains(&base_forms), "{base_forms}");
+        assert!((50..600).contains(&dropped), "{dropped}");
     }
 }

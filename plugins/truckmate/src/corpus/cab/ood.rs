@@ -62,6 +62,21 @@ pub const OOD: &[&str] = &[
     "(did you see|look at) (that sunset|that deer|those clouds|that rainbow)",
     "(lol|haha|ha ha|lmao) (okay|ok|nice|)",
     "(what's|what is) (two plus two|ten times five|half of sixty|the square root of nine)",
+    "(my|oh my|man my) (back|neck|knee|shoulder|head) (is killing me|hurts|is sore|is acting up) (today|again|)",
+    "(these|those|the) (four wheelers|cars|tourists|other drivers) (don't know how to drive|are crazy|keep cutting me off|drive like idiots)",
+    "(open|launch|pull up) (pandora|spotify|youtube|facebook|the weather channel|the news app) (app|for me|)",
+    "is it legal to (run a radar detector|use a radar detector|wear headphones|smoke in the cab|idle all night) (in a cmv|in my truck|in {any_city}|)",
+    "(what's|whats) the (national average|average price|going price) (for|of) (diesel|gas) (right now|this week|these days|)",
+    "(back in|i remember back in) (the day|eighty nine|the eighties|the nineties|my day) (we|i) (didn't have none of this|had a paper map|had nothing but a cb|ran without gps)",
+    "(my|the) (co driver|relief driver|partner|team driver) (snores like a freight train|won't stop talking|eats all the snacks|is driving me crazy)",
+    "(what time is it|what's the time) (in {any_city}|back home|on the east coast|out west|right now)",
+    "(what's|whats) the speed limit (through here|here|in {any_city}|on this road)",
+    "(how do i|how do you|what's the best way to) (back into a tight dock|check the air brakes|chain up|slide the tandems|couple a trailer|set the trailer brakes)",
+    "send (a|) text to my (dispatcher|wife|husband|kids|buddy) (that i'm running late|that i love her|to call me back|)",
+    "my (wife|husband|kids|mom) (is|are|she is|he is) (angry|mad|upset|worried) (because|cause) i (am not|wasn't|won't be) home (for|on) (her birthday|christmas|the weekend|thanksgiving)",
+    "(look at|did you see) (this|that) (guy|idiot|clown) (cutting me off|tailgating me|merging without looking)",
+    "(set|put) the (cab temp|temperature|thermostat|heat) (to|at) (sixty eight|seventy|72|65)",
+    "(read|check|open) my (new|) (messages|texts|email)",
 ];
 
 #[cfg(test)]

@@ -15,7 +15,11 @@ type Spoken = &'static [(&'static str, &'static [&'static str])];
 const POI_EXTRA: Spoken = &[
     ("fuel", &["some fuel", "go juice", "a fuel island", "a place to fuel"]),
     ("parking", &["a place to shut down", "somewhere to park for the night", "a parking spot"]),
-    ("weigh_station", &["the chicken coop", "a chicken coop", "the coop", "the scale house"]),
+    (
+        "weigh_station",
+        // "wait station" is how speech recognition hears "weigh station" as often as not.
+        &["the chicken coop", "a chicken coop", "the coop", "the scale house", "a wait station"],
+    ),
     ("rest_area", &["a rest stop", "a bathroom", "a restroom"]),
     ("repair", &["a truck shop", "a diesel shop", "road service"]),
     ("truck_wash", &["a blue beacon", "somewhere to wash the truck"]),
@@ -78,9 +82,17 @@ const CHAINS_BARE: Spoken = &[
 const PREF_EXTRA: Spoken = &[
     ("avoid_tolls", &["no tolls", "keep me off the turnpike", "no turnpikes"]),
     ("avoid_low_bridges", &["watch out for low bridges", "no low bridges"]),
-    ("avoid_hazmat_restricted", &["hazmat routes only", "keep me on hazmat routes"]),
+    (
+        "avoid_hazmat_restricted",
+        &[
+            "hazmat routes only",
+            "keep me on hazmat routes",
+            "route me legal for hazmat",
+            "keep it hazmat legal",
+        ],
+    ),
     ("avoid_highways", &["no interstates", "keep me off the interstate", "back roads only"]),
-    ("fastest", &["quickest route", "get me there fastest"]),
+    ("fastest", &["quickest route", "get me there fastest", "fastest way every time"]),
     ("shortest", &["least miles", "shortest distance"]),
     ("avoid_ferries", &["stay off ferries"]),
     ("avoid_steep_grades", &["no steep grades", "avoid the mountains", "stay off the grades"]),
@@ -102,6 +114,10 @@ const PREF_ALLOW: Spoken = &[
             "tollways are okay",
             "you can use toll roads again",
             "tolls are fine now",
+            "allow toll roads",
+            "allow tolls",
+            "i'm okay with toll roads",
+            "toll roads are fine the company pays",
         ],
     ),
     (
@@ -115,6 +131,10 @@ const PREF_ALLOW: Spoken = &[
             "the interstate's fine now",
             "you can take the interstate again",
             "highways are fine",
+            "allow highways",
+            "allow the interstate",
+            "i'm fine running the interstate",
+            "turn highways back on",
         ],
     ),
 ];
@@ -209,7 +229,18 @@ const REASON_EXTRA: Spoken = &[
     ("accident", &["a pileup", "a rollover", "a jackknife"]),
     ("construction", &["orange barrels", "lane closures"]),
     ("traffic", &["a backup", "bumper to bumper traffic"]),
-    ("weather", &["black ice", "a whiteout", "a snowstorm", "flooding"]),
+    (
+        "weather",
+        &[
+            "black ice",
+            "a whiteout",
+            "a snowstorm",
+            "a snow storm",
+            "flooding",
+            "a tornado warning",
+            "heavy rain",
+        ],
+    ),
     ("road_closure", &["a closure", "the road closed"]),
 ];
 
@@ -305,8 +336,14 @@ fn time(rng: &mut ChaCha8Rng) -> (String, String) {
         (true, 5..=8) => "in the evening",
         (true, _) => "at night",
     };
-    let spoken = match (rng.gen_range(0..8), m) {
-        (0, 0) if h12 == 12 => (if pm { "noon" } else { "midnight" }).to_string(),
+    // "tonight" for an evening hour, with the hour and the quarters said around it.
+    let tonight = pm && (6..=11).contains(&h12);
+    let spoken = match (rng.gen_range(0..9), m) {
+        (0 | 3 | 7, 0) if h12 == 12 => (if pm { "noon" } else { "midnight" }).to_string(),
+        (8, 0) if tonight => format!("{} tonight", spell(h12)),
+        (8, 15) if tonight => format!("quarter after {} tonight", spell(h12)),
+        (8, 30) if tonight => format!("half past {} tonight", spell(h12)),
+        (8, 45) if tonight && h12 < 11 => format!("quarter to {} tonight", spell(h12 + 1)),
         (0 | 1, 0) => format!("{h12} {ampm}"),
         (2, 0) => format!("{} {ampm}", spell(h12)),
         (3, 0) => format!("{} o'clock {part}", spell(h12)),
@@ -323,18 +360,34 @@ fn time(rng: &mut ChaCha8Rng) -> (String, String) {
 }
 
 fn amount(rng: &mut ChaCha8Rng) -> (String, String) {
-    let d = rng.gen_range(3..900u32);
+    // Half the amounts are below 100 dollars, as meals, scale tickets, parking and most tolls are;
+    // drawn uniformly over 3..900, "thirteen seventy five" was rare next to "two twelve forty"
+    // and revision 5's first model read it as 135.75.
+    let d = if rng.gen_bool(0.5) { rng.gen_range(3..100u32) } else { rng.gen_range(100..900u32) };
     let c = if rng.gen_bool(0.5) { 0 } else { rng.gen_range(1..100u32) };
-    let spoken = match (rng.gen_range(0..6), c) {
+    let spoken = match (rng.gen_range(0..9), c) {
         (0, _) => format!("{d}.{c:02}"),
         (1, 0) => format!("{} dollars", number(rng, d)),
         (1, _) => format!("{d} dollars and {c} cents"),
         (2, 0) => format!("{} bucks", number(rng, d)),
         (3 | 5, 10..) if d < 100 => format!("{} {}", spell(d), spell(c)),
+        // Not for whole hundreds: "four hundred fifty" is 450.00, not 400.50.
+        (5, 10..) if d % 100 != 0 => format!("{} {}", spell(d), spell(c)),
         (4, 10..) => format!("{} dollars {}", spell(d), spell(c)),
         (4, 0) if d > 100 && d % 100 != 0 => {
             format!("{} hundred and {} dollars", spell(d / 100), spell(d % 100))
         }
+        // "two twelve forty": dollars in digit pairs, then the cents.
+        (6, 10..) if d >= 100 && d % 100 != 0 => format!("{} {}", digit_pairs(d), spell(c)),
+        (6, 1..) => format!("{} dollars and {} cents", spell(d), spell(c)),
+        (7, 0) if (101..200).contains(&d) => {
+            let and = if rng.gen_bool(0.5) { "and " } else { "" };
+            format!("a hundred {and}{}", spell(d - 100))
+        }
+        // A bare number, the core says what it was for ("spent fifteen on dinner"); never in
+        // digit pairs, which would read as dollars and cents ("four eighty six").
+        (8, 0) if rng.gen_bool(0.5) => d.to_string(),
+        (8, 0) => spell(d),
         (_, 0) => format!("{d} bucks"),
         (_, _) => format!("${d}.{c:02}"),
     };
@@ -344,13 +397,26 @@ fn amount(rng: &mut ChaCha8Rng) -> (String, String) {
 fn weight(rng: &mut ChaCha8Rng) -> (String, String) {
     let thousands = rng.gen_range(10..46u32);
     let hundreds = if rng.gen_bool(0.6) { 0 } else { rng.gen_range(1..10u32) };
+    // A scale ticket's weight to the ten pounds, read in digits ("38260 pounds").
+    if rng.gen_bool(0.1) {
+        let w = thousands * 1000 + rng.gen_range(1..100u32) * 10;
+        let unit = *pick(rng, &["pounds", "lbs", "pounds gross"]);
+        return (w.to_string(), format!("{w} {unit}"));
+    }
     let w = thousands * 1000 + hundreds * 100;
-    let spoken = match (rng.gen_range(0..6), hundreds) {
+    let spoken = match (rng.gen_range(0..9), hundreds) {
         (0, 0) => format!("{thousands} thousand pounds"),
         (1, 0) => format!("{} thousand pounds", spell(thousands)),
         (2, 0) => format!("{thousands}k"),
         (3, 0) => format!("{} thousand", spell(thousands)),
         (4, _) => format!("{w} lbs"),
+        // "forty two five" is 42,500 on a scale ticket.
+        (6, 1..) => format!("{} {}", spell(thousands), spell(hundreds)),
+        (7, 1..) => {
+            let unit = if rng.gen_bool(0.5) { " pounds" } else { "" };
+            format!("{} thousand {} hundred{unit}", spell(thousands), spell(hundreds))
+        }
+        (8, 1..) => format!("{thousands} thousand {hundreds} hundred pounds"),
         _ => format!("{w} pounds"),
     };
     (w.to_string(), spoken)
@@ -424,11 +490,16 @@ pub fn fill(rng: &mut ChaCha8Rng, name: &str, slots: &mut BTreeMap<String, Strin
     let (key, value, spoken): (&str, String, String) = match name {
         "dest" => {
             let (city, state) = *pick(rng, CITIES);
+            // "st louis" is said, and written by speech recognition, "saint louis" as often.
+            let said = match city.strip_prefix("st ") {
+                Some(rest) if rng.gen_bool(0.5) => format!("saint {rest}"),
+                _ => city.to_string(),
+            };
             if rng.gen_bool(0.5) {
                 set("state", state);
-                ("city", city.to_string(), format!("{city} {}", state_name(state)))
+                ("city", city.to_string(), format!("{said} {}", state_name(state)))
             } else {
-                ("city", city.to_string(), city.to_string())
+                ("city", city.to_string(), said)
             }
         }
         "highway" => {

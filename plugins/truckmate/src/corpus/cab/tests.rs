@@ -92,7 +92,15 @@ fn numeric_value(name: &str, said: &str) -> Option<String> {
                 [n, "lbs" | "pounds"] => n.parse().ok()?,
                 _ => {
                     let end = w.iter().position(|x| *x == "pounds").unwrap_or(w.len());
-                    number(&w[..end])?
+                    let w = &w[..end];
+                    // "forty two five": thousands, then one digit of hundreds.
+                    let hundreds = w.last().and_then(|x| (1..10u32).find(|&n| spell(n) == *x));
+                    match (w.contains(&"thousand"), hundreds) {
+                        (false, Some(h)) if w.len() > 1 => {
+                            number(&w[..w.len() - 1])? * 1000 + h * 100
+                        }
+                        _ => number(w)?,
+                    }
                 }
             };
             Some(n.to_string())
@@ -102,18 +110,27 @@ fn numeric_value(name: &str, said: &str) -> Option<String> {
             if let Some((d, c)) = text.split_once('.') {
                 return Some(format!("{d}.{c}"));
             }
-            let money: Vec<&str> =
-                w.iter().copied().filter(|x| !["and", "cents"].contains(x)).collect();
+            let money: Vec<&str> = w
+                .iter()
+                .copied()
+                .filter(|x| !["and", "cents"].contains(x))
+                .map(|x| if x == "a" { "one" } else { x })
+                .collect();
             if let Some(at) = money.iter().position(|x| ["dollars", "bucks"].contains(x)) {
                 let d = number(&money[..at])?;
                 let c = if at + 1 < money.len() { number(&money[at + 1..])? } else { 0 };
                 return Some(format!("{d}.{c:02}"));
             }
-            // "eighty seven fifty": dollars then cents, each below 100.
-            let (d, c) = (1..money.len()).find_map(|k| {
-                let (d, c) = (number(&money[..k])?, number(&money[k..])?);
-                (d < 100 && c < 100).then_some((d, c))
-            })?;
+            // "eighty seven fifty": dollars then cents (10 to 99), the dollars below 100.
+            let pair = |small: bool| {
+                (1..money.len()).find_map(|k| {
+                    let (d, c) = (number(&money[..k])?, number(&money[k..])?);
+                    ((d < 100) == small && (10..100).contains(&c)).then_some((d, c))
+                })
+            };
+            // Then a bare number of dollars, then "two twelve forty" (dollars in digit pairs).
+            let (d, c) =
+                pair(true).or_else(|| number(&money).map(|d| (d, 0))).or_else(|| pair(false))?;
             Some(format!("{d}.{c:02}"))
         }
         "time" => time_value(&w),
@@ -122,7 +139,7 @@ fn numeric_value(name: &str, said: &str) -> Option<String> {
 }
 
 fn time_value(w: &[&str]) -> Option<String> {
-    let pm_words = ["pm", "afternoon", "evening"];
+    let pm_words = ["pm", "afternoon", "evening", "tonight"];
     let pm =
         w.iter().any(|x| pm_words.contains(x)) || (w.contains(&"night") && !w.contains(&"twelve"));
     let h24 = |h12: u32| (h12 % 12) + if pm { 12 } else { 0 };
@@ -141,7 +158,9 @@ fn time_value(w: &[&str]) -> Option<String> {
             (h24(h.parse().ok()?), m.parse().ok()?)
         }
         _ => {
-            let end = w.iter().position(|x| ["am", "pm", "o'clock", "in", "at"].contains(x))?;
+            let end = w
+                .iter()
+                .position(|x| ["am", "pm", "o'clock", "in", "at", "tonight"].contains(x))?;
             let n = &w[..end];
             match (0..n.len()).find_map(|k| Some((number(&n[..=k])?, number(&n[k + 1..]))))? {
                 (h, Some(m)) if [15, 30, 45].contains(&m) => (h24(h), m),
@@ -221,7 +240,8 @@ fn every_slot_label_is_said_in_the_utterance() {
                         }
                         None => city.to_string(),
                     };
-                    assert_eq!(said, &expected, "{ex:?}");
+                    let said = said.replace("saint ", "st ");
+                    assert_eq!(said, expected, "{ex:?}");
                 }
                 "task" | "commodity" => assert_eq!(said, label),
                 "highway" | "exit" | "bol" | "po" | "weight" | "amount" | "time" => {
