@@ -127,6 +127,26 @@ impl Tally {
     }
 }
 
+/// The 95% Wilson score interval of a rate of `successes` in `trials` (`[0, 1]` for none): unlike
+/// the normal approximation it stays inside `[0, 1]` and is not empty at 0% or 100%, where these
+/// rates often sit. Computed here rather than with a statistics crate for one closed formula.
+pub fn wilson_interval(successes: u64, trials: u64) -> [f64; 2] {
+    if trials == 0 {
+        return [0.0, 1.0];
+    }
+    // The 97.5th percentile of the standard normal.
+    const Z: f64 = 1.959_963_984_540_054;
+    let (n, p) = (trials as f64, successes.min(trials) as f64 / trials as f64);
+    let z2 = Z * Z;
+    let d = 1.0 + z2 / n;
+    let centre = (p + z2 / (2.0 * n)) / d;
+    let half = Z * (p * (1.0 - p) / n + z2 / (4.0 * n * n)).sqrt() / d;
+    // At 0% and 100% the bound is exactly 0 or 1 (rounding would leave 1 - 1e-16).
+    let lo = if successes == 0 { 0.0 } else { (centre - half).max(0.0) };
+    let hi = if successes >= trials { 1.0 } else { (centre + half).min(1.0) };
+    [lo, hi]
+}
+
 /// The JSON summary `bitnet eval` prints.
 #[derive(Debug, Clone, Serialize)]
 pub struct EvalSummary {
@@ -136,8 +156,13 @@ pub struct EvalSummary {
     pub examples: u64,
     /// Intent accuracy.
     pub intent_accuracy: f64,
+    /// 95% Wilson score interval of the intent accuracy: what one set of this size can tell
+    /// apart (on 450 utterances about 3 points wide).
+    pub intent_accuracy_ci95: [f64; 2],
     /// Slot exact-match rate.
     pub slot_exact_match: f64,
+    /// 95% Wilson score interval of the slot exact-match rate.
+    pub slot_exact_match_ci95: [f64; 2],
     /// Invalid-JSON rate.
     pub invalid_json_rate: f64,
     /// Mean cross-entropy per counted target (nats), if computed.
@@ -168,7 +193,9 @@ impl EvalSummary {
             split: split.to_string(),
             examples: tally.examples,
             intent_accuracy: tally.intent_accuracy(),
+            intent_accuracy_ci95: wilson_interval(tally.intent_correct, tally.examples),
             slot_exact_match: tally.slot_exact_match(),
+            slot_exact_match_ci95: wilson_interval(tally.slots_exact, tally.examples),
             invalid_json_rate: tally.invalid_json_rate(),
             loss: loss.map(|l| l.0),
             perplexity: loss.map(|l| l.0.exp()),
@@ -557,5 +584,32 @@ mod tests {
         let out = greedy_decode(&mut m, &tok, "a", prompt_len + 5).expect("decode");
         assert_eq!(tok.encode(&out).expect("enc").len(), 5);
         assert_eq!(clean_utterance("Navigate to Dallas, Texas!"), "navigate to dallas texas");
+    }
+
+    #[test]
+    fn wilson_intervals_match_the_formula_and_stay_in_bounds() {
+        // 436 of 450 (96.9%): [94.85%, 98.14%], computed independently in Python.
+        let [lo, hi] = wilson_interval(436, 450);
+        assert!((lo - 0.948_461_2).abs() < 1e-6 && (hi - 0.981_378_9).abs() < 1e-6, "{lo} {hi}");
+        // At the edges the interval is one-sided, never empty: 0 of 10 and 10 of 10.
+        let [lo, hi] = wilson_interval(0, 10);
+        assert!(lo == 0.0 && (hi - 0.277_532_8).abs() < 1e-6, "{lo} {hi}");
+        let [lo, hi] = wilson_interval(10, 10);
+        assert!((lo - 0.722_467_2).abs() < 1e-6 && hi == 1.0, "{lo} {hi}");
+        assert_eq!(wilson_interval(0, 0), [0.0, 1.0]);
+        for n in [1u64, 7, 450, 2500] {
+            for k in 0..=n.min(60) {
+                let [lo, hi] = wilson_interval(k, n);
+                let p = k as f64 / n as f64;
+                assert!((0.0..=p).contains(&lo) && (p..=1.0).contains(&hi), "{k}/{n}");
+            }
+        }
+        let summary = EvalSummary::new(
+            "set",
+            &Tally { examples: 450, intent_correct: 436, ..Tally::default() },
+            None,
+        );
+        assert_eq!(summary.intent_accuracy_ci95, wilson_interval(436, 450));
+        assert_eq!(summary.slot_exact_match_ci95, wilson_interval(0, 450));
     }
 }
