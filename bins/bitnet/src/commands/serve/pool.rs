@@ -156,6 +156,35 @@ impl ModelPool {
     }
 }
 
+/// What [`take_job`] found in the queue.
+enum Take {
+    Job(Job),
+    /// No job now (or the queue busy, when not waiting).
+    Nothing,
+    /// The queue is closed.
+    Closed,
+}
+
+/// The next job of the queue, waiting for one when `wait`. The lock is held only while taking a
+/// job, never while decoding: a thread that waits holds it meanwhile, and one that does not
+/// wait does not wait for the lock either (an idle thread is there to take the next job).
+fn take_job(receiver: &Mutex<mpsc::Receiver<Job>>, wait: bool) -> Take {
+    if wait {
+        let queue = receiver.lock().unwrap_or_else(PoisonError::into_inner);
+        return queue.recv().map_or(Take::Closed, Take::Job);
+    }
+    let queue = match receiver.try_lock() {
+        Ok(queue) => queue,
+        Err(TryLockError::WouldBlock) => return Take::Nothing,
+        Err(TryLockError::Poisoned(p)) => p.into_inner(),
+    };
+    match queue.try_recv() {
+        Ok(job) => Take::Job(job),
+        Err(mpsc::TryRecvError::Empty) => Take::Nothing,
+        Err(mpsc::TryRecvError::Disconnected) => Take::Closed,
+    }
+}
+
 /// A model thread's loop: takes jobs into its free places between steps (waiting only when it
 /// holds none), steps them together and answers each as it finishes, until the queue closes and
 /// every job it holds is answered.
@@ -176,37 +205,16 @@ fn decode(
     loop {
         let mut holding = jobs.iter().filter(|j| j.is_some()).count();
         while open && holding < places {
-            // The lock is held only while taking jobs, never while decoding. A thread that holds
-            // no job waits for one, holding the lock meanwhile; a thread that is decoding does
-            // not wait for the lock (an idle thread is there to take the next job).
-            let queue = if holding == 0 {
-                receiver.lock().unwrap_or_else(PoisonError::into_inner)
-            } else {
-                match receiver.try_lock() {
-                    Ok(queue) => queue,
-                    Err(TryLockError::WouldBlock) => break,
-                    Err(TryLockError::Poisoned(p)) => p.into_inner(),
+            // A thread that holds no job waits for one; a thread that is decoding only takes
+            // what is there.
+            let job = match take_job(receiver, holding == 0) {
+                Take::Job(job) => job,
+                Take::Nothing => break,
+                Take::Closed => {
+                    open = false;
+                    break;
                 }
             };
-            let job = if holding == 0 {
-                match queue.recv() {
-                    Ok(job) => job,
-                    Err(_) => {
-                        open = false;
-                        break;
-                    }
-                }
-            } else {
-                match queue.try_recv() {
-                    Ok(job) => job,
-                    Err(mpsc::TryRecvError::Empty) => break,
-                    Err(mpsc::TryRecvError::Disconnected) => {
-                        open = false;
-                        break;
-                    }
-                }
-            };
-            drop(queue);
             let place = Place(Arc::clone(held));
             match prepare(tok, &job.utterance, d.seq_len) {
                 Ok(Some(prompt)) => {

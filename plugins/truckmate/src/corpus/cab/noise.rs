@@ -194,6 +194,15 @@ fn word(text: &str) -> Word {
     Word { text: text.to_string(), slot: false }
 }
 
+/// With probability `p`, says `x` the way `forms` (word, spoken form) has it, if it has it.
+fn say_as(rng: &mut ChaCha8Rng, x: &mut Word, forms: &[(&str, &str)], p: f64) {
+    if let Some((_, to)) = forms.iter().find(|(from, _)| *from == x.text)
+        && rng.gen_bool(p)
+    {
+        x.text = to.to_string();
+    }
+}
+
 /// Applies one drawn speaking style to `w`; slot words are never changed, split or joined.
 pub(super) fn roughen(rng: &mut ChaCha8Rng, mut w: Vec<Word>) -> Vec<Word> {
     let s = style(rng);
@@ -213,11 +222,7 @@ pub(super) fn roughen(rng: &mut ChaCha8Rng, mut w: Vec<Word>) -> Vec<Word> {
         i += 1;
     }
     for x in w.iter_mut().filter(|x| plain(x)) {
-        if let Some((_, to)) = SHORT_FORMS.iter().find(|(from, _)| *from == x.text)
-            && rng.gen_bool(s.short)
-        {
-            x.text = to.to_string();
-        }
+        say_as(rng, x, SHORT_FORMS, s.short);
         if x.text.contains('\'') && rng.gen_bool(s.apostrophe) {
             x.text = x.text.replace('\'', "");
         }
@@ -254,11 +259,7 @@ pub(super) fn roughen(rng: &mut ChaCha8Rng, mut w: Vec<Word>) -> Vec<Word> {
     }
     if s.learner > 0.0 {
         for x in w.iter_mut().filter(|x| plain(x)) {
-            if let Some((_, to)) = BASE_FORMS.iter().find(|(from, _)| *from == x.text)
-                && rng.gen_bool(s.learner)
-            {
-                x.text = to.to_string();
-            }
+            say_as(rng, x, BASE_FORMS, s.learner);
         }
         let mut i = 0;
         while i < w.len() {
