@@ -412,12 +412,17 @@ mod tests {
         let dev = check_shipped(include_str!("../data/handwritten-dev.jsonl"), 15, 40);
         let dev2 = check_shipped(include_str!("../data/handwritten-dev2.jsonl"), 16, 35);
         let dev3 = check_shipped(include_str!("../data/handwritten-dev3.jsonl"), 20, 40);
+        let dev4 = check_shipped(include_str!("../data/handwritten-dev4.jsonl"), 20, 50);
         let test = check_shipped(include_str!("../data/handwritten-eval.jsonl"), 20, 50);
         let normalise = |u: &str| u.split_whitespace().collect::<Vec<_>>().join(" ");
         let test: std::collections::BTreeSet<String> =
             test.iter().map(|i| normalise(&i.utterance)).filter(|u| !u.is_empty()).collect();
-        let sets =
-            [("handwritten-dev", &dev), ("handwritten-dev2", &dev2), ("handwritten-dev3", &dev3)];
+        let sets = [
+            ("handwritten-dev", &dev),
+            ("handwritten-dev2", &dev2),
+            ("handwritten-dev3", &dev3),
+            ("handwritten-dev4", &dev4),
+        ];
         for (name, set) in sets {
             for item in set {
                 let u = normalise(&item.utterance);

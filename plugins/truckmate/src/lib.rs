@@ -71,7 +71,7 @@ mod tests {
         let recorded = read_manifest(&dir).expect("read");
         assert_eq!(
             recorded.as_deref(),
-            Some("generator cab revision 5 count 60 seed 4 none_share 0.1")
+            Some("generator cab revision 6 count 60 seed 4 none_share 0.1")
         );
     }
 }

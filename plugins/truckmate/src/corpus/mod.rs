@@ -66,7 +66,7 @@ pub enum CorpusError {
 /// Revision of the `cab` generator's phrasings, recorded in the data directory's manifest: a
 /// corpus an older revision wrote is refused instead of silently reused. Raise it whenever a
 /// change makes `cab` write different examples for the same options.
-pub const CAB_REVISION: u32 = 5;
+pub const CAB_REVISION: u32 = 6;
 
 /// Which generator writes the corpus.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -97,6 +97,9 @@ pub const CORES: &[(&str, &[&str])] = &[
             "(get|take|route) me to the (receiver|shipper|consignee|customer|yard|dc) in {dest}",
             "(guide|lead|walk) me to {dest} (i've never been there|i never been there|i don't know the way|)",
             "(make|create|set) (a|the|) route to {dest} (on {highway}|using {highway}|)",
+            "(take|get|bring|route|navigate) (me|) (back|) to the (yard|terminal|shipper|receiver|dc|drop yard|house|truck stop we were at)",
+            "(directions|give me directions|show me the way) (back|) to the (yard|terminal|shipper|receiver|consignee|dc|drop yard)",
+            "(head|take me|get me) home (for the weekend|for the night|)",
         ],
     ),
     (

@@ -77,6 +77,16 @@ pub const OOD: &[&str] = &[
     "(look at|did you see) (this|that) (guy|idiot|clown) (cutting me off|tailgating me|merging without looking)",
     "(set|put) the (cab temp|temperature|thermostat|heat) (to|at) (sixty eight|seventy|72|65)",
     "(read|check|open) my (new|) (messages|texts|email)",
+    "(hey|hi|ok|okay) truck mate",
+    "(my first truck was|i used to drive|i started out in|i learned on) a (fifty eight|seventy nine|ninety two|two thousand five|1998) (peterbilt|kenworth|mack|freightliner|international|cabover)",
+    "(my doctor says|the wife says|they keep telling me) i (oughta|gotta|need to|should) (lose|drop) (twenty|forty|fifty|thirty) pounds",
+    "(the dog's|my dog's|the cat's|my partner's) been (riding|running) with me (eleven|five|three|twenty) years (now|)",
+    "(i|we) used to live (outside of|near|in|just north of) {any_city} (back in the seventies|back in the day|for ten years|)",
+    "(let me tell you about|i remember|you should've seen) the time i (hauled|pulled|ran) (a load of bananas|forty thousand pounds of eggs|a wide load|a reefer full of ice cream) (through|across|over) (a blizzard|the rockies|donner pass|wyoming)",
+    "my (grandson|granddaughter|son|daughter|boy) just (started|made|joined) (little league|the team|the army|college) (he's|she's) (a heck of a|a real good|the best) (pitcher|player|kid)",
+    "(the shipper's|the receiver's|they've|this place has) got me (waiting|sitting here) (three|five|six) hours (ridiculous|again|for nothing|)",
+    "(the|my) check engine light's been on since {any_city} what do you (think|reckon) that is",
+    "(i|i've) (paid|spent) (forty|two hundred|ninety) (dollars|bucks) (on|for) (this|these) (boots|jacket|sunglasses) (and they|they) (already|) (broke|fell apart|hurt my feet)",
 ];
 
 #[cfg(test)]

@@ -241,7 +241,8 @@ fn every_slot_label_is_said_in_the_utterance() {
                         None => city.to_string(),
                     };
                     let said = said.replace("saint ", "st ");
-                    assert_eq!(said, expected, "{ex:?}");
+                    let code = ex.slots.get("state").map(|c| format!("{city} {c}"));
+                    assert!(said == expected || Some(&said) == code.as_ref(), "{ex:?}");
                 }
                 "task" | "commodity" => assert_eq!(said, label),
                 "highway" | "exit" | "bol" | "po" | "weight" | "amount" | "time" => {
