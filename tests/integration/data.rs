@@ -109,3 +109,54 @@ fn word_level_pipeline() {
 fn bpe_pipeline() {
     pipeline("bpe");
 }
+
+/// `data.extra_train`: hand-written lines join the training split (only it), the manifest names
+/// the file by hash, and once the file changes the directory's corpus is refused as stale.
+#[test]
+fn hand_written_lines_join_the_training_split_and_a_changed_file_is_stale() {
+    use bitnet_tests::procs::bitnet_bin;
+    let tmp = bitnet_tests::temp_dir();
+    let set = tmp.path().join("cab-notes.jsonl");
+    let line = r#"{"utterance": "Haul me over to Tulsa, would ya?", "intent": "navigate", "slots": {"city": "tulsa"}}"#;
+    std::fs::write(&set, format!("{line}\n")).expect("write set");
+    let data = tmp.path().join("data");
+    let run = |command: &str| {
+        std::process::Command::new(bitnet_bin())
+            .args([command, "--no-env", "--set", "data.corpus_count=300"])
+            .arg("--set")
+            .arg(format!("data.dir={:?}", data.display().to_string()))
+            .arg("--set")
+            .arg(format!("data.extra_train=[{:?}]", set.display().to_string()))
+            .args(["--set", "data.extra_train_copies=4"])
+            .output()
+            .expect("run bitnet")
+    };
+    let out = run("generate-corpus");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("4 of them 1 hand-written utterances x 4"), "{stdout}");
+    let dir = DataDir::new(data.clone());
+    let wanted = r#"[USER] haul me over to tulsa would ya [INTENT] {"intent":"navigate","slots":{"city":"tulsa"}}"#;
+    let train = dir.read_split(Split::Train).expect("train");
+    assert_eq!(train.iter().filter(|l| *l == wanted).count(), 4, "four copies in train");
+    assert_eq!(train.len(), 270 + 4);
+    for split in [Split::Validation, Split::Test] {
+        let lines = dir.read_split(split).expect("held-out split");
+        assert!(!lines.iter().any(|l| l == wanted), "{split:?} holds no hand-written line");
+    }
+    let manifest = bitnet_truckmate::read_manifest(&dir).expect("read").expect("manifest");
+    assert!(manifest.contains("extra_train cab-notes.jsonl@"), "{manifest}");
+    assert!(manifest.ends_with("copies 4"), "{manifest}");
+
+    std::fs::write(&set, format!("{line}\n{line}\n")).expect("change set");
+    let out = run("tokenize-corpus");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a changed set makes the corpus stale: {stderr}");
+    assert!(stderr.contains("holds a corpus made with"), "{stderr}");
+
+    std::fs::remove_file(&set).expect("remove set");
+    let out = run("tokenize-corpus");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("cab-notes.jsonl"), "names the missing file: {stderr}");
+}

@@ -8,7 +8,8 @@
 //!
 //! Files are laid out in a data directory as described in
 //! [`bitnet_runtime::data::dir`]; [`write_corpus`] writes the three split files and
-//! [`write_manifest`] records which generator options made them.
+//! [`write_manifest`] records which generator options (and which hand-written training
+//! files, [`corpus::extra`]) made them.
 
 pub mod answer;
 pub mod confidence;
@@ -39,10 +40,12 @@ pub fn write_corpus(dir: &DataDir, corpus: &corpus::Corpus) -> Result<(), DataEr
 /// The file in a data directory that records the generator options of its corpus.
 pub const MANIFEST_FILE: &str = "corpus.txt";
 
-/// Records `options` (as [`corpus::CorpusOptions::describe`]) in `DIR/corpus.txt`.
-pub fn write_manifest(dir: &DataDir, options: &corpus::CorpusOptions) -> Result<(), DataError> {
+/// Records the corpus recipe `describe` (as [`corpus::CorpusOptions::describe`], followed by
+/// [`corpus::extra::ExtraTrain::describe`] when hand-written lines were added) in
+/// `DIR/corpus.txt`.
+pub fn write_manifest(dir: &DataDir, describe: &str) -> Result<(), DataError> {
     let path = dir.root().join(MANIFEST_FILE);
-    std::fs::write(&path, format!("{}\n", options.describe()))
+    std::fs::write(&path, format!("{describe}\n"))
         .map_err(|source| DataError::Io { path: path.display().to_string(), source })
 }
 
@@ -67,7 +70,7 @@ mod tests {
         let options = corpus::CorpusOptions::new(60, 4);
         write_corpus(&dir, &options.generate().expect("generate")).expect("write");
         assert_eq!(read_manifest(&dir).expect("read"), None);
-        write_manifest(&dir, &options).expect("manifest");
+        write_manifest(&dir, &options.describe()).expect("manifest");
         let recorded = read_manifest(&dir).expect("read");
         assert_eq!(
             recorded.as_deref(),

@@ -12,6 +12,7 @@ use bitnet_runtime::data::dir::{DataDir, Split, write_split_shards};
 use bitnet_runtime::data::loader::{LoaderOptions, PackedLoader};
 use bitnet_runtime::data::shard::ShardReader;
 use bitnet_truckmate::corpus;
+use bitnet_truckmate::corpus::extra::ExtraTrain;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -34,30 +35,70 @@ pub struct GenerateArgs {
     generator: Option<String>,
 }
 
-/// The corpus options of `config`'s `[data]` section, checked.
-pub fn corpus_options(config: &RunConfig) -> anyhow::Result<corpus::CorpusOptions> {
+/// What makes a data directory's corpus: the generator's options and the hand-written
+/// utterances `data.extra_train` adds to its training split.
+pub struct Recipe {
+    /// The generator's options.
+    pub options: corpus::CorpusOptions,
+    /// Hand-written training lines, if the config names any.
+    pub extra: Option<ExtraTrain>,
+}
+
+impl Recipe {
+    /// The manifest line: the generator's options, then the extra files and their hashes.
+    pub fn describe(&self) -> String {
+        match &self.extra {
+            Some(extra) => format!("{} {}", self.options.describe(), extra.describe()),
+            None => self.options.describe(),
+        }
+    }
+
+    /// Generates the splits and mixes the extra lines into the training split.
+    pub fn generate(&self) -> anyhow::Result<corpus::Corpus> {
+        let mut c = self.options.generate()?;
+        if let Some(extra) = &self.extra {
+            extra.mix_into(&mut c.train, self.options.seed);
+        }
+        Ok(c)
+    }
+
+    /// Writes the splits and the manifest to `dir`.
+    pub fn write(&self, dir: &DataDir) -> anyhow::Result<corpus::Corpus> {
+        let c = self.generate()?;
+        bitnet_truckmate::write_corpus(dir, &c)?;
+        bitnet_truckmate::write_manifest(dir, &self.describe())?;
+        Ok(c)
+    }
+}
+
+/// The corpus recipe of `config`'s `[data]` section, checked (the extra files are read).
+pub fn corpus_recipe(config: &RunConfig) -> anyhow::Result<Recipe> {
     let d = &config.data;
-    corpus::CorpusOptions::parse(
+    let options = corpus::CorpusOptions::parse(
         &d.corpus_generator,
         d.corpus_count,
         d.corpus_seed,
         d.corpus_none_share,
     )
-    .context("data.corpus_generator / data.corpus_none_share")
+    .context("data.corpus_generator / data.corpus_none_share")?;
+    let extra = ExtraTrain::load(&d.extra_train, d.extra_train_copies)?;
+    Ok(Recipe { options, extra })
 }
 
-/// Refuses a data directory whose corpus another generator setting made: its tokenizer and
-/// shards would silently stand for the wrong corpus.
-pub fn check_corpus(dir: &DataDir, options: &corpus::CorpusOptions) -> anyhow::Result<()> {
+/// Refuses a data directory whose corpus another recipe made: its tokenizer and shards would
+/// silently stand for the wrong corpus.
+pub fn check_corpus(dir: &DataDir, recipe: &Recipe) -> anyhow::Result<()> {
     if !dir.split_text(Split::Train).is_file() {
         return Ok(());
     }
-    let wanted = options.describe();
+    let wanted = recipe.describe();
     let found = bitnet_truckmate::read_manifest(dir)?;
     let fits = match &found {
         Some(found) => *found == wanted,
         // Corpora written before the manifest existed came from templates-v1.
-        None => options.generator == corpus::Generator::TemplatesV1,
+        None => {
+            recipe.options.generator == corpus::Generator::TemplatesV1 && recipe.extra.is_none()
+        }
     };
     if !fits {
         anyhow::bail!(
@@ -72,20 +113,27 @@ pub fn check_corpus(dir: &DataDir, options: &corpus::CorpusOptions) -> anyhow::R
 
 pub fn generate(args: GenerateArgs) -> anyhow::Result<()> {
     let config = args.config.load()?.config;
-    let mut options = corpus_options(&config)?;
-    options.count = args.count.unwrap_or(options.count);
-    options.seed = args.seed.unwrap_or(options.seed);
+    let mut recipe = corpus_recipe(&config)?;
+    recipe.options.count = args.count.unwrap_or(recipe.options.count);
+    recipe.options.seed = args.seed.unwrap_or(recipe.options.seed);
     if let Some(name) = &args.generator {
-        options.generator = name.parse()?;
+        recipe.options.generator = name.parse()?;
     }
     let dir = DataDir::new(args.out.unwrap_or(config.data.dir));
-    let c = options.generate()?;
-    bitnet_truckmate::write_corpus(&dir, &c)?;
-    bitnet_truckmate::write_manifest(&dir, &options)?;
+    let c = recipe.write(&dir)?;
+    let extra = match &recipe.extra {
+        Some(e) => format!(
+            " ({} of them {} hand-written utterances x {})",
+            e.len() * e.copies,
+            e.len(),
+            e.copies
+        ),
+        None => String::new(),
+    };
     println!(
-        "wrote {} examples ({}) to {}: train {}, validation {}, test {}",
-        options.count,
-        options.describe(),
+        "wrote {} examples ({}) to {}: train {}{extra}, validation {}, test {}",
+        c.train.len() + c.validation.len() + c.test.len(),
+        recipe.describe(),
         dir.root().display(),
         c.train.len(),
         c.validation.len(),
@@ -130,13 +178,11 @@ pub fn tokenize_corpus(
 ) -> anyhow::Result<()> {
     let dir = DataDir::new(config.data.dir.clone());
     let kind = config.tokenizer.kind.clone();
-    let options = corpus_options(config)?;
-    check_corpus(&dir, &options)?;
+    let recipe = corpus_recipe(config)?;
+    check_corpus(&dir, &recipe)?;
     if !dir.split_text(Split::Train).is_file() {
-        let c = options.generate()?;
-        bitnet_truckmate::write_corpus(&dir, &c)?;
-        bitnet_truckmate::write_manifest(&dir, &options)?;
-        eprintln!("no corpus in {}: generated it ({})", dir.root().display(), options.describe());
+        recipe.write(&dir)?;
+        eprintln!("no corpus in {}: generated it ({})", dir.root().display(), recipe.describe());
     }
     let train = dir.read_split(Split::Train)?;
     let mut tok = build_tokenizer(config, registry)?;

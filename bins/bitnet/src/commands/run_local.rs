@@ -42,7 +42,7 @@ pub const PLAIN_PROGRESS_SECS: u64 = 10;
 /// the train shards are missing.
 fn prepare_data(config: &RunConfig, registry: &Registry) -> anyhow::Result<()> {
     let dir = DataDir::new(config.data.dir.clone());
-    super::data::check_corpus(&dir, &super::data::corpus_options(config)?)?;
+    super::data::check_corpus(&dir, &super::data::corpus_recipe(config)?)?;
     let kind = &config.tokenizer.kind;
     let have_shards = dir.shard_paths(kind, Split::Train).map(|p| !p.is_empty()).unwrap_or(false);
     if dir.tokenizer_file(kind).is_file() && have_shards {

@@ -97,7 +97,16 @@ pub struct DataSection {
     /// Share of out-of-domain (`none`) examples `cab` generates, 0 to 0.5 (`templates-v1` makes
     /// none).
     pub corpus_none_share: f64,
+    /// Hand-written labelled utterances added to the training split only (never to validation
+    /// or test): JSON-lines files in the form `bitnet eval --set` reads, paths relative to the
+    /// working directory. Empty (the default): the generator's corpus alone.
+    pub extra_train: Vec<PathBuf>,
+    /// How many times each `extra_train` utterance is added, 1 to [`MAX_EXTRA_TRAIN_COPIES`].
+    pub extra_train_copies: usize,
 }
+
+/// Most times `data.extra_train_copies` may add one hand-written utterance.
+pub const MAX_EXTRA_TRAIN_COPIES: usize = 100;
 
 impl Default for DataSection {
     fn default() -> Self {
@@ -107,6 +116,8 @@ impl Default for DataSection {
             corpus_seed: 42,
             corpus_generator: "cab".to_string(),
             corpus_none_share: 0.1,
+            extra_train: Vec::new(),
+            extra_train_copies: 1,
         }
     }
 }
@@ -240,6 +251,23 @@ impl RunConfig {
             p.push((
                 "data.dir".into(),
                 format!("data.dir {} is a file, not a directory", self.data.dir.display()),
+            ));
+        }
+        for (i, path) in self.data.extra_train.iter().enumerate() {
+            if !path.is_file() {
+                p.push((
+                    format!("data.extra_train[{i}]"),
+                    format!("hand-written set {} does not exist or is not a file", path.display()),
+                ));
+            }
+        }
+        if !(1..=MAX_EXTRA_TRAIN_COPIES).contains(&self.data.extra_train_copies) {
+            p.push((
+                "data.extra_train_copies".into(),
+                format!(
+                    "data.extra_train_copies must be 1 to {MAX_EXTRA_TRAIN_COPIES}, is {}",
+                    self.data.extra_train_copies
+                ),
             ));
         }
         p
@@ -614,8 +642,19 @@ mod tests {
         c.train.batch_size = 0;
         c.train.steps = 0;
         c.plugins.dynamic = vec![PathBuf::from("/nonexistent/libplugin.so")];
+        c.data.extra_train = vec![PathBuf::from("/nonexistent/extra.jsonl")];
+        c.data.extra_train_copies = 0;
         let keys: Vec<String> = c.value_problems().into_iter().map(|(k, _)| k).collect();
-        assert_eq!(keys, ["train.batch_size", "train.steps", "plugins.dynamic[0]"]);
+        assert_eq!(
+            keys,
+            [
+                "train.batch_size",
+                "train.steps",
+                "plugins.dynamic[0]",
+                "data.extra_train[0]",
+                "data.extra_train_copies"
+            ]
+        );
     }
 
     #[test]

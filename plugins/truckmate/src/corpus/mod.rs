@@ -30,6 +30,7 @@
 //! The output is byte-identical for the same options.
 
 pub mod cab;
+pub mod extra;
 pub mod pools;
 pub mod v1;
 
