@@ -12,12 +12,13 @@
 //! The shipped hand-written **test** set never trains: a file holding any of its utterances is
 //! refused, by line.
 
+use super::corpus_line;
 use crate::eval::clean_utterance;
 use crate::eval_set::{EvalSetError, LabelledUtterance, MAX_FILE_BYTES, parse_eval_set};
+use bitnet_framework::store::sha256_hex;
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
-use sha2::{Digest, Sha256};
 use std::collections::BTreeSet;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -133,7 +134,7 @@ impl ExtraTrain {
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_else(|| path.clone());
-            let sha256 = hex(&Sha256::digest(text.as_bytes()));
+            let sha256 = sha256_hex(text.as_bytes());
             sets.push(ExtraSet { name, sha256, items });
         }
         Ok(Self { sets, copies })
@@ -163,14 +164,7 @@ impl ExtraTrain {
         self.sets
             .iter()
             .flat_map(|s| &s.items)
-            .map(|item| {
-                let utterance = clean_utterance(&item.utterance);
-                if utterance.is_empty() {
-                    format!("[USER] [INTENT] {}", item.answer_json())
-                } else {
-                    format!("[USER] {utterance} [INTENT] {}", item.answer_json())
-                }
-            })
+            .map(|item| corpus_line(&clean_utterance(&item.utterance), &item.answer_json()))
             .collect()
     }
 
@@ -207,10 +201,6 @@ fn test_utterances() -> BTreeSet<String> {
         .unwrap_or_default()
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -243,7 +233,7 @@ mod tests {
         for line in extra.lines() {
             assert!(crate::corpus::parse_line(&line).is_some(), "{line}");
         }
-        let sha = hex(&Sha256::digest(SET.as_bytes()));
+        let sha = sha256_hex(SET.as_bytes());
         assert_eq!(extra.describe(), format!("extra_train extra.jsonl@{} copies 2", &sha[..12]));
     }
 

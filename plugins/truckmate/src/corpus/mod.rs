@@ -216,12 +216,9 @@ impl Example {
         value.to_string()
     }
 
-    /// The corpus line (an empty utterance gives `[USER] [INTENT] ...`).
+    /// The corpus line ([`corpus_line`]).
     pub fn line(&self) -> String {
-        if self.utterance.is_empty() {
-            return format!("[USER] [INTENT] {}", self.answer_json());
-        }
-        format!("[USER] {} [INTENT] {}", self.utterance, self.answer_json())
+        corpus_line(&self.utterance, &self.answer_json())
     }
 
     /// The utterance with each spoken placeholder replaced by `{name}` and fillers removed: the
@@ -375,6 +372,16 @@ pub fn generate_examples(count: usize, seed: u64) -> [Vec<Example>; 3] {
 /// same arguments).
 pub fn generate(count: usize, seed: u64) -> Corpus {
     CorpusOptions::new(count, seed).generate().unwrap_or_default()
+}
+
+/// A corpus line: `[USER] utterance [INTENT] answer` (an empty utterance gives
+/// `[USER] [INTENT] answer`).
+pub fn corpus_line(utterance: &str, answer: &str) -> String {
+    if utterance.is_empty() {
+        format!("[USER] [INTENT] {answer}")
+    } else {
+        format!("[USER] {utterance} [INTENT] {answer}")
+    }
 }
 
 /// Splits a corpus line into its utterance and answer JSON text.
