@@ -407,12 +407,106 @@ mod tests {
         assert!(items.len() >= 350, "{}", items.len());
     }
 
+    /// The slot keys each intent may carry, as the generators write them.
+    const SLOT_KEYS: &[(&str, &[&str])] = &[
+        ("start_trip", &["city", "state"]),
+        ("stop_trip", &[]),
+        ("navigate", &["city", "highway", "state"]),
+        ("find_poi", &["chain", "city", "exit", "highway", "poi_type"]),
+        ("route_preference", &["preference"]),
+        ("hos_status", &[]),
+        ("hos_break_check", &[]),
+        ("hos_drive_remaining", &[]),
+        ("add_todo", &["task", "time"]),
+        ("add_expense", &["amount", "category"]),
+        ("eta_query", &["city", "state"]),
+        ("next_stop_query", &[]),
+        ("trip_status", &[]),
+        ("reroute", &["highway", "reason"]),
+        ("update_load", &["bol", "commodity", "po", "weight_lbs"]),
+        ("none", &[]),
+    ];
+
+    /// Why a hand-written label is not in the generators' canonical form, if it is not.
+    fn label_problem(item: &LabelledUtterance) -> Option<String> {
+        use crate::corpus::pools::{
+            CHAINS, EXPENSE_CATEGORIES, POI_TYPES, PREFERENCES, REROUTE_REASONS,
+        };
+        let Some((_, keys)) = SLOT_KEYS.iter().find(|(i, _)| *i == item.intent) else {
+            return Some(format!("unknown intent {}", item.intent));
+        };
+        let digits = |v: &str| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit());
+        let named = |pool: &[(&str, &[&str])], v: &str| pool.iter().any(|(name, _)| *name == v);
+        for (key, value) in &item.slots {
+            let v = value.as_str();
+            let ok = keys.contains(&key.as_str())
+                && match key.as_str() {
+                    "chain" => named(CHAINS, v),
+                    "poi_type" => named(POI_TYPES, v),
+                    // The generators write the two negations beside the pool's preferences.
+                    "preference" => {
+                        named(PREFERENCES, v) || v == "allow_tolls" || v == "allow_highways"
+                    }
+                    "category" => named(EXPENSE_CATEGORIES, v),
+                    "reason" => named(REROUTE_REASONS, v),
+                    "state" => v.len() == 2 && v.bytes().all(|b| b.is_ascii_lowercase()),
+                    "highway" => v.strip_prefix("i-").is_some_and(digits),
+                    "exit" | "weight_lbs" | "po" | "bol" => digits(v),
+                    "amount" => v
+                        .split_once('.')
+                        .is_some_and(|(d, c)| digits(d) && c.len() == 2 && digits(c)),
+                    "time" => v.split_once(':').is_some_and(|(h, m)| {
+                        h.len() == 2
+                            && m.len() == 2
+                            && h.parse::<u32>().is_ok_and(|h| h < 24)
+                            && m.parse::<u32>().is_ok_and(|m| m < 60)
+                    }),
+                    _ => {
+                        !v.is_empty() && v == v.trim() && !v.bytes().any(|b| b.is_ascii_uppercase())
+                    }
+                };
+            if !ok {
+                return Some(format!("{}: slot {key} = {v:?}", item.intent));
+            }
+        }
+        None
+    }
+
+    #[test]
+    fn the_sets_that_train_label_in_the_generators_canonical_form() {
+        let sets = [
+            ("handwritten-dev", include_str!("../data/handwritten-dev.jsonl")),
+            ("handwritten-dev2", include_str!("../data/handwritten-dev2.jsonl")),
+            ("handwritten-dev3", include_str!("../data/handwritten-dev3.jsonl")),
+            ("handwritten-dev4", include_str!("../data/handwritten-dev4.jsonl")),
+            ("handwritten-dev5", include_str!("../data/handwritten-dev5.jsonl")),
+        ];
+        for (name, text) in sets {
+            for item in parse_eval_set(text).expect("the shipped set parses") {
+                assert_eq!(label_problem(&item), None, "{name} line {}", item.line);
+            }
+        }
+        // The check itself refuses what it should.
+        let bad = parse_eval_set(concat!(
+            r#"{"utterance":"a","intent":"add_expense","slots":{"amount":"42"}}"#,
+            "\n",
+            r#"{"utterance":"b","intent":"stop_trip","slots":{"city":"reno"}}"#,
+            "\n",
+            r#"{"utterance":"c","intent":"add_todo","slots":{"time":"3 pm"}}"#,
+            "\n",
+            r#"{"utterance":"d","intent":"find_poi","slots":{"chain":"wawa"}}"#,
+        ))
+        .expect("parses");
+        assert!(bad.iter().all(|item| label_problem(item).is_some()), "{bad:?}");
+    }
+
     #[test]
     fn the_development_sets_are_well_formed_and_share_no_utterance_with_the_test_set() {
         let dev = check_shipped(include_str!("../data/handwritten-dev.jsonl"), 15, 40);
         let dev2 = check_shipped(include_str!("../data/handwritten-dev2.jsonl"), 16, 35);
         let dev3 = check_shipped(include_str!("../data/handwritten-dev3.jsonl"), 20, 40);
         let dev4 = check_shipped(include_str!("../data/handwritten-dev4.jsonl"), 20, 50);
+        let dev5 = check_shipped(include_str!("../data/handwritten-dev5.jsonl"), 50, 100);
         let test = check_shipped(include_str!("../data/handwritten-eval.jsonl"), 20, 50);
         let normalise = |u: &str| u.split_whitespace().collect::<Vec<_>>().join(" ");
         let test: std::collections::BTreeSet<String> =
@@ -422,6 +516,7 @@ mod tests {
             ("handwritten-dev2", &dev2),
             ("handwritten-dev3", &dev3),
             ("handwritten-dev4", &dev4),
+            ("handwritten-dev5", &dev5),
         ];
         for (name, set) in sets {
             for item in set {

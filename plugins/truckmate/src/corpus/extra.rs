@@ -298,13 +298,13 @@ mod tests {
     #[test]
     fn the_shipped_development_sets_load() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("data");
-        let paths: Vec<PathBuf> = ["dev", "dev2", "dev3", "dev4"]
+        let paths: Vec<PathBuf> = ["dev", "dev2", "dev3", "dev4", "dev5"]
             .iter()
             .map(|s| dir.join(format!("handwritten-{s}.jsonl")))
             .collect();
         let extra = ExtraTrain::load(&paths, 3).expect("loads").expect("some files");
-        assert_eq!(extra.sets.len(), 4);
-        assert!(extra.len() > 1_500, "{}", extra.len());
+        assert_eq!(extra.sets.len(), 5);
+        assert!(extra.len() > 2_700, "{}", extra.len());
         let test = ExtraTrain::load(&[dir.join("handwritten-eval.jsonl")], 1);
         assert!(matches!(test, Err(ExtraTrainError::TestUtterance { .. })), "{test:?}");
     }
