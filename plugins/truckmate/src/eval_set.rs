@@ -472,16 +472,19 @@ mod tests {
         None
     }
 
+    /// The development sets (the sets that train), with the least utterances each holds per
+    /// intent and out of domain.
+    const DEVELOPMENT_SETS: &[(&str, &str, usize, usize)] = &[
+        ("handwritten-dev", include_str!("../data/handwritten-dev.jsonl"), 15, 40),
+        ("handwritten-dev2", include_str!("../data/handwritten-dev2.jsonl"), 16, 35),
+        ("handwritten-dev3", include_str!("../data/handwritten-dev3.jsonl"), 20, 40),
+        ("handwritten-dev4", include_str!("../data/handwritten-dev4.jsonl"), 20, 50),
+        ("handwritten-dev5", include_str!("../data/handwritten-dev5.jsonl"), 50, 100),
+    ];
+
     #[test]
     fn the_sets_that_train_label_in_the_generators_canonical_form() {
-        let sets = [
-            ("handwritten-dev", include_str!("../data/handwritten-dev.jsonl")),
-            ("handwritten-dev2", include_str!("../data/handwritten-dev2.jsonl")),
-            ("handwritten-dev3", include_str!("../data/handwritten-dev3.jsonl")),
-            ("handwritten-dev4", include_str!("../data/handwritten-dev4.jsonl")),
-            ("handwritten-dev5", include_str!("../data/handwritten-dev5.jsonl")),
-        ];
-        for (name, text) in sets {
+        for (name, text, _, _) in DEVELOPMENT_SETS {
             for item in parse_eval_set(text).expect("the shipped set parses") {
                 assert_eq!(label_problem(&item), None, "{name} line {}", item.line);
             }
@@ -502,24 +505,12 @@ mod tests {
 
     #[test]
     fn the_development_sets_are_well_formed_and_share_no_utterance_with_the_test_set() {
-        let dev = check_shipped(include_str!("../data/handwritten-dev.jsonl"), 15, 40);
-        let dev2 = check_shipped(include_str!("../data/handwritten-dev2.jsonl"), 16, 35);
-        let dev3 = check_shipped(include_str!("../data/handwritten-dev3.jsonl"), 20, 40);
-        let dev4 = check_shipped(include_str!("../data/handwritten-dev4.jsonl"), 20, 50);
-        let dev5 = check_shipped(include_str!("../data/handwritten-dev5.jsonl"), 50, 100);
         let test = check_shipped(include_str!("../data/handwritten-eval.jsonl"), 20, 50);
         let normalise = |u: &str| u.split_whitespace().collect::<Vec<_>>().join(" ");
         let test: std::collections::BTreeSet<String> =
             test.iter().map(|i| normalise(&i.utterance)).filter(|u| !u.is_empty()).collect();
-        let sets = [
-            ("handwritten-dev", &dev),
-            ("handwritten-dev2", &dev2),
-            ("handwritten-dev3", &dev3),
-            ("handwritten-dev4", &dev4),
-            ("handwritten-dev5", &dev5),
-        ];
-        for (name, set) in sets {
-            for item in set {
+        for (name, text, per_intent, none) in DEVELOPMENT_SETS {
+            for item in check_shipped(text, *per_intent, *none) {
                 let u = normalise(&item.utterance);
                 assert!(!test.contains(&u), "{name} line {} is in the test set: {u:?}", item.line);
             }
