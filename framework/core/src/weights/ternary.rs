@@ -208,22 +208,30 @@ pub fn unpack(packed: &[u8], out: &mut [i8]) -> Result<(), String> {
 crate::vectorized_fn!(
     /// Latent weights the quantizer maps back to exactly `trits` with scale `g`.
     ///
-    /// Every non-zero trit becomes `t * v` with `v ~ g * n / nnz`, so `|W| / (g + eps) >= 1/2`
-    /// there. What rounding leaves of `sum |W| = g * n` goes into one zero-trit element (small
-    /// enough to stay a zero trit), or, when every trit is non-zero, into the last element; of the
-    /// few candidate values for it, the first whose [`absmean`] is exactly `g` is taken. Returns
-    /// `false` if `g` is not finite and non-negative, the sizes differ, or no weights with absmean
-    /// `g` quantize to `trits` (the quantizer divides by `g + eps`, so a scale far below `eps` with
-    /// many non-zero trits, or a zero scale with any, is a pair no encoder writes); the result is
+    /// Every non-zero trit becomes `t * v` with `v ~ g * n / nnz` rounded down to f32, so
+    /// `|W| / (g + eps) >= 1/2` there. Rounding `v` can leave up to `nnz` ulps of `v` of
+    /// `sum |W| = g * n` behind (in a tensor of millions of weights, more than half a scale), so
+    /// the first non-zero trits, as many as that leaves whole ulps, take `v`'s next float instead.
+    /// What is left then, under one ulp of `v`, goes into one zero-trit element (far too small to
+    /// leave zero), or, when every trit is non-zero, into the last element; of the few candidate
+    /// values for it, the first whose [`absmean`] is exactly `g` is taken. Returns `false` if `g`
+    /// is not finite and non-negative, the sizes differ, or no weights with absmean `g` quantize
+    /// to `trits` (the quantizer divides by `g + eps`, so a scale far below `eps` with many
+    /// non-zero trits, or a zero scale with any, is a pair no encoder writes); the result is
     /// checked against the quantizer, so whatever it accepts, encoding it again gives the same
     /// trits and scale.
     ///
-    /// The check costs one pass: every element but the adjusted one is `0`, `v` or `-v`, so the
-    /// quantizer's verdict on them is the verdict on `v` (it is odd: `trit(-x) = -trit(x)`), and
-    /// only the adjusted element and the absmean are checked on their own.
+    /// The check costs one pass: every element but the adjusted one is `0`, `±v` or `±v'` (`v'`
+    /// the next float), so the quantizer's verdict on them is its verdict on `v` and `v'` (it is
+    /// odd: `trit(-x) = -trit(x)`), and only the adjusted element and the absmean are checked on
+    /// their own.
     pub fn dequantize_latent(trits: &[i8], g: f32, out: &mut [f32]) -> bool
         = dequantize_latent_body, test dequantize_latent_at
 );
+
+/// Trits per count of [`dequantize_latent`]'s first pass, which finds where the magnitudes
+/// rounded up end without a second walk over the tensor.
+const COUNT_BLOCK: usize = 4096;
 
 #[inline(always)]
 fn dequantize_latent_body(trits: &[i8], g: f32, out: &mut [f32]) -> bool {
@@ -231,7 +239,9 @@ fn dequantize_latent_body(trits: &[i8], g: f32, out: &mut [f32]) -> bool {
         return false;
     }
     let n = trits.len();
-    let nnz = trits.iter().fold(0usize, |c, &t| c + usize::from(t != 0));
+    let count = |c: &[i8]| c.iter().fold(0usize, |a, &t| a + usize::from(t != 0));
+    let counts: Vec<usize> = trits.chunks(COUNT_BLOCK).map(count).collect();
+    let nnz: usize = counts.iter().sum();
     if nnz == 0 {
         out.fill(0.0);
         return true;
@@ -245,17 +255,31 @@ fn dequantize_latent_body(trits: &[i8], g: f32, out: &mut [f32]) -> bool {
         v = v.next_down();
     }
     let div = g + WEIGHT_EPS;
-    if !v.is_finite() || trit(v / div) != 1 || trit(-v / div) != -1 {
+    let is_one = |m: f32| m.is_finite() && trit(m / div) == 1 && trit(-m / div) == -1;
+    if !is_one(v) {
         return false;
     }
-    for (o, &t) in out.iter_mut().zip(trits) {
+    // The first `bumped` non-zero trits (those before `split`) take `up`.
+    let up = v.next_up();
+    let ulp = f64::from(up) - f64::from(v);
+    let left = (target - nnz as f64 * f64::from(v)).max(0.0);
+    let bumped = ((left / ulp).floor() as usize).min(nnz);
+    if bumped > 0 && !is_one(up) {
+        return false;
+    }
+    let split = prefix_with_nonzeros(trits, &counts, bumped);
+    for (o, &t) in out[..split].iter_mut().zip(&trits[..split]) {
+        *o = f32::from(t) * up;
+    }
+    for (o, &t) in out[split..].iter_mut().zip(&trits[split..]) {
         *o = f32::from(t) * v;
     }
+    let total = nnz as f64 * f64::from(v) + bumped as f64 * ulp;
     // The element that takes what is left of `g * n`, and the candidates for its magnitude:
-    // the ideal remainder and its neighbours (the f64 sum rounds), or nothing at all.
+    // the ideal remainder and its neighbours (the f64 sums round), or nothing at all.
     let (at, rest) = match trits.iter().position(|&t| t == 0) {
-        Some(i) => (i, nnz as f64 * f64::from(v)),
-        None => (n - 1, (nnz - 1) as f64 * f64::from(v)),
+        Some(i) => (i, total),
+        None => (n - 1, total - f64::from(out[n - 1].abs())),
     };
     let ideal = (target - rest) as f32;
     let sign = f32::from(trits[at]);
@@ -276,6 +300,30 @@ fn dequantize_latent_body(trits: &[i8], g: f32, out: &mut [f32]) -> bool {
         }
     }
     false
+}
+
+/// The length of the shortest prefix of `trits` holding `k` non-zero trits (at most the count),
+/// from the per-[`COUNT_BLOCK`] counts of non-zeros.
+#[inline(always)]
+fn prefix_with_nonzeros(trits: &[i8], counts: &[usize], k: usize) -> usize {
+    if k == 0 {
+        return 0;
+    }
+    let mut seen = 0;
+    for (b, &c) in counts.iter().enumerate() {
+        if seen + c < k {
+            seen += c;
+            continue;
+        }
+        let start = b * COUNT_BLOCK;
+        for (i, &t) in trits[start..].iter().enumerate() {
+            seen += usize::from(t != 0);
+            if seen == k {
+                return start + i + 1;
+            }
+        }
+    }
+    trits.len()
 }
 
 #[cfg(test)]
@@ -317,6 +365,55 @@ mod tests {
         let mut t2 = vec![0i8; 100];
         assert_eq!(quantize(&latent, &mut t2), g);
         assert_eq!(t2, t);
+    }
+
+    /// The worst rounding `g * n / nnz` can leave in a tensor of `n` weights with `nnz` non-zero
+    /// trits: scans scales up from `from` for one whose per-weight magnitude `v` (rounded down to
+    /// f32, as the decoder rounds it) leaves more than `at_least * g` of `g * n` behind.
+    fn scale_leaving_behind(n: usize, nnz: usize, from: f32, at_least: f64) -> f32 {
+        let mut g = from;
+        loop {
+            let target = f64::from(g) * n as f64;
+            let mut v = (target / nnz as f64) as f32;
+            if nnz as f64 * f64::from(v) > target {
+                v = v.next_down();
+            }
+            if target - nnz as f64 * f64::from(v) > at_least * f64::from(g) {
+                return g;
+            }
+            g = g.next_up();
+        }
+    }
+
+    /// Found by the large config's run (`blocks.11.ffn.gate_proj.weight`, 2.4M weights, after 928
+    /// versions): rounding `v ~ g * n / nnz` to f32 leaves up to `nnz` ulps of `v` of `g * n`
+    /// behind, in a tensor of millions of weights more than a zero-trit element can take (it
+    /// must stay under half a scale), and the decoder refused the coordinator's own download.
+    /// Such scales decode, and the latent weights quantize back to the same trits and scale.
+    #[test]
+    fn large_tensors_decode_whatever_the_rounding_leaves() {
+        let check = |trits: &[i8], g: f32| {
+            let mut latent = vec![0.0f32; trits.len()];
+            assert!(dequantize_latent(trits, g, &mut latent), "scale {g} of {} trits", trits.len());
+            let mut back = vec![0i8; trits.len()];
+            assert_eq!(quantize(&latent, &mut back).to_bits(), g.to_bits());
+            assert!(back == trits, "the trits come back");
+        };
+        // Every eighth trit zero: the leftover goes into a zero-trit element.
+        let n = 1 << 22;
+        let trit_at = |i: usize| match (i % 8, i % 3) {
+            (0, _) => 0,
+            (_, 0) => -1,
+            _ => 1,
+        };
+        let trits: Vec<i8> = (0..n).map(trit_at).collect();
+        let nnz = trits.iter().filter(|&&t| t != 0).count();
+        check(&trits, scale_leaving_behind(n, nnz, 0.0123, 0.3));
+        // One zero trit in the whole tensor: about half a scale left behind once more, which
+        // the last non-zero element could not take either (it must stay under 1.5 scales).
+        let mut trits: Vec<i8> = (0..n).map(|i| if i % 3 == 0 { -1 } else { 1 }).collect();
+        trits[n / 2] = 0;
+        check(&trits, scale_leaving_behind(n, n - 1, 0.0123, 0.3));
     }
 
     proptest! {
