@@ -239,9 +239,18 @@ fn dequantize_latent_body(trits: &[i8], g: f32, out: &mut [f32]) -> bool {
         return false;
     }
     let n = trits.len();
-    let count = |c: &[i8]| c.iter().fold(0usize, |a, &t| a + usize::from(t != 0));
-    let counts: Vec<usize> = trits.chunks(COUNT_BLOCK).map(count).collect();
-    let nnz: usize = counts.iter().sum();
+    // Plain loops: a closure handed to an iterator adaptor need not be inlined into the
+    // vectorized copies, and then runs at the baseline's width.
+    let mut counts = Vec::with_capacity(n.div_ceil(COUNT_BLOCK));
+    let mut nnz = 0usize;
+    for block in trits.chunks(COUNT_BLOCK) {
+        let mut c = 0u32;
+        for &t in block {
+            c += u32::from(t != 0);
+        }
+        counts.push(c as usize);
+        nnz += c as usize;
+    }
     if nnz == 0 {
         out.fill(0.0);
         return true;
