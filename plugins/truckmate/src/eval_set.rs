@@ -291,6 +291,17 @@ pub fn decode_all(
     Ok(outputs)
 }
 
+/// The development sets (the sets that train), with the least utterances each holds per intent
+/// and out of domain: the tests' one list of them.
+#[cfg(test)]
+pub(crate) const DEVELOPMENT_SETS: &[(&str, &str, usize, usize)] = &[
+    ("handwritten-dev", include_str!("../data/handwritten-dev.jsonl"), 15, 40),
+    ("handwritten-dev2", include_str!("../data/handwritten-dev2.jsonl"), 16, 35),
+    ("handwritten-dev3", include_str!("../data/handwritten-dev3.jsonl"), 20, 40),
+    ("handwritten-dev4", include_str!("../data/handwritten-dev4.jsonl"), 20, 50),
+    ("handwritten-dev5", include_str!("../data/handwritten-dev5.jsonl"), 50, 100),
+];
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -471,16 +482,6 @@ mod tests {
         }
         None
     }
-
-    /// The development sets (the sets that train), with the least utterances each holds per
-    /// intent and out of domain.
-    const DEVELOPMENT_SETS: &[(&str, &str, usize, usize)] = &[
-        ("handwritten-dev", include_str!("../data/handwritten-dev.jsonl"), 15, 40),
-        ("handwritten-dev2", include_str!("../data/handwritten-dev2.jsonl"), 16, 35),
-        ("handwritten-dev3", include_str!("../data/handwritten-dev3.jsonl"), 20, 40),
-        ("handwritten-dev4", include_str!("../data/handwritten-dev4.jsonl"), 20, 50),
-        ("handwritten-dev5", include_str!("../data/handwritten-dev5.jsonl"), 50, 100),
-    ];
 
     #[test]
     fn the_sets_that_train_label_in_the_generators_canonical_form() {

@@ -259,10 +259,7 @@ fn dequantize_latent_body(trits: &[i8], g: f32, out: &mut [f32]) -> bool {
         return false;
     }
     let target = f64::from(g) * n as f64;
-    let mut v = (target / nnz as f64) as f32;
-    if nnz as f64 * f64::from(v) > target {
-        v = v.next_down();
-    }
+    let v = magnitude_within(target, nnz);
     let div = g + WEIGHT_EPS;
     let is_one = |m: f32| m.is_finite() && trit(m / div) == 1 && trit(-m / div) == -1;
     if !is_one(v) {
@@ -309,6 +306,14 @@ fn dequantize_latent_body(trits: &[i8], g: f32, out: &mut [f32]) -> bool {
         }
     }
     false
+}
+
+/// `target / nnz` rounded to f32, one float lower if `nnz` times it passes `target`: the
+/// magnitude of [`dequantize_latent`]'s non-zero weights before the rounded-up ones.
+#[inline(always)]
+fn magnitude_within(target: f64, nnz: usize) -> f32 {
+    let v = (target / nnz as f64) as f32;
+    if nnz as f64 * f64::from(v) > target { v.next_down() } else { v }
 }
 
 /// The length of the shortest prefix of `trits` holding `k` non-zero trits (at most the count),
@@ -383,10 +388,7 @@ mod tests {
         let mut g = from;
         loop {
             let target = f64::from(g) * n as f64;
-            let mut v = (target / nnz as f64) as f32;
-            if nnz as f64 * f64::from(v) > target {
-                v = v.next_down();
-            }
+            let v = magnitude_within(target, nnz);
             if target - nnz as f64 * f64::from(v) > at_least * f64::from(g) {
                 return g;
             }

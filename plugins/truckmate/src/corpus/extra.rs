@@ -298,9 +298,9 @@ mod tests {
     #[test]
     fn the_shipped_development_sets_load() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("data");
-        let paths: Vec<PathBuf> = ["dev", "dev2", "dev3", "dev4", "dev5"]
+        let paths: Vec<PathBuf> = crate::eval_set::DEVELOPMENT_SETS
             .iter()
-            .map(|s| dir.join(format!("handwritten-{s}.jsonl")))
+            .map(|(name, ..)| dir.join(format!("{name}.jsonl")))
             .collect();
         let extra = ExtraTrain::load(&paths, 3).expect("loads").expect("some files");
         assert_eq!(extra.sets.len(), 5);
